@@ -1,0 +1,360 @@
+"""``CtxAdapter``: the context module with its two heads, saved and loaded the Hugging Face way.
+
+Data path (shapes for ``K`` concepts, widths ``w_in``/``w_out`` and a latent ``(C, h, w)``)::
+
+    latents (N, C, h, w) --posterior head--> mean, logvar (N, K*w_in)
+    z (N, K*w_in) --exogenous--> (N, K*w_in) --expressive--> eps (N, K*w_out)
+      --causal--> c (N, K*w_out) --latent head--> latents (N, C, h, w)
+
+Only this module is trained; the pretrained autoencoder around it stays frozen. Its folder holds
+``config.json`` (hyper-parameters and the base autoencoder it was trained on),
+``model.safetensors`` (these weights only) and ``README.md`` (the model card).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+from huggingface_hub import ModelCard, PyTorchModelHubMixin, hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError
+from safetensors import SafetensorError
+from torch import nn
+
+from . import __version__
+from .contexts import OBSERVATIONAL, context_mask
+from .layers import CausalLayer, ExogenousLayer, ExpressiveLayers, block_readout
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+PAPER_URL = "https://arxiv.org/abs/2507.04754"
+
+
+@dataclass
+class AdapterOutput:
+    """What :meth:`CtxAdapter.forward` returns.
+
+    Attributes:
+        latents: reconstructed model-space latents ``(N, C, h, w)``.
+        mean: posterior mean of the noise ``(N, K*w_in)``.
+        logvar: posterior log-variance of the noise ``(N, K*w_in)``.
+    """
+
+    latents: torch.Tensor
+    mean: torch.Tensor
+    logvar: torch.Tensor
+
+
+def _check_concepts(concepts) -> list[str]:
+    if isinstance(concepts, str) or not concepts:
+        raise ValueError(f"concepts must be a non-empty list of names, got {concepts!r}")
+    for name in concepts:
+        if not isinstance(name, str) or not name or "+" in name or name == OBSERVATIONAL:
+            raise ValueError(
+                f"Invalid concept name {name!r} in {concepts!r}: names are non-empty strings "
+                f"without '+', and {OBSERVATIONAL!r} is reserved for the observational context."
+            )
+    if len(set(concepts)) != len(concepts):
+        raise ValueError(f"concepts must be unique, got {concepts!r}")
+    return list(concepts)
+
+
+def _positive_ints(name: str, value, length: int | None = None) -> list[int]:
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    if (length is not None and len(values) != length) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values
+    ):
+        expected = f"{length} positive integers" if length else "a positive integer"
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return values
+
+
+class CtxAdapter(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="ctxadapter",
+    tags=["ctxadapter", "causal-representation-learning", "autoencoder"],
+    paper_url=PAPER_URL,
+):
+    """The context module between a frozen encoder and a frozen decoder.
+
+    Args:
+        concepts: the ``K`` concept names, in order (``"obs"`` is reserved).
+        latent_shape: the autoencoder's model-space latent shape ``[C, h, w]``.
+        exogenous_width: ``w_in``, noise dimensions per concept (``z`` has ``K*w_in``).
+        concept_width: ``w_out``, dimensions per concept in the causal layer.
+        expressive_depth: number of widths of the per-concept MLPs (1 = no MLP).
+        observational_mixing: ``"dense"`` (reference) or ``"block"``: whether the observational
+            context may mix noise across concepts in the exogenous layer.
+        composition: ``"reference"`` or ``"strict"`` (also cut edges among jointly intervened
+            concepts in the causal layer).
+        pooled: ignore context labels (always observational): the "CM pooled" ablation.
+        base_model: where the frozen autoencoder comes from, recorded so that
+            :meth:`ContextAutoencoder.from_pretrained` can load it: keys
+            ``pretrained_model_name_or_path``, ``revision``, ``subfolder``, ``class_name``,
+            ``scaling_factor``, ``shift_factor``.
+        decoder_lora: the decoder LoRA's settings when the decoder was fine-tuned
+            (``rank``, ``alpha``, ``target_modules``), else ``None``.
+    """
+
+    def __init__(
+        self,
+        concepts: list[str],
+        latent_shape: list[int],
+        exogenous_width: int = 32,
+        concept_width: int = 8,
+        expressive_depth: int = 2,
+        observational_mixing: str = "dense",
+        composition: str = "reference",
+        pooled: bool = False,
+        base_model: dict | None = None,
+        decoder_lora: dict | None = None,
+    ):
+        super().__init__()
+        concepts = _check_concepts(concepts)
+        latent_shape = _positive_ints("latent_shape", latent_shape, length=3)
+        _positive_ints("exogenous_width", exogenous_width)
+        _positive_ints("concept_width", concept_width)
+        _positive_ints("expressive_depth", expressive_depth)
+        self.config: dict[str, Any] = dict(
+            concepts=concepts,
+            latent_shape=latent_shape,
+            exogenous_width=exogenous_width,
+            concept_width=concept_width,
+            expressive_depth=expressive_depth,
+            observational_mixing=observational_mixing,
+            composition=composition,
+            pooled=bool(pooled),
+            base_model=dict(base_model) if base_model else None,
+            decoder_lora=dict(decoder_lora) if decoder_lora else None,
+        )
+        self.concepts = concepts
+        self.latent_shape = tuple(latent_shape)
+        self.pooled = bool(pooled)
+        k = len(concepts)
+        latent_size = latent_shape[0] * latent_shape[1] * latent_shape[2]
+        self.noise_size = k * exogenous_width
+        self.posterior_head = nn.Linear(latent_size, 2 * self.noise_size)
+        self.exogenous = ExogenousLayer(k, exogenous_width, observational_mixing)
+        self.expressive = ExpressiveLayers(k, exogenous_width, concept_width, expressive_depth)
+        self.causal = CausalLayer(k, concept_width, composition)
+        self.latent_head = nn.Linear(k * concept_width, latent_size)
+        # log standard deviation of the Gaussian likelihood of the latent loss (learned)
+        self.latent_log_scale = nn.Parameter(torch.zeros(()))
+
+    # ------------------------------------------------------------------ contexts
+    def context_mask(self, contexts, batch_size: int) -> torch.Tensor:
+        """Contexts of a batch (see :func:`ctxadapter.contexts.context_mask`) -> ``(N, K)``
+        bool. A pooled adapter ignores them: every row is observational."""
+        device = self.latent_log_scale.device
+        mask = context_mask(contexts, self.concepts, batch_size, device=device)
+        return torch.zeros_like(mask) if self.pooled else mask
+
+    # ------------------------------------------------------------------ data path
+    def posterior(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model-space latents ``(N, C, h, w)`` -> ``(mean, logvar)``, each ``(N, K*w_in)``."""
+        if tuple(latents.shape[1:]) != self.latent_shape:
+            raise ValueError(
+                f"Expected latents of shape (N, {', '.join(map(str, self.latent_shape))}), got "
+                f"{tuple(latents.shape)}."
+            )
+        mean, logvar = self.posterior_head(latents.flatten(1)).chunk(2, dim=1)
+        return mean, logvar
+
+    def concepts_from_noise(self, z: torch.Tensor, contexts) -> torch.Tensor:
+        """Noise ``z`` ``(N, K*w_in)`` under ``contexts`` -> concept values ``c``
+        ``(N, K*w_out)``, block ``k`` belonging to concept ``k``."""
+        if z.ndim != 2 or z.shape[1] != self.noise_size:
+            raise ValueError(f"Expected noise of shape (N, {self.noise_size}), got {tuple(z.shape)}.")
+        mask = self.context_mask(contexts, z.shape[0])
+        return self.causal(self.expressive(self.exogenous(z, mask)), mask)
+
+    def latents_from_noise(self, z: torch.Tensor, contexts) -> torch.Tensor:
+        """Noise ``z`` ``(N, K*w_in)`` under ``contexts`` -> model-space latents
+        ``(N, C, h, w)``."""
+        return self.latent_head(self.concepts_from_noise(z, contexts)).view(-1, *self.latent_shape)
+
+    def sample_noise(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Prior noise ``z ~ N(0, I)``: ``(num_samples, K*w_in)``."""
+        return torch.randn(
+            num_samples, self.noise_size, generator=generator,
+            device=self.latent_log_scale.device, dtype=self.latent_log_scale.dtype,
+        )
+
+    def forward(
+        self, latents: torch.Tensor, contexts, generator: torch.Generator | None = None
+    ) -> AdapterOutput:
+        """Encode to the posterior, draw ``z`` with the reparameterisation trick, decode to
+        latents under ``contexts``. ``latents`` ``(N, C, h, w)`` -> :class:`AdapterOutput`."""
+        mean, logvar = self.posterior(latents)
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        z = mean + torch.exp(0.5 * logvar) * noise
+        return AdapterOutput(self.latents_from_noise(z, contexts), mean, logvar)
+
+    # ------------------------------------------------------------------ causal layer
+    @torch.no_grad()
+    def apply_constraints_(self) -> None:
+        """Project the causal layer's learnable weights into the box ``[0, 1]``. Call after
+        every optimizer step."""
+        self.causal.clamp_()
+
+    @torch.no_grad()
+    def causal_weight(self, context=OBSERVATIONAL) -> torch.Tensor:
+        """The causal layer's effective weight for one context: ``(K*w_out, K*w_out)``."""
+        mask = self.context_mask(context, 1)
+        return self.causal.effective_weight(mask)[0]
+
+    @torch.no_grad()
+    def grouped_weight(self, context=OBSERVATIONAL) -> torch.Tensor:
+        """``(K, K)`` Frobenius norms of the blocks of :meth:`causal_weight`."""
+        return block_readout(self.causal_weight(context), len(self.concepts), "norm")
+
+    @torch.no_grad()
+    def concept_graph(self, context=OBSERVATIONAL) -> torch.Tensor:
+        """The learned concept graph ``(K, K)``: entry ``(i, j)`` is the mean of block
+        ``(i, j)`` of :meth:`causal_weight`, the effect of concept ``j`` on concept ``i``
+        (diagonal entries are ``1/w_out``, the mean of an identity block)."""
+        return block_readout(self.causal_weight(context), len(self.concepts), "mean")
+
+    def causal_penalty(
+        self, contexts: torch.Tensor, group_sparsity: float = 0.0, l2: float = 0.0
+    ) -> torch.Tensor:
+        """Regularisers on the effective causal weight, averaged over the batch's rows.
+
+        ``group_sparsity * sum_{i != j} ||W[i, j]||_F + l2 * ||W||_F`` for each row's context
+        ``W``. The diagonal blocks are the fixed identity, so leaving them out of the group sum
+        only drops a constant. ``contexts`` is a ``(N, K)`` mask. Returns a scalar.
+        """
+        zero = self.latent_log_scale.new_zeros(())
+        if group_sparsity == 0 and l2 == 0:
+            return zero
+        distinct, counts = torch.unique(contexts, dim=0, return_counts=True)
+        weights = self.causal.effective_weight(distinct)
+        k = len(self.concepts)
+        norms = block_readout(weights, k, "norm")
+        off_diagonal = 1 - torch.eye(k, device=norms.device, dtype=norms.dtype)
+        per_context = group_sparsity * (norms * off_diagonal).sum(dim=(-2, -1))
+        per_context = per_context + l2 * weights.flatten(1).norm(dim=1)
+        return (per_context * counts).sum() / counts.sum()
+
+    # ------------------------------------------------------------------ saving and loading
+    def _save_pretrained(self, save_directory: Path) -> None:
+        safetensors.torch.save_model(self, str(Path(save_directory) / WEIGHTS_NAME))
+        config = {**self.config, "ctxadapter_version": __version__}
+        (Path(save_directory) / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+
+    @classmethod
+    def _from_pretrained(
+        cls,
+        *,
+        model_id: str,
+        revision: str | None,
+        cache_dir,
+        force_download: bool,
+        local_files_only: bool,
+        token,
+        config: dict | None = None,
+        map_location: str = "cpu",
+        **model_kwargs,
+    ) -> CtxAdapter:
+        if config is None:
+            raise FileNotFoundError(f"No {CONFIG_NAME} found for adapter {model_id!r}.")
+        cls._check_config(config, model_id)
+        init = {**{k: v for k, v in config.items() if k != "ctxadapter_version"}, **model_kwargs}
+        weights_file = cls._weights_file(
+            model_id, revision=revision, cache_dir=cache_dir, force_download=force_download,
+            local_files_only=local_files_only, token=token,
+        )
+        model = cls(**init)
+        try:
+            state_dict = safetensors.torch.load_file(weights_file, device=map_location)
+        except (SafetensorError, OSError, ValueError) as error:
+            raise ValueError(
+                f"Could not read adapter weights {weights_file}: the file is corrupted or "
+                f"truncated ({error})."
+            ) from error
+        try:
+            model.load_state_dict(state_dict, strict=True)
+        except RuntimeError as error:
+            raise ValueError(
+                f"The weights in {weights_file} do not match the adapter described by its "
+                f"{CONFIG_NAME}: {error}"
+            ) from error
+        return model.eval()
+
+    @classmethod
+    def _check_config(cls, config: dict, model_id: str) -> None:
+        params = list(cls._hub_mixin_init_parameters.values())[1:]
+        known = {p.name for p in params} | {"ctxadapter_version"}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise ValueError(
+                f"Unknown keys {unknown} in the {CONFIG_NAME} of adapter {model_id!r}; "
+                f"known keys are {sorted(known)}."
+            )
+        missing = [p.name for p in params if p.default is p.empty and p.name not in config]
+        if missing:
+            raise ValueError(f"Missing keys {missing} in the {CONFIG_NAME} of adapter {model_id!r}.")
+
+    @staticmethod
+    def _weights_file(model_id: str, **download_kwargs) -> str:
+        if os.path.isdir(model_id):
+            path = os.path.join(model_id, WEIGHTS_NAME)
+            if os.path.isfile(path):
+                return path
+            pickles = sorted(f for f in os.listdir(model_id) if f.endswith(PICKLE_SUFFIXES))
+            found = f"; found only {pickles}, which are pickles and are never loaded" if pickles else ""
+            raise FileNotFoundError(
+                f"No {WEIGHTS_NAME} in {model_id}{found}. ctxadapter loads weights from "
+                f"safetensors only."
+            )
+        try:
+            return hf_hub_download(model_id, WEIGHTS_NAME, **download_kwargs)
+        except EntryNotFoundError as error:
+            raise FileNotFoundError(
+                f"No {WEIGHTS_NAME} in Hub repository {model_id!r}. ctxadapter loads weights from "
+                f"safetensors only and never unpickles .bin or .pt files."
+            ) from error
+
+    def generate_model_card(self, *args, sample_grid: str | None = None, **kwargs) -> ModelCard:
+        """A model card naming the base autoencoder and the concepts, with a usage snippet and,
+        if given, the path of a sample grid inside the folder."""
+        base = (self.config["base_model"] or {}).get("pretrained_model_name_or_path")
+        concepts = ", ".join(f"`{c}`" for c in self.concepts)
+        header = ["---", "library_name: ctxadapter", "tags:"]
+        header += [f"- {t}" for t in ("ctxadapter", "causal-representation-learning", "autoencoder")]
+        if base and not os.path.isdir(base):
+            header.append(f"base_model: {base}")
+        header.append("---")
+        example = self.concepts[0] if len(self.concepts) < 2 else "+".join(self.concepts[:2])
+        body = [
+            "# ctxadapter context adapter",
+            "",
+            f"A context module ([paper]({PAPER_URL})) trained on top of the frozen autoencoder "
+            f"`{base or 'unknown'}`. Concepts: {concepts}. Latent shape: "
+            f"`{list(self.latent_shape)}`." + (" Pooled ablation: contexts ignored."
+                                              if self.pooled else ""),
+            "",
+        ]
+        if sample_grid:
+            body += [f"![samples]({sample_grid})", ""]
+        body += [
+            "## Usage",
+            "",
+            "```python",
+            "from ctxadapter import ContextAutoencoder",
+            "",
+            'model = ContextAutoencoder.from_pretrained("path/or/hub-id")',
+            f'images = model.generate("{self.concepts[0]}", num_samples=8)',
+            f'composed = model.generate("{example}", num_samples=8)',
+            "graph = model.adapter.concept_graph()",
+            "```",
+        ]
+        return ModelCard("\n".join(header + body) + "\n")
+

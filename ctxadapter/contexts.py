@@ -1,0 +1,139 @@
+"""Contexts: which concepts are intervened on.
+
+A *context* is the set of intervened concepts. The empty set is the observational context,
+written ``"obs"`` (or ``[]``); ``"quad1"`` is a single intervention; ``"quad1+size"`` or
+``["quad1", "size"]`` is a composition. Contexts are parsed and validated once, at the edge,
+into a canonical form: a tuple of concept names in the order of the configured concept list.
+That tuple is hashable and independent of the order in which the names were written.
+
+Inside the model a batch of contexts is a boolean mask of shape ``(N, K)``: row ``n`` marks the
+concepts intervened on in sample ``n``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+OBSERVATIONAL = "obs"
+"""The reserved name of the observational context (no concept intervened on)."""
+
+Context = tuple[str, ...]
+"""A canonical context: concept names in configured order; ``()`` is observational."""
+
+
+def _invalid(value, concepts: Sequence[str], why: str) -> ValueError:
+    valid = ", ".join(repr(c) for c in concepts)
+    return ValueError(
+        f"Invalid context {value!r}: {why}. A context is {OBSERVATIONAL!r}, a concept name, or "
+        f"several names joined by '+' (or given as a list); valid concepts are: {valid}."
+    )
+
+
+def parse_context(context: str | Sequence[str] | frozenset[str], concepts: Sequence[str]) -> Context:
+    """Validate one context and return its canonical form.
+
+    Args:
+        context: ``"obs"``, ``[]``, a concept name, ``"a+b"``, or a list/tuple/set of names.
+        concepts: the configured concept names, in order.
+
+    Returns:
+        The intervened concept names as a tuple ordered like ``concepts``; ``()`` for ``"obs"``.
+
+    Raises:
+        ValueError: for unknown names, ``obs`` mixed with concepts, duplicates, empty strings or
+            non-string values. The message names the bad value and lists the valid concepts.
+    """
+    if isinstance(context, str):
+        if context == OBSERVATIONAL:
+            return ()
+        names = context.split("+")
+    elif isinstance(context, (list, tuple, frozenset, set)):
+        names = list(context)
+    else:
+        raise _invalid(context, concepts, f"expected a string or a list of strings, got "
+                       f"{type(context).__name__}")
+    for name in names:
+        if not isinstance(name, str):
+            raise _invalid(context, concepts, f"{name!r} is not a string")
+        if not name.strip():
+            raise _invalid(context, concepts, "it contains an empty name")
+    if names == [OBSERVATIONAL]:
+        return ()
+    if OBSERVATIONAL in names:
+        raise _invalid(context, concepts, f"{OBSERVATIONAL!r} cannot be combined with concepts")
+    unknown = [name for name in names if name not in concepts]
+    if unknown:
+        raise _invalid(context, concepts, f"unknown concept {unknown[0]!r}")
+    if len(set(names)) != len(names):
+        duplicate = next(name for name in names if names.count(name) > 1)
+        raise _invalid(context, concepts, f"concept {duplicate!r} appears twice")
+    return tuple(c for c in concepts if c in names)
+
+
+def context_name(context: Context) -> str:
+    """The display form of a canonical context: ``"obs"`` or names joined by ``"+"``."""
+    return "+".join(context) if context else OBSERVATIONAL
+
+
+def context_mask(
+    contexts: str | Sequence | torch.Tensor,
+    concepts: Sequence[str],
+    batch_size: int,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Turn the contexts of a batch into a boolean intervention mask.
+
+    Args:
+        contexts: one context for the whole batch (a string such as ``"obs"`` or
+            ``"quad1+size"``, or a tuple of names), a list with one context per sample, or an
+            already-built mask ``(batch_size, K)`` of booleans (passed through after a check).
+        concepts: the configured concept names ``(K,)``.
+        batch_size: ``N``, the number of samples.
+        device: where to put the mask.
+
+    Returns:
+        A bool tensor ``(N, K)``; entry ``(n, k)`` is true if concept ``k`` is intervened on in
+        sample ``n``.
+
+    A ``list`` is always read as one context per sample, so a composition for the whole batch is
+    written ``"quad1+size"`` (or as a tuple).
+    """
+    num_concepts = len(concepts)
+    if isinstance(contexts, torch.Tensor):
+        if contexts.shape != (batch_size, num_concepts):
+            raise ValueError(
+                f"A context mask must have shape (batch_size, num_concepts) = "
+                f"{(batch_size, num_concepts)}, got {tuple(contexts.shape)}."
+            )
+        return contexts.to(device=device, dtype=torch.bool)
+    index = {name: k for k, name in enumerate(concepts)}
+    if isinstance(contexts, list):
+        if len(contexts) != batch_size:
+            raise ValueError(
+                f"Got {len(contexts)} contexts for a batch of {batch_size}: pass one context for "
+                f"the whole batch (a string such as 'quad1+size') or a list with one per sample."
+            )
+        # Parse each distinct context once, then build the rows from a small table.
+        distinct: dict = {}
+        rows = []
+        for context in contexts:
+            key = tuple(context) if isinstance(context, list) else context
+            if key not in distinct:
+                distinct[key] = len(distinct)
+            rows.append(distinct[key])
+        table = torch.zeros(len(distinct), num_concepts, dtype=torch.bool)
+        for key, row in distinct.items():
+            for name in parse_context(key, concepts):
+                table[row, index[name]] = True
+        return table[torch.tensor(rows, dtype=torch.long)].to(device)
+    mask = torch.zeros(batch_size, num_concepts, dtype=torch.bool, device=device)
+    for name in parse_context(contexts, concepts):
+        mask[:, index[name]] = True
+    return mask
+
+
+def mask_context(mask_row: torch.Tensor, concepts: Sequence[str]) -> Context:
+    """The canonical context of one mask row ``(K,)`` (the inverse of :func:`context_mask`)."""
+    return tuple(name for name, on in zip(concepts, mask_row.tolist()) if on)
