@@ -133,7 +133,3 @@ def context_mask(
         mask[:, index[name]] = True
     return mask
 
-
-def mask_context(mask_row: torch.Tensor, concepts: Sequence[str]) -> Context:
-    """The canonical context of one mask row ``(K,)`` (the inverse of :func:`context_mask`)."""
-    return tuple(name for name, on in zip(concepts, mask_row.tolist()) if on)

@@ -1,0 +1,88 @@
+import pytest
+import torch
+
+from ctxadapter.contexts import context_mask, context_name, parse_context
+
+CONCEPTS = ["quad1", "quad2", "size"]
+
+
+@pytest.mark.parametrize(
+    "context, expected",
+    [
+        ("obs", ()),
+        ([], ()),
+        (["obs"], ()),
+        ("quad1", ("quad1",)),
+        (["quad1", "size"], ("quad1", "size")),
+        ("quad1+size", ("quad1", "size")),
+        ("size+quad1", ("quad1", "size")),
+        (("size", "quad2"), ("quad2", "size")),
+        ({"size", "quad1"}, ("quad1", "size")),
+    ],
+)
+def test_parse_context_canonical(context, expected):
+    parsed = parse_context(context, CONCEPTS)
+    assert parsed == expected
+    assert hash(parsed) == hash(expected)
+
+
+@pytest.mark.parametrize(
+    "context, named",
+    [
+        ("colour", "'colour'"),
+        ("quad1+nope", "'nope'"),
+        ("obs+quad1", "'obs'"),
+        (["obs", "quad1"], "'obs'"),
+        ("quad1+quad1", "'quad1'"),
+        ("", "empty"),
+        ("quad1+", "empty"),
+        (["quad1", 3], "3"),
+        (7, "int"),
+        (None, "NoneType"),
+    ],
+)
+def test_parse_context_errors_name_the_value_and_list_concepts(context, named):
+    with pytest.raises(ValueError) as info:
+        parse_context(context, CONCEPTS)
+    message = str(info.value)
+    assert named in message
+    assert repr(context) in message
+    assert "'quad1', 'quad2', 'size'" in message
+
+
+def test_context_name_round_trip():
+    assert context_name(()) == "obs"
+    assert context_name(("quad1", "size")) == "quad1+size"
+    assert parse_context(context_name(("quad2", "size")), CONCEPTS) == ("quad2", "size")
+
+
+def test_context_mask_single_context_for_the_batch():
+    mask = context_mask("size+quad1", CONCEPTS, batch_size=3)
+    assert mask.dtype == torch.bool
+    assert mask.tolist() == [[True, False, True]] * 3
+    assert context_mask(("quad2",), CONCEPTS, 2).tolist() == [[False, True, False]] * 2
+    assert not context_mask("obs", CONCEPTS, 2).any()
+
+
+def test_context_mask_one_per_sample():
+    mask = context_mask(["obs", "quad2", ["quad1", "size"], "quad2"], CONCEPTS, 4)
+    assert mask.tolist() == [
+        [False, False, False],
+        [False, True, False],
+        [True, False, True],
+        [False, True, False],
+    ]
+
+
+def test_context_mask_errors():
+    with pytest.raises(ValueError, match="Got 2 contexts for a batch of 3"):
+        context_mask(["quad1", "size"], CONCEPTS, 3)
+    with pytest.raises(ValueError, match=r"\(2, 3\), got \(2, 2\)"):
+        context_mask(torch.zeros(2, 2, dtype=torch.bool), CONCEPTS, 2)
+    with pytest.raises(ValueError, match="'bad'"):
+        context_mask(["obs", "bad"], CONCEPTS, 2)
+
+
+def test_context_mask_passes_masks_through():
+    given = torch.tensor([[1, 0, 0], [0, 1, 1]], dtype=torch.uint8)
+    assert context_mask(given, CONCEPTS, 2).tolist() == [[True, False, False], [False, True, True]]
