@@ -237,7 +237,12 @@ class CtxAdapter(
         distinct, counts = torch.unique(contexts, dim=0, return_counts=True)
         weights = self.causal.effective_weight(distinct)
         k = len(self.concepts)
-        norms = block_readout(weights, k, "norm")
+        # Block norms with a zero (sub)gradient at all-zero blocks: blocks cut by an
+        # intervention or clamped to 0 would otherwise give sqrt'(0) * 0 = NaN gradients.
+        width = weights.shape[-1] // k
+        squares = weights.pow(2).reshape(-1, k, width, k, width).sum(dim=(-3, -1))
+        nonzero = squares > 0
+        norms = torch.where(nonzero, squares, torch.ones_like(squares)).sqrt() * nonzero
         off_diagonal = 1 - torch.eye(k, device=norms.device, dtype=norms.dtype)
         per_context = group_sparsity * (norms * off_diagonal).sum(dim=(-2, -1))
         per_context = per_context + l2 * weights.flatten(1).norm(dim=1)
@@ -264,6 +269,8 @@ class CtxAdapter(
         **model_kwargs,
     ) -> CtxAdapter:
         if config is None:
+            if os.path.isdir(model_id):
+                cls._weights_file(model_id)  # a folder of pickles only: say so, never load them
             raise FileNotFoundError(f"No {CONFIG_NAME} found for adapter {model_id!r}.")
         cls._check_config(config, model_id)
         init = {**{k: v for k, v in config.items() if k != "ctxadapter_version"}, **model_kwargs}

@@ -216,6 +216,7 @@ class LatentCodec(torch.nn.Module):
         images: PipelineImageInput,
         height: int | None = None,
         width: int | None = None,
+        resize_mode: Literal["default", "fill", "crop"] = "default",
     ) -> torch.Tensor:
         """PIL images / numpy ``(N, H, W, 3)`` / tensors ``(N, 3, H, W)`` in ``[0, 1]`` -> tensor.
 
@@ -226,7 +227,9 @@ class LatentCodec(torch.nn.Module):
         Returns:
             ``(N, 3, H, W)`` float32 in ``[-1, 1]`` on the CPU.
         """
-        return self.image_processor.preprocess(images, height=height, width=width).float()
+        return self.image_processor.preprocess(
+            images, height=height, width=width, resize_mode=resize_mode
+        ).float()
 
     def postprocess(
         self, images: torch.Tensor, output_type: Literal["pt", "pil", "np"] = "pt"

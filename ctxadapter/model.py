@@ -114,7 +114,7 @@ class ContextAutoencoder(nn.Module):
         """
         if reconstruction not in ("latent", "pixel"):
             raise ValueError(f"reconstruction must be 'latent' or 'pixel', got {reconstruction!r}")
-        if latents is None:
+        if True:
             if pixel_values is None:
                 raise ValueError("Pass pixel_values (images in [-1, 1]) or cached latents.")
             latents = self.codec.encode(pixel_values)

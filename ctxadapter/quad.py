@@ -306,10 +306,13 @@ def build_dataset(
     dependent: bool = True,
     strength: float = 1.0,
     cache_dir: str | None = None,
+    validation_per_context: int | None = None,
 ) -> datasets.DatasetDict:
-    """The quad dataset as a ``DatasetDict`` with splits ``train`` and ``test``.
+    """The quad dataset as a ``DatasetDict`` with splits ``train``, ``validation`` and ``test``.
 
-    ``train`` holds ``n_per_context`` samples of each of :data:`TRAIN_CONTEXTS`; ``test`` holds
+    ``train`` holds ``n_per_context`` samples of each of :data:`TRAIN_CONTEXTS`; ``validation``
+    holds ``validation_per_context`` (default: a tenth of ``n_per_context``, at least one) fresh
+    samples of each training context, for early stopping and sample grids; ``test`` holds
     ``heldout_per_context`` fresh samples of each training context and of each of
     :data:`HELDOUT_COMPOSITIONS`. Columns: ``image`` (PIL, 64 x 64 RGB), ``context`` (canonical
     string) and ``latents`` (8 raw float32 latents). Rows are generated in chunks and written to
@@ -325,6 +328,10 @@ def build_dataset(
     source_digest = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
     plan = {
         "train": (TRAIN_CONTEXTS, n_per_context),
+        "validation": (
+            TRAIN_CONTEXTS,
+            max(1, n_per_context // 10) if validation_per_context is None else validation_per_context,
+        ),
         "test": (TRAIN_CONTEXTS + HELDOUT_COMPOSITIONS, heldout_per_context),
     }
     return datasets.DatasetDict(

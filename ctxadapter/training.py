@@ -1,0 +1,649 @@
+"""Reusable pieces of the Accelerate training loops behind ``examples/finetune.py`` and
+``examples/pretrain_autoencoder.py``: their flags (dataclasses read by transformers'
+``HfArgumentParser``), data preparation, the learning-rate schedule, checkpoint hooks that keep
+only trainable weights, and the loops themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import datasets
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers import AutoencoderKL
+from diffusers.image_processor import VaeImageProcessor
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from .data import load_image_dataset, validate_dataset
+
+logger = logging.getLogger(__name__)
+
+
+def _help(text: str, **kwargs):
+    return field(metadata={"help": text}, **kwargs)
+
+
+@dataclass
+class DataArguments:
+    """Where the images and their contexts come from (shared by both scripts)."""
+
+    dataset_name: str | None = _help(
+        "A Hub dataset id, a save_to_disk folder or a local dataset. Default: the built-in quad "
+        "data.", default=None)
+    dataset_config_name: str | None = _help("The dataset's configuration name.", default=None)
+    train_data_dir: str | None = _help(
+        "An imagefolder with a metadata.jsonl holding a context column.", default=None)
+    image_column: str = _help("The column holding the images.", default="image")
+    context_column: str = _help(
+        "The column holding each image's context: 'obs', a concept, 'a+b' or a list of names.",
+        default="context")
+    resolution: int | None = _help(
+        "Images are resized and centre-cropped to this size (a multiple of the autoencoder's "
+        "downsampling factor). Default: the autoencoder's sample_size.", default=None)
+    validation_fraction: float = _help(
+        "Fraction of the training rows held out for validation when the dataset has no "
+        "'validation' split.", default=0.05)
+    quad_images_per_context: int = _help(
+        "Training images per context of the built-in quad data.", default=2000)
+    quad_variant: str = _help(
+        "Built-in quad data: 'dependent' (concepts causally related) or 'independent'.",
+        default="dependent")
+    cache_dir: str | None = _help(
+        "Where downloads, Arrow files and the latent cache are kept. Default: the datasets "
+        "cache.", default=None)
+    seed: int = _help("Seed for data order, initialisation and noise.", default=0)
+    output_dir: str = _help("Where the results are written.", default="ctxadapter-quad")
+    train_batch_size: int = _help("Batch size per device.", default=512)
+    max_train_steps: int | None = _help(
+        "Total optimizer steps; overrides --num_train_epochs.", default=None)
+    num_train_epochs: int = _help("Epochs, when --max_train_steps is not given.", default=100)
+    gradient_accumulation_steps: int = _help(
+        "Batches accumulated per optimizer step.", default=1)
+    learning_rate: float = _help("Peak learning rate (Adam).", default=1e-3)
+    lr_scheduler: str = _help(
+        "A transformers schedule name; the default warms up linearly, then follows a cosine to "
+        "--min_learning_rate.", default="cosine_with_min_lr")
+    lr_warmup_steps: int = _help("Linear warm-up steps.", default=200)
+    min_learning_rate: float = _help("Final learning rate of cosine_with_min_lr.", default=1e-5)
+    mixed_precision: str | None = _help("'no', 'fp16' or 'bf16' (default: accelerate config).",
+                                        default=None)
+    report_to: str = _help("Where to log: 'tensorboard', 'wandb', 'all' or 'none'.",
+                           default="tensorboard")
+    dataloader_num_workers: int = _help("Data loading worker processes.", default=0)
+
+
+def quad_default(args: DataArguments) -> bool:
+    """True when the built-in quad data is used."""
+    return not args.dataset_name and not args.train_data_dir
+
+
+def load_splits(args: DataArguments, concepts=None, with_contexts: bool = True):
+    """Load and validate the training data, before anything is written.
+
+    The validation rows are the dataset's ``validation`` split if it has one, else a seeded
+    ``--validation_fraction`` of the training rows.
+
+    Returns:
+        ``(train, validation, concepts, train_contexts, validation_contexts)``: two
+        ``datasets.Dataset`` s, the concept list and the canonical context of every row (the
+        last three are ``None`` when ``with_contexts`` is false: contexts pooled).
+    """
+    if args.quad_variant not in ("dependent", "independent"):
+        raise ValueError(
+            f"--quad_variant must be 'dependent' or 'independent', got {args.quad_variant!r}")
+    if not 0 < args.validation_fraction < 1:
+        raise ValueError(f"--validation_fraction must be in (0, 1), got {args.validation_fraction}")
+    data = load_image_dataset(
+        dataset_name=args.dataset_name, dataset_config_name=args.dataset_config_name,
+        train_data_dir=args.train_data_dir, cache_dir=args.cache_dir,
+        quad_images_per_context=args.quad_images_per_context,
+        quad_dependent=args.quad_variant == "dependent", seed=args.seed,
+    )
+    train = data["train"]
+    if len(train) == 0:
+        raise ValueError("The training dataset is empty.")
+    if "validation" in data and len(data["validation"]):
+        validation = data["validation"]
+    else:
+        parts = train.train_test_split(test_size=args.validation_fraction, seed=args.seed)
+        train, validation = parts["train"], parts["test"]
+    if not with_contexts:
+        validate_dataset(train, args.image_column, None)
+        return train, validation, None, None, None
+    concepts, train_contexts = validate_dataset(train, args.image_column, args.context_column,
+                                                concepts)
+    _, validation_contexts = validate_dataset(validation, args.image_column,
+                                              args.context_column, concepts)
+    return train, validation, concepts, train_contexts, validation_contexts
+
+
+def make_scheduler(args: DataArguments, optimizer: torch.optim.Optimizer, total_steps: int):
+    """The learning-rate schedule (transformers' ``get_scheduler``); the paper's default is a
+    linear warm-up then a cosine decay to ``min_learning_rate``."""
+    extra = {"min_lr": args.min_learning_rate} if args.lr_scheduler == "cosine_with_min_lr" else {}
+    return get_scheduler(
+        args.lr_scheduler, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps,
+        num_training_steps=total_steps, scheduler_specific_kwargs=extra,
+    )
+
+
+def make_accelerator(args: DataArguments, **kwargs) -> Accelerator:
+    """An ``Accelerator`` logging under ``output_dir/logs``."""
+    project = ProjectConfiguration(project_dir=args.output_dir,
+                                   logging_dir=os.path.join(args.output_dir, "logs"))
+    return Accelerator(
+        mixed_precision=args.mixed_precision,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=project,
+        **kwargs,
+    )
+
+
+def tracker_config(args) -> dict:
+    """Flags as a flat dict of scalars for the trackers (tensorboard takes no lists)."""
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v)
+            for k, v in asdict(args).items()}
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+
+
+def list_checkpoints(output_dir: str) -> list[Path]:
+    """``checkpoint-<step>`` folders of ``output_dir``, oldest first."""
+    if not os.path.isdir(output_dir):
+        return []
+    found = [p for p in Path(output_dir).iterdir() if CHECKPOINT_PATTERN.match(p.name)]
+    return sorted(found, key=lambda p: int(CHECKPOINT_PATTERN.match(p.name).group(1)))
+
+
+def prune_checkpoints(output_dir: str, keep: int | None) -> None:
+    """Delete the oldest checkpoints so that at most ``keep - 1`` remain before a new one is
+    saved (``None``: keep all)."""
+    if keep is None:
+        return
+    existing = list_checkpoints(output_dir)
+    for old in existing[: max(0, len(existing) - keep + 1)]:
+        shutil.rmtree(old)
+
+
+def resolve_checkpoint(output_dir: str, resume_from_checkpoint: str | None) -> Path | None:
+    """``"latest"`` -> the newest checkpoint in ``output_dir`` (``None`` if there is none), a
+    path -> that path (which must exist)."""
+    if not resume_from_checkpoint:
+        return None
+    if resume_from_checkpoint == "latest":
+        existing = list_checkpoints(output_dir)
+        return existing[-1] if existing else None
+    path = Path(resume_from_checkpoint)
+    if not path.is_dir():
+        path = Path(output_dir) / resume_from_checkpoint
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"--resume_from_checkpoint {resume_from_checkpoint!r}: no such checkpoint folder.")
+    return path
+
+
+# ---------------------------------------------------------------------------- pretraining
+
+
+@dataclass
+class PretrainArguments(DataArguments):
+    """Flags of ``examples/pretrain_autoencoder.py``: a small ``AutoencoderKL`` trained on the
+    images of any dataset (contexts pooled)."""
+
+    output_dir: str = _help("Where the diffusers AutoencoderKL folder is written.",
+                            default="quad-autoencoder")
+    block_out_channels: list[int] = _help(
+        "Channels per resolution level; n levels downsample by 2**(n-1).",
+        default_factory=lambda: [16, 32, 64, 64])
+    layers_per_block: int = _help("ResNet layers per level.", default=1)
+    latent_channels: int = _help("Latent channels.", default=4)
+    norm_num_groups: int = _help("GroupNorm groups.", default=8)
+    kl_weight: float = _help("Weight of the KL term against the per-pixel MSE.", default=1e-6)
+    train_batch_size: int = _help("Batch size per device.", default=32)
+    max_train_steps: int | None = _help("Total optimizer steps.", default=1200)
+    lr_warmup_steps: int = _help("Linear warm-up steps.", default=100)
+    learning_rate: float = _help("Peak learning rate (AdamW).", default=1e-3)
+
+
+def pretrain_autoencoder(args: PretrainArguments) -> AutoencoderKL:
+    """Train an ``AutoencoderKL`` from scratch on the dataset's images (every context pooled),
+    set its ``scaling_factor`` to ``1 / std`` of the latents, and save it to ``output_dir``."""
+    if args.max_train_steps is None or args.max_train_steps < 1:
+        raise ValueError(f"--max_train_steps must be a positive integer, got {args.max_train_steps}")
+    train, validation, *_ = load_splits(args, with_contexts=False)
+    resolution = args.resolution or 64
+    levels = len(args.block_out_channels)
+    if resolution % 2 ** (levels - 1):
+        raise ValueError(f"--resolution {resolution} must be a multiple of {2 ** (levels - 1)}.")
+    accelerator = make_accelerator(args)
+    set_seed(args.seed)
+    vae = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        block_out_channels=tuple(args.block_out_channels),
+        layers_per_block=args.layers_per_block,
+        latent_channels=args.latent_channels,
+        norm_num_groups=args.norm_num_groups,
+        sample_size=resolution,
+    )
+    processor = VaeImageProcessor(vae_scale_factor=2 ** (levels - 1))
+
+    def collate(indices):
+        images = [image.convert("RGB") for image in train[indices][args.image_column]]
+        return processor.preprocess(images, height=resolution, width=resolution,
+                                    resize_mode="crop")
+
+    loader = torch.utils.data.DataLoader(
+        range(len(train)), batch_size=args.train_batch_size, shuffle=True, drop_last=True,
+        collate_fn=collate, num_workers=args.dataloader_num_workers,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=args.learning_rate)
+    scheduler = make_scheduler(args, optimizer, args.max_train_steps)
+    vae, optimizer, loader, scheduler = accelerator.prepare(vae, optimizer, loader, scheduler)
+    if accelerator.is_main_process:
+        accelerator.init_trackers("pretrain_autoencoder", config=tracker_config(args))
+    progress = tqdm(range(args.max_train_steps), disable=not accelerator.is_local_main_process,
+                    desc="Pretraining autoencoder")
+    step = 0
+    while step < args.max_train_steps:
+        for pixels in loader:
+            with accelerator.accumulate(vae):
+                posterior = vae.encode(pixels).latent_dist
+                decoded = vae.decode(posterior.sample()).sample
+                mse = torch.nn.functional.mse_loss(decoded.float(), pixels.float())
+                kl = posterior.kl().mean() / pixels[0].numel()
+                loss = mse + args.kl_weight * kl
+                accelerator.backward(loss)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            if accelerator.sync_gradients:
+                step += 1
+                progress.update(1)
+                progress.set_postfix(mse=f"{mse.item():.4f}")
+                accelerator.log({"mse": mse.item(), "kl": kl.item()}, step=step)
+                if step >= args.max_train_steps:
+                    break
+    vae = accelerator.unwrap_model(vae).eval()
+    metrics = _autoencoder_metrics(vae, validation, args.image_column, processor, resolution)
+    vae.register_to_config(scaling_factor=metrics["scaling_factor"])
+    if accelerator.is_main_process:
+        vae.save_pretrained(args.output_dir)
+        (Path(args.output_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        logger.info("Autoencoder saved to %s: %s", args.output_dir, metrics)
+    accelerator.end_training()
+    return vae
+
+
+@torch.no_grad()
+def _autoencoder_metrics(vae, validation: datasets.Dataset, image_column: str,
+                         processor: VaeImageProcessor, resolution: int,
+                         max_images: int = 512) -> dict:
+    """Held-out PSNR of the reconstructions and the latent scaling factor ``1 / std``."""
+    rows = validation.select(range(min(max_images, len(validation))))
+    latents, sq_errors = [], []
+    for start in range(0, len(rows), 64):
+        images = [im.convert("RGB") for im in rows[start:start + 64][image_column]]
+        pixels = processor.preprocess(images, height=resolution, width=resolution,
+                                      resize_mode="crop").to(vae.device, vae.dtype)
+        mean = vae.encode(pixels).latent_dist.mean
+        decoded = vae.decode(mean).sample.clamp(-1, 1)
+        latents.append(mean.float().cpu())
+        sq_errors.append(((decoded - pixels).float().cpu() / 2).pow(2).flatten(1).mean(1))
+    mse = torch.cat(sq_errors)
+    psnr = (-10 * torch.log10(mse.clamp_min(1e-10))).mean().item()
+    return {"validation_psnr_db": round(psnr, 3), "validation_images": len(rows),
+            "scaling_factor": round(1.0 / torch.cat(latents).std().item(), 5)}
+
+
+# ---------------------------------------------------------------------------- fine-tuning
+
+
+@dataclass
+class FinetuneArguments(DataArguments):
+    """Flags of ``examples/finetune.py``: train a context adapter on a frozen autoencoder."""
+
+    pretrained_model_name_or_path: str | None = _help(
+        "The frozen autoencoder (diffusers AutoencoderKL or AutoencoderTiny): a Hub id or a "
+        "folder. Default: the project's small autoencoder pretrained on quad.", default=None)
+    revision: str | None = _help("Revision of the autoencoder on the Hub.", default=None)
+    subfolder: str | None = _help("Subfolder of the autoencoder, e.g. 'vae'.", default=None)
+    concepts: list[str] | None = _help(
+        "Concept names, in order. Default: inferred from the data's contexts.", default=None)
+    exogenous_width: int = _help("Noise dimensions per concept.", default=32)
+    concept_width: int = _help("Dimensions per concept in the causal layer.", default=8)
+    expressive_depth: int = _help("Widths of the per-concept MLPs (1: none).", default=2)
+    observational_mixing: str = _help("'dense' (reference) or 'block'.", default="dense")
+    composition: str = _help("'reference' or 'strict' causal-layer compositions.",
+                             default="reference")
+    pooled: bool = _help("Ignore context labels: the 'CM pooled' ablation.", default=False)
+    beta: float = _help("Weight of the KL term.", default=1.0)
+    loss: str = _help("'latent' (cached latents, fast) or 'pixel' (through the frozen decoder).",
+                      default="latent")
+    sampler: str = _help("'mixed' batches or 'context_pure' batches (one context each).",
+                         default="mixed")
+    group_sparsity: float = _help("Weight of the causal-layer group-sparsity penalty.",
+                                  default=0.0)
+    l2: float = _help("Weight of the causal-layer Frobenius-norm penalty.", default=0.0)
+    decoder_lora_rank: int = _help(
+        "Rank of a LoRA on the decoder (the paper's fine-tune variant; needs --loss pixel). "
+        "0: decoder frozen.", default=0)
+    unfreeze_decoder_after: float = _help(
+        "Fraction of the training steps after which the decoder LoRA starts learning.",
+        default=0.2)
+    validation_epochs: int = _help(
+        "Validation loss (for early stopping) every this many epochs.", default=1)
+    early_stopping_patience: int | None = _help(
+        "Stop after this many validations without improvement and restore the best weights "
+        "(None: never stop early).", default=20)
+    validation_steps: int = _help("Sample grids every this many steps.", default=500)
+    validation_compositions: list[str] | None = _help(
+        "Compositions shown in the sample grids. Default: quad's held-out compositions, or "
+        "every pair of concepts (at most 12).", default=None)
+    num_validation_images: int = _help("Images per row of the sample grids.", default=8)
+    checkpointing_steps: int = _help("Save a resumable checkpoint every this many steps.",
+                                     default=500)
+    checkpoints_total_limit: int | None = _help("Keep at most this many checkpoints.",
+                                                default=None)
+    resume_from_checkpoint: str | None = _help(
+        "A checkpoint folder, or 'latest' for the newest in --output_dir.", default=None)
+    push_to_hub: bool = _help("Push the adapter folder to the Hub at the end.", default=False)
+    hub_model_id: str | None = _help("Hub repository (default: the output folder's name).",
+                                     default=None)
+    hub_token: str | None = _help("Hub token (default: the saved login).", default=None)
+
+
+def check_finetune_arguments(args: FinetuneArguments) -> None:
+    """Reject bad flag values before any work is done."""
+    choices = {"loss": ("latent", "pixel"), "sampler": ("mixed", "context_pure"),
+               "observational_mixing": ("dense", "block"), "composition": ("reference", "strict")}
+    for name, allowed in choices.items():
+        if getattr(args, name) not in allowed:
+            raise ValueError(f"--{name} must be one of {allowed}, got {getattr(args, name)!r}")
+    if args.decoder_lora_rank and args.loss != "pixel":
+        raise ValueError("--decoder_lora_rank needs --loss pixel: the latent loss never runs the "
+                         "decoder.")
+    for name in ("train_batch_size", "gradient_accumulation_steps", "validation_epochs",
+                 "validation_steps", "checkpointing_steps", "num_train_epochs"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.max_train_steps is not None and args.max_train_steps < 1:
+        raise ValueError(f"--max_train_steps must be >= 1, got {args.max_train_steps}")
+    if not 0 <= args.unfreeze_decoder_after < 1:
+        raise ValueError(
+            f"--unfreeze_decoder_after must be in [0, 1), got {args.unfreeze_decoder_after}")
+
+
+def load_autoencoder(name_or_path: str, revision: str | None = None,
+                     subfolder: str | None = None):
+    """Load a diffusers ``AutoencoderKL`` or ``AutoencoderTiny`` named by its config's
+    ``_class_name``."""
+    import diffusers
+
+    from .codec import SUPPORTED_AUTOENCODERS
+
+    config = AutoencoderKL.load_config(name_or_path, revision=revision, subfolder=subfolder)
+    class_name = config.get("_class_name", "AutoencoderKL")
+    supported = {c.__name__ for c in SUPPORTED_AUTOENCODERS}
+    if class_name not in supported:
+        raise ValueError(f"{name_or_path!r} is a {class_name}; supported: {sorted(supported)}.")
+    return getattr(diffusers, class_name).from_pretrained(
+        name_or_path, revision=revision, subfolder=subfolder)
+
+
+class EarlyStopping:
+    """Tracks the validation loss, counts rounds without improvement, and keeps the best
+    trainable weights; saved in checkpoints (``accelerator.register_for_checkpointing``)."""
+
+    def __init__(self, patience: int | None):
+        self.patience = patience
+        self.best_loss = math.inf
+        self.bad_rounds = 0
+        self.best_state: dict[str, torch.Tensor] = {}
+
+    def update(self, loss: float, state: dict[str, torch.Tensor]) -> bool:
+        """Record a validation loss; returns True when training should stop."""
+        if loss < self.best_loss:
+            self.best_loss, self.bad_rounds = loss, 0
+            self.best_state = {k: v.detach().clone() for k, v in state.items()}
+        else:
+            self.bad_rounds += 1
+        return self.patience is not None and self.bad_rounds >= self.patience
+
+    def state_dict(self) -> dict:
+        return {"best_loss": self.best_loss, "bad_rounds": self.bad_rounds,
+                "best_state": self.best_state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best_loss, self.bad_rounds = state["best_loss"], state["bad_rounds"]
+        self.best_state = state["best_state"]
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    """The adapter's state (and the decoder LoRA's, if any): what a checkpoint keeps."""
+    state = {f"adapter.{k}": v for k, v in model.adapter.state_dict().items()}
+    state.update({k: v for k, v in model.state_dict().items() if "lora_" in k})
+    return state
+
+
+def default_compositions(concepts: list[str], quad_data: bool) -> list[str]:
+    """The compositions shown in sample grids by default."""
+    if quad_data:
+        from .quad import HELDOUT_COMPOSITIONS
+
+        return list(HELDOUT_COMPOSITIONS)
+    from .viz import all_pairs
+
+    return all_pairs(concepts)[:12]
+
+
+@torch.no_grad()
+def validation_loss(model, loader, args: FinetuneArguments) -> float:
+    """Mean loss over the validation batches (eval mode, fixed noise)."""
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator(device=model.adapter.latent_log_scale.device).manual_seed(0)
+    total, count = 0.0, 0
+    for batch in loader:
+        out = model(batch["contexts"], latents=batch["latents"],
+                    pixel_values=batch.get("pixel_values"), reconstruction=args.loss,
+                    beta=args.beta, generator=generator)
+        total += out["loss"].item() * len(batch["latents"])
+        count += len(batch["latents"])
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def finetune(args: FinetuneArguments) -> Path:
+    """Train a context adapter on a frozen autoencoder and write the output folder.
+
+    Everything is validated before anything is written: the flags, the data (columns,
+    contexts), the autoencoder and the resolution. Returns the output folder, which holds the
+    adapter (``config.json``, ``model.safetensors``, ``README.md``), the sample grids, the
+    concept-graph picture, ``metrics.json``, ``logs/`` and ``checkpoint-<step>/`` folders.
+    """
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    from .adapter import CtxAdapter
+    from .codec import LatentCodec
+    from .data import CachedLatents, ContextBatchSampler, cache_latents, collate_batch
+    from .data import steps_per_epoch as count_steps
+    from .model import ContextAutoencoder, base_model_record
+    from .viz import concept_graph_image, context_grid, write_report
+
+    check_finetune_arguments(args)
+    if args.pretrained_model_name_or_path is None:
+        raise ValueError("--pretrained_model_name_or_path is required.")
+    train, validation, concepts, train_contexts, validation_contexts = load_splits(
+        args, args.concepts)
+    autoencoder = load_autoencoder(args.pretrained_model_name_or_path, args.revision,
+                                   args.subfolder)
+    codec = LatentCodec(autoencoder)
+    resolution = args.resolution or autoencoder.config.sample_size
+    latent_shape = codec.latent_shape(resolution)
+    compositions = args.validation_compositions or default_compositions(concepts,
+                                                                        quad_default(args))
+    adapter = CtxAdapter(
+        concepts=concepts, latent_shape=list(latent_shape),
+        exogenous_width=args.exogenous_width, concept_width=args.concept_width,
+        expressive_depth=args.expressive_depth, observational_mixing=args.observational_mixing,
+        composition=args.composition, pooled=args.pooled,
+        base_model=base_model_record(autoencoder, args.pretrained_model_name_or_path,
+                                     args.revision, args.subfolder),
+    )
+    for context in compositions:
+        adapter.context_mask(context, 1)  # raises on an unknown concept
+
+    accelerator = make_accelerator(
+        args, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    set_seed(args.seed)
+    adapter = CtxAdapter(**adapter.config)  # initialised after the seed is set
+    cache_root = os.path.join(args.cache_dir or datasets.config.HF_DATASETS_CACHE,
+                              "ctxadapter-latents")
+    keep_pixels = args.loss == "pixel"
+    with accelerator.main_process_first():
+        train_cache = cache_latents(train, codec, train_contexts, args.image_column, resolution,
+                                    cache_root, keep_pixels=keep_pixels)
+        validation_cache = cache_latents(validation, codec, validation_contexts,
+                                         args.image_column, resolution, cache_root,
+                                         keep_pixels=keep_pixels)
+    model = ContextAutoencoder(codec, adapter)
+    if args.decoder_lora_rank:
+        model.add_decoder_lora(args.decoder_lora_rank)
+    model.to(accelerator.device)
+    in_memory = len(train_cache) * math.prod(latent_shape) * 4 < 2**30
+    train_data = CachedLatents(train_cache, concepts, in_memory=in_memory)
+    sampler = ContextBatchSampler(train_data.context_ids, args.train_batch_size, args.sampler,
+                                  seed=args.seed)
+    loader = torch.utils.data.DataLoader(train_data, batch_sampler=sampler,
+                                         collate_fn=collate_batch,
+                                         num_workers=args.dataloader_num_workers)
+    validation_data = CachedLatents(validation_cache, concepts, in_memory=in_memory)
+    validation_loader = torch.utils.data.DataLoader(
+        validation_data,
+        batch_sampler=torch.utils.data.BatchSampler(
+            range(len(validation_data)), args.train_batch_size, drop_last=False),
+        collate_fn=collate_batch,
+    )
+    epoch_steps = count_steps(len(sampler), accelerator.num_processes,
+                              args.gradient_accumulation_steps)
+    total_steps = args.max_train_steps or args.num_train_epochs * epoch_steps
+    num_epochs = math.ceil(total_steps / epoch_steps)
+    unfreeze_step = int(args.unfreeze_decoder_after * total_steps)
+    lora_params = [p for n, p in model.named_parameters() if "lora_" in n]
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
+                                 lr=args.learning_rate)
+    scheduler = make_scheduler(args, optimizer, total_steps)
+    stopper = EarlyStopping(args.early_stopping_patience)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    accelerator.register_for_checkpointing(stopper)
+    unwrapped = accelerator.unwrap_model(model)
+
+    global_step, first_epoch, skip_batches = 0, 0, 0
+    checkpoint = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        global_step = int(CHECKPOINT_PATTERN.match(checkpoint.name).group(1))
+        first_epoch = global_step // epoch_steps
+        skip_batches = (global_step % epoch_steps) * args.gradient_accumulation_steps
+        accelerator.print(f"Resumed from {checkpoint} at step {global_step}.")
+    if accelerator.is_main_process:
+        accelerator.init_trackers("ctxadapter", config=tracker_config(args))
+    progress = tqdm(range(total_steps), initial=global_step, desc="Training adapter",
+                    disable=not accelerator.is_local_main_process)
+    history: list[dict] = []
+    stop = False
+    for epoch in range(first_epoch, num_epochs):
+        model.train()
+        sampler.shuffle_for_epoch(epoch)
+        batches = (accelerator.skip_first_batches(loader, skip_batches)
+                   if epoch == first_epoch and skip_batches else loader)
+        for batch in batches:
+            with accelerator.accumulate(model):
+                out = model(batch["contexts"], latents=batch["latents"],
+                            pixel_values=batch.get("pixel_values"), reconstruction=args.loss,
+                            beta=args.beta, group_sparsity=args.group_sparsity, l2=args.l2)
+                accelerator.backward(out["loss"])
+                if lora_params and global_step < unfreeze_step:
+                    for p in lora_params:
+                        p.grad = None
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+                if accelerator.sync_gradients:
+                    unwrapped.adapter.apply_constraints_()
+            if not accelerator.sync_gradients:
+                continue
+            global_step += 1
+            progress.update(1)
+            logs = {k: v.item() for k, v in out.items()} | {"lr": scheduler.get_last_lr()[0]}
+            progress.set_postfix(loss=f"{logs['loss']:.4g}")
+            accelerator.log(logs, step=global_step)
+            if global_step % args.checkpointing_steps == 0:
+                if accelerator.is_main_process:
+                    prune_checkpoints(args.output_dir, args.checkpoints_total_limit)
+                accelerator.wait_for_everyone()
+                accelerator.save_state(os.path.join(args.output_dir, f"checkpoint-{global_step}"))
+            if global_step % args.validation_steps == 0 and accelerator.is_main_process:
+                grid = context_grid(unwrapped, ["obs", *concepts, *compositions],
+                                    args.num_validation_images, seed=args.seed)
+                grid.save(Path(args.output_dir) / f"samples-{global_step}.png")
+                _log_image(accelerator, "samples", grid, global_step)
+            if global_step >= total_steps:
+                break
+        if (epoch + 1) % args.validation_epochs == 0 or global_step >= total_steps:
+            loss = validation_loss(unwrapped, validation_loader, args)
+            history.append({"step": global_step, "validation_loss": loss})
+            accelerator.log({"validation_loss": loss}, step=global_step)
+            stop = stopper.update(loss, trainable_state(unwrapped))
+        if stop or global_step >= total_steps:
+            break
+    progress.close()
+
+    if stopper.best_state:
+        unwrapped.load_state_dict(stopper.best_state, strict=False)
+    unwrapped.eval()
+    if accelerator.is_main_process:
+        output = Path(args.output_dir)
+        files = write_report(unwrapped, output, num_samples=args.num_validation_images,
+                             seed=args.seed, compositions=compositions)
+        _log_image(accelerator, "concept_graph",
+                   concept_graph_image(unwrapped.adapter.concept_graph(), concepts), global_step)
+        unwrapped.save_pretrained(output, model_card_kwargs={"sample_grid": "contexts.png"})
+        metrics = {
+            "steps": global_step, "epochs_completed": epoch + 1 - first_epoch,
+            "stopped_early": stop, "best_validation_loss": stopper.best_loss,
+            "validation_history": history, "concepts": concepts,
+            "train_images": len(train), "validation_images": len(validation),
+            "pictures": sorted(Path(p).name for p in files.values()),
+        }
+        (output / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        if args.push_to_hub:
+            unwrapped.push_to_hub(args.hub_model_id or output.name, token=args.hub_token)
+    accelerator.end_training()
+    return Path(args.output_dir)
+
+
+def _log_image(accelerator: Accelerator, tag: str, image, step: int) -> None:
+    """Send a PIL image to the tensorboard tracker, if there is one."""
+    import numpy as np
+
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.writer.add_image(tag, np.asarray(image), step, dataformats="HWC")

@@ -1,0 +1,396 @@
+"""Pictures of a context adapter: sample grids per context, counterfactual edits, concept graph.
+
+Everything here draws with Pillow only and returns ``PIL.Image.Image`` objects (RGB, white
+background); :func:`write_report` saves the usual set of PNGs into a folder::
+
+    from ctxadapter import ContextAutoencoder
+    from ctxadapter.viz import write_report
+
+    model = ContextAutoencoder.from_pretrained("user/my-adapter")
+    write_report(model, "samples")   # contexts.png, compositions.png, concept_graph.png
+
+Images given to these functions are ``(N, 3, H, W)`` float tensors in ``[0, 1]`` (the default
+output of :meth:`ContextAutoencoder.generate`) or lists of PIL images.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from functools import lru_cache
+
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from torch import nn
+
+from .contexts import OBSERVATIONAL, context_name, parse_context
+
+__all__ = [
+    "all_pairs",
+    "concept_graph_image",
+    "context_grid",
+    "counterfactual_grid",
+    "image_grid",
+    "write_report",
+]
+
+BACKGROUND = (255, 255, 255)
+TEXT = (0, 0, 0)
+DARK_BLUE = (8, 48, 107)
+DIAGONAL_GREY = (220, 220, 220)
+LABEL_SIZE = 12
+"""Font size (pixels) of row labels, titles and captions."""
+MARGIN = 4
+"""Space (pixels) between text and the edges of its box."""
+
+Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
+
+
+@lru_cache(maxsize=None)
+def _font(size: int = LABEL_SIZE) -> Font:
+    """Pillow's built-in font at ``size`` pixels (the fixed-size bitmap font where Pillow was
+    built without FreeType, whose ``load_default`` takes no size)."""
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, ImportError, OSError):
+        return ImageFont.load_default()
+
+
+def _text_size(text: str, font: Font) -> tuple[int, int]:
+    """``(width, height)`` in pixels of ``text`` drawn at the origin (height from the origin
+    down to the lowest ink, so vertical centring uses the line's own box)."""
+    left, top, right, bottom = font.getbbox(text)
+    return int(right - min(left, 0)), int(bottom)
+
+
+def _to_pil_list(images: torch.Tensor | Sequence[Image.Image]) -> list[Image.Image]:
+    """``(N, 3, H, W)`` (or ``(N, 1, H, W)``) floats in ``[0, 1]``, or PIL images -> RGB PIL
+    images, rounding as diffusers' ``VaeImageProcessor.numpy_to_pil`` does."""
+    if isinstance(images, torch.Tensor):
+        if images.ndim != 4 or images.shape[1] not in (1, 3):
+            raise ValueError(
+                f"Expected images of shape (N, 3, H, W) in [0, 1], got {tuple(images.shape)}."
+            )
+        array = images.detach().float().cpu().clamp(0, 1).mul(255).round().to(torch.uint8)
+        array = array.expand(-1, 3, -1, -1).permute(0, 2, 3, 1).contiguous().numpy()
+        return [Image.fromarray(a, mode="RGB") for a in array]
+    result = []
+    for image in images:
+        if not isinstance(image, Image.Image):
+            raise TypeError(
+                f"Expected a float tensor (N, 3, H, W) or a list of PIL images, got an element "
+                f"of type {type(image).__name__}."
+            )
+        result.append(image.convert("RGB"))
+    return result
+
+
+def image_grid(
+    images: torch.Tensor | Sequence[Image.Image],
+    rows: int,
+    row_labels: list[str] | None = None,
+    padding: int = 2,
+) -> Image.Image:
+    """Tile ``N`` images into ``rows`` rows of ``N // rows`` columns, row-major.
+
+    Args:
+        images: ``(N, 3, H, W)`` float tensor in ``[0, 1]`` (values outside are clamped) or a
+            list of ``N`` PIL images, all ``H x W``.
+        rows: number of rows; must divide ``N``.
+        row_labels: one label per row, drawn in a left margin as wide as the widest label.
+        padding: pixels of white between tiles and around the grid.
+
+    Returns:
+        An RGB image of width ``margin + cols * W + (cols + 1) * padding`` and height
+        ``rows * H + (rows + 1) * padding``, where ``margin`` is 0 without labels. Tile
+        ``(r, c)`` has its top-left corner at ``(margin + padding + c * (W + padding),
+        padding + r * (H + padding))``.
+
+    Raises:
+        ValueError: if ``rows`` is not positive, does not divide ``N``, the labels are not one per
+            row, or the images differ in size.
+    """
+    tiles = _to_pil_list(images)
+    count = len(tiles)
+    if not isinstance(rows, int) or rows <= 0 or count == 0 or count % rows:
+        raise ValueError(
+            f"Cannot arrange N={count} images in rows={rows} rows: N must be a positive multiple "
+            f"of rows."
+        )
+    if row_labels is not None and len(row_labels) != rows:
+        raise ValueError(f"Got {len(row_labels)} row labels for rows={rows} rows.")
+    if padding < 0:
+        raise ValueError(f"padding must be non-negative, got {padding}.")
+    width, height = tiles[0].size
+    sizes = {tile.size for tile in tiles}
+    if len(sizes) > 1:
+        raise ValueError(f"All images must have the same size, got sizes {sorted(sizes)}.")
+    cols = count // rows
+    font = _font()
+    margin = 0
+    if row_labels:
+        margin = max(_text_size(label, font)[0] for label in row_labels) + 2 * MARGIN
+    grid = Image.new(
+        "RGB",
+        (margin + cols * width + (cols + 1) * padding, rows * height + (rows + 1) * padding),
+        BACKGROUND,
+    )
+    draw = ImageDraw.Draw(grid)
+    for index, tile in enumerate(tiles):
+        row, col = divmod(index, cols)
+        x = margin + padding + col * (width + padding)
+        grid.paste(tile, (x, padding + row * (height + padding)))
+    for row, label in enumerate(row_labels or []):
+        _, text_height = _text_size(label, font)
+        top = padding + row * (height + padding) + (height - text_height) // 2
+        draw.text((MARGIN, top), label, fill=TEXT, font=font)
+    return grid
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put ``model`` in eval mode and disable gradients; restore every submodule's previous
+    mode afterwards (even if the body raises)."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def _device(model) -> torch.device:
+    return next(model.adapter.parameters()).device
+
+
+def context_grid(model, contexts: list[str], num_samples: int = 8, seed: int = 0) -> Image.Image:
+    """Samples of ``model`` under each context: one row per context, ``num_samples`` columns.
+
+    Every row is ``model.generate(context, num_samples, generator=...)`` with a generator seeded
+    with ``seed``, so all rows start from the same noise ``z`` and column ``n`` shows what the
+    interventions do to one sample. Runs in eval mode under ``torch.no_grad``; the model's
+    previous mode is restored afterwards.
+
+    Args:
+        model: a :class:`~ctxadapter.ContextAutoencoder`.
+        contexts: ``"obs"``, concept names or compositions such as ``"a+b"``; each row is
+            labelled with the canonical name (``"obs"``, names joined by ``"+"`` in concept
+            order).
+        num_samples: images per row.
+        seed: seed of the noise shared by all rows.
+
+    Returns:
+        An :func:`image_grid` of ``len(contexts)`` rows and ``num_samples`` columns of
+        ``model.resolution`` tiles.
+    """
+    if not contexts:
+        raise ValueError("contexts must name at least one context, e.g. ['obs'].")
+    concepts = model.adapter.concepts
+    canonical = [parse_context(context, concepts) for context in contexts]
+    device = _device(model)
+    rows = []
+    with _eval_mode(model):
+        for context in canonical:
+            generator = torch.Generator(device=device).manual_seed(seed)
+            rows.append(model.generate(context, num_samples, generator=generator).cpu())
+    return image_grid(torch.cat(rows), len(rows), [context_name(c) for c in canonical])
+
+
+def counterfactual_grid(
+    model, images: torch.Tensor | Sequence[Image.Image], contexts: list[str] | None = None
+) -> Image.Image:
+    """Counterfactual edits of real images: one column per image.
+
+    Rows, top to bottom: the input images (label ``"input"``, after resizing to the model's
+    resolution), their reconstruction under the observational context (label ``"obs"``), then
+    :meth:`ContextAutoencoder.counterfactual` under each of ``contexts``: the same noise (the
+    posterior mean of each image), another context. Runs in eval mode under ``torch.no_grad``;
+    the model's previous mode is restored afterwards.
+
+    Args:
+        model: a :class:`~ctxadapter.ContextAutoencoder`.
+        images: ``N`` images in any form ``model.reconstruct`` takes: ``(N, 3, H, W)`` tensor in
+            ``[0, 1]``, list of PIL images... resized to ``model.resolution``.
+        contexts: the contexts of the edit rows; default: every single concept.
+
+    Returns:
+        An :func:`image_grid` of ``2 + len(contexts)`` rows and ``N`` columns.
+    """
+    concepts = model.adapter.concepts
+    canonical = [parse_context(c, concepts) for c in (concepts if contexts is None else contexts)]
+    # Preprocess once; hand the model [0, 1] tensors, which diffusers' preprocessing reads
+    # unambiguously (a [-1, 1] tensor with no negative value would be normalised twice).
+    pixels = (model.codec.preprocess(images, *model.resolution) + 1) / 2
+    pixels = pixels.clamp(0, 1)
+    rows = [pixels]
+    with _eval_mode(model):
+        rows.append(model.reconstruct(pixels, OBSERVATIONAL).cpu())
+        for context in canonical:
+            rows.append(model.counterfactual(pixels, context).cpu())
+    labels = ["input", OBSERVATIONAL] + [context_name(c) for c in canonical]
+    return image_grid(torch.cat(rows), len(rows), labels)
+
+
+def _blend(low: tuple[int, int, int], high: tuple[int, int, int], t: float) -> tuple[int, ...]:
+    return tuple(round(a + (b - a) * t) for a, b in zip(low, high, strict=True))
+
+
+def _rotated_text(text: str, font: Font) -> Image.Image:
+    """``text`` drawn black on white and rotated 90 degrees counter-clockwise (reads upwards)."""
+    width, height = _text_size(text, font)
+    canvas = Image.new("RGB", (width + 1, height + 1), BACKGROUND)
+    ImageDraw.Draw(canvas).text((0, 0), text, fill=TEXT, font=font)
+    return canvas.rotate(90, expand=True)
+
+
+def concept_graph_image(
+    graph: torch.Tensor, concepts: list[str], title: str | None = None, cell: int = 48
+) -> Image.Image:
+    """Heatmap of a learned concept graph.
+
+    Args:
+        graph: ``(K, K)``; entry ``(i, j)`` is the effect of concept ``j`` on concept ``i``
+            (e.g. ``model.adapter.concept_graph()``).
+        concepts: the ``K`` concept names (row ``i`` = target, column ``j`` = source).
+        title: drawn above the heatmap if given.
+        cell: side of one cell in pixels.
+
+    Returns:
+        An RGB image: optional title; column labels (source concepts, rotated to read upwards
+        when wider than a cell); row labels (target concepts) in a left margin; ``K x K`` cells
+        of ``cell`` pixels, white for 0 to dark blue for the largest absolute off-diagonal value,
+        the diagonal (the fixed identity) in light grey, each cell showing its value with two
+        decimals; and the caption ``"row i <- column j: effect of j on i"`` with the colour scale.
+        Width and height grow by ``cell`` per concept.
+
+    Raises:
+        ValueError: if ``graph`` is not ``(K, K)`` with ``K = len(concepts)``.
+    """
+    values = torch.as_tensor(graph).detach().float().cpu()
+    k = len(concepts)
+    if values.ndim != 2 or tuple(values.shape) != (k, k) or k == 0:
+        raise ValueError(
+            f"graph must have shape (K, K) with K = len(concepts) = {k}, got {tuple(values.shape)}."
+        )
+    if cell <= 0:
+        raise ValueError(f"cell must be positive, got {cell}.")
+    off_diagonal = ~torch.eye(k, dtype=torch.bool)
+    scale = float(values[off_diagonal].abs().max()) if k > 1 else 0.0
+    font = _font()
+    value_font = _font(max(6, min(LABEL_SIZE, cell // 4)))
+
+    row_width = max(_text_size(name, font)[0] for name in concepts)
+    rotate = row_width > cell - 2
+    if rotate:
+        column_labels = [_rotated_text(name, font) for name in concepts]
+    else:
+        column_labels = [None] * k
+    header = (
+        max(label.size[1] for label in column_labels if label is not None)
+        if rotate
+        else max(_text_size(name, font)[1] for name in concepts)
+    ) + 2 * MARGIN
+    caption = [
+        "row i <- column j: effect of j on i",
+        f"white = 0, dark blue = {scale:.2f} (max |off-diagonal|), grey = identity",
+    ]
+    line_height = _text_size("Hg", font)[1] + MARGIN
+    title_height = line_height + MARGIN if title else 0
+
+    left = row_width + 2 * MARGIN
+    top = title_height + header
+    heatmap_width = left + k * cell + MARGIN
+    longest = max(_text_size(line, font)[0] for line in caption + ([title] if title else []))
+    width = max(heatmap_width, longest + 2 * MARGIN)
+    height = top + k * cell + MARGIN + len(caption) * line_height + MARGIN
+    image = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(image)
+
+    if title:
+        draw.text((MARGIN, MARGIN), title, fill=TEXT, font=font)
+    for j, name in enumerate(concepts):
+        x = left + j * cell
+        if rotate:
+            label = column_labels[j]
+            image.paste(label, (x + (cell - label.size[0]) // 2, top - MARGIN - label.size[1]))
+        else:
+            text_width, text_height = _text_size(name, font)
+            draw.text((x + (cell - text_width) // 2, top - MARGIN - text_height), name,
+                      fill=TEXT, font=font)
+    for i, name in enumerate(concepts):
+        text_height = _text_size(name, font)[1]
+        draw.text((MARGIN, top + i * cell + (cell - text_height) // 2), name, fill=TEXT, font=font)
+
+    for i, j in itertools.product(range(k), range(k)):
+        value = float(values[i, j])
+        if i == j:
+            fill, ink = DIAGONAL_GREY, TEXT
+        else:
+            strength = min(abs(value) / scale, 1.0) if scale > 0 else 0.0
+            fill = _blend(BACKGROUND, DARK_BLUE, strength)
+            ink = BACKGROUND if strength > 0.5 else TEXT
+        x0, y0 = left + j * cell, top + i * cell
+        draw.rectangle((x0, y0, x0 + cell - 1, y0 + cell - 1), fill=fill, outline=DIAGONAL_GREY)
+        text = f"{value:.2f}"
+        text_width, text_height = _text_size(text, value_font)
+        draw.text((x0 + (cell - text_width) // 2, y0 + (cell - text_height) // 2), text,
+                  fill=ink, font=value_font)
+
+    y = top + k * cell + MARGIN
+    for line in caption:
+        draw.text((MARGIN, y), line, fill=TEXT, font=font)
+        y += line_height
+    return image
+
+
+def all_pairs(concepts: Sequence[str]) -> list[str]:
+    """Every composition of two concepts, ``"a+b"``, in concept order:
+    ``["a", "b", "c"]`` -> ``["a+b", "a+c", "b+c"]``."""
+    return [f"{a}+{b}" for a, b in itertools.combinations(concepts, 2)]
+
+
+def write_report(
+    model,
+    output_dir: str | os.PathLike,
+    num_samples: int = 8,
+    seed: int = 0,
+    compositions: list[str] | None = None,
+    images: torch.Tensor | Sequence[Image.Image] | None = None,
+) -> dict[str, str]:
+    """Write the standard pictures of an adapter into ``output_dir`` (created if missing).
+
+    Files:
+        - ``contexts.png``: :func:`context_grid` over ``"obs"`` and every single concept;
+        - ``compositions.png``: :func:`context_grid` over ``compositions`` (default
+          :func:`all_pairs`; not written when there is none, e.g. with one concept);
+        - ``concept_graph.png``: :func:`concept_graph_image` of the observational graph;
+        - ``counterfactuals.png``: :func:`counterfactual_grid` of ``images``, if given.
+
+    Returns:
+        ``{name: path}`` of the files written, ``name`` being the file name without ``.png``
+        (``"contexts"``, ``"compositions"``, ``"concept_graph"``, ``"counterfactuals"``).
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    concepts = model.adapter.concepts
+    pictures: dict[str, Image.Image] = {
+        "contexts": context_grid(model, [OBSERVATIONAL, *concepts], num_samples, seed)
+    }
+    compositions = all_pairs(concepts) if compositions is None else list(compositions)
+    if compositions:
+        pictures["compositions"] = context_grid(model, compositions, num_samples, seed)
+    pictures["concept_graph"] = concept_graph_image(
+        model.adapter.concept_graph(OBSERVATIONAL), concepts,
+        title="Learned concept graph (observational)",
+    )
+    if images is not None:
+        pictures["counterfactuals"] = counterfactual_grid(model, images)
+    paths = {}
+    for name, picture in pictures.items():
+        path = os.path.join(os.fspath(output_dir), f"{name}.png")
+        picture.save(path)
+        paths[name] = path
+    return paths

@@ -1,0 +1,15 @@
+"""Pretrain a small diffusers ``AutoencoderKL`` on any image dataset (contexts pooled).
+
+    accelerate launch examples/pretrain_autoencoder.py --output_dir quad-autoencoder
+    accelerate launch examples/pretrain_autoencoder.py --train_data_dir my-images --resolution 128
+
+It takes the same data flags as ``finetune.py``; ``--help`` lists them all.
+"""
+
+from transformers import HfArgumentParser
+
+from ctxadapter.training import PretrainArguments, pretrain_autoencoder
+
+if __name__ == "__main__":
+    (args,) = HfArgumentParser(PretrainArguments).parse_args_into_dataclasses()
+    pretrain_autoencoder(args)

@@ -1,0 +1,408 @@
+"""ContextAutoencoder on tiny autoencoders loaded from disk with ``from_pretrained``.
+
+Each test runs on an SD-like ``AutoencoderKL``, an SD3/FLUX-like (shifted, 16-channel)
+``AutoencoderKL`` and a TAESD-like ``AutoencoderTiny``, all saved by ``tests/conftest.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from diffusers import AutoencoderKL, AutoencoderTiny
+from PIL import Image
+from torch.testing import assert_close
+
+from ctxadapter import ContextAutoencoder, CtxAdapter
+from ctxadapter.codec import LatentCodec
+from ctxadapter.contexts import context_mask
+from ctxadapter.model import base_model_record, gaussian_kl
+
+CONCEPTS = ["a", "b", "c"]
+RESOLUTION = 32
+# name -> (fixture, class)
+CASES = {
+    "kl": ("tiny_kl_path", AutoencoderKL),
+    "sd3": ("tiny_sd3_path", AutoencoderKL),
+    "taesd": ("tiny_taesd_path", AutoencoderTiny),
+}
+
+
+def load_vae(request: pytest.FixtureRequest, name: str):
+    fixture, cls = CASES[name]
+    return cls.from_pretrained(request.getfixturevalue(fixture))
+
+
+def vae_path(request: pytest.FixtureRequest, name: str) -> str:
+    return request.getfixturevalue(CASES[name][0])
+
+
+def make_adapter(vae, seed: int = 0, **kwargs) -> CtxAdapter:
+    torch.manual_seed(seed)
+    shape = list(LatentCodec(vae).latent_shape(RESOLUTION))
+    return CtxAdapter(CONCEPTS, latent_shape=shape, exogenous_width=8, concept_width=4, **kwargs)
+
+
+def seeded(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(params=list(CASES))
+def case(request: pytest.FixtureRequest):
+    """(name, ContextAutoencoder over a freshly loaded tiny autoencoder)."""
+    vae = load_vae(request, request.param)
+    return request.param, ContextAutoencoder(vae, make_adapter(vae))
+
+
+# ---------------------------------------------------------------------------------- training loss
+
+
+@pytest.mark.parametrize("reconstruction", ["latent", "pixel"])
+def test_loss_trains_only_the_adapter(case, images, reconstruction):
+    _, model = case
+    model.train()
+    assert not model.codec.autoencoder.training  # the frozen autoencoder stays in eval mode
+    out = model.loss(["obs", "a+b"], pixel_values=images, reconstruction=reconstruction,
+                     group_sparsity=0.1, l2=0.1)
+    for key in ("loss", "reconstruction", "kl", "causal_penalty"):
+        assert out[key].ndim == 0, key
+        assert torch.isfinite(out[key]), key
+    assert out["loss"].item() == pytest.approx(
+        (out["reconstruction"] + out["kl"] + out["causal_penalty"]).item(), rel=1e-5)
+    out["loss"].backward()
+    for name, param in model.adapter.named_parameters():
+        if name == "latent_log_scale" and reconstruction == "pixel":
+            continue  # the scale belongs to the latent likelihood only
+        assert param.grad is not None, name
+        assert torch.isfinite(param.grad).all(), name
+    assert model.adapter.posterior_head.weight.grad.abs().sum() > 0
+    assert model.adapter.causal.weight_ivn.grad.abs().sum() > 0
+    for name, param in model.codec.autoencoder.named_parameters():
+        assert not param.requires_grad, name
+        assert param.grad is None, name
+
+
+def test_loss_from_cached_latents_needs_no_autoencoder(case, images, monkeypatch):
+    _, model = case
+    model.train()
+    cached = model.codec.encode(images)
+    contexts = ["obs", "c"]
+    from_pixels = model.loss(contexts, pixel_values=images, generator=seeded(3))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the autoencoder was used although latents were given")
+
+    monkeypatch.setattr(model.codec, "encode", refuse)
+    monkeypatch.setattr(model.codec, "decode", refuse)
+    monkeypatch.setattr(model.codec.autoencoder, "forward", refuse)
+    from_cache = model.loss(contexts, latents=cached, generator=seeded(3))
+    for key in ("loss", "reconstruction", "kl"):
+        assert_close(from_cache[key], from_pixels[key], msg=key)
+    # A different noise draw gives a different loss: the generator is really used.
+    other = model.loss(contexts, latents=cached, generator=seeded(4))
+    assert not torch.allclose(other["reconstruction"], from_pixels["reconstruction"])
+
+
+@pytest.mark.parametrize("log_scale", [0.0, math.log(2.0)])
+def test_latent_loss_by_hand(case, images, log_scale):
+    _, model = case
+    model.eval()
+    with torch.no_grad():
+        model.adapter.latent_log_scale.fill_(log_scale)
+    latents = model.codec.encode(images)
+    contexts = ["a", "obs"]
+    with torch.no_grad():
+        out = model.adapter(latents, contexts, generator=seeded(7))
+        result = model.loss(contexts, latents=latents, generator=seeded(7), beta=0.5)
+    d = latents[0].numel()
+    sigma2 = math.exp(2 * log_scale)
+    squared = (latents - out.latents).pow(2).flatten(1).sum(dim=1)
+    expected = 0.5 * squared / sigma2 + d * (log_scale + 0.5 * math.log(2 * math.pi))
+    assert_close(result["reconstruction"], expected.mean())
+    kl = 0.5 * (out.mean.pow(2) + out.logvar.exp() - 1 - out.logvar).sum(dim=1).mean()
+    assert_close(result["kl"], kl)
+    assert_close(result["loss"], expected.mean() + 0.5 * kl)
+
+
+def test_pixel_loss_by_hand(case, images):
+    _, model = case
+    model.eval()
+    contexts = ["b", "obs"]
+    with torch.no_grad():
+        latents = model.codec.encode(images)
+        out = model.adapter(latents, contexts, generator=seeded(5))
+        result = model.loss(contexts, pixel_values=images, reconstruction="pixel",
+                            generator=seeded(5))
+        probs = ((model.codec.decode(out.latents) + 1) / 2).clamp(1e-4, 1 - 1e-4)
+    target = (images + 1) / 2
+    bce = -(target * probs.log() + (1 - target) * (1 - probs).log()).flatten(1).sum(dim=1)
+    assert_close(result["reconstruction"], bce.mean(), rtol=1e-4, atol=1e-3)
+
+
+def test_gaussian_kl_by_hand():
+    assert_close(gaussian_kl(torch.ones(2, 3), torch.zeros(2, 3)), torch.full((2,), 1.5))
+    assert_close(gaussian_kl(torch.zeros(1, 4), torch.zeros(1, 4)), torch.zeros(1))
+    logvar = torch.full((1, 2), math.log(2.0))
+    expected = 2 * 0.5 * (2 - 1 - math.log(2.0))
+    assert gaussian_kl(torch.zeros(1, 2), logvar).item() == pytest.approx(expected)
+
+
+def test_loss_argument_errors(case, images):
+    _, model = case
+    with pytest.raises(ValueError, match="reconstruction"):
+        model.loss("obs", pixel_values=images, reconstruction="both")
+    with pytest.raises(ValueError, match="pixel_values"):
+        model.loss("obs")
+    with pytest.raises(ValueError, match="pixel"):
+        model.loss("obs", latents=model.codec.encode(images), reconstruction="pixel")
+    with pytest.raises(ValueError, match="'d'"):
+        model.loss("d", pixel_values=images)
+
+
+def test_group_sparsity_with_interventions_trains_without_nan(case, images):
+    _, model = case
+    model.train()
+    optimizer = torch.optim.Adam(model.adapter.parameters(), lr=1e-2)
+    latents = model.codec.encode(images)
+    for contexts in (["obs", "a"], ["b+c", "c"], ["a", "obs"]):
+        optimizer.zero_grad()
+        out = model.loss(contexts, latents=latents, group_sparsity=1.0, l2=1.0)
+        out["loss"].backward()
+        optimizer.step()
+        model.adapter.apply_constraints_()
+    for name, param in model.adapter.named_parameters():
+        assert torch.isfinite(param).all(), name
+
+
+# ---------------------------------------------------------------------------------- generation
+
+
+def test_generate(case):
+    name, model = case
+    model.eval()
+    images = model.generate("a+b", num_samples=3, generator=seeded(0))
+    assert images.shape == (3, 3, RESOLUTION, RESOLUTION)
+    assert images.dtype == torch.float32
+    assert images.min() >= 0 and images.max() <= 1
+    assert_close(model.generate("a+b", num_samples=3, generator=seeded(0)), images,
+                 rtol=0, atol=0)
+    assert not torch.equal(model.generate("a+b", num_samples=3, generator=seeded(1)), images)
+    assert not torch.equal(model.generate("obs", num_samples=3, generator=seeded(0)), images)
+    # The same thing by hand: prior noise, the layers under the context, the frozen decoder.
+    with torch.no_grad():
+        z = torch.randn(3, model.adapter.noise_size, generator=seeded(0))
+        decoded = model.codec.decode(model.adapter.latents_from_noise(z, "a+b"))
+    assert_close(images, ((decoded + 1) / 2).clamp(0, 1), msg=name)
+    # A composition as a list of names is the same composition.
+    assert_close(model.generate(["b", "a"], num_samples=3, generator=seeded(0)), images)
+
+
+def test_generate_pil(case):
+    _, model = case
+    model.eval()
+    pil = model.generate("a+b", num_samples=3, generator=seeded(0), output_type="pil")
+    assert isinstance(pil, list) and len(pil) == 3
+    for image in pil:
+        assert isinstance(image, Image.Image)
+        assert image.size == (RESOLUTION, RESOLUTION)
+        assert image.mode == "RGB"
+
+
+def test_reconstruct_and_counterfactual(case, images):
+    _, model = case
+    model.eval()
+    photos = (images + 1) / 2  # [0, 1], as a user would pass them
+    reconstructed = model.reconstruct(photos, "obs")
+    assert reconstructed.shape == (2, 3, RESOLUTION, RESOLUTION)
+    assert reconstructed.min() >= 0 and reconstructed.max() <= 1
+    edited = model.counterfactual(photos, "a")
+    assert edited.shape == (2, 3, RESOLUTION, RESOLUTION)
+    assert_close(model.counterfactual(photos, "a"), edited, rtol=0, atol=0)  # deterministic
+    assert not torch.allclose(edited, reconstructed)
+    # By hand: the posterior mean of each image as the noise, under the new context.
+    with torch.no_grad():
+        mean, _ = model.adapter.posterior(model.codec.encode(images))
+        decoded = model.codec.decode(model.adapter.latents_from_noise(mean, "a"))
+    assert_close(edited, ((decoded + 1) / 2).clamp(0, 1), rtol=1e-4, atol=1e-4)
+    # One context per image.
+    per_image = model.reconstruct(photos, ["obs", "a"])
+    assert_close(per_image[0], reconstructed[0])
+    assert_close(per_image[1], edited[1])
+    pil = model.counterfactual(photos, "b+c", output_type="pil")
+    assert len(pil) == 2 and pil[0].size == (RESOLUTION, RESOLUTION)
+
+
+# ---------------------------------------------------------------------------------- mismatches
+
+
+def test_mismatched_adapter_is_rejected(request):
+    vae = load_vae(request, "kl")  # 4 latent channels
+    adapter = CtxAdapter(CONCEPTS, latent_shape=[16, 4, 4])
+    with pytest.raises(ValueError) as error:
+        ContextAutoencoder(vae, adapter)
+    message = str(error.value)
+    assert "(16, 4, 4)" in message
+    assert "(4, " in message
+
+
+def test_wrong_resolution_is_rejected(case, make_images):
+    _, model = case
+    with pytest.raises(ValueError) as error:
+        model.reconstruct(make_images(2, 64), "obs")
+    message = str(error.value)
+    assert "(64, 64)" in message and "(32, 32)" in message
+    with pytest.raises(ValueError) as error:
+        model.counterfactual(make_images(1, 32, 48), "a")
+    message = str(error.value)
+    assert "(32, 48)" in message and "(32, 32)" in message
+
+
+# ---------------------------------------------------------------------------------- saving and loading
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_from_pretrained_loads_recorded_base(request, tmp_path, name):
+    path = vae_path(request, name)
+    vae = load_vae(request, name)
+    adapter = make_adapter(vae, base_model=base_model_record(vae, path))
+    model = ContextAutoencoder(vae, adapter)
+    model.train()
+    model.loss(["obs", "a", "b", "a+c"], pixel_values=torch.rand(4, 3, 32, 32) * 2 - 1)
+    model.eval()
+    model.save_pretrained(tmp_path / "adapter")
+    assert {p.name for p in (tmp_path / "adapter").iterdir()} == {
+        "config.json", "model.safetensors", "README.md"}
+    config = json.loads((tmp_path / "adapter" / "config.json").read_text())
+    assert config["base_model"]["class_name"] == CASES[name][1].__name__
+    assert config["base_model"]["pretrained_model_name_or_path"] == path
+
+    loaded = ContextAutoencoder.from_pretrained(tmp_path / "adapter")
+    assert not loaded.training and not loaded.adapter.training
+    assert isinstance(loaded.codec.autoencoder, CASES[name][1])
+    assert loaded.codec.autoencoder is not vae
+    for key, value in vae.state_dict().items():
+        assert torch.equal(loaded.codec.autoencoder.state_dict()[key], value), key
+    assert_close(loaded.generate("a+b", num_samples=2, generator=seeded(0)),
+                 model.generate("a+b", num_samples=2, generator=seeded(0)), rtol=0, atol=0)
+
+    override = load_vae(request, name)
+    with_override = ContextAutoencoder.from_pretrained(tmp_path / "adapter", autoencoder=override)
+    assert with_override.codec.autoencoder is override
+    assert_close(with_override.generate("c", num_samples=2, generator=seeded(1)),
+                 model.generate("c", num_samples=2, generator=seeded(1)), rtol=0, atol=0)
+
+
+def test_from_pretrained_uses_recorded_subfolder_and_revision(request, tmp_path, monkeypatch):
+    vae = load_vae(request, "kl")
+    vae.save_pretrained(tmp_path / "repo" / "vae")
+    record = base_model_record(vae, tmp_path / "repo", revision="v1", subfolder="vae")
+    assert record["revision"] == "v1" and record["subfolder"] == "vae"
+    make_adapter(vae, base_model=record).save_pretrained(tmp_path / "adapter")
+    calls = []
+    original = AutoencoderKL.from_pretrained.__func__
+
+    def spy(cls, path, **kwargs):
+        calls.append((str(path), dict(kwargs)))
+        kwargs.pop("revision")  # a local folder has no revisions
+        return original(cls, path, **kwargs)
+
+    monkeypatch.setattr(AutoencoderKL, "from_pretrained", classmethod(spy))
+    loaded = ContextAutoencoder.from_pretrained(tmp_path / "adapter", torch_dtype=torch.float64)
+    [(path, kwargs)] = calls
+    assert path == str(tmp_path / "repo")
+    assert kwargs["revision"] == "v1" and kwargs["subfolder"] == "vae"
+    assert kwargs["torch_dtype"] == torch.float64
+    assert loaded.codec.autoencoder.dtype == torch.float64
+    assert loaded.adapter.latent_log_scale.dtype == torch.float32
+    for key, value in vae.state_dict().items():
+        assert_close(loaded.codec.autoencoder.state_dict()[key], value.double()), key
+    images = loaded.generate("a", num_samples=1, generator=seeded(0))
+    assert images.shape == (1, 3, RESOLUTION, RESOLUTION) and images.dtype == torch.float32
+
+
+def test_saved_weights_exclude_the_autoencoder(request, tmp_path):
+    import safetensors.torch
+
+    vae = load_vae(request, "kl")
+    model = ContextAutoencoder(vae, make_adapter(vae))
+    model.save_pretrained(tmp_path / "adapter")
+    tensors = safetensors.torch.load_file(tmp_path / "adapter" / "model.safetensors")
+    assert set(tensors) == set(model.adapter.state_dict())
+    assert not set(tensors) & {f"codec.autoencoder.{k}" for k in vae.state_dict()}
+    assert not set(tensors) & set(vae.state_dict())
+
+
+def test_from_pretrained_without_base_needs_an_autoencoder(request, tmp_path):
+    vae = load_vae(request, "kl")
+    model = ContextAutoencoder(vae, make_adapter(vae)).eval()
+    model.save_pretrained(tmp_path / "adapter")
+    with pytest.raises(ValueError, match="autoencoder"):
+        ContextAutoencoder.from_pretrained(tmp_path / "adapter")
+    loaded = ContextAutoencoder.from_pretrained(tmp_path / "adapter", autoencoder=vae)
+    assert_close(loaded.generate("a", num_samples=2, generator=seeded(0)),
+                 model.generate("a", num_samples=2, generator=seeded(0)), rtol=0, atol=0)
+
+
+def test_override_with_other_scaling_factor_is_rejected(request, tmp_path):
+    vae = load_vae(request, "kl")  # scaling_factor 0.18215
+    adapter = make_adapter(vae, base_model=base_model_record(vae, vae_path(request, "kl")))
+    adapter.save_pretrained(tmp_path / "adapter")
+    other = load_vae(request, "taesd")  # same latent shape, scaling_factor 1.0
+    with pytest.raises(ValueError) as error:
+        ContextAutoencoder.from_pretrained(tmp_path / "adapter", autoencoder=other)
+    message = str(error.value)
+    assert "scaling_factor" in message
+    assert "0.18215" in message and "1.0" in message
+
+
+def test_recorded_shift_factor_is_checked(request, tmp_path):
+    vae = load_vae(request, "sd3")
+    record = base_model_record(vae, vae_path(request, "sd3"))
+    assert record["shift_factor"] == pytest.approx(0.0609)
+    adapter = make_adapter(vae, base_model={**record, "shift_factor": 0.5})
+    with pytest.raises(ValueError) as error:
+        ContextAutoencoder(vae, adapter)
+    assert "shift_factor" in str(error.value) and "0.5" in str(error.value)
+
+
+def test_push_to_hub_uploads_only_the_adapter(request, tmp_path, monkeypatch):
+    import shutil
+
+    import huggingface_hub.hub_mixin
+
+    uploads = []
+
+    class FakeHfApi:
+        def __init__(self, token=None, **kwargs):
+            pass
+
+        def create_repo(self, repo_id, **kwargs):
+            return type("RepoUrl", (), {"repo_id": repo_id})()
+
+        def upload_folder(self, *, repo_id, folder_path, **kwargs):
+            copy = tmp_path / "uploaded"
+            shutil.copytree(folder_path, copy)
+            uploads.append((repo_id, copy))
+            return "url"
+
+    monkeypatch.setattr(huggingface_hub.hub_mixin, "HfApi", FakeHfApi)
+    vae = load_vae(request, "kl")
+    model = ContextAutoencoder(vae, make_adapter(vae))
+    model.push_to_hub("user/model")
+    [(repo_id, folder)] = uploads
+    assert repo_id == "user/model"
+    assert {p.name for p in folder.iterdir()} == {"config.json", "model.safetensors", "README.md"}
+
+
+def test_context_masks_reach_the_adapter(case, images):
+    """A prebuilt (N, K) mask is accepted by the loss like names."""
+    _, model = case
+    model.eval()
+    latents = model.codec.encode(images)
+    mask = context_mask(["a", "b+c"], CONCEPTS, 2)
+    with torch.no_grad():
+        by_names = model.loss(["a", "b+c"], latents=latents, generator=seeded(0))
+        by_mask = model.loss(mask, latents=latents, generator=seeded(0))
+    assert_close(by_mask["loss"], by_names["loss"])
