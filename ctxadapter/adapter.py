@@ -171,7 +171,9 @@ class CtxAdapter(
         """Noise ``z`` ``(N, K*w_in)`` under ``contexts`` -> concept values ``c``
         ``(N, K*w_out)``, block ``k`` belonging to concept ``k``."""
         if z.ndim != 2 or z.shape[1] != self.noise_size:
-            raise ValueError(f"Expected noise of shape (N, {self.noise_size}), got {tuple(z.shape)}.")
+            raise ValueError(
+                f"Expected noise of shape (N, {self.noise_size}), got {tuple(z.shape)}."
+            )
         mask = self.context_mask(contexts, z.shape[0])
         return self.causal(self.expressive(self.exogenous(z, mask)), mask)
 
@@ -180,7 +182,9 @@ class CtxAdapter(
         ``(N, C, h, w)``."""
         return self.latent_head(self.concepts_from_noise(z, contexts)).view(-1, *self.latent_shape)
 
-    def sample_noise(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample_noise(
+        self, num_samples: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Prior noise ``z ~ N(0, I)``: ``(num_samples, K*w_in)``."""
         return torch.randn(
             num_samples, self.noise_size, generator=generator,
@@ -307,7 +311,9 @@ class CtxAdapter(
             )
         missing = [p.name for p in params if p.default is p.empty and p.name not in config]
         if missing:
-            raise ValueError(f"Missing keys {missing} in the {CONFIG_NAME} of adapter {model_id!r}.")
+            raise ValueError(
+                f"Missing keys {missing} in the {CONFIG_NAME} of adapter {model_id!r}."
+            )
 
     @staticmethod
     def _weights_file(model_id: str, **download_kwargs) -> str:
@@ -316,7 +322,9 @@ class CtxAdapter(
             if os.path.isfile(path):
                 return path
             pickles = sorted(f for f in os.listdir(model_id) if f.endswith(PICKLE_SUFFIXES))
-            found = f"; found only {pickles}, which are pickles and are never loaded" if pickles else ""
+            found = (
+                f"; found only {pickles}, which are pickles and are never loaded" if pickles else ""
+            )
             raise FileNotFoundError(
                 f"No {WEIGHTS_NAME} in {model_id}{found}. ctxadapter loads weights from "
                 f"safetensors only."
@@ -335,7 +343,8 @@ class CtxAdapter(
         base = (self.config["base_model"] or {}).get("pretrained_model_name_or_path")
         concepts = ", ".join(f"`{c}`" for c in self.concepts)
         header = ["---", "library_name: ctxadapter", "tags:"]
-        header += [f"- {t}" for t in ("ctxadapter", "causal-representation-learning", "autoencoder")]
+        tags = ("ctxadapter", "causal-representation-learning", "autoencoder")
+        header += [f"- {t}" for t in tags]
         if base and not os.path.isdir(base):
             header.append(f"base_model: {base}")
         header.append("---")

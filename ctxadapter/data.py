@@ -277,7 +277,7 @@ class CachedLatents(torch.utils.data.Dataset):
         self.contexts = distinct
         columns = ["latents"] + (["pixels"] if "pixels" in cache.column_names else [])
         self.cache = cache.with_format("torch", columns=columns)
-        self.latents = self.cache["latents"] if in_memory else None
+        self.latents = self.cache[:]["latents"] if in_memory else None
 
     def __len__(self) -> int:
         return len(self.context_ids)

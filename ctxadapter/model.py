@@ -64,7 +64,9 @@ class ContextAutoencoder(nn.Module):
 
     def __init__(self, autoencoder, adapter: CtxAdapter):
         super().__init__()
-        self.codec = autoencoder if isinstance(autoencoder, LatentCodec) else LatentCodec(autoencoder)
+        if not isinstance(autoencoder, LatentCodec):
+            autoencoder = LatentCodec(autoencoder)
+        self.codec = autoencoder
         self.adapter = adapter
         channels, height, width = adapter.latent_shape
         factor = self.codec.downsample_factor
@@ -114,7 +116,7 @@ class ContextAutoencoder(nn.Module):
         """
         if reconstruction not in ("latent", "pixel"):
             raise ValueError(f"reconstruction must be 'latent' or 'pixel', got {reconstruction!r}")
-        if True:
+        if latents is None:
             if pixel_values is None:
                 raise ValueError("Pass pixel_values (images in [-1, 1]) or cached latents.")
             latents = self.codec.encode(pixel_values)

@@ -215,7 +215,7 @@ class PretrainArguments(DataArguments):
     norm_num_groups: int = _help("GroupNorm groups.", default=8)
     kl_weight: float = _help("Weight of the KL term against the per-pixel MSE.", default=1e-6)
     train_batch_size: int = _help("Batch size per device.", default=32)
-    max_train_steps: int | None = _help("Total optimizer steps.", default=1200)
+    max_train_steps: int | None = _help("Total optimizer steps.", default=1000)
     lr_warmup_steps: int = _help("Linear warm-up steps.", default=100)
     learning_rate: float = _help("Peak learning rate (AdamW).", default=1e-3)
 
@@ -435,11 +435,54 @@ class EarlyStopping:
         self.best_state = state["best_state"]
 
 
+class NoiseGenerator:
+    """The ``torch.Generator`` of the training noise, saved in checkpoints so that a resumed run
+    draws exactly the noise an uninterrupted one would (the global generator is also drawn from
+    by data loaders when they start an epoch, which differs between the two)."""
+
+    def __init__(self, seed: int, device: torch.device):
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    def state_dict(self) -> dict:
+        return {"state": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["state"])
+
+
 def trainable_state(model) -> dict[str, torch.Tensor]:
     """The adapter's state (and the decoder LoRA's, if any): what a checkpoint keeps."""
     state = {f"adapter.{k}": v for k, v in model.adapter.state_dict().items()}
     state.update({k: v for k, v in model.state_dict().items() if "lora_" in k})
     return state
+
+
+TRAINABLE_WEIGHTS_NAME = "trainable.safetensors"
+
+
+def register_checkpoint_hooks(accelerator: Accelerator, model) -> None:
+    """Make ``accelerator.save_state`` / ``load_state`` keep only the trainable weights (the
+    adapter and any decoder LoRA), never the frozen autoencoder, in safetensors."""
+    import safetensors.torch
+
+    def save(models, weights, output_dir):
+        if accelerator.is_main_process:
+            state = {k: v.contiguous() for k, v in trainable_state(model).items()}
+            safetensors.torch.save_file(state, os.path.join(output_dir, TRAINABLE_WEIGHTS_NAME))
+        weights.clear()
+
+    def load(models, input_dir):
+        state = safetensors.torch.load_file(os.path.join(input_dir, TRAINABLE_WEIGHTS_NAME))
+        expected = set(trainable_state(model))
+        if set(state) != expected:
+            raise ValueError(
+                f"Checkpoint {input_dir} does not match the model: missing "
+                f"{sorted(expected - set(state))}, unexpected {sorted(set(state) - expected)}.")
+        model.load_state_dict(state, strict=False)
+        models.clear()
+
+    accelerator.register_save_state_pre_hook(save)
+    accelerator.register_load_state_pre_hook(load)
 
 
 def default_compositions(concepts: list[str], quad_data: bool) -> list[str]:
@@ -490,6 +533,10 @@ def finetune(args: FinetuneArguments) -> Path:
     check_finetune_arguments(args)
     if args.pretrained_model_name_or_path is None:
         raise ValueError("--pretrained_model_name_or_path is required.")
+    if not args.concepts and quad_default(args):
+        from .quad import CONCEPTS
+
+        args.concepts = list(CONCEPTS)
     train, validation, concepts, train_contexts, validation_contexts = load_splits(
         args, args.concepts)
     autoencoder = load_autoencoder(args.pretrained_model_name_or_path, args.revision,
@@ -523,6 +570,8 @@ def finetune(args: FinetuneArguments) -> Path:
         validation_cache = cache_latents(validation, codec, validation_contexts,
                                          args.image_column, resolution, cache_root,
                                          keep_pixels=keep_pixels)
+    if accelerator.is_main_process:
+        os.makedirs(args.output_dir, exist_ok=True)
     model = ContextAutoencoder(codec, adapter)
     if args.decoder_lora_rank:
         model.add_decoder_lora(args.decoder_lora_rank)
@@ -552,8 +601,10 @@ def finetune(args: FinetuneArguments) -> Path:
     scheduler = make_scheduler(args, optimizer, total_steps)
     stopper = EarlyStopping(args.early_stopping_patience)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    accelerator.register_for_checkpointing(stopper)
+    noise = NoiseGenerator(args.seed + accelerator.process_index, accelerator.device)
+    accelerator.register_for_checkpointing(stopper, noise)
     unwrapped = accelerator.unwrap_model(model)
+    register_checkpoint_hooks(accelerator, unwrapped)
 
     global_step, first_epoch, skip_batches = 0, 0, 0
     checkpoint = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
@@ -578,7 +629,8 @@ def finetune(args: FinetuneArguments) -> Path:
             with accelerator.accumulate(model):
                 out = model(batch["contexts"], latents=batch["latents"],
                             pixel_values=batch.get("pixel_values"), reconstruction=args.loss,
-                            beta=args.beta, group_sparsity=args.group_sparsity, l2=args.l2)
+                            beta=args.beta, group_sparsity=args.group_sparsity, l2=args.l2,
+                            generator=noise.generator)
                 accelerator.backward(out["loss"])
                 if lora_params and global_step < unfreeze_step:
                     for p in lora_params:

@@ -28,6 +28,16 @@ LATENT_SHAPE = [4, 4, 4]
 ADAPTER_FILES = {"config.json", "model.safetensors", "README.md"}
 
 
+@pytest.fixture(autouse=True)
+def single_thread():
+    """These tensors are tiny: intra-op threads only add overhead, and on a busy 2-core machine
+    (other test or training processes) thread oversubscription makes the file ~10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_adapter(seed: int = 0, **kwargs) -> CtxAdapter:
     torch.manual_seed(seed)
     options = dict(

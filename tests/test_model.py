@@ -30,6 +30,16 @@ CASES = {
 }
 
 
+@pytest.fixture(autouse=True)
+def single_thread():
+    """These tensors are tiny: intra-op threads only add overhead, and on a busy 2-core machine
+    (other test or training processes) thread oversubscription makes the file ~10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def load_vae(request: pytest.FixtureRequest, name: str):
     fixture, cls = CASES[name]
     return cls.from_pretrained(request.getfixturevalue(fixture))
@@ -259,7 +269,7 @@ def test_wrong_resolution_is_rejected(case, make_images):
     assert "(32, 48)" in message and "(32, 32)" in message
 
 
-# ---------------------------------------------------------------------------------- saving and loading
+# ------------------------------------------------------------------------- saving and loading
 
 
 @pytest.mark.parametrize("name", list(CASES))
