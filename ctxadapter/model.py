@@ -14,14 +14,23 @@ The objective, per sample (``spec/context-module.md``)::
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from typing import Any, Literal
 
 import diffusers
+import safetensors.torch
 import torch
+from huggingface_hub import HfApi, hf_hub_download
 from torch import nn
 
 from .adapter import CtxAdapter
 from .codec import SUPPORTED_AUTOENCODERS, LatentCodec
+
+DECODER_LORA_NAME = "decoder_lora.safetensors"
+DECODER_LORA_TARGETS = ["conv1", "conv2", "conv_shortcut", "conv_in", "conv_out",
+                        "to_q", "to_k", "to_v", "to_out.0"]
+"""Decoder modules adapted by default by :meth:`ContextAutoencoder.add_decoder_lora`."""
 
 PIXEL_EPS = 1e-4
 """Decoded pixels are clamped to ``[eps, 1 - eps]`` before the Bernoulli likelihood."""
@@ -199,13 +208,57 @@ class ContextAutoencoder(nn.Module):
         return self.reconstruct(images, context, output_type)
 
     # ------------------------------------------------------------------ saving and loading
-    def save_pretrained(self, save_directory, **kwargs):
-        """Save the adapter (never the base autoencoder); see :meth:`CtxAdapter.save_pretrained`."""
-        return self.adapter.save_pretrained(save_directory, **kwargs)
+    # ------------------------------------------------------------------ decoder LoRA
+    def add_decoder_lora(self, rank: int, alpha: float | None = None,
+                         target_modules: list[str] | None = None) -> None:
+        """Add a LoRA (peft) to the frozen decoder: the paper's fine-tune variant, trained with
+        ``pixel`` loss. Only the LoRA weights train; they are saved beside the adapter
+        (``decoder_lora.safetensors``) and recorded in its config. ``AutoencoderKL`` only.
 
-    def push_to_hub(self, repo_id: str, **kwargs):
-        """Push the adapter folder to the Hub; see :meth:`CtxAdapter.push_to_hub`."""
-        return self.adapter.push_to_hub(repo_id, **kwargs)
+        Args:
+            rank: the LoRA rank.
+            alpha: the LoRA scale numerator (default: ``rank``).
+            target_modules: decoder module names to adapt (default: the ResNet and attention
+                convolutions and projections, the input and output convolutions).
+        """
+        from peft import LoraConfig, inject_adapter_in_model
+
+        if not isinstance(rank, int) or rank < 1:
+            raise ValueError(f"The decoder LoRA rank must be a positive integer, got {rank!r}")
+        if not isinstance(self.codec.autoencoder, diffusers.AutoencoderKL):
+            raise ValueError(f"A decoder LoRA needs an AutoencoderKL, not a "
+                             f"{type(self.codec.autoencoder).__name__}.")
+        settings = {"rank": rank, "alpha": alpha or rank,
+                    "target_modules": list(target_modules or DECODER_LORA_TARGETS)}
+        config = LoraConfig(r=rank, lora_alpha=settings["alpha"],
+                            target_modules=settings["target_modules"])
+        inject_adapter_in_model(config, self.codec.autoencoder.decoder)
+        self.adapter.config["decoder_lora"] = settings
+
+    def _decoder_lora_state(self) -> dict[str, torch.Tensor]:
+        from peft import get_peft_model_state_dict
+
+        return get_peft_model_state_dict(self.codec.autoencoder.decoder)
+
+    # ------------------------------------------------------------------ saving and loading
+    def save_pretrained(self, save_directory, **kwargs) -> None:
+        """Save the adapter folder: the adapter (never the base autoencoder; see
+        :meth:`CtxAdapter.save_pretrained`) and, if there is one, the decoder LoRA's weights."""
+        self.adapter.save_pretrained(save_directory, **kwargs)
+        if self.adapter.config["decoder_lora"]:
+            state = {k: v.contiguous() for k, v in self._decoder_lora_state().items()}
+            safetensors.torch.save_file(state, os.path.join(save_directory, DECODER_LORA_NAME))
+
+    def push_to_hub(self, repo_id: str, token: str | None = None, private: bool | None = None,
+                    commit_message: str = "Upload ctxadapter adapter") -> str:
+        """Save the adapter folder and upload it to the Hub repository ``repo_id`` (created if
+        needed) in one commit. Returns the commit's URL."""
+        api = HfApi(token=token)
+        repo_id = api.create_repo(repo_id=repo_id, private=private, exist_ok=True).repo_id
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder)
+            return api.upload_folder(repo_id=repo_id, folder_path=folder,
+                                     commit_message=commit_message)
 
     @classmethod
     def from_pretrained(
@@ -244,4 +297,17 @@ class ContextAutoencoder(nn.Module):
                 subfolder=base.get("subfolder"),
                 torch_dtype=torch_dtype,
             )
-        return cls(autoencoder, adapter).eval()
+        model = cls(autoencoder, adapter)
+        lora = adapter.config["decoder_lora"]
+        if lora:
+            from peft import set_peft_model_state_dict
+
+            model.add_decoder_lora(lora["rank"], lora["alpha"], lora["target_modules"])
+            path = str(pretrained_model_name_or_path)
+            file = (os.path.join(path, DECODER_LORA_NAME) if os.path.isdir(path)
+                    else hf_hub_download(path, DECODER_LORA_NAME, **hub_kwargs))
+            state = safetensors.torch.load_file(file)
+            result = set_peft_model_state_dict(model.codec.autoencoder.decoder, state)
+            if result.unexpected_keys:
+                raise ValueError(f"{file} holds unexpected keys {result.unexpected_keys}.")
+        return model.eval()

@@ -130,3 +130,15 @@ def test_bad_data_fails_before_writing(tmp_path, tiny_kl_path):
     with pytest.raises(ValueError, match="'colour'"):
         finetune(args)
     assert not output.exists()
+
+
+def test_pixel_loss_with_decoder_lora(tiny_kl_path, tmp_path):
+    output = tmp_path / "lora"
+    launch(output, tiny_kl_path, tmp_path / "cache", "--loss", "pixel", "--decoder_lora_rank", "2",
+           "--unfreeze_decoder_after", "0.5", "--checkpointing_steps", "4", "--sampler",
+           "context_pure")
+    assert (output / "decoder_lora.safetensors").is_file()
+    state = safetensors.torch.load_file(str(output / "checkpoint-4" / "trainable.safetensors"))
+    assert any("lora_" in k for k in state)
+    model = ContextAutoencoder.from_pretrained(str(output))
+    assert model.adapter.config["decoder_lora"]["rank"] == 2
