@@ -187,8 +187,11 @@ class CtxAdapter(
     ) -> torch.Tensor:
         """Prior noise ``z ~ N(0, I)``: ``(num_samples, K*w_in)``."""
         return torch.randn(
-            num_samples, self.noise_size, generator=generator,
-            device=self.latent_log_scale.device, dtype=self.latent_log_scale.dtype,
+            num_samples,
+            self.noise_size,
+            generator=generator,
+            device=self.latent_log_scale.device,
+            dtype=self.latent_log_scale.dtype,
         )
 
     def forward(
@@ -279,8 +282,12 @@ class CtxAdapter(
         cls._check_config(config, model_id)
         init = {**{k: v for k, v in config.items() if k != "ctxadapter_version"}, **model_kwargs}
         weights_file = cls._weights_file(
-            model_id, revision=revision, cache_dir=cache_dir, force_download=force_download,
-            local_files_only=local_files_only, token=token,
+            model_id,
+            revision=revision,
+            cache_dir=cache_dir,
+            force_download=force_download,
+            local_files_only=local_files_only,
+            token=token,
         )
         model = cls(**init)
         try:
@@ -354,8 +361,8 @@ class CtxAdapter(
             "",
             f"A context module ([paper]({PAPER_URL})) trained on top of the frozen autoencoder "
             f"`{base or 'unknown'}`. Concepts: {concepts}. Latent shape: "
-            f"`{list(self.latent_shape)}`." + (" Pooled ablation: contexts ignored."
-                                              if self.pooled else ""),
+            f"`{list(self.latent_shape)}`."
+            + (" Pooled ablation: contexts ignored." if self.pooled else ""),
             "",
         ]
         if sample_grid:
@@ -373,4 +380,3 @@ class CtxAdapter(
             "```",
         ]
         return ModelCard("\n".join(header + body) + "\n")
-

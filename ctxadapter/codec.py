@@ -35,7 +35,7 @@ def _pair(resolution: int | tuple[int, int]) -> tuple[int, int]:
 
 
 class LatentCodec(torch.nn.Module):
-    """Frozen ``AutoencoderKL`` / ``AutoencoderTiny`` mapping images to model-space latents and back.
+    """A frozen ``AutoencoderKL`` or ``AutoencoderTiny``: images <-> model-space latents.
 
     The autoencoder is registered as the submodule ``autoencoder``, its parameters are frozen
     (``requires_grad=False``) and it stays in eval mode whatever ``train()`` is called with.
@@ -175,7 +175,7 @@ class LatentCodec(torch.nn.Module):
 
     @torch.no_grad()
     def encode_distribution(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Encode images to the posterior ``(mean, logvar)`` in model space, e.g. for a latent cache.
+        """Encode images to the posterior ``(mean, logvar)`` in model space (for a latent cache).
 
         Args:
             images: ``(N, 3, H, W)`` float in ``[-1, 1]``.

@@ -31,7 +31,9 @@ def _invalid(value, concepts: Sequence[str], why: str) -> ValueError:
     )
 
 
-def parse_context(context: str | Sequence[str] | frozenset[str], concepts: Sequence[str]) -> Context:
+def parse_context(
+    context: str | Sequence[str] | frozenset[str], concepts: Sequence[str]
+) -> Context:
     """Validate one context and return its canonical form.
 
     Args:
@@ -52,8 +54,11 @@ def parse_context(context: str | Sequence[str] | frozenset[str], concepts: Seque
     elif isinstance(context, (list, tuple, frozenset, set)):
         names = list(context)
     else:
-        raise _invalid(context, concepts, f"expected a string or a list of strings, got "
-                       f"{type(context).__name__}")
+        raise _invalid(
+            context,
+            concepts,
+            f"expected a string or a list of strings, got {type(context).__name__}",
+        )
     for name in names:
         if not isinstance(name, str):
             raise _invalid(context, concepts, f"{name!r} is not a string")
@@ -132,4 +137,3 @@ def context_mask(
     for name in parse_context(contexts, concepts):
         mask[:, index[name]] = True
     return mask
-

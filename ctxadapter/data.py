@@ -206,8 +206,12 @@ def cache_latents(
     if len(contexts) != len(dataset):
         raise ValueError(f"Got {len(contexts)} contexts for {len(dataset)} rows.")
     key_parts = dict(
-        format=CACHE_FORMAT, autoencoder=autoencoder_fingerprint(codec), resolution=resolution,
-        dataset=dataset._fingerprint, image_column=image_column, keep_pixels=keep_pixels,
+        format=CACHE_FORMAT,
+        autoencoder=autoencoder_fingerprint(codec),
+        resolution=resolution,
+        dataset=dataset._fingerprint,
+        image_column=image_column,
+        keep_pixels=keep_pixels,
         contexts=hashlib.sha256("\n".join(contexts).encode()).hexdigest(),
     )
     key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:24]
@@ -225,7 +229,9 @@ def cache_latents(
     def encode(batch, indices):
         pixels = codec.preprocess(
             [image.convert("RGB") for image in batch[image_column]],
-            height=resolution, width=resolution, resize_mode="crop",
+            height=resolution,
+            width=resolution,
+            resize_mode="crop",
         )
         mean, logvar = codec.encode_distribution(pixels)
         out = {"latents": mean.numpy(), "context": [contexts[i] for i in indices]}
@@ -318,8 +324,14 @@ class ContextBatchSampler(torch.utils.data.Sampler):
             ``context_pure`` mode when the context has at least one full batch).
     """
 
-    def __init__(self, context_ids: torch.Tensor, batch_size: int, mode: str = "mixed",
-                 seed: int = 0, drop_last: bool = True):
+    def __init__(
+        self,
+        context_ids: torch.Tensor,
+        batch_size: int,
+        mode: str = "mixed",
+        seed: int = 0,
+        drop_last: bool = True,
+    ):
         if mode not in ("mixed", "context_pure"):
             raise ValueError(f"sampler must be 'mixed' or 'context_pure', got {mode!r}")
         if batch_size < 1:
@@ -351,7 +363,7 @@ class ContextBatchSampler(torch.utils.data.Sampler):
             full = len(rows) // size
             keep_partial = not self.drop_last or (self.mode == "context_pure" and full == 0)
             stop = len(rows) if keep_partial else full * size
-            batches += [rows[i:i + size].tolist() for i in range(0, stop, size)]
+            batches += [rows[i : i + size].tolist() for i in range(0, stop, size)]
         if self.mode == "context_pure":
             batches = [batches[i] for i in torch.randperm(len(batches), generator=generator)]
         return batches
@@ -366,4 +378,3 @@ class ContextBatchSampler(torch.utils.data.Sampler):
 def steps_per_epoch(num_batches: int, num_processes: int, accumulation: int) -> int:
     """Optimizer steps in one epoch of ``num_batches`` batches shared by the processes."""
     return max(1, math.ceil(math.ceil(num_batches / num_processes) / accumulation))
-

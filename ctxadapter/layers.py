@@ -156,7 +156,7 @@ class ExpressiveLayers(nn.Sequential):
     def __init__(self, num_concepts: int, in_width: int, out_width: int, depth: int):
         widths = expressive_widths(in_width, out_width, depth)
         layers: list[nn.Module] = []
-        for a, b in zip(widths[:-1], widths[1:]):
+        for a, b in zip(widths[:-1], widths[1:], strict=False):
             layers += [BlockLinear(num_concepts, a, b), nn.BatchNorm1d(num_concepts * b), nn.GELU()]
         super().__init__(*layers)
         self.widths = widths
@@ -182,8 +182,9 @@ class CausalLayer(nn.Module):
         self.weight_obs = nn.Parameter(_uniform_(torch.empty(size, size), bound))
         self.weight_ivn = nn.Parameter(_uniform_(torch.empty(size, size), bound))
         self.bias = nn.Parameter(_uniform_(torch.empty(size), bound))
-        self.register_buffer("off_diagonal", 1 - block_mask(num_concepts, width, width),
-                             persistent=False)
+        self.register_buffer(
+            "off_diagonal", 1 - block_mask(num_concepts, width, width), persistent=False
+        )
         self.register_buffer("identity", torch.eye(size), persistent=False)
 
     def observational_matrix(self) -> torch.Tensor:

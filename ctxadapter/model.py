@@ -28,8 +28,17 @@ from .adapter import CtxAdapter
 from .codec import SUPPORTED_AUTOENCODERS, LatentCodec
 
 DECODER_LORA_NAME = "decoder_lora.safetensors"
-DECODER_LORA_TARGETS = ["conv1", "conv2", "conv_shortcut", "conv_in", "conv_out",
-                        "to_q", "to_k", "to_v", "to_out.0"]
+DECODER_LORA_TARGETS = [
+    "conv1",
+    "conv2",
+    "conv_shortcut",
+    "conv_in",
+    "conv_out",
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+]
 """Decoder modules adapted by default by :meth:`ContextAutoencoder.add_decoder_lora`."""
 
 PIXEL_EPS = 1e-4
@@ -41,8 +50,12 @@ def gaussian_kl(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).sum(dim=1)
 
 
-def base_model_record(autoencoder, pretrained_model_name_or_path: str, revision: str | None = None,
-                      subfolder: str | None = None) -> dict:
+def base_model_record(
+    autoencoder,
+    pretrained_model_name_or_path: str,
+    revision: str | None = None,
+    subfolder: str | None = None,
+) -> dict:
     """What an adapter's config records about its base autoencoder (see :class:`CtxAdapter`)."""
     codec = LatentCodec(autoencoder)
     return dict(
@@ -146,8 +159,9 @@ class ContextAutoencoder(nn.Module):
         kl = gaussian_kl(out.mean, out.logvar)
         penalty = self.adapter.causal_penalty(mask, group_sparsity=group_sparsity, l2=l2)
         recon, kl = nll.mean(), kl.mean()
-        return dict(loss=recon + beta * kl + penalty, reconstruction=recon, kl=kl,
-                    causal_penalty=penalty)
+        return dict(
+            loss=recon + beta * kl + penalty, reconstruction=recon, kl=kl, causal_penalty=penalty
+        )
 
     def loss(self, contexts, **kwargs) -> dict[str, torch.Tensor]:
         """Alias of :meth:`forward` (call the module itself inside a distributed wrapper)."""
@@ -209,8 +223,9 @@ class ContextAutoencoder(nn.Module):
 
     # ------------------------------------------------------------------ saving and loading
     # ------------------------------------------------------------------ decoder LoRA
-    def add_decoder_lora(self, rank: int, alpha: float | None = None,
-                         target_modules: list[str] | None = None) -> None:
+    def add_decoder_lora(
+        self, rank: int, alpha: float | None = None, target_modules: list[str] | None = None
+    ) -> None:
         """Add a LoRA (peft) to the frozen decoder: the paper's fine-tune variant, trained with
         ``pixel`` loss. Only the LoRA weights train; they are saved beside the adapter
         (``decoder_lora.safetensors``) and recorded in its config. ``AutoencoderKL`` only.
@@ -226,12 +241,18 @@ class ContextAutoencoder(nn.Module):
         if not isinstance(rank, int) or rank < 1:
             raise ValueError(f"The decoder LoRA rank must be a positive integer, got {rank!r}")
         if not isinstance(self.codec.autoencoder, diffusers.AutoencoderKL):
-            raise ValueError(f"A decoder LoRA needs an AutoencoderKL, not a "
-                             f"{type(self.codec.autoencoder).__name__}.")
-        settings = {"rank": rank, "alpha": alpha or rank,
-                    "target_modules": list(target_modules or DECODER_LORA_TARGETS)}
-        config = LoraConfig(r=rank, lora_alpha=settings["alpha"],
-                            target_modules=settings["target_modules"])
+            raise ValueError(
+                f"A decoder LoRA needs an AutoencoderKL, not a "
+                f"{type(self.codec.autoencoder).__name__}."
+            )
+        settings = {
+            "rank": rank,
+            "alpha": alpha or rank,
+            "target_modules": list(target_modules or DECODER_LORA_TARGETS),
+        }
+        config = LoraConfig(
+            r=rank, lora_alpha=settings["alpha"], target_modules=settings["target_modules"]
+        )
         inject_adapter_in_model(config, self.codec.autoencoder.decoder)
         self.adapter.config["decoder_lora"] = settings
 
@@ -249,16 +270,22 @@ class ContextAutoencoder(nn.Module):
             state = {k: v.contiguous() for k, v in self._decoder_lora_state().items()}
             safetensors.torch.save_file(state, os.path.join(save_directory, DECODER_LORA_NAME))
 
-    def push_to_hub(self, repo_id: str, token: str | None = None, private: bool | None = None,
-                    commit_message: str = "Upload ctxadapter adapter") -> str:
+    def push_to_hub(
+        self,
+        repo_id: str,
+        token: str | None = None,
+        private: bool | None = None,
+        commit_message: str = "Upload ctxadapter adapter",
+    ) -> str:
         """Save the adapter folder and upload it to the Hub repository ``repo_id`` (created if
         needed) in one commit. Returns the commit's URL."""
         api = HfApi(token=token)
         repo_id = api.create_repo(repo_id=repo_id, private=private, exist_ok=True).repo_id
         with tempfile.TemporaryDirectory() as folder:
             self.save_pretrained(folder)
-            return api.upload_folder(repo_id=repo_id, folder_path=folder,
-                                     commit_message=commit_message)
+            return api.upload_folder(
+                repo_id=repo_id, folder_path=folder, commit_message=commit_message
+            )
 
     @classmethod
     def from_pretrained(
@@ -304,8 +331,11 @@ class ContextAutoencoder(nn.Module):
 
             model.add_decoder_lora(lora["rank"], lora["alpha"], lora["target_modules"])
             path = str(pretrained_model_name_or_path)
-            file = (os.path.join(path, DECODER_LORA_NAME) if os.path.isdir(path)
-                    else hf_hub_download(path, DECODER_LORA_NAME, **hub_kwargs))
+            file = (
+                os.path.join(path, DECODER_LORA_NAME)
+                if os.path.isdir(path)
+                else hf_hub_download(path, DECODER_LORA_NAME, **hub_kwargs)
+            )
             state = safetensors.torch.load_file(file)
             result = set_peft_model_state_dict(model.codec.autoencoder.decoder, state)
             if result.unexpected_keys:

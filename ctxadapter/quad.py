@@ -295,7 +295,7 @@ def _examples(
         latents = sample_latents(context, n, seed, dependent, strength, split)
         for start in range(0, n, _RENDER_CHUNK):
             chunk = latents[start : start + _RENDER_CHUNK]
-            for image, row in zip(latents_to_images(chunk, dependent), chunk):
+            for image, row in zip(latents_to_images(chunk, dependent), chunk, strict=False):
                 yield {"image": Image.fromarray(image), "context": context, "latents": row.tolist()}
 
 
@@ -330,7 +330,9 @@ def build_dataset(
         "train": (TRAIN_CONTEXTS, n_per_context),
         "validation": (
             TRAIN_CONTEXTS,
-            max(1, n_per_context // 10) if validation_per_context is None else validation_per_context,
+            max(1, n_per_context // 10)
+            if validation_per_context is None
+            else validation_per_context,
         ),
         "test": (TRAIN_CONTEXTS + HELDOUT_COMPOSITIONS, heldout_per_context),
     }
@@ -370,7 +372,7 @@ def write_imagefolder(dataset_dict: datasets.DatasetDict, root: str | Path) -> N
         with open(folder / "metadata.jsonl", "w") as metadata:
             for batch in raw.iter(batch_size=_RENDER_CHUNK):
                 for image, context, latents in zip(
-                    batch["image"], batch["context"], batch["latents"]
+                    batch["image"], batch["context"], batch["latents"], strict=False
                 ):
                     file_name = f"{context}_{counts.get(context, 0)}.png"
                     counts[context] = counts.get(context, 0) + 1

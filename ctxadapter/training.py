@@ -39,46 +39,61 @@ class DataArguments:
 
     dataset_name: str | None = _help(
         "A Hub dataset id, a save_to_disk folder or a local dataset. Default: the built-in quad "
-        "data.", default=None)
+        "data.",
+        default=None,
+    )
     dataset_config_name: str | None = _help("The dataset's configuration name.", default=None)
     train_data_dir: str | None = _help(
-        "An imagefolder with a metadata.jsonl holding a context column.", default=None)
+        "An imagefolder with a metadata.jsonl holding a context column.", default=None
+    )
     image_column: str = _help("The column holding the images.", default="image")
     context_column: str = _help(
         "The column holding each image's context: 'obs', a concept, 'a+b' or a list of names.",
-        default="context")
+        default="context",
+    )
     resolution: int | None = _help(
         "Images are resized and centre-cropped to this size (a multiple of the autoencoder's "
-        "downsampling factor). Default: the autoencoder's sample_size.", default=None)
+        "downsampling factor). Default: the autoencoder's sample_size.",
+        default=None,
+    )
     validation_fraction: float = _help(
         "Fraction of the training rows held out for validation when the dataset has no "
-        "'validation' split.", default=0.05)
+        "'validation' split.",
+        default=0.05,
+    )
     quad_images_per_context: int = _help(
-        "Training images per context of the built-in quad data.", default=2000)
+        "Training images per context of the built-in quad data.", default=2000
+    )
     quad_variant: str = _help(
         "Built-in quad data: 'dependent' (concepts causally related) or 'independent'.",
-        default="dependent")
+        default="dependent",
+    )
     cache_dir: str | None = _help(
-        "Where downloads, Arrow files and the latent cache are kept. Default: the datasets "
-        "cache.", default=None)
+        "Where downloads, Arrow files and the latent cache are kept. Default: the datasets cache.",
+        default=None,
+    )
     seed: int = _help("Seed for data order, initialisation and noise.", default=0)
     output_dir: str = _help("Where the results are written.", default="ctxadapter-quad")
     train_batch_size: int = _help("Batch size per device.", default=512)
     max_train_steps: int | None = _help(
-        "Total optimizer steps; overrides --num_train_epochs.", default=None)
+        "Total optimizer steps; overrides --num_train_epochs.", default=None
+    )
     num_train_epochs: int = _help("Epochs, when --max_train_steps is not given.", default=100)
-    gradient_accumulation_steps: int = _help(
-        "Batches accumulated per optimizer step.", default=1)
+    gradient_accumulation_steps: int = _help("Batches accumulated per optimizer step.", default=1)
     learning_rate: float = _help("Peak learning rate (Adam).", default=1e-3)
     lr_scheduler: str = _help(
         "A transformers schedule name; the default warms up linearly, then follows a cosine to "
-        "--min_learning_rate.", default="cosine_with_min_lr")
+        "--min_learning_rate.",
+        default="cosine_with_min_lr",
+    )
     lr_warmup_steps: int = _help("Linear warm-up steps.", default=200)
     min_learning_rate: float = _help("Final learning rate of cosine_with_min_lr.", default=1e-5)
-    mixed_precision: str | None = _help("'no', 'fp16' or 'bf16' (default: accelerate config).",
-                                        default=None)
-    report_to: str = _help("Where to log: 'tensorboard', 'wandb', 'all' or 'none'.",
-                           default="tensorboard")
+    mixed_precision: str | None = _help(
+        "'no', 'fp16' or 'bf16' (default: accelerate config).", default=None
+    )
+    report_to: str = _help(
+        "Where to log: 'tensorboard', 'wandb', 'all' or 'none'.", default="tensorboard"
+    )
     dataloader_num_workers: int = _help("Data loading worker processes.", default=0)
 
 
@@ -100,14 +115,18 @@ def load_splits(args: DataArguments, concepts=None, with_contexts: bool = True):
     """
     if args.quad_variant not in ("dependent", "independent"):
         raise ValueError(
-            f"--quad_variant must be 'dependent' or 'independent', got {args.quad_variant!r}")
+            f"--quad_variant must be 'dependent' or 'independent', got {args.quad_variant!r}"
+        )
     if not 0 < args.validation_fraction < 1:
         raise ValueError(f"--validation_fraction must be in (0, 1), got {args.validation_fraction}")
     data = load_image_dataset(
-        dataset_name=args.dataset_name, dataset_config_name=args.dataset_config_name,
-        train_data_dir=args.train_data_dir, cache_dir=args.cache_dir,
+        dataset_name=args.dataset_name,
+        dataset_config_name=args.dataset_config_name,
+        train_data_dir=args.train_data_dir,
+        cache_dir=args.cache_dir,
         quad_images_per_context=args.quad_images_per_context,
-        quad_dependent=args.quad_variant == "dependent", seed=args.seed,
+        quad_dependent=args.quad_variant == "dependent",
+        seed=args.seed,
     )
     train = data["train"]
     if len(train) == 0:
@@ -120,10 +139,12 @@ def load_splits(args: DataArguments, concepts=None, with_contexts: bool = True):
     if not with_contexts:
         validate_dataset(train, args.image_column, None)
         return train, validation, None, None, None
-    concepts, train_contexts = validate_dataset(train, args.image_column, args.context_column,
-                                                concepts)
-    _, validation_contexts = validate_dataset(validation, args.image_column,
-                                              args.context_column, concepts)
+    concepts, train_contexts = validate_dataset(
+        train, args.image_column, args.context_column, concepts
+    )
+    _, validation_contexts = validate_dataset(
+        validation, args.image_column, args.context_column, concepts
+    )
     return train, validation, concepts, train_contexts, validation_contexts
 
 
@@ -132,15 +153,19 @@ def make_scheduler(args: DataArguments, optimizer: torch.optim.Optimizer, total_
     linear warm-up then a cosine decay to ``min_learning_rate``."""
     extra = {"min_lr": args.min_learning_rate} if args.lr_scheduler == "cosine_with_min_lr" else {}
     return get_scheduler(
-        args.lr_scheduler, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps,
-        num_training_steps=total_steps, scheduler_specific_kwargs=extra,
+        args.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps,
+        num_training_steps=total_steps,
+        scheduler_specific_kwargs=extra,
     )
 
 
 def make_accelerator(args: DataArguments, **kwargs) -> Accelerator:
     """An ``Accelerator`` logging under ``output_dir/logs``."""
-    project = ProjectConfiguration(project_dir=args.output_dir,
-                                   logging_dir=os.path.join(args.output_dir, "logs"))
+    project = ProjectConfiguration(
+        project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")
+    )
     return Accelerator(
         mixed_precision=args.mixed_precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -152,8 +177,9 @@ def make_accelerator(args: DataArguments, **kwargs) -> Accelerator:
 
 def tracker_config(args) -> dict:
     """Flags as a flat dict of scalars for the trackers (tensorboard takes no lists)."""
-    return {k: v if isinstance(v, (int, float, str, bool)) else str(v)
-            for k, v in asdict(args).items()}
+    return {
+        k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in asdict(args).items()
+    }
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -193,7 +219,8 @@ def resolve_checkpoint(output_dir: str, resume_from_checkpoint: str | None) -> P
         path = Path(output_dir) / resume_from_checkpoint
     if not path.is_dir():
         raise FileNotFoundError(
-            f"--resume_from_checkpoint {resume_from_checkpoint!r}: no such checkpoint folder.")
+            f"--resume_from_checkpoint {resume_from_checkpoint!r}: no such checkpoint folder."
+        )
     return path
 
 
@@ -205,11 +232,13 @@ class PretrainArguments(DataArguments):
     """Flags of ``examples/pretrain_autoencoder.py``: a small ``AutoencoderKL`` trained on the
     images of any dataset (contexts pooled)."""
 
-    output_dir: str = _help("Where the diffusers AutoencoderKL folder is written.",
-                            default="quad-autoencoder")
+    output_dir: str = _help(
+        "Where the diffusers AutoencoderKL folder is written.", default="quad-autoencoder"
+    )
     block_out_channels: list[int] = _help(
         "Channels per resolution level; n levels downsample by 2**(n-1).",
-        default_factory=lambda: [16, 32, 64, 64])
+        default_factory=lambda: [16, 32, 64, 64],
+    )
     layers_per_block: int = _help("ResNet layers per level.", default=1)
     latent_channels: int = _help("Latent channels.", default=4)
     norm_num_groups: int = _help("GroupNorm groups.", default=8)
@@ -224,7 +253,9 @@ def pretrain_autoencoder(args: PretrainArguments) -> AutoencoderKL:
     """Train an ``AutoencoderKL`` from scratch on the dataset's images (every context pooled),
     set its ``scaling_factor`` to ``1 / std`` of the latents, and save it to ``output_dir``."""
     if args.max_train_steps is None or args.max_train_steps < 1:
-        raise ValueError(f"--max_train_steps must be a positive integer, got {args.max_train_steps}")
+        raise ValueError(
+            f"--max_train_steps must be a positive integer, got {args.max_train_steps}"
+        )
     train, validation, *_ = load_splits(args, with_contexts=False)
     resolution = args.resolution or 64
     levels = len(args.block_out_channels)
@@ -245,12 +276,15 @@ def pretrain_autoencoder(args: PretrainArguments) -> AutoencoderKL:
 
     def collate(indices):
         images = [image.convert("RGB") for image in train[indices][args.image_column]]
-        return processor.preprocess(images, height=resolution, width=resolution,
-                                    resize_mode="crop")
+        return processor.preprocess(images, height=resolution, width=resolution, resize_mode="crop")
 
     loader = torch.utils.data.DataLoader(
-        range(len(train)), batch_size=args.train_batch_size, shuffle=True, drop_last=True,
-        collate_fn=collate, num_workers=args.dataloader_num_workers,
+        range(len(train)),
+        batch_size=args.train_batch_size,
+        shuffle=True,
+        drop_last=True,
+        collate_fn=collate,
+        num_workers=args.dataloader_num_workers,
         generator=torch.Generator().manual_seed(args.seed),
     )
     optimizer = torch.optim.AdamW(vae.parameters(), lr=args.learning_rate)
@@ -258,8 +292,11 @@ def pretrain_autoencoder(args: PretrainArguments) -> AutoencoderKL:
     vae, optimizer, loader, scheduler = accelerator.prepare(vae, optimizer, loader, scheduler)
     if accelerator.is_main_process:
         accelerator.init_trackers("pretrain_autoencoder", config=tracker_config(args))
-    progress = tqdm(range(args.max_train_steps), disable=not accelerator.is_local_main_process,
-                    desc="Pretraining autoencoder")
+    progress = tqdm(
+        range(args.max_train_steps),
+        disable=not accelerator.is_local_main_process,
+        desc="Pretraining autoencoder",
+    )
     step = 0
     while step < args.max_train_steps:
         for pixels in loader:
@@ -292,24 +329,33 @@ def pretrain_autoencoder(args: PretrainArguments) -> AutoencoderKL:
 
 
 @torch.no_grad()
-def _autoencoder_metrics(vae, validation: datasets.Dataset, image_column: str,
-                         processor: VaeImageProcessor, resolution: int,
-                         max_images: int = 512) -> dict:
+def _autoencoder_metrics(
+    vae,
+    validation: datasets.Dataset,
+    image_column: str,
+    processor: VaeImageProcessor,
+    resolution: int,
+    max_images: int = 512,
+) -> dict:
     """Held-out PSNR of the reconstructions and the latent scaling factor ``1 / std``."""
     rows = validation.select(range(min(max_images, len(validation))))
     latents, sq_errors = [], []
     for start in range(0, len(rows), 64):
-        images = [im.convert("RGB") for im in rows[start:start + 64][image_column]]
-        pixels = processor.preprocess(images, height=resolution, width=resolution,
-                                      resize_mode="crop").to(vae.device, vae.dtype)
+        images = [im.convert("RGB") for im in rows[start : start + 64][image_column]]
+        pixels = processor.preprocess(
+            images, height=resolution, width=resolution, resize_mode="crop"
+        ).to(vae.device, vae.dtype)
         mean = vae.encode(pixels).latent_dist.mean
         decoded = vae.decode(mean).sample.clamp(-1, 1)
         latents.append(mean.float().cpu())
         sq_errors.append(((decoded - pixels).float().cpu() / 2).pow(2).flatten(1).mean(1))
     mse = torch.cat(sq_errors)
     psnr = (-10 * torch.log10(mse.clamp_min(1e-10))).mean().item()
-    return {"validation_psnr_db": round(psnr, 3), "validation_images": len(rows),
-            "scaling_factor": round(1.0 / torch.cat(latents).std().item(), 5)}
+    return {
+        "validation_psnr_db": round(psnr, 3),
+        "validation_images": len(rows),
+        "scaling_factor": round(1.0 / torch.cat(latents).std().item(), 5),
+    }
 
 
 # ---------------------------------------------------------------------------- fine-tuning
@@ -321,77 +367,102 @@ class FinetuneArguments(DataArguments):
 
     pretrained_model_name_or_path: str | None = _help(
         "The frozen autoencoder (diffusers AutoencoderKL or AutoencoderTiny): a Hub id or a "
-        "folder. Default: the project's small autoencoder pretrained on quad.", default=None)
+        "folder. Default: the project's small autoencoder pretrained on quad.",
+        default=None,
+    )
     revision: str | None = _help("Revision of the autoencoder on the Hub.", default=None)
     subfolder: str | None = _help("Subfolder of the autoencoder, e.g. 'vae'.", default=None)
     concepts: list[str] | None = _help(
-        "Concept names, in order. Default: inferred from the data's contexts.", default=None)
+        "Concept names, in order. Default: inferred from the data's contexts.", default=None
+    )
     exogenous_width: int = _help("Noise dimensions per concept.", default=32)
     concept_width: int = _help("Dimensions per concept in the causal layer.", default=8)
     expressive_depth: int = _help("Widths of the per-concept MLPs (1: none).", default=2)
     observational_mixing: str = _help("'dense' (reference) or 'block'.", default="dense")
-    composition: str = _help("'reference' or 'strict' causal-layer compositions.",
-                             default="reference")
+    composition: str = _help(
+        "'reference' or 'strict' causal-layer compositions.", default="reference"
+    )
     pooled: bool = _help("Ignore context labels: the 'CM pooled' ablation.", default=False)
     beta: float = _help("Weight of the KL term.", default=1.0)
-    loss: str = _help("'latent' (cached latents, fast) or 'pixel' (through the frozen decoder).",
-                      default="latent")
-    sampler: str = _help("'mixed' batches or 'context_pure' batches (one context each).",
-                         default="mixed")
-    group_sparsity: float = _help("Weight of the causal-layer group-sparsity penalty.",
-                                  default=0.0)
+    loss: str = _help(
+        "'latent' (cached latents, fast) or 'pixel' (through the frozen decoder).", default="latent"
+    )
+    sampler: str = _help(
+        "'mixed' batches or 'context_pure' batches (one context each).", default="mixed"
+    )
+    group_sparsity: float = _help("Weight of the causal-layer group-sparsity penalty.", default=0.0)
     l2: float = _help("Weight of the causal-layer Frobenius-norm penalty.", default=0.0)
     decoder_lora_rank: int = _help(
         "Rank of a LoRA on the decoder (the paper's fine-tune variant; needs --loss pixel). "
-        "0: decoder frozen.", default=0)
+        "0: decoder frozen.",
+        default=0,
+    )
     unfreeze_decoder_after: float = _help(
-        "Fraction of the training steps after which the decoder LoRA starts learning.",
-        default=0.2)
+        "Fraction of the training steps after which the decoder LoRA starts learning.", default=0.2
+    )
     validation_epochs: int = _help(
-        "Validation loss (for early stopping) every this many epochs.", default=1)
+        "Validation loss (for early stopping) every this many epochs.", default=1
+    )
     early_stopping_patience: int | None = _help(
         "Stop after this many validations without improvement and restore the best weights "
-        "(None: never stop early).", default=20)
+        "(None: never stop early).",
+        default=20,
+    )
     validation_steps: int = _help("Sample grids every this many steps.", default=500)
     validation_compositions: list[str] | None = _help(
         "Compositions shown in the sample grids. Default: quad's held-out compositions, or "
-        "every pair of concepts (at most 12).", default=None)
+        "every pair of concepts (at most 12).",
+        default=None,
+    )
     num_validation_images: int = _help("Images per row of the sample grids.", default=8)
-    checkpointing_steps: int = _help("Save a resumable checkpoint every this many steps.",
-                                     default=500)
-    checkpoints_total_limit: int | None = _help("Keep at most this many checkpoints.",
-                                                default=None)
+    checkpointing_steps: int = _help(
+        "Save a resumable checkpoint every this many steps.", default=500
+    )
+    checkpoints_total_limit: int | None = _help("Keep at most this many checkpoints.", default=None)
     resume_from_checkpoint: str | None = _help(
-        "A checkpoint folder, or 'latest' for the newest in --output_dir.", default=None)
+        "A checkpoint folder, or 'latest' for the newest in --output_dir.", default=None
+    )
     push_to_hub: bool = _help("Push the adapter folder to the Hub at the end.", default=False)
-    hub_model_id: str | None = _help("Hub repository (default: the output folder's name).",
-                                     default=None)
+    hub_model_id: str | None = _help(
+        "Hub repository (default: the output folder's name).", default=None
+    )
     hub_token: str | None = _help("Hub token (default: the saved login).", default=None)
 
 
 def check_finetune_arguments(args: FinetuneArguments) -> None:
     """Reject bad flag values before any work is done."""
-    choices = {"loss": ("latent", "pixel"), "sampler": ("mixed", "context_pure"),
-               "observational_mixing": ("dense", "block"), "composition": ("reference", "strict")}
+    choices = {
+        "loss": ("latent", "pixel"),
+        "sampler": ("mixed", "context_pure"),
+        "observational_mixing": ("dense", "block"),
+        "composition": ("reference", "strict"),
+    }
     for name, allowed in choices.items():
         if getattr(args, name) not in allowed:
             raise ValueError(f"--{name} must be one of {allowed}, got {getattr(args, name)!r}")
     if args.decoder_lora_rank and args.loss != "pixel":
-        raise ValueError("--decoder_lora_rank needs --loss pixel: the latent loss never runs the "
-                         "decoder.")
-    for name in ("train_batch_size", "gradient_accumulation_steps", "validation_epochs",
-                 "validation_steps", "checkpointing_steps", "num_train_epochs"):
+        raise ValueError(
+            "--decoder_lora_rank needs --loss pixel: the latent loss never runs the decoder."
+        )
+    for name in (
+        "train_batch_size",
+        "gradient_accumulation_steps",
+        "validation_epochs",
+        "validation_steps",
+        "checkpointing_steps",
+        "num_train_epochs",
+    ):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.max_train_steps is not None and args.max_train_steps < 1:
         raise ValueError(f"--max_train_steps must be >= 1, got {args.max_train_steps}")
     if not 0 <= args.unfreeze_decoder_after < 1:
         raise ValueError(
-            f"--unfreeze_decoder_after must be in [0, 1), got {args.unfreeze_decoder_after}")
+            f"--unfreeze_decoder_after must be in [0, 1), got {args.unfreeze_decoder_after}"
+        )
 
 
-def load_autoencoder(name_or_path: str, revision: str | None = None,
-                     subfolder: str | None = None):
+def load_autoencoder(name_or_path: str, revision: str | None = None, subfolder: str | None = None):
     """Load a diffusers ``AutoencoderKL`` or ``AutoencoderTiny`` named by its config's
     ``_class_name``."""
     import diffusers
@@ -404,7 +475,8 @@ def load_autoencoder(name_or_path: str, revision: str | None = None,
     if class_name not in supported:
         raise ValueError(f"{name_or_path!r} is a {class_name}; supported: {sorted(supported)}.")
     return getattr(diffusers, class_name).from_pretrained(
-        name_or_path, revision=revision, subfolder=subfolder)
+        name_or_path, revision=revision, subfolder=subfolder
+    )
 
 
 class EarlyStopping:
@@ -427,8 +499,11 @@ class EarlyStopping:
         return self.patience is not None and self.bad_rounds >= self.patience
 
     def state_dict(self) -> dict:
-        return {"best_loss": self.best_loss, "bad_rounds": self.bad_rounds,
-                "best_state": self.best_state}
+        return {
+            "best_loss": self.best_loss,
+            "bad_rounds": self.bad_rounds,
+            "best_state": self.best_state,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.best_loss, self.bad_rounds = state["best_loss"], state["bad_rounds"]
@@ -477,7 +552,8 @@ def register_checkpoint_hooks(accelerator: Accelerator, model) -> None:
         if set(state) != expected:
             raise ValueError(
                 f"Checkpoint {input_dir} does not match the model: missing "
-                f"{sorted(expected - set(state))}, unexpected {sorted(set(state) - expected)}.")
+                f"{sorted(expected - set(state))}, unexpected {sorted(set(state) - expected)}."
+            )
         model.load_state_dict(state, strict=False)
         models.clear()
 
@@ -504,9 +580,14 @@ def validation_loss(model, loader, args: FinetuneArguments) -> float:
     generator = torch.Generator(device=model.adapter.latent_log_scale.device).manual_seed(0)
     total, count = 0.0, 0
     for batch in loader:
-        out = model(batch["contexts"], latents=batch["latents"],
-                    pixel_values=batch.get("pixel_values"), reconstruction=args.loss,
-                    beta=args.beta, generator=generator)
+        out = model(
+            batch["contexts"],
+            latents=batch["latents"],
+            pixel_values=batch.get("pixel_values"),
+            reconstruction=args.loss,
+            beta=args.beta,
+            generator=generator,
+        )
         total += out["loss"].item() * len(batch["latents"])
         count += len(batch["latents"])
     model.train(was_training)
@@ -538,38 +619,61 @@ def finetune(args: FinetuneArguments) -> Path:
 
         args.concepts = list(CONCEPTS)
     train, validation, concepts, train_contexts, validation_contexts = load_splits(
-        args, args.concepts)
-    autoencoder = load_autoencoder(args.pretrained_model_name_or_path, args.revision,
-                                   args.subfolder)
+        args, args.concepts
+    )
+    autoencoder = load_autoencoder(
+        args.pretrained_model_name_or_path, args.revision, args.subfolder
+    )
     codec = LatentCodec(autoencoder)
     resolution = args.resolution or autoencoder.config.sample_size
     latent_shape = codec.latent_shape(resolution)
-    compositions = args.validation_compositions or default_compositions(concepts,
-                                                                        quad_default(args))
+    compositions = args.validation_compositions or default_compositions(
+        concepts, quad_default(args)
+    )
     adapter = CtxAdapter(
-        concepts=concepts, latent_shape=list(latent_shape),
-        exogenous_width=args.exogenous_width, concept_width=args.concept_width,
-        expressive_depth=args.expressive_depth, observational_mixing=args.observational_mixing,
-        composition=args.composition, pooled=args.pooled,
-        base_model=base_model_record(autoencoder, args.pretrained_model_name_or_path,
-                                     args.revision, args.subfolder),
+        concepts=concepts,
+        latent_shape=list(latent_shape),
+        exogenous_width=args.exogenous_width,
+        concept_width=args.concept_width,
+        expressive_depth=args.expressive_depth,
+        observational_mixing=args.observational_mixing,
+        composition=args.composition,
+        pooled=args.pooled,
+        base_model=base_model_record(
+            autoencoder, args.pretrained_model_name_or_path, args.revision, args.subfolder
+        ),
     )
     for context in compositions:
         adapter.context_mask(context, 1)  # raises on an unknown concept
 
     accelerator = make_accelerator(
-        args, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+        args, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)]
+    )
     set_seed(args.seed)
     adapter = CtxAdapter(**adapter.config)  # initialised after the seed is set
-    cache_root = os.path.join(args.cache_dir or datasets.config.HF_DATASETS_CACHE,
-                              "ctxadapter-latents")
+    cache_root = os.path.join(
+        args.cache_dir or datasets.config.HF_DATASETS_CACHE, "ctxadapter-latents"
+    )
     keep_pixels = args.loss == "pixel"
     with accelerator.main_process_first():
-        train_cache = cache_latents(train, codec, train_contexts, args.image_column, resolution,
-                                    cache_root, keep_pixels=keep_pixels)
-        validation_cache = cache_latents(validation, codec, validation_contexts,
-                                         args.image_column, resolution, cache_root,
-                                         keep_pixels=keep_pixels)
+        train_cache = cache_latents(
+            train,
+            codec,
+            train_contexts,
+            args.image_column,
+            resolution,
+            cache_root,
+            keep_pixels=keep_pixels,
+        )
+        validation_cache = cache_latents(
+            validation,
+            codec,
+            validation_contexts,
+            args.image_column,
+            resolution,
+            cache_root,
+            keep_pixels=keep_pixels,
+        )
     if accelerator.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)
     model = ContextAutoencoder(codec, adapter)
@@ -578,26 +682,33 @@ def finetune(args: FinetuneArguments) -> Path:
     model.to(accelerator.device)
     in_memory = len(train_cache) * math.prod(latent_shape) * 4 < 2**30
     train_data = CachedLatents(train_cache, concepts, in_memory=in_memory)
-    sampler = ContextBatchSampler(train_data.context_ids, args.train_batch_size, args.sampler,
-                                  seed=args.seed)
-    loader = torch.utils.data.DataLoader(train_data, batch_sampler=sampler,
-                                         collate_fn=collate_batch,
-                                         num_workers=args.dataloader_num_workers)
+    sampler = ContextBatchSampler(
+        train_data.context_ids, args.train_batch_size, args.sampler, seed=args.seed
+    )
+    loader = torch.utils.data.DataLoader(
+        train_data,
+        batch_sampler=sampler,
+        collate_fn=collate_batch,
+        num_workers=args.dataloader_num_workers,
+    )
     validation_data = CachedLatents(validation_cache, concepts, in_memory=in_memory)
     validation_loader = torch.utils.data.DataLoader(
         validation_data,
         batch_sampler=torch.utils.data.BatchSampler(
-            range(len(validation_data)), args.train_batch_size, drop_last=False),
+            range(len(validation_data)), args.train_batch_size, drop_last=False
+        ),
         collate_fn=collate_batch,
     )
-    epoch_steps = count_steps(len(sampler), accelerator.num_processes,
-                              args.gradient_accumulation_steps)
+    epoch_steps = count_steps(
+        len(sampler), accelerator.num_processes, args.gradient_accumulation_steps
+    )
     total_steps = args.max_train_steps or args.num_train_epochs * epoch_steps
     num_epochs = math.ceil(total_steps / epoch_steps)
     unfreeze_step = int(args.unfreeze_decoder_after * total_steps)
     lora_params = [p for n, p in model.named_parameters() if "lora_" in n]
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
-                                 lr=args.learning_rate)
+    optimizer = torch.optim.Adam(
+        [p for p in model.parameters() if p.requires_grad], lr=args.learning_rate
+    )
     scheduler = make_scheduler(args, optimizer, total_steps)
     stopper = EarlyStopping(args.early_stopping_patience)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
@@ -616,21 +727,34 @@ def finetune(args: FinetuneArguments) -> Path:
         accelerator.print(f"Resumed from {checkpoint} at step {global_step}.")
     if accelerator.is_main_process:
         accelerator.init_trackers("ctxadapter", config=tracker_config(args))
-    progress = tqdm(range(total_steps), initial=global_step, desc="Training adapter",
-                    disable=not accelerator.is_local_main_process)
+    progress = tqdm(
+        range(total_steps),
+        initial=global_step,
+        desc="Training adapter",
+        disable=not accelerator.is_local_main_process,
+    )
     history: list[dict] = []
     stop = False
     for epoch in range(first_epoch, num_epochs):
         model.train()
         sampler.shuffle_for_epoch(epoch)
-        batches = (accelerator.skip_first_batches(loader, skip_batches)
-                   if epoch == first_epoch and skip_batches else loader)
+        batches = (
+            accelerator.skip_first_batches(loader, skip_batches)
+            if epoch == first_epoch and skip_batches
+            else loader
+        )
         for batch in batches:
             with accelerator.accumulate(model):
-                out = model(batch["contexts"], latents=batch["latents"],
-                            pixel_values=batch.get("pixel_values"), reconstruction=args.loss,
-                            beta=args.beta, group_sparsity=args.group_sparsity, l2=args.l2,
-                            generator=noise.generator)
+                out = model(
+                    batch["contexts"],
+                    latents=batch["latents"],
+                    pixel_values=batch.get("pixel_values"),
+                    reconstruction=args.loss,
+                    beta=args.beta,
+                    group_sparsity=args.group_sparsity,
+                    l2=args.l2,
+                    generator=noise.generator,
+                )
                 accelerator.backward(out["loss"])
                 if lora_params and global_step < unfreeze_step:
                     for p in lora_params:
@@ -653,8 +777,12 @@ def finetune(args: FinetuneArguments) -> Path:
                 accelerator.wait_for_everyone()
                 accelerator.save_state(os.path.join(args.output_dir, f"checkpoint-{global_step}"))
             if global_step % args.validation_steps == 0 and accelerator.is_main_process:
-                grid = context_grid(unwrapped, ["obs", *concepts, *compositions],
-                                    args.num_validation_images, seed=args.seed)
+                grid = context_grid(
+                    unwrapped,
+                    ["obs", *concepts, *compositions],
+                    args.num_validation_images,
+                    seed=args.seed,
+                )
                 grid.save(Path(args.output_dir) / f"samples-{global_step}.png")
                 _log_image(accelerator, "samples", grid, global_step)
             if global_step >= total_steps:
@@ -673,16 +801,29 @@ def finetune(args: FinetuneArguments) -> Path:
     unwrapped.eval()
     if accelerator.is_main_process:
         output = Path(args.output_dir)
-        files = write_report(unwrapped, output, num_samples=args.num_validation_images,
-                             seed=args.seed, compositions=compositions)
-        _log_image(accelerator, "concept_graph",
-                   concept_graph_image(unwrapped.adapter.concept_graph(), concepts), global_step)
+        files = write_report(
+            unwrapped,
+            output,
+            num_samples=args.num_validation_images,
+            seed=args.seed,
+            compositions=compositions,
+        )
+        _log_image(
+            accelerator,
+            "concept_graph",
+            concept_graph_image(unwrapped.adapter.concept_graph(), concepts),
+            global_step,
+        )
         unwrapped.save_pretrained(output, model_card_kwargs={"sample_grid": "contexts.png"})
         metrics = {
-            "steps": global_step, "epochs_completed": epoch + 1 - first_epoch,
-            "stopped_early": stop, "best_validation_loss": stopper.best_loss,
-            "validation_history": history, "concepts": concepts,
-            "train_images": len(train), "validation_images": len(validation),
+            "steps": global_step,
+            "epochs_completed": epoch + 1 - first_epoch,
+            "stopped_early": stop,
+            "best_validation_loss": stopper.best_loss,
+            "validation_history": history,
+            "concepts": concepts,
+            "train_images": len(train),
+            "validation_images": len(validation),
             "pictures": sorted(Path(p).name for p in files.values()),
         }
         (output / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

@@ -319,8 +319,12 @@ def concept_graph_image(
             image.paste(label, (x + (cell - label.size[0]) // 2, top - MARGIN - label.size[1]))
         else:
             text_width, text_height = _text_size(name, font)
-            draw.text((x + (cell - text_width) // 2, top - MARGIN - text_height), name,
-                      fill=TEXT, font=font)
+            draw.text(
+                (x + (cell - text_width) // 2, top - MARGIN - text_height),
+                name,
+                fill=TEXT,
+                font=font,
+            )
     for i, name in enumerate(concepts):
         text_height = _text_size(name, font)[1]
         draw.text((MARGIN, top + i * cell + (cell - text_height) // 2), name, fill=TEXT, font=font)
@@ -337,8 +341,12 @@ def concept_graph_image(
         draw.rectangle((x0, y0, x0 + cell - 1, y0 + cell - 1), fill=fill, outline=DIAGONAL_GREY)
         text = f"{value:.2f}"
         text_width, text_height = _text_size(text, value_font)
-        draw.text((x0 + (cell - text_width) // 2, y0 + (cell - text_height) // 2), text,
-                  fill=ink, font=value_font)
+        draw.text(
+            (x0 + (cell - text_width) // 2, y0 + (cell - text_height) // 2),
+            text,
+            fill=ink,
+            font=value_font,
+        )
 
     y = top + k * cell + MARGIN
     for line in caption:
@@ -383,7 +391,8 @@ def write_report(
     if compositions:
         pictures["compositions"] = context_grid(model, compositions, num_samples, seed)
     pictures["concept_graph"] = concept_graph_image(
-        model.adapter.concept_graph(OBSERVATIONAL), concepts,
+        model.adapter.concept_graph(OBSERVATIONAL),
+        concepts,
         title="Learned concept graph (observational)",
     )
     if images is not None:

@@ -22,19 +22,34 @@ from ctxadapter.viz import write_report
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--adapter", required=True,
-                        help="Adapter folder or Hub id (its base autoencoder is loaded too).")
+    parser.add_argument(
+        "--adapter",
+        required=True,
+        help="Adapter folder or Hub id (its base autoencoder is loaded too).",
+    )
     parser.add_argument("--output_dir", default="samples", help="Where to write the PNGs.")
     parser.add_argument("--num_samples", type=int, default=8, help="Samples per context.")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="Seed of the noise, shared by every row of a grid.")
-    parser.add_argument("--compositions", nargs="*", default=None,
-                        help="Compositions to sample, e.g. quad1+size (default: every pair).")
-    parser.add_argument("--images", nargs="*", default=None,
-                        help="Image files to edit counterfactually (center-cropped and resized "
-                             "to the adapter's resolution).")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="Device to run on (default: cuda if available, else cpu).")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="Seed of the noise, shared by every row of a grid."
+    )
+    parser.add_argument(
+        "--compositions",
+        nargs="*",
+        default=None,
+        help="Compositions to sample, e.g. quad1+size (default: every pair).",
+    )
+    parser.add_argument(
+        "--images",
+        nargs="*",
+        default=None,
+        help="Image files to edit counterfactually (center-cropped and resized "
+        "to the adapter's resolution).",
+    )
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="Device to run on (default: cuda if available, else cpu).",
+    )
     return parser.parse_args(argv)
 
 
@@ -52,8 +67,14 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
     args = parse_args(argv)
     model = ContextAutoencoder.from_pretrained(args.adapter).to(args.device)
     images = load_images(model, args.images) if args.images else None
-    paths = write_report(model, args.output_dir, num_samples=args.num_samples, seed=args.seed,
-                         compositions=args.compositions, images=images)
+    paths = write_report(
+        model,
+        args.output_dir,
+        num_samples=args.num_samples,
+        seed=args.seed,
+        compositions=args.compositions,
+        images=images,
+    )
     for path in paths.values():
         print(path)
     return paths

@@ -21,6 +21,16 @@ _KL_BLOCKS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def single_thread():
+    """The tensors in these tests are tiny: intra-op threads only add overhead, and on a busy
+    2-core machine thread oversubscription makes tests many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _save(model: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory, name: str) -> str:
     folder = tmp_path_factory.mktemp(name)
     model.save_pretrained(folder)

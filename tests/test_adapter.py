@@ -28,21 +28,14 @@ LATENT_SHAPE = [4, 4, 4]
 ADAPTER_FILES = {"config.json", "model.safetensors", "README.md"}
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """These tensors are tiny: intra-op threads only add overhead, and on a busy 2-core machine
-    (other test or training processes) thread oversubscription makes the file ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_adapter(seed: int = 0, **kwargs) -> CtxAdapter:
     torch.manual_seed(seed)
     options = dict(
-        concepts=CONCEPTS, latent_shape=LATENT_SHAPE, exogenous_width=W_IN,
-        concept_width=W_OUT, expressive_depth=2,
+        concepts=CONCEPTS,
+        latent_shape=LATENT_SHAPE,
+        exogenous_width=W_IN,
+        concept_width=W_OUT,
+        expressive_depth=2,
     )
     return CtxAdapter(**{**options, **kwargs})
 
@@ -60,7 +53,7 @@ def noise(n: int = 4, seed: int = 1) -> torch.Tensor:
 
 
 def block(matrix: torch.Tensor, i: int, j: int, width: int = W_OUT) -> torch.Tensor:
-    return matrix[i * width:(i + 1) * width, j * width:(j + 1) * width]
+    return matrix[i * width : (i + 1) * width, j * width : (j + 1) * width]
 
 
 def warm_up_batchnorm(adapter: CtxAdapter, steps: int = 3) -> None:
@@ -79,7 +72,8 @@ def outputs(adapter: CtxAdapter) -> dict[str, torch.Tensor]:
         z = noise()
         mixed = ["obs", "a", "b+c", "a+b+c"]
         return dict(
-            mean=mean, logvar=logvar,
+            mean=mean,
+            logvar=logvar,
             concepts=adapter.concepts_from_noise(z, mixed),
             latents=adapter.latents_from_noise(z, mixed),
             log_scale=adapter.latent_log_scale.detach().clone(),
@@ -109,13 +103,19 @@ def test_public_shapes_and_submodules():
         params = dict(getattr(adapter, name).named_parameters())
         assert {"weight_obs", "weight_ivn", "bias"} <= set(params), name
     size_in, size_out = K * W_IN, K * W_OUT
-    assert adapter.exogenous.weight_obs.shape == adapter.exogenous.weight_ivn.shape == (
-        size_in, size_in)
-    assert adapter.causal.weight_obs.shape == adapter.causal.weight_ivn.shape == (
-        size_out, size_out)
+    assert (
+        adapter.exogenous.weight_obs.shape
+        == adapter.exogenous.weight_ivn.shape
+        == (size_in, size_in)
+    )
+    assert (
+        adapter.causal.weight_obs.shape == adapter.causal.weight_ivn.shape == (size_out, size_out)
+    )
     assert isinstance(adapter.expressive, torch.nn.Module)
     assert adapter.sample_noise(6, generator=torch.Generator().manual_seed(0)).shape == (
-        6, K * W_IN)
+        6,
+        K * W_IN,
+    )
 
 
 def test_wrong_latent_or_noise_shape_is_rejected():
@@ -149,14 +149,19 @@ def test_pooled_ignores_contexts():
         assert not torch.allclose(observational, reference.latents_from_noise(z, "a"))
         for context in ("obs", "a", "b+c", "a+b+c", ["obs", "a", "b", "a+c"]):
             assert_close(pooled.latents_from_noise(z, context), observational, rtol=0, atol=0)
-            assert_close(pooled.concepts_from_noise(z, context),
-                         reference.concepts_from_noise(z, "obs"), rtol=0, atol=0)
+            assert_close(
+                pooled.concepts_from_noise(z, context),
+                reference.concepts_from_noise(z, "obs"),
+                rtol=0,
+                atol=0,
+            )
     assert_close(pooled.concept_graph("a"), reference.concept_graph("obs"))
     assert_close(pooled.grouped_weight("a+b"), reference.grouped_weight("obs"))
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"observational_mixing": "block"},
-                                    {"composition": "strict"}])
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"observational_mixing": "block"}, {"composition": "strict"}]
+)
 def test_mixed_context_batch_equals_per_context(kwargs):
     adapter = make_adapter(**kwargs)
     warm_up_batchnorm(adapter)
@@ -169,8 +174,9 @@ def test_mixed_context_batch_equals_per_context(kwargs):
             rows = [n for n, c in enumerate(contexts) if c == context]
             alone = adapter.concepts_from_noise(z[rows], context)
             assert_close(mixed_concepts[rows], alone, msg=context)
-            assert_close(mixed_latents[rows], adapter.latents_from_noise(z[rows], context),
-                         msg=context)
+            assert_close(
+                mixed_latents[rows], adapter.latents_from_noise(z[rows], context), msg=context
+            )
     # Per-sample names, a list per sample and a prebuilt mask are the same contexts.
     mask = context_mask(contexts, CONCEPTS, len(contexts))
     as_lists = [[] if c == "obs" else c.split("+") for c in contexts]
@@ -247,8 +253,10 @@ def test_apply_constraints_projects_into_box_and_keeps_identity_diagonal():
     causal = adapter.causal
     optimizer = torch.optim.Adam(adapter.parameters(), lr=1.0)
     generator = torch.Generator().manual_seed(0)
-    signs = {name: torch.randint(0, 2, p.shape, generator=generator) * 2.0 - 1.0
-             for name, p in (("obs", causal.weight_obs), ("ivn", causal.weight_ivn))}
+    signs = {
+        name: torch.randint(0, 2, p.shape, generator=generator) * 2.0 - 1.0
+        for name, p in (("obs", causal.weight_obs), ("ivn", causal.weight_ivn))
+    }
     contexts = ["obs", "a", "b+c", "a+b+c"]
     for _ in range(4):
         optimizer.zero_grad()
@@ -314,7 +322,8 @@ def test_causal_penalty_mixed_batch_averages_rows():
     three_obs = context_mask(["obs", "obs", "obs", "c"], CONCEPTS, 4)
     expected = (3 * (group_obs + l2_obs) + (group_one + l2_one)) / 4
     assert adapter.causal_penalty(three_obs, group_sparsity=1.0, l2=1.0).item() == pytest.approx(
-        expected)
+        expected
+    )
 
 
 def test_causal_penalty_gradient_by_hand():
@@ -337,7 +346,7 @@ def test_causal_penalty_gradient_is_finite_with_zero_blocks():
     adapter = make_adapter()
     adapter.apply_constraints_()
     with torch.no_grad():
-        adapter.causal.weight_obs[:W_OUT, W_OUT:2 * W_OUT] = 0  # block (0, 1) clamped to 0
+        adapter.causal.weight_obs[:W_OUT, W_OUT : 2 * W_OUT] = 0  # block (0, 1) clamped to 0
     mask = context_mask(["obs", "a", "b+c", "obs"], CONCEPTS, 4)
     penalty = adapter.causal_penalty(mask, group_sparsity=1.0, l2=1.0)
     assert torch.isfinite(penalty)
@@ -361,8 +370,14 @@ def saved_adapter(tmp_path: Path, **kwargs) -> tuple[CtxAdapter, Path]:
 
 
 def test_save_and_load_round_trip(tmp_path):
-    base = {"pretrained_model_name_or_path": "user/vae", "revision": None, "subfolder": "vae",
-            "class_name": "AutoencoderKL", "scaling_factor": 0.18215, "shift_factor": 0.0}
+    base = {
+        "pretrained_model_name_or_path": "user/vae",
+        "revision": None,
+        "subfolder": "vae",
+        "class_name": "AutoencoderKL",
+        "scaling_factor": 0.18215,
+        "shift_factor": 0.0,
+    }
     adapter, folder = saved_adapter(tmp_path, base_model=base, composition="strict")
     assert {p.name for p in folder.iterdir()} == ADAPTER_FILES
     bn = adapter.expressive[1]
@@ -436,7 +451,9 @@ def test_push_to_hub_uploads_adapter_folder(tmp_path, monkeypatch):
     url = adapter.push_to_hub("user/my-adapter", commit_message="hello")
     assert url == "https://huggingface.co/user/my-adapter/commit/0123"
     assert [call[:2] for call in FakeHfApi.calls] == [
-        ("create_repo", "user/my-adapter"), ("upload_folder", "user/my-adapter")]
+        ("create_repo", "user/my-adapter"),
+        ("upload_folder", "user/my-adapter"),
+    ]
     _, _, kwargs, uploaded = FakeHfApi.calls[1]
     assert kwargs.get("repo_type", "model") == "model"
     assert kwargs["commit_message"] == "hello"

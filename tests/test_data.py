@@ -18,7 +18,9 @@ def image_dataset(contexts, size=32):
     images = [Image.new("RGB", (size, size), (i * 40 % 256, 0, 0)) for i in range(len(contexts))]
     return datasets.Dataset.from_dict(
         {"image": images, "context": contexts},
-        features=datasets.Features({"image": datasets.Image(), "context": datasets.Value("string")}),
+        features=datasets.Features(
+            {"image": datasets.Image(), "context": datasets.Value("string")}
+        ),
     )
 
 
@@ -33,17 +35,21 @@ def test_validate_dataset_infers_concepts_and_canonicalises():
 
 
 def test_validate_dataset_accepts_list_contexts():
-    data = datasets.Dataset.from_dict({"image": [Image.new("RGB", (8, 8))] * 4,
-                                       "context": [[], ["a"], ["b"], ["b", "a"]]})
+    data = datasets.Dataset.from_dict(
+        {"image": [Image.new("RGB", (8, 8))] * 4, "context": [[], ["a"], ["b"], ["b", "a"]]}
+    )
     assert validate_dataset(data, "image", "context", ["a", "b"])[1] == ["obs", "a", "b", "a+b"]
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"image_column": "img"}, "'img' is not in the dataset"),
-    ({"context_column": "ctx"}, "'ctx' is not in the dataset"),
-    ({"concepts": ["a", "b", "c"]}, r"No samples for the context\(s\) \['c'\]"),
-    ({"concepts": ["a"]}, "unknown concept 'b'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"image_column": "img"}, "'img' is not in the dataset"),
+        ({"context_column": "ctx"}, "'ctx' is not in the dataset"),
+        ({"concepts": ["a", "b", "c"]}, r"No samples for the context\(s\) \['c'\]"),
+        ({"concepts": ["a"]}, "unknown concept 'b'"),
+    ],
+)
 def test_validate_dataset_errors(kwargs, message):
     data = image_dataset(["obs", "a", "b"])
     args = {"image_column": "image", "context_column": "context", **kwargs}
@@ -106,8 +112,9 @@ def test_latent_cache_is_reused_and_keyed(tmp_path, tiny_kl_path):
     other = AutoencoderKL.from_pretrained(tiny_kl_path)
     with torch.no_grad():
         other.decoder.conv_out.weight.mul_(2)
-    changed = cache_latents(data, CountingCodec(other), contexts, "image", 32, tmp_path,
-                            batch_size=4)
+    changed = cache_latents(
+        data, CountingCodec(other), contexts, "image", 32, tmp_path, batch_size=4
+    )
     assert CountingCodec.calls == 4  # base model changed
     assert changed.cache_files != first.cache_files
 
@@ -115,8 +122,9 @@ def test_latent_cache_is_reused_and_keyed(tmp_path, tiny_kl_path):
 def test_cached_latents_batches(tmp_path, tiny_kl_path):
     data = image_dataset(["obs", "a", "b", "a+b"])
     codec = LatentCodec(AutoencoderKL.from_pretrained(tiny_kl_path))
-    cache = cache_latents(data, codec, ["obs", "a", "b", "a+b"], "image", 32, tmp_path,
-                          keep_pixels=True)
+    cache = cache_latents(
+        data, codec, ["obs", "a", "b", "a+b"], "image", 32, tmp_path, keep_pixels=True
+    )
     for in_memory in (False, True):
         batch = CachedLatents(cache, ["a", "b"], in_memory=in_memory).__getitems__([3, 1])
         assert batch["latents"].shape == (2, 4, 4, 4)

@@ -25,7 +25,7 @@ def masks(*contexts):
 
 
 def block(matrix, i, j, w=W):
-    return matrix[i * w:(i + 1) * w, j * w:(j + 1) * w]
+    return matrix[i * w : (i + 1) * w, j * w : (j + 1) * w]
 
 
 CONTEXTS = [set(), {1}, {0, 2}, {0, 1, 3}, {0, 1, 2, 3}]
@@ -51,7 +51,9 @@ def test_causal_block_table_every_cell(context):
     weight = layer.effective_weight(masks(context))[0]
     for i in range(K):
         for j in range(K):
-            torch.testing.assert_close(block(weight, i, j), expected_causal_block(layer, context, i, j))
+            torch.testing.assert_close(
+                block(weight, i, j), expected_causal_block(layer, context, i, j)
+            )
 
 
 def test_causal_observational_is_identity_plus_off_diagonal_obs():
@@ -77,11 +79,17 @@ def test_single_intervention_cuts_incoming_effects():
     eps = torch.randn(6, K * W)
     out = layer(eps, masks({2}).expand(6, K))
     # c_k = eps_k + b_k under an intervention on k
-    torch.testing.assert_close(out[:, 2 * W:3 * W], eps[:, 2 * W:3 * W] + layer.bias[2 * W:3 * W])
+    torch.testing.assert_close(
+        out[:, 2 * W : 3 * W], eps[:, 2 * W : 3 * W] + layer.bias[2 * W : 3 * W]
+    )
     # the other concepts receive eps_2 through the interventional weights
-    expected_0 = (eps[:, :W] + eps[:, 2 * W:3 * W] @ block(layer.weight_ivn, 0, 2).T
-                  + eps[:, W:2 * W] @ block(layer.weight_obs, 0, 1).T
-                  + eps[:, 3 * W:] @ block(layer.weight_obs, 0, 3).T + layer.bias[:W])
+    expected_0 = (
+        eps[:, :W]
+        + eps[:, 2 * W : 3 * W] @ block(layer.weight_ivn, 0, 2).T
+        + eps[:, W : 2 * W] @ block(layer.weight_obs, 0, 1).T
+        + eps[:, 3 * W :] @ block(layer.weight_obs, 0, 3).T
+        + layer.bias[:W]
+    )
     torch.testing.assert_close(out[:, :W], expected_0)
 
 
@@ -91,7 +99,7 @@ def test_composition_keeps_effects_among_intervened_concepts():
     eps = torch.randn(4, K * W)
     out = layer(eps, masks({0, 1}).expand(4, K))
     # c_0 = eps_0 + Bi[0, 1] eps_1 + b_0: cut from non-intervened sources, not from concept 1
-    expected = eps[:, :W] + eps[:, W:2 * W] @ block(layer.weight_ivn, 0, 1).T + layer.bias[:W]
+    expected = eps[:, :W] + eps[:, W : 2 * W] @ block(layer.weight_ivn, 0, 1).T + layer.bias[:W]
     torch.testing.assert_close(out[:, :W], expected)
 
 
@@ -111,8 +119,9 @@ def test_strict_composition_cuts_edges_among_intervened_concepts():
     reference = CausalLayer(K, W)
     reference.load_state_dict(strict.state_dict())
     for context in (set(), {2}):
-        torch.testing.assert_close(strict.effective_weight(masks(context)),
-                                   reference.effective_weight(masks(context)))
+        torch.testing.assert_close(
+            strict.effective_weight(masks(context)), reference.effective_weight(masks(context))
+        )
 
 
 def test_causal_init_bounds():
@@ -134,7 +143,9 @@ def test_identity_diagonal_blocks_and_box_constraint_under_training():
     for _ in range(5):
         optimizer.zero_grad()
         # pushes all entries up: off-diagonal ones pass 1 without the constraint
-        (-layer(eps, contexts).sum() - 3 * layer.weight_obs.sum() + layer.weight_ivn.sum()).backward()
+        (
+            -layer(eps, contexts).sum() - 3 * layer.weight_obs.sum() + layer.weight_ivn.sum()
+        ).backward()
         optimizer.step()
         layer.clamp_()
     off = 1 - block_mask(K, W, W)
@@ -223,11 +234,14 @@ def test_expressive_widths():
         expressive_widths(32, 8, 0)
 
 
-@pytest.mark.parametrize("depth, linear_shapes", [
-    (1, []),
-    (2, [(4 * 8, 4 * 32)]),
-    (4, [(4 * 24, 4 * 32), (4 * 16, 4 * 24), (4 * 8, 4 * 16)]),
-])
+@pytest.mark.parametrize(
+    "depth, linear_shapes",
+    [
+        (1, []),
+        (2, [(4 * 8, 4 * 32)]),
+        (4, [(4 * 24, 4 * 32), (4 * 16, 4 * 24), (4 * 8, 4 * 16)]),
+    ],
+)
 def test_expressive_layer_structure(depth, linear_shapes):
     in_width = 8 if depth == 1 else 32
     layers = ExpressiveLayers(4, in_width, 8, depth)
@@ -249,7 +263,7 @@ def test_expressive_layers_are_per_concept():
     jacobian = torch.autograd.functional.jacobian(lambda v: layers(v), x[:1])[0, :, 0, :]
     for i in range(3):
         for j in range(3):
-            part = jacobian[i * 4:(i + 1) * 4, j * 6:(j + 1) * 6]
+            part = jacobian[i * 4 : (i + 1) * 4, j * 6 : (j + 1) * 6]
             assert (part.abs().sum() > 0) == (i == j)
 
 

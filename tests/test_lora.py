@@ -11,8 +11,13 @@ from ctxadapter.model import DECODER_LORA_NAME, base_model_record
 @pytest.fixture
 def model(tiny_kl_path):
     vae = AutoencoderKL.from_pretrained(tiny_kl_path)
-    adapter = CtxAdapter(["a", "b"], [4, 4, 4], exogenous_width=4, concept_width=2,
-                         base_model=base_model_record(vae, tiny_kl_path))
+    adapter = CtxAdapter(
+        ["a", "b"],
+        [4, 4, 4],
+        exogenous_width=4,
+        concept_width=2,
+        base_model=base_model_record(vae, tiny_kl_path),
+    )
     return ContextAutoencoder(vae, adapter)
 
 
@@ -40,7 +45,8 @@ def test_decoder_lora_round_trip(model, tmp_path):
     assert (tuned - base).abs().max() > 1e-3  # the LoRA changes the decoder
     model.save_pretrained(tmp_path)
     assert sorted(os.listdir(tmp_path)) == sorted(
-        ["README.md", "config.json", "model.safetensors", DECODER_LORA_NAME])
+        ["README.md", "config.json", "model.safetensors", DECODER_LORA_NAME]
+    )
     loaded = ContextAutoencoder.from_pretrained(str(tmp_path))
     again = loaded.generate("a", 2, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(again, tuned)
@@ -49,7 +55,8 @@ def test_decoder_lora_round_trip(model, tmp_path):
 def test_decoder_lora_errors(model, tiny_taesd_path):
     with pytest.raises(ValueError, match="positive integer, got 0"):
         model.add_decoder_lora(0)
-    tiny = ContextAutoencoder(AutoencoderTiny.from_pretrained(tiny_taesd_path),
-                              CtxAdapter(["a"], [4, 4, 4]))
+    tiny = ContextAutoencoder(
+        AutoencoderTiny.from_pretrained(tiny_taesd_path), CtxAdapter(["a"], [4, 4, 4])
+    )
     with pytest.raises(ValueError, match="AutoencoderTiny"):
         tiny.add_decoder_lora(2)

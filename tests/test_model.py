@@ -15,6 +15,7 @@ from diffusers import AutoencoderKL, AutoencoderTiny
 from PIL import Image
 from torch.testing import assert_close
 
+import ctxadapter.model
 from ctxadapter import ContextAutoencoder, CtxAdapter
 from ctxadapter.codec import LatentCodec
 from ctxadapter.contexts import context_mask
@@ -28,16 +29,6 @@ CASES = {
     "sd3": ("tiny_sd3_path", AutoencoderKL),
     "taesd": ("tiny_taesd_path", AutoencoderTiny),
 }
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """These tensors are tiny: intra-op threads only add overhead, and on a busy 2-core machine
-    (other test or training processes) thread oversubscription makes the file ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def load_vae(request: pytest.FixtureRequest, name: str):
@@ -74,13 +65,19 @@ def test_loss_trains_only_the_adapter(case, images, reconstruction):
     _, model = case
     model.train()
     assert not model.codec.autoencoder.training  # the frozen autoencoder stays in eval mode
-    out = model.loss(["obs", "a+b"], pixel_values=images, reconstruction=reconstruction,
-                     group_sparsity=0.1, l2=0.1)
+    out = model.loss(
+        ["obs", "a+b"],
+        pixel_values=images,
+        reconstruction=reconstruction,
+        group_sparsity=0.1,
+        l2=0.1,
+    )
     for key in ("loss", "reconstruction", "kl", "causal_penalty"):
         assert out[key].ndim == 0, key
         assert torch.isfinite(out[key]), key
     assert out["loss"].item() == pytest.approx(
-        (out["reconstruction"] + out["kl"] + out["causal_penalty"]).item(), rel=1e-5)
+        (out["reconstruction"] + out["kl"] + out["causal_penalty"]).item(), rel=1e-5
+    )
     out["loss"].backward()
     for name, param in model.adapter.named_parameters():
         if name == "latent_log_scale" and reconstruction == "pixel":
@@ -143,8 +140,9 @@ def test_pixel_loss_by_hand(case, images):
     with torch.no_grad():
         latents = model.codec.encode(images)
         out = model.adapter(latents, contexts, generator=seeded(5))
-        result = model.loss(contexts, pixel_values=images, reconstruction="pixel",
-                            generator=seeded(5))
+        result = model.loss(
+            contexts, pixel_values=images, reconstruction="pixel", generator=seeded(5)
+        )
         probs = ((model.codec.decode(out.latents) + 1) / 2).clamp(1e-4, 1 - 1e-4)
     target = (images + 1) / 2
     bce = -(target * probs.log() + (1 - target) * (1 - probs).log()).flatten(1).sum(dim=1)
@@ -196,8 +194,7 @@ def test_generate(case):
     assert images.shape == (3, 3, RESOLUTION, RESOLUTION)
     assert images.dtype == torch.float32
     assert images.min() >= 0 and images.max() <= 1
-    assert_close(model.generate("a+b", num_samples=3, generator=seeded(0)), images,
-                 rtol=0, atol=0)
+    assert_close(model.generate("a+b", num_samples=3, generator=seeded(0)), images, rtol=0, atol=0)
     assert not torch.equal(model.generate("a+b", num_samples=3, generator=seeded(1)), images)
     assert not torch.equal(model.generate("obs", num_samples=3, generator=seeded(0)), images)
     # The same thing by hand: prior noise, the layers under the context, the frozen decoder.
@@ -283,7 +280,10 @@ def test_from_pretrained_loads_recorded_base(request, tmp_path, name):
     model.eval()
     model.save_pretrained(tmp_path / "adapter")
     assert {p.name for p in (tmp_path / "adapter").iterdir()} == {
-        "config.json", "model.safetensors", "README.md"}
+        "config.json",
+        "model.safetensors",
+        "README.md",
+    }
     config = json.loads((tmp_path / "adapter" / "config.json").read_text())
     assert config["base_model"]["class_name"] == CASES[name][1].__name__
     assert config["base_model"]["pretrained_model_name_or_path"] == path
@@ -294,14 +294,22 @@ def test_from_pretrained_loads_recorded_base(request, tmp_path, name):
     assert loaded.codec.autoencoder is not vae
     for key, value in vae.state_dict().items():
         assert torch.equal(loaded.codec.autoencoder.state_dict()[key], value), key
-    assert_close(loaded.generate("a+b", num_samples=2, generator=seeded(0)),
-                 model.generate("a+b", num_samples=2, generator=seeded(0)), rtol=0, atol=0)
+    assert_close(
+        loaded.generate("a+b", num_samples=2, generator=seeded(0)),
+        model.generate("a+b", num_samples=2, generator=seeded(0)),
+        rtol=0,
+        atol=0,
+    )
 
     override = load_vae(request, name)
     with_override = ContextAutoencoder.from_pretrained(tmp_path / "adapter", autoencoder=override)
     assert with_override.codec.autoencoder is override
-    assert_close(with_override.generate("c", num_samples=2, generator=seeded(1)),
-                 model.generate("c", num_samples=2, generator=seeded(1)), rtol=0, atol=0)
+    assert_close(
+        with_override.generate("c", num_samples=2, generator=seeded(1)),
+        model.generate("c", num_samples=2, generator=seeded(1)),
+        rtol=0,
+        atol=0,
+    )
 
 
 def test_from_pretrained_uses_recorded_subfolder_and_revision(request, tmp_path, monkeypatch):
@@ -351,8 +359,12 @@ def test_from_pretrained_without_base_needs_an_autoencoder(request, tmp_path):
     with pytest.raises(ValueError, match="autoencoder"):
         ContextAutoencoder.from_pretrained(tmp_path / "adapter")
     loaded = ContextAutoencoder.from_pretrained(tmp_path / "adapter", autoencoder=vae)
-    assert_close(loaded.generate("a", num_samples=2, generator=seeded(0)),
-                 model.generate("a", num_samples=2, generator=seeded(0)), rtol=0, atol=0)
+    assert_close(
+        loaded.generate("a", num_samples=2, generator=seeded(0)),
+        model.generate("a", num_samples=2, generator=seeded(0)),
+        rtol=0,
+        atol=0,
+    )
 
 
 def test_override_with_other_scaling_factor_is_rejected(request, tmp_path):
@@ -397,10 +409,12 @@ def test_push_to_hub_uploads_only_the_adapter(request, tmp_path, monkeypatch):
             uploads.append((repo_id, copy))
             return "url"
 
+    # Wherever the upload is made from (the adapter's Hub mixin or the model itself).
     monkeypatch.setattr(huggingface_hub.hub_mixin, "HfApi", FakeHfApi)
+    monkeypatch.setattr(ctxadapter.model, "HfApi", FakeHfApi, raising=False)
     vae = load_vae(request, "kl")
     model = ContextAutoencoder(vae, make_adapter(vae))
-    model.push_to_hub("user/model")
+    assert model.push_to_hub("user/model") == "url"
     [(repo_id, folder)] = uploads
     assert repo_id == "user/model"
     assert {p.name for p in folder.iterdir()} == {"config.json", "model.safetensors", "README.md"}

@@ -277,7 +277,7 @@ def test_shape_areas(shape, area):
 
 
 def test_shape_rounding_and_size_map():
-    # round(3 * 0.4) = 1 (square); size value 0.5 -> s = 48 * 0.6 = 28.8, half 14.4 -> columns 18..45.
+    # round(3 * 0.4) = 1 (square); size 0.5 -> s = 48 * 0.6 = 28.8, half 14.4 -> columns 18..45.
     assert _shape_mask(shape=0.4, size=0.5).sum() == 28 * 28
 
 
@@ -319,7 +319,7 @@ def dataset_dict(tmp_path_factory):
 
 
 def test_build_dataset_layout(dataset_dict):
-    assert set(dataset_dict) == {"train", "test"}
+    assert set(dataset_dict) == {"train", "validation", "test"}
     for split in dataset_dict.values():
         assert split.column_names == ["image", "context", "latents"]
         assert isinstance(split.features["image"], datasets.Image)
@@ -328,6 +328,8 @@ def test_build_dataset_layout(dataset_dict):
     assert sorted(set(train["context"])) == sorted(quad.TRAIN_CONTEXTS)
     assert set(test["context"]) == set(quad.TRAIN_CONTEXTS + quad.HELDOUT_COMPOSITIONS)
     assert train["context"].count("quad1") == 3 and test["context"].count("quad1+size") == 2
+    validation = dataset_dict["validation"]
+    assert validation.num_rows == 7 and sorted(validation["context"]) == sorted(quad.TRAIN_CONTEXTS)
 
 
 def test_build_dataset_rows_match_sample(dataset_dict):
@@ -342,7 +344,7 @@ def test_imagefolder_round_trip(dataset_dict, tmp_path):
     quad.write_imagefolder(dataset_dict, root)
     assert (root / "test" / "quad1+size_1.png").is_file()
     loaded = datasets.load_dataset("imagefolder", data_dir=str(root), cache_dir=str(tmp_path / "c"))
-    assert set(loaded) == {"train", "test"}
+    assert set(loaded) == {"train", "validation", "test"}
 
     def key(row):
         return row["context"], tuple(row["latents"])

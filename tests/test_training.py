@@ -20,27 +20,55 @@ FINETUNE = str(ROOT / "examples" / "finetune.py")
 
 def launch(output_dir, autoencoder, cache_dir, *extra, processes=1):
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--cpu",
-        "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
-        "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1",
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--cpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--num_cpu_threads_per_process",
+        "1",
         FINETUNE,
-        "--pretrained_model_name_or_path", autoencoder,
-        "--output_dir", str(output_dir),
-        "--cache_dir", str(cache_dir),
-        "--quad_images_per_context", "16",
-        "--resolution", "32",
-        "--train_batch_size", "16",
-        "--max_train_steps", "8",
-        "--exogenous_width", "4",
-        "--concept_width", "2",
-        "--lr_warmup_steps", "2",
-        "--validation_steps", "4",
-        "--num_validation_images", "2",
-        "--report_to", "none",
+        "--pretrained_model_name_or_path",
+        autoencoder,
+        "--output_dir",
+        str(output_dir),
+        "--cache_dir",
+        str(cache_dir),
+        "--quad_images_per_context",
+        "16",
+        "--resolution",
+        "32",
+        "--train_batch_size",
+        "16",
+        "--max_train_steps",
+        "8",
+        "--exogenous_width",
+        "4",
+        "--concept_width",
+        "2",
+        "--lr_warmup_steps",
+        "2",
+        "--validation_steps",
+        "4",
+        "--num_validation_images",
+        "2",
+        "--report_to",
+        "none",
         *extra,
     ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "HF_DATASETS_CACHE": str(cache_dir)}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_DATASETS_CACHE": str(cache_dir),
+    }
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result
@@ -50,16 +78,31 @@ def launch(output_dir, autoencoder, cache_dir, *extra, processes=1):
 def run(tmp_path_factory, tiny_kl_path):
     root = tmp_path_factory.mktemp("finetune")
     output = root / "out"
-    launch(output, tiny_kl_path, root / "cache", "--checkpointing_steps", "3",
-           "--checkpoints_total_limit", "1")
+    launch(
+        output,
+        tiny_kl_path,
+        root / "cache",
+        "--checkpointing_steps",
+        "3",
+        "--checkpoints_total_limit",
+        "1",
+    )
     return output, tiny_kl_path, root / "cache"
 
 
 def test_output_folder_holds_exactly_the_expected_files(run):
     output, _, _ = run
     assert sorted(p.name for p in output.iterdir()) == [
-        "README.md", "checkpoint-6", "compositions.png", "concept_graph.png", "config.json",
-        "contexts.png", "metrics.json", "model.safetensors", "samples-4.png", "samples-8.png",
+        "README.md",
+        "checkpoint-6",
+        "compositions.png",
+        "concept_graph.png",
+        "config.json",
+        "contexts.png",
+        "metrics.json",
+        "model.safetensors",
+        "samples-4.png",
+        "samples-8.png",
     ]
     metrics = json.loads((output / "metrics.json").read_text())
     assert metrics["steps"] == 8
@@ -92,8 +135,17 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(run, tmp_path):
     resumed = tmp_path / "resumed"
     resumed.mkdir()
     shutil.copytree(output / "checkpoint-6", resumed / "checkpoint-6")
-    result = launch(resumed, autoencoder, cache, "--checkpointing_steps", "3",
-                    "--checkpoints_total_limit", "1", "--resume_from_checkpoint", "latest")
+    result = launch(
+        resumed,
+        autoencoder,
+        cache,
+        "--checkpointing_steps",
+        "3",
+        "--checkpoints_total_limit",
+        "1",
+        "--resume_from_checkpoint",
+        "latest",
+    )
     assert "Resumed from" in result.stdout + result.stderr
     assert "Caching latents" not in result.stderr  # the latent cache was reused
     expected = safetensors.torch.load_file(str(output / "model.safetensors"))
@@ -105,8 +157,7 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(run, tmp_path):
 
 def test_two_process_cpu_run(tiny_kl_path, tmp_path):
     output = tmp_path / "ddp"
-    launch(output, tiny_kl_path, tmp_path / "cache", "--checkpointing_steps", "100",
-           processes=2)
+    launch(output, tiny_kl_path, tmp_path / "cache", "--checkpointing_steps", "100", processes=2)
     model = ContextAutoencoder.from_pretrained(str(output))
     assert model.generate("obs", num_samples=1).shape == (1, 3, 32, 32)
 
@@ -117,16 +168,26 @@ def test_bad_data_fails_before_writing(tmp_path, tiny_kl_path):
 
     image = Image.new("RGB", (32, 32))
     folder = str(tmp_path / "data")
-    datasets.DatasetDict({"train": datasets.Dataset.from_dict(
-        {"image": [image] * 3, "context": ["obs", "a", "colour+a"]},
-        features=datasets.Features({"image": datasets.Image(),
-                                    "context": datasets.Value("string")}),
-    )}).save_to_disk(folder)
+    datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict(
+                {"image": [image] * 3, "context": ["obs", "a", "colour+a"]},
+                features=datasets.Features(
+                    {"image": datasets.Image(), "context": datasets.Value("string")}
+                ),
+            )
+        }
+    ).save_to_disk(folder)
     from ctxadapter.training import FinetuneArguments, finetune
 
     output = tmp_path / "out"
-    args = FinetuneArguments(pretrained_model_name_or_path=tiny_kl_path, dataset_name=folder,
-                             concepts=["a"], output_dir=str(output), report_to="none")
+    args = FinetuneArguments(
+        pretrained_model_name_or_path=tiny_kl_path,
+        dataset_name=folder,
+        concepts=["a"],
+        output_dir=str(output),
+        report_to="none",
+    )
     with pytest.raises(ValueError, match="'colour'"):
         finetune(args)
     assert not output.exists()
@@ -134,9 +195,21 @@ def test_bad_data_fails_before_writing(tmp_path, tiny_kl_path):
 
 def test_pixel_loss_with_decoder_lora(tiny_kl_path, tmp_path):
     output = tmp_path / "lora"
-    launch(output, tiny_kl_path, tmp_path / "cache", "--loss", "pixel", "--decoder_lora_rank", "2",
-           "--unfreeze_decoder_after", "0.5", "--checkpointing_steps", "4", "--sampler",
-           "context_pure")
+    launch(
+        output,
+        tiny_kl_path,
+        tmp_path / "cache",
+        "--loss",
+        "pixel",
+        "--decoder_lora_rank",
+        "2",
+        "--unfreeze_decoder_after",
+        "0.5",
+        "--checkpointing_steps",
+        "4",
+        "--sampler",
+        "context_pure",
+    )
     assert (output / "decoder_lora.safetensors").is_file()
     state = safetensors.torch.load_file(str(output / "checkpoint-4" / "trainable.safetensors"))
     assert any("lora_" in k for k in state)

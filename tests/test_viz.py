@@ -36,8 +36,13 @@ def make_model(tiny_kl_path: str, base_model: bool = False) -> ContextAutoencode
     vae = AutoencoderKL.from_pretrained(tiny_kl_path)
     torch.manual_seed(0)
     record = base_model_record(vae, tiny_kl_path) if base_model else None
-    adapter = CtxAdapter(concepts=CONCEPTS, latent_shape=[4, 4, 4], exogenous_width=4,
-                         concept_width=2, base_model=record)
+    adapter = CtxAdapter(
+        concepts=CONCEPTS,
+        latent_shape=[4, 4, 4],
+        exogenous_width=4,
+        concept_width=2,
+        base_model=record,
+    )
     return ContextAutoencoder(vae, adapter)
 
 
@@ -113,8 +118,9 @@ def test_image_grid_bad_rows_names_the_values():
 def test_context_grid_rows_are_generate_with_the_same_seed(model):
     contexts = ["obs", "b", "c+a"]
     model.eval()
-    expected = [to_uint8(model.generate(c, 3, generator=torch.Generator().manual_seed(7)))
-                for c in contexts]
+    expected = [
+        to_uint8(model.generate(c, 3, generator=torch.Generator().manual_seed(7))) for c in contexts
+    ]
     model.train()
     grid = context_grid(model, contexts, num_samples=3, seed=7)
     # the previous mode is restored; the frozen autoencoder stays in eval mode
@@ -225,10 +231,29 @@ def test_generate_cli_end_to_end(tiny_kl_path, tmp_path):
     output_dir = tmp_path / "samples"
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
-        [sys.executable, str(REPO / "examples" / "generate.py"), "--adapter", str(adapter_dir),
-         "--output_dir", str(output_dir), "--num_samples", "2", "--seed", "3", "--device", "cpu",
-         "--compositions", "a+b", "--images", *image_paths],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+        [
+            sys.executable,
+            str(REPO / "examples" / "generate.py"),
+            "--adapter",
+            str(adapter_dir),
+            "--output_dir",
+            str(output_dir),
+            "--num_samples",
+            "2",
+            "--seed",
+            "3",
+            "--device",
+            "cpu",
+            "--compositions",
+            "a+b",
+            "--images",
+            *image_paths,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     names = ["contexts", "compositions", "concept_graph", "counterfactuals"]
