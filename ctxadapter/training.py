@@ -606,6 +606,7 @@ def finetune(args: FinetuneArguments) -> Path:
 
     from .adapter import CtxAdapter
     from .codec import LatentCodec
+    from .contexts import parse_context
     from .data import CachedLatents, ContextBatchSampler, cache_latents, collate_batch
     from .data import steps_per_epoch as count_steps
     from .model import ContextAutoencoder, base_model_record
@@ -630,6 +631,9 @@ def finetune(args: FinetuneArguments) -> Path:
     compositions = args.validation_compositions or default_compositions(
         concepts, quad_default(args)
     )
+    for context in compositions:
+        parse_context(context, concepts)  # raises on an unknown concept
+    set_seed(args.seed)
     adapter = CtxAdapter(
         concepts=concepts,
         latent_shape=list(latent_shape),
@@ -643,14 +647,9 @@ def finetune(args: FinetuneArguments) -> Path:
             autoencoder, args.pretrained_model_name_or_path, args.revision, args.subfolder
         ),
     )
-    for context in compositions:
-        adapter.context_mask(context, 1)  # raises on an unknown concept
-
     accelerator = make_accelerator(
         args, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)]
     )
-    set_seed(args.seed)
-    adapter = CtxAdapter(**adapter.config)  # initialised after the seed is set
     cache_root = os.path.join(
         args.cache_dir or datasets.config.HF_DATASETS_CACHE, "ctxadapter-latents"
     )
@@ -734,7 +733,7 @@ def finetune(args: FinetuneArguments) -> Path:
         disable=not accelerator.is_local_main_process,
     )
     history: list[dict] = []
-    stop = False
+    stop, epoch = False, first_epoch
     for epoch in range(first_epoch, num_epochs):
         model.train()
         sampler.shuffle_for_epoch(epoch)
