@@ -244,12 +244,7 @@ class CtxAdapter(
         distinct, counts = torch.unique(contexts, dim=0, return_counts=True)
         weights = self.causal.effective_weight(distinct)
         k = len(self.concepts)
-        # Block norms with a zero (sub)gradient at all-zero blocks: blocks cut by an
-        # intervention or clamped to 0 would otherwise give sqrt'(0) * 0 = NaN gradients.
-        width = weights.shape[-1] // k
-        squares = weights.pow(2).reshape(-1, k, width, k, width).sum(dim=(-3, -1))
-        nonzero = squares > 0
-        norms = torch.where(nonzero, squares, torch.ones_like(squares)).sqrt() * nonzero
+        norms = block_readout(weights, k, "norm")
         off_diagonal = 1 - torch.eye(k, device=norms.device, dtype=norms.dtype)
         per_context = group_sparsity * (norms * off_diagonal).sum(dim=(-2, -1))
         per_context = per_context + l2 * weights.flatten(1).norm(dim=1)

@@ -61,6 +61,7 @@ def heldout_quad_images(
     dependent: bool = True,
     seed: int = 0,
     contexts: Sequence[str] | None = None,
+    split: str = "test",
 ) -> dict[str, Tensor]:
     """Held-out quad images: the ``test`` split of the 7 training contexts and 9 compositions.
 
@@ -68,6 +69,9 @@ def heldout_quad_images(
     separate from every training and validation stream, so no image equals a training sample.
     ``n`` images are a prefix of ``m > n`` images with the same arguments, and the same as the
     first rows of the ``test`` split of ``quad.build_dataset(seed=seed, dependent=dependent)``.
+    Pass ``split="validation"`` to choose settings without touching the test images (the
+    compositions are then drawn from their own validation streams, which no split of
+    ``build_dataset`` holds).
 
     Args:
         n_per_context: images per context (the paper used 10,000; its scores up to 1,280).
@@ -75,6 +79,7 @@ def heldout_quad_images(
         seed: the data seed.
         contexts: the contexts to draw (default: ``quad.TRAIN_CONTEXTS`` then
             ``quad.HELDOUT_COMPOSITIONS``).
+        split: ``"test"`` (default) or ``"validation"``; never ``"train"``.
 
     Returns:
         Context name -> ``uint8`` tensor ``(n, 64, 64, 3)``, in the order of ``contexts``.
@@ -83,12 +88,18 @@ def heldout_quad_images(
 
     if int(n_per_context) != n_per_context or n_per_context < 1:
         raise ValueError(f"n_per_context must be a positive integer, got {n_per_context!r}")
-    names = list(contexts) if contexts is not None else [*quad.TRAIN_CONTEXTS,
-                                                         *quad.HELDOUT_COMPOSITIONS]
+    if split not in ("test", "validation"):
+        raise ValueError(f"split must be 'test' or 'validation', got {split!r}")
+    names = (
+        list(contexts)
+        if contexts is not None
+        else [*quad.TRAIN_CONTEXTS, *quad.HELDOUT_COMPOSITIONS]
+    )
     out = {}
     for name in names:
-        images, _ = quad.sample(name, int(n_per_context), seed=seed, dependent=dependent,
-                                split="test")
+        images, _ = quad.sample(
+            name, int(n_per_context), seed=seed, dependent=dependent, split=split
+        )
         out[name] = torch.from_numpy(images)
     return out
 
@@ -110,24 +121,31 @@ def prepare_images(images: Tensor, resolution: tuple[int, int]) -> Tensor:
     if not isinstance(images, Tensor):
         images = torch.as_tensor(np.asarray(images))
     if images.ndim != 4:
-        raise ValueError(f"expected a batch of images (N, H, W, 3) or (N, 3, H, W), got shape "
-                         f"{tuple(images.shape)}")
+        raise ValueError(
+            f"expected a batch of images (N, H, W, 3) or (N, 3, H, W), got shape "
+            f"{tuple(images.shape)}"
+        )
     if images.shape[0] == 0:
         raise ValueError("got an empty set of images")
     if images.dtype == torch.uint8:
         if images.shape[-1] == 3 and images.shape[1] != 3:
             images = images.permute(0, 3, 1, 2)
         elif images.shape[-1] == 3 and images.shape[1] == 3:
-            raise ValueError(f"ambiguous uint8 image layout {tuple(images.shape)}; pass "
-                             "(N, H, W, 3) or (N, 3, H, W) with H, W != 3")
+            raise ValueError(
+                f"ambiguous uint8 image layout {tuple(images.shape)}; pass "
+                "(N, H, W, 3) or (N, 3, H, W) with H, W != 3"
+            )
     elif images.is_floating_point():
         if images.shape[1] != 3:
-            raise ValueError(f"float images must be (N, 3, H, W) in [0, 1], got shape "
-                             f"{tuple(images.shape)}")
+            raise ValueError(
+                f"float images must be (N, 3, H, W) in [0, 1], got shape {tuple(images.shape)}"
+            )
         lo, hi = float(images.min()), float(images.max())
         if lo < 0 or hi > 1:
-            raise ValueError(f"float images must be in [0, 1], got values in [{lo:.3g}, {hi:.3g}]"
-                             "; map [-1, 1] images with (x + 1) / 2")
+            raise ValueError(
+                f"float images must be in [0, 1], got values in [{lo:.3g}, {hi:.3g}]"
+                "; map [-1, 1] images with (x + 1) / 2"
+            )
         images = images.float()
     else:
         raise TypeError(f"images must be uint8 or floating, got {images.dtype}")
@@ -139,7 +157,7 @@ def prepare_images(images: Tensor, resolution: tuple[int, int]) -> Tensor:
     height, width = resolution
     out = []
     for start in range(0, images.shape[0], DEFAULT_BATCH_SIZE):
-        chunk = images[start:start + DEFAULT_BATCH_SIZE]
+        chunk = images[start : start + DEFAULT_BATCH_SIZE]
         if chunk.dtype != torch.uint8:
             chunk = (chunk * 255).round().to(torch.uint8)
         pil = [Image.fromarray(image.permute(1, 2, 0).numpy()) for image in chunk]
@@ -200,14 +218,13 @@ def _reconstruct(model, images: Tensor, context: str, batch_size: int) -> dict[s
     device = _device(model)
     bits, sq_errors, psnrs = [], [], []
     for start in range(0, images.shape[0], batch_size):
-        target = _to_unit_float(images[start:start + batch_size]).to(device)
+        target = _to_unit_float(images[start : start + batch_size]).to(device)
         latents = model.codec.encode(target * 2 - 1)
         mean, logvar = model.adapter.posterior(latents)
         kl = gaussian_kl(mean, logvar)
         decoded = model.codec.decode(model.adapter.latents_from_noise(mean, context))
         probs = ((decoded + 1) / 2).clamp(0, 1)
-        bits.append(recon_bits_per_pixel(probs, target, kl, eps=PIXEL_EPS,
-                                         reduction="none").cpu())
+        bits.append(recon_bits_per_pixel(probs, target, kl, eps=PIXEL_EPS, reduction="none").cpu())
         per_image = (probs - target).square().flatten(1).mean(1)
         sq_errors.append(per_image.cpu())
         psnrs.append((-10 * torch.log10(per_image.clamp_min(1e-10))).cpu())
@@ -289,21 +306,31 @@ def evaluate(
             n = images.shape[0]
             fake = _generate(model, name, n, seed, int(batch_size))
             if fake.shape != images.shape:
-                raise ValueError(f"context {name!r}: generated images have shape "
-                                 f"{tuple(fake.shape)}, the real ones {tuple(images.shape)}")
-            entry = {"kind": "composition" if is_composition(name) else "single",
-                     "num_images": n, "sw2": None, "recon_bpp": None, "recon_psnr_db": None,
-                     "recon_mse": None}
+                raise ValueError(
+                    f"context {name!r}: generated images have shape "
+                    f"{tuple(fake.shape)}, the real ones {tuple(images.shape)}"
+                )
+            entry = {
+                "kind": "composition" if is_composition(name) else "single",
+                "num_images": n,
+                "sw2": None,
+                "recon_bpp": None,
+                "recon_psnr_db": None,
+                "recon_mse": None,
+            }
             if recon and not is_composition(name):
                 part = _reconstruct(model, images, name, int(batch_size))
                 recon_parts.append(part)
-                entry.update(recon_bpp=part["bits"].mean().item(),
-                             recon_psnr_db=part["psnr"].mean().item(),
-                             recon_mse=part["mse"].mean().item())
+                entry.update(
+                    recon_bpp=part["bits"].mean().item(),
+                    recon_psnr_db=part["psnr"].mean().item(),
+                    recon_mse=part["mse"].mean().item(),
+                )
             per_context[name] = entry
             real[name], generated[name] = images, fake
-    scores = concept_compo_scores(real, generated, compositions=compositions,
-                                  num_projections=num_projections, seed=seed)
+    scores = concept_compo_scores(
+        real, generated, compositions=compositions, num_projections=num_projections, seed=seed
+    )
     for name, value in scores.per_context.items():
         per_context[name]["sw2"] = value
         per_context[name]["num_images"] = scores.num_images[name]
@@ -326,10 +353,12 @@ def evaluate(
     }
     if recon_parts:
         bits = torch.cat([p["bits"] for p in recon_parts])
-        results.update(recon_bpp=bits.mean().item(),
-                       recon_psnr_db=torch.cat([p["psnr"] for p in recon_parts]).mean().item(),
-                       recon_mse=torch.cat([p["mse"] for p in recon_parts]).mean().item(),
-                       recon_num_images=int(bits.numel()))
+        results.update(
+            recon_bpp=bits.mean().item(),
+            recon_psnr_db=torch.cat([p["psnr"] for p in recon_parts]).mean().item(),
+            recon_mse=torch.cat([p["mse"] for p in recon_parts]).mean().item(),
+            recon_num_images=int(bits.numel()),
+        )
     return results
 
 
@@ -357,25 +386,35 @@ def format_table(results: Mapping) -> str:
     compos = [n for n, e in per_context.items() if e["kind"] == "composition"]
     for name in singles + compos:
         entry = per_context[name]
-        lines.append(f"| {name} | {entry['kind']} | {entry['num_images']} | "
-                     f"{_fmt(entry['sw2'])} | {_fmt(entry['recon_bpp'])} | "
-                     f"{_fmt(entry['recon_psnr_db'], 2)} |")
+        lines.append(
+            f"| {name} | {entry['kind']} | {entry['num_images']} | "
+            f"{_fmt(entry['sw2'])} | {_fmt(entry['recon_bpp'])} | "
+            f"{_fmt(entry['recon_psnr_db'], 2)} |"
+        )
 
     def images_of(names) -> int:
         return sum(per_context[n]["num_images"] for n in names)
 
     concept_names = results.get("concept_contexts", singles)
     compo_names = results.get("compo_contexts", compos)
-    lines.append(f"| **Concept** (mean of {len(concept_names)}) | mean | "
-                 f"{images_of(concept_names)} | {_fmt(results.get('concept'))} | | |")
-    lines.append(f"| **Compo** (mean of {len(compo_names)}) | mean | {images_of(compo_names)} | "
-                 f"{_fmt(results.get('compo'))} | | |")
-    lines.append(f"| **Recon** (single contexts) | mean | {results.get('recon_num_images', 0)} "
-                 f"| | {_fmt(results.get('recon_bpp'))} | "
-                 f"{_fmt(results.get('recon_psnr_db'), 2)} |")
+    lines.append(
+        f"| **Concept** (mean of {len(concept_names)}) | mean | "
+        f"{images_of(concept_names)} | {_fmt(results.get('concept'))} | | |"
+    )
+    lines.append(
+        f"| **Compo** (mean of {len(compo_names)}) | mean | {images_of(compo_names)} | "
+        f"{_fmt(results.get('compo'))} | | |"
+    )
+    lines.append(
+        f"| **Recon** (single contexts) | mean | {results.get('recon_num_images', 0)} "
+        f"| | {_fmt(results.get('recon_bpp'))} | "
+        f"{_fmt(results.get('recon_psnr_db'), 2)} |"
+    )
     lines.append("")
-    lines.append(f"SW2 with {results['num_projections']} random projections (seed "
-                 f"{results['seed']}), real and generated images per side as listed, at "
-                 f"{'x'.join(map(str, results.get('resolution', [])))} pixels"
-                 f"{' (pooled adapter)' if results.get('pooled') else ''}.")
+    lines.append(
+        f"SW2 with {results['num_projections']} random projections (seed "
+        f"{results['seed']}), real and generated images per side as listed, at "
+        f"{'x'.join(map(str, results.get('resolution', [])))} pixels"
+        f"{' (pooled adapter)' if results.get('pooled') else ''}."
+    )
     return "\n".join(lines)

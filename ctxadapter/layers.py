@@ -47,7 +47,11 @@ def block_readout(weight: torch.Tensor, num_blocks: int, reduce: str) -> torch.T
     *batch, rows, cols = weight.shape
     blocks = weight.reshape(*batch, num_blocks, rows // num_blocks, num_blocks, cols // num_blocks)
     if reduce == "norm":
-        return blocks.pow(2).sum(dim=(-3, -1)).sqrt()
+        # zero (sub)gradient at all-zero blocks (cut by an intervention, or clamped to 0), where
+        # the plain sqrt would give sqrt'(0) * 0 = NaN
+        squares = blocks.pow(2).sum(dim=(-3, -1))
+        nonzero = squares > 0
+        return torch.where(nonzero, squares, torch.ones_like(squares)).sqrt() * nonzero
     if reduce == "mean":
         return blocks.mean(dim=(-3, -1))
     raise ValueError(f"reduce must be 'norm' or 'mean', got {reduce!r}")
