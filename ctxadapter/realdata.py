@@ -6,15 +6,14 @@ samples are random crops of a few public-domain / CC0 photographs bundled with s
 stained tissue slide), and each concept is an image transformation applied, under its context,
 with a random strength:
 
-============  =================================================================================
-concept       what an intervention does (the observational context does nothing of the sort)
-============  =================================================================================
-``hue``       turns the hue circle by a random fraction of a turn in :data:`STRENGTHS` ``hue``
-``blur``      a Gaussian blur whose standard deviation (pixels at 64 x 64) is drawn from
-              :data:`STRENGTHS` ``blur``
-``rotation``  rotates the crop by a random angle (degrees) about its centre
-``scale``     zooms into the crop's centre by a random factor
-============  =================================================================================
+| concept | what an intervention does (the observational context does none of it) |
+|---|---|
+| ``hue`` | turns the hue circle by a random fraction of a turn |
+| ``blur`` | a Gaussian blur of random standard deviation (pixels at 64 x 64) |
+| ``rotation`` | rotates the crop by a random angle (degrees) about its centre |
+| ``scale`` | zooms into the crop's centre by a random factor |
+
+The ranges of the strengths are in :data:`STRENGTHS`.
 
 A composition (``"hue+blur"``) applies several transformations to the same crop. The
 transformations are independent of each other (no causal edge between concepts is built in),
@@ -46,6 +45,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
+
+from .contexts import parse_context as _parse_context
 
 __all__ = [
     "CONCEPTS",
@@ -115,19 +116,10 @@ def _data_dir() -> Path:
 def parse_context(context: str | Sequence[str]) -> tuple[str, ...]:
     """Canonical context: the intervened concepts in :data:`CONCEPTS` order (``()`` for obs).
 
-    Accepts ``"obs"``, a concept name, ``"hue+blur"`` or a list of names; raises ``ValueError``
+    Accepts ``"obs"``, a concept name, ``"hue+blur"`` or a list of names
+    (:func:`ctxadapter.contexts.parse_context` over :data:`CONCEPTS`); raises ``ValueError``
     for unknown or repeated names."""
-    if isinstance(context, str):
-        names = [] if context == "obs" else context.split("+")
-    else:
-        names = list(context)
-    unknown = [name for name in names if name not in CONCEPTS]
-    if unknown or len(set(names)) != len(names):
-        raise ValueError(
-            f"Invalid context {context!r}: a context is 'obs' or distinct names among "
-            f"{', '.join(CONCEPTS)} joined by '+'."
-        )
-    return tuple(c for c in CONCEPTS if c in names)
+    return _parse_context(context, CONCEPTS)
 
 
 @lru_cache(maxsize=None)

@@ -403,9 +403,9 @@ class FinetuneArguments(DataArguments):
     validation_epochs: int = _help(
         "Validation loss (for early stopping) every this many epochs.", default=1
     )
-    early_stopping_patience: int | None = _help(
+    early_stopping_patience: int = _help(
         "Stop after this many validations without improvement and restore the best weights "
-        "(None: never stop early).",
+        "(0: never stop early; the best weights are restored all the same).",
         default=20,
     )
     validation_steps: int = _help("Sample grids every this many steps.", default=500)
@@ -454,6 +454,10 @@ def check_finetune_arguments(args: FinetuneArguments) -> None:
     ):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.early_stopping_patience < 0:
+        raise ValueError(
+            f"--early_stopping_patience must be >= 0, got {args.early_stopping_patience}"
+        )
     if args.max_train_steps is not None and args.max_train_steps < 1:
         raise ValueError(f"--max_train_steps must be >= 1, got {args.max_train_steps}")
     if not 0 <= args.unfreeze_decoder_after < 1:
@@ -483,7 +487,7 @@ class EarlyStopping:
     """Tracks the validation loss, counts rounds without improvement, and keeps the best
     trainable weights; saved in checkpoints (``accelerator.register_for_checkpointing``)."""
 
-    def __init__(self, patience: int | None):
+    def __init__(self, patience: int):
         self.patience = patience
         self.best_loss = math.inf
         self.bad_rounds = 0
@@ -496,7 +500,7 @@ class EarlyStopping:
             self.best_state = {k: v.detach().clone() for k, v in state.items()}
         else:
             self.bad_rounds += 1
-        return self.patience is not None and self.bad_rounds >= self.patience
+        return self.patience > 0 and self.bad_rounds >= self.patience
 
     def state_dict(self) -> dict:
         return {
@@ -626,7 +630,9 @@ def finetune(args: FinetuneArguments) -> Path:
         args.pretrained_model_name_or_path, args.revision, args.subfolder
     )
     codec = LatentCodec(autoencoder)
-    resolution = args.resolution or autoencoder.config.sample_size
+    resolution = args.resolution or getattr(autoencoder.config, "sample_size", None)
+    if resolution is None:
+        raise ValueError(f"{type(autoencoder).__name__} records no sample_size: pass --resolution.")
     latent_shape = codec.latent_shape(resolution)
     compositions = args.validation_compositions or default_compositions(
         concepts, quad_default(args)
