@@ -29,35 +29,64 @@ from ctxadapter.evaluation import evaluate, format_table, heldout_quad_images
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--adapter", required=True,
-                        help="Adapter folder or Hub id (its base autoencoder is loaded too).")
+    parser.add_argument(
+        "--adapter",
+        required=True,
+        help="Adapter folder or Hub id (its base autoencoder is loaded too).",
+    )
     data = parser.add_argument_group("data (default: held-out quad images)")
-    data.add_argument("--dataset_name", default=None,
-                      help="A Hub dataset id, a save_to_disk folder or a local dataset with a "
-                           "context column.")
+    data.add_argument(
+        "--dataset_name",
+        default=None,
+        help="A Hub dataset id, a save_to_disk folder or a local dataset with a context column.",
+    )
     data.add_argument("--dataset_config_name", default=None, help="The dataset's configuration.")
-    data.add_argument("--train_data_dir", default=None,
-                      help="An imagefolder with a metadata.jsonl holding a context column.")
+    data.add_argument(
+        "--train_data_dir",
+        default=None,
+        help="An imagefolder with a metadata.jsonl holding a context column.",
+    )
     data.add_argument("--image_column", default="image", help="The column holding the images.")
-    data.add_argument("--context_column", default="context",
-                      help="The column holding each image's context.")
+    data.add_argument(
+        "--context_column", default="context", help="The column holding each image's context."
+    )
     data.add_argument("--cache_dir", default=None, help="The datasets cache folder.")
-    data.add_argument("--quad_variant", choices=("dependent", "independent"), default="dependent",
-                      help="Held-out quad data: the dependent or the independent variant.")
+    data.add_argument(
+        "--quad_variant",
+        choices=("dependent", "independent"),
+        default="dependent",
+        help="Held-out quad data: the dependent or the independent variant.",
+    )
     data.add_argument("--quad_seed", type=int, default=0, help="Seed of the held-out quad data.")
-    data.add_argument("--images_per_context", type=int, default=400,
-                      help="Real (and generated) images per context.")
-    parser.add_argument("--num_projections", type=int, default=50,
-                        help="Random projections of the sliced Wasserstein distance.")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="Seed of the projections and of the generated images.")
+    data.add_argument(
+        "--images_per_context",
+        type=int,
+        default=400,
+        help="Real (and generated) images per context.",
+    )
+    parser.add_argument(
+        "--num_projections",
+        type=int,
+        default=50,
+        help="Random projections of the sliced Wasserstein distance.",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="Seed of the projections and of the generated images."
+    )
     parser.add_argument("--no_recon", action="store_true", help="Skip Recon, PSNR and MSE.")
-    parser.add_argument("--batch_size", type=int, default=256,
-                        help="Images per generator, encoder or decoder pass.")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="Device to run on (default: cuda if available, else cpu).")
-    parser.add_argument("--output", default="evaluation.json",
-                        help="Where to write the results as JSON ('' to skip).")
+    parser.add_argument(
+        "--batch_size", type=int, default=256, help="Images per generator, encoder or decoder pass."
+    )
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="Device to run on (default: cuda if available, else cpu).",
+    )
+    parser.add_argument(
+        "--output",
+        default="evaluation.json",
+        help="Where to write the results as JSON ('' to skip).",
+    )
     args = parser.parse_args(argv)
     if args.dataset_name and args.train_data_dir:
         parser.error("pass --dataset_name or --train_data_dir, not both")
@@ -72,15 +101,20 @@ def dataset_images(args: argparse.Namespace, model: ContextAutoencoder) -> dict[
     from ctxadapter.contexts import context_name, parse_context
     from ctxadapter.data import context_strings, load_image_dataset
 
-    data = load_image_dataset(dataset_name=args.dataset_name,
-                              dataset_config_name=args.dataset_config_name,
-                              train_data_dir=args.train_data_dir, cache_dir=args.cache_dir)
+    data = load_image_dataset(
+        dataset_name=args.dataset_name,
+        dataset_config_name=args.dataset_config_name,
+        train_data_dir=args.train_data_dir,
+        cache_dir=args.cache_dir,
+    )
     split = next(s for s in ("test", "validation", "train") if s in data and len(data[s]))
     rows = data[split]
     for column in (args.image_column, args.context_column):
         if column not in rows.column_names:
-            raise ValueError(f"The column {column!r} is not in the {split!r} split; its columns "
-                             f"are {rows.column_names}.")
+            raise ValueError(
+                f"The column {column!r} is not in the {split!r} split; its columns "
+                f"are {rows.column_names}."
+            )
     concepts = model.adapter.concepts
     indices: dict[str, list[int]] = {}
     for i, raw in enumerate(context_strings(rows, args.context_column)):
@@ -93,8 +127,10 @@ def dataset_images(args: argparse.Namespace, model: ContextAutoencoder) -> dict[
         images = [image.convert("RGB") for image in rows.select(picked)[args.image_column]]
         pixels = model.codec.preprocess(images, height, width, resize_mode="crop")
         out[name] = ((pixels + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    print(f"Evaluating on the {split!r} split: {len(out)} contexts, "
-          f"{sum(len(v) for v in out.values())} images.")
+    print(
+        f"Evaluating on the {split!r} split: {len(out)} contexts, "
+        f"{sum(len(v) for v in out.values())} images."
+    )
     return out
 
 
@@ -105,12 +141,18 @@ def main(argv: list[str] | None = None) -> dict:
         real = dataset_images(args, model)
         data = {"dataset_name": args.dataset_name, "train_data_dir": args.train_data_dir}
     else:
-        real = heldout_quad_images(args.images_per_context,
-                                   dependent=args.quad_variant == "dependent",
-                                   seed=args.quad_seed)
+        real = heldout_quad_images(
+            args.images_per_context, dependent=args.quad_variant == "dependent", seed=args.quad_seed
+        )
         data = {"quad_variant": args.quad_variant, "quad_seed": args.quad_seed}
-    results = evaluate(model, real, num_projections=args.num_projections, seed=args.seed,
-                       recon=not args.no_recon, batch_size=args.batch_size)
+    results = evaluate(
+        model,
+        real,
+        num_projections=args.num_projections,
+        seed=args.seed,
+        recon=not args.no_recon,
+        batch_size=args.batch_size,
+    )
     results = {"adapter": str(args.adapter), "data": data, **results}
     print(format_table(results))
     if args.output:

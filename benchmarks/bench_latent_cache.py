@@ -1,0 +1,187 @@
+"""Latent cache: images/s of ``ctxadapter.data.cache_latents`` against the bare encoder's forward
+throughput, and the peak resident memory of the caching process at 10k, 50k and 100k quad
+images (64x64, quad autoencoder). Memory must stay flat: images are encoded and written to the
+Arrow file in batches.
+
+The input is built once (the largest size) with ``datasets.Dataset.from_generator`` from
+``ctxadapter.quad`` images, chunk by chunk, so building it never holds all images in memory.
+Each size then runs in a fresh subprocess that loads the first N rows from the Arrow file,
+caches them into a fresh folder, and reports its own peak RSS (``VmHWM``), its RSS before
+caching, and the peak of its anonymous (heap) memory sampled every 20 ms; file-backed pages of
+the memory-mapped Arrow files count in RSS too, but the kernel can drop them at any time.
+
+    python benchmarks/bench_latent_cache.py                   # ~20 min on 2 cores
+    python benchmarks/bench_latent_cache.py --sizes 10000 50000
+    python benchmarks/bench_latent_cache.py --smoke
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+from common import autoencoder, measure, parser, report, setup
+
+BATCH = 64  # cache_latents' default batch size
+
+
+def status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def quad_rows(n: int, chunk: int = 1024):
+    """``n`` quad rows (PIL image, context), 7 training contexts taking turns by chunk."""
+    from PIL import Image
+
+    from ctxadapter.quad import TRAIN_CONTEXTS, latents_to_images, sample_latents
+
+    for index, start in enumerate(range(0, n, chunk)):
+        context = TRAIN_CONTEXTS[index % len(TRAIN_CONTEXTS)]
+        size = min(chunk, n - start)
+        for image in latents_to_images(sample_latents(context, size, seed=index)):
+            yield {"image": Image.fromarray(image), "context": context}
+
+
+def build_input(n: int, folder: str) -> str:
+    """Write ``n`` quad rows to an Arrow file under ``folder``; returns its path."""
+    import datasets
+
+    features = datasets.Features({"image": datasets.Image(), "context": datasets.Value("string")})
+    dataset = datasets.Dataset.from_generator(quad_rows, gen_kwargs={"n": n}, features=features,
+                                              cache_dir=folder)
+    return dataset.cache_files[0]["filename"]
+
+
+def child(arrow_file: str, size: int, smoke: bool, result_file: str) -> None:
+    """Cache the first ``size`` rows and write the timing and memory to ``result_file``."""
+    import datasets
+
+    from ctxadapter.codec import LatentCodec
+    from ctxadapter.data import cache_latents
+
+    datasets.disable_progress_bars()
+    codec = LatentCodec(autoencoder("quad", smoke))
+    dataset = datasets.Dataset.from_file(arrow_file).select(range(size))
+    contexts = dataset["context"]
+    pixels = codec.preprocess([image.convert("RGB") for image in dataset[:BATCH]["image"]], 64, 64,
+                              resize_mode="crop")
+    with torch.no_grad():  # the bare encoder, in this process, just before caching
+        encoder = measure(lambda: codec.encode_distribution(pixels), 5, warmup=1)
+    peak_anon, done = [status_kb("RssAnon")], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.02):
+            peak_anon[0] = max(peak_anon[0], status_kb("RssAnon"))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    rss_before = status_kb("VmRSS")
+    sampler.start()
+    with tempfile.TemporaryDirectory() as cache_dir:
+        start, start_cpu = time.perf_counter(), time.process_time()
+        cache = cache_latents(dataset, codec, contexts, "image", 64, cache_dir, batch_size=BATCH)
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
+        assert len(cache) == size
+    done.set()
+    sampler.join()
+    result = dict(images=size, seconds=seconds, images_per_s=size / seconds,
+                  images_per_cpu_s=size / cpu_seconds,
+                  encoder_images_per_s=BATCH / encoder["wall"],
+                  encoder_images_per_cpu_s=BATCH / encoder["cpu"],
+                  rss_before_mb=rss_before / 1024, peak_rss_mb=status_kb("VmHWM") / 1024,
+                  peak_anon_mb=peak_anon[0] / 1024)
+    Path(result_file).write_text(json.dumps(result))
+
+
+def encoder_throughput(smoke: bool, repeats: int) -> list[dict]:
+    """Bare encoder forward (random images already in [-1, 1]) and ``codec.preprocess`` of PIL
+    images, both at the cache's batch size."""
+    from ctxadapter.codec import LatentCodec
+
+    codec = LatentCodec(autoencoder("quad", smoke))
+    pixels = torch.rand(BATCH, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        encode = measure(lambda: codec.encode_distribution(pixels), repeats, warmup=1)
+    codec.autoencoder.to(memory_format=torch.channels_last)  # candidate change, see the docs
+    last = pixels.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        channels_last = measure(lambda: codec.encode_distribution(last), repeats, warmup=1)
+        same = torch.allclose(codec.encode_distribution(last)[0],
+                              codec.encode_distribution(pixels)[0], atol=1e-4)
+    images = [row["image"] for _, row in zip(range(BATCH), quad_rows(BATCH), strict=False)]
+    preprocess = measure(lambda: codec.preprocess([im.convert("RGB") for im in images], 64, 64,
+                                                  resize_mode="crop"), repeats, warmup=1)
+    section = "encoder and preprocessing alone, batches of 64"
+    return [dict(section=section, what="bare encoder forward (encode_distribution)", images=BATCH,
+                 images_per_s=BATCH / encode["median"], min=BATCH / encode["max"],
+                 max=BATCH / encode["min"]),
+            dict(section=section,
+                 what="proposed: encoder in channels_last" + ("" if same else " (DIFFERS)"),
+                 images=BATCH, images_per_s=BATCH / channels_last["median"],
+                 min=BATCH / channels_last["max"], max=BATCH / channels_last["min"]),
+            dict(section=section, what="preprocess only (PIL -> tensor)", images=BATCH,
+                 images_per_s=BATCH / preprocess["median"], min=BATCH / preprocess["max"],
+                 max=BATCH / preprocess["min"])]
+
+
+def main(argv=None) -> dict:
+    p = parser(__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000, 100_000])
+    p.add_argument("--child", nargs=3, metavar=("ARROW", "SIZE", "RESULT"), help=argparse_hide())
+    args = setup(p.parse_args(argv), repeats=5)
+    if args.child:
+        child(args.child[0], int(args.child[1]), args.smoke, args.child[2])
+        return {}
+    sizes = [128] if args.smoke else sorted(args.sizes)
+    rows = encoder_throughput(args.smoke, args.repeats)
+    print(rows, flush=True)
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        arrow_file = build_input(max(sizes), folder)
+        print(f"built {max(sizes)} quad images in {time.perf_counter() - start:.1f} s",
+              flush=True)
+        script = str(Path(__file__).resolve())
+        env = dict(os.environ)
+        if args.threads:
+            env["OMP_NUM_THREADS"] = str(args.threads)
+        for size in sizes:
+            result_file = os.path.join(folder, f"result-{size}.json")
+            command = [sys.executable, script, "--child", arrow_file, str(size), result_file,
+                       "--clock", args.clock]
+            subprocess.run(command + (["--smoke"] if args.smoke else []), check=True, env=env)
+            result = json.loads(Path(result_file).read_text())
+            rows.append(dict(section="cache_latents, one subprocess per size", **result))
+            print(rows[-1], flush=True)
+    cached = [r for r in rows if r["section"].startswith("cache")]
+    for row in cached:
+        row["peak_vs_smallest"] = row["peak_rss_mb"] / cached[0]["peak_rss_mb"]
+        row["vs_bare_encoder"] = row["images_per_cpu_s"] / row["encoder_images_per_cpu_s"]
+    settings = dict(autoencoder="quad" + (" (tiny, smoke)" if args.smoke else ""),
+                    image="64x64", latent="4x8x8", batch_size=BATCH, keep_pixels=False)
+    notes = ["cache rows: one run per size (the child's wall time, and images per CPU-second "
+             "of the child); encoder rows: median of repeats, min/max over them",
+             "vs_bare_encoder: the cache's images per CPU-second over the bare encoder's, both "
+             "measured in the same subprocess (encoder_images_per_*: batches of 64 of the same "
+             "images, 5 runs)",
+             "peak_rss_mb: VmHWM of the caching subprocess (imports and model included); "
+             "rss_before_mb: its RSS just before caching; peak_anon_mb: peak anonymous RSS"]
+    return report("latent_cache", args, rows, settings, notes=notes)
+
+
+def argparse_hide():
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,310 @@
+"""Profile of the cached-latent training step (batch 512, 4x8x8 latent, K=6, widths 32/8,
+depth 2, ``latent`` loss) and the fraction of its arithmetic limit it reaches on this CPU.
+
+1. Step time, obs-only and with quad's 7 training contexts mixed.
+2. ``torch.profiler``: time per phase (forward, backward, Adam, zero_grad, constraints) and per
+   operator; the matrix products (``mm``/``addmm``/``bmm``) against everything else.
+3. The fixed per-step cost: the same step at batch 8, where the arithmetic is negligible.
+4. Arithmetic limit: matrix-product FLOPs per sample counted from the layer shapes
+   (``common.step_flops``) times samples/s, against a large float32 matmul's measured FLOP/s.
+5. Data loading: ``CachedLatents.__getitems__`` for a batch (in memory and memory-mapped) and
+   ``ContextBatchSampler``'s epoch shuffle, per batch.
+6. Candidate library changes, applied by monkeypatching (outputs checked against the library's),
+   each timed against the unpatched step: ``Adam(fused=True)`` / ``foreach=True`` and an
+   exogenous layer that computes its block-diagonal parts with one batched product over blocks
+   and the dense observational product only on observational rows.
+
+    python benchmarks/bench_profile.py            # ~2 min
+    python benchmarks/bench_profile.py --smoke
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+
+import torch
+import torch.nn.functional as F
+from common import (
+    adam,
+    context_model,
+    matmul_flops_per_s,
+    measure,
+    measure_interleaved,
+    mixed_mask,
+    parser,
+    rate,
+    report,
+    setup,
+    step_flops,
+    train_step,
+)
+from torch.profiler import ProfilerActivity, profile, record_function
+
+from ctxadapter.layers import ExogenousLayer
+from ctxadapter.quad import TRAIN_CONTEXTS
+
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul")
+PHASES = ("1 forward", "2 backward", "3 optimizer.step", "4 zero_grad", "5 apply_constraints_")
+
+
+# ---------------------------------------------------------------------------- candidate changes
+
+
+def exogenous_forward_blockwise(self, z: torch.Tensor, contexts: torch.Tensor) -> torch.Tensor:
+    """Proposed ``ExogenousLayer.forward``: the same output as the library's.
+
+    The block-diagonal products ``(W_obs * M) z`` and ``(W_ivn * M) z`` are one ``bmm`` over the
+    K diagonal blocks (``2 K w^2`` multiply-adds per row instead of ``2 (K w)^2``), and the dense
+    observational product runs on the observational rows only, not on the whole batch."""
+    observational = ~contexts.any(dim=-1)
+    if bool(observational.all()):
+        return F.gelu(F.linear(z, self._observational_weight(), self.bias))
+    k, w, n = self.num_concepts, self.width, z.shape[0]
+    diagonal = torch.stack([self.weight_obs, self.weight_ivn]).view(2, k, w, k, w)
+    blocks = diagonal.diagonal(dim1=1, dim2=3).permute(3, 0, 1, 2).reshape(k, 2 * w, w)
+    both = torch.bmm(z.view(n, k, w).transpose(0, 1), blocks.transpose(1, 2))  # (K, N, 2w)
+    out = torch.where(contexts.T.unsqueeze(-1), both[..., w:], both[..., :w])
+    out = out.transpose(0, 1).reshape(n, k * w)
+    rows = observational.nonzero().squeeze(1)
+    if len(rows):
+        out = out.index_put((rows,), F.linear(z[rows], self._observational_weight()))
+    return F.gelu(out + self.bias)
+
+
+@contextlib.contextmanager
+def patched(variant: str):
+    original, threads = ExogenousLayer.forward, torch.get_num_threads()
+    if "blockwise" in variant:
+        ExogenousLayer.forward = exogenous_forward_blockwise
+    if "1 thread" in variant:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        ExogenousLayer.forward = original
+        torch.set_num_threads(threads)
+
+
+VARIANTS = {  # name: Adam keyword arguments
+    "library (baseline)": {},
+    "Adam(foreach=True)": dict(foreach=True),
+    "Adam(fused=True)": dict(fused=True),
+    "blockwise exogenous": {},
+    "fused Adam + blockwise exogenous": dict(fused=True),
+    "fused Adam + blockwise exogenous, 1 thread": dict(fused=True),
+}
+
+
+def check_blockwise() -> float:
+    """Largest difference between the library's exogenous layer and the proposed one, on mixed
+    contexts (values and gradients)."""
+    layer = ExogenousLayer(6, 32)
+    z = torch.randn(64, 192)
+    mask = mixed_mask([f"c{i}" for i in range(6)], ["obs", "c0", "c1+c2", "c5"], 64)
+    outputs = []
+    for forward in (ExogenousLayer.forward, exogenous_forward_blockwise):
+        layer.zero_grad()
+        out = forward(layer, z, mask)
+        out.pow(2).sum().backward()
+        outputs.append(torch.cat([out.flatten(), layer.weight_obs.grad.flatten(),
+                                  layer.weight_ivn.grad.flatten()]))
+    return (outputs[0] - outputs[1]).abs().max().item()
+
+
+# ---------------------------------------------------------------------------- measurements
+
+
+def make(batch: int, contexts: list[str], **adam_kwargs):
+    model = context_model(6, (4, 8, 8))
+    mask = mixed_mask(model.adapter.concepts, contexts, batch)
+    latents = torch.randn(batch, 4, 8, 8)
+    optimizer = adam(model, **adam_kwargs)
+    return model, optimizer, mask, latents
+
+
+def profile_step(batch: int, contexts: list[str], steps: int) -> tuple[list[dict], list[dict]]:
+    """Per-phase and per-operator milliseconds per step."""
+    model, optimizer, mask, latents = make(batch, contexts)
+    step = train_step(model, optimizer, mask, latents)
+    for _ in range(5):
+        step()
+
+    def labelled() -> None:
+        with record_function(PHASES[0]):
+            out = model(mask, latents=latents, reconstruction="latent")
+        with record_function(PHASES[1]):
+            out["loss"].backward()
+        with record_function(PHASES[2]):
+            optimizer.step()
+        with record_function(PHASES[3]):
+            optimizer.zero_grad()
+        with record_function(PHASES[4]):
+            model.adapter.apply_constraints_()
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            labelled()
+    events = prof.key_averages()
+    total = sum(e.cpu_time_total for e in events if e.key in PHASES) / steps / 1e3
+    phases = [dict(phase=e.key, ms_per_step=e.cpu_time_total / steps / 1e3,
+                   share=e.cpu_time_total / steps / 1e3 / total)
+              for e in sorted(events, key=lambda e: e.key) if e.key in PHASES]
+    ops = [e for e in events if e.key.startswith("aten::")]
+    ops.sort(key=lambda e: -e.self_cpu_time_total)
+    op_rows = [dict(op=e.key, calls_per_step=e.count / steps,
+                    ms_per_step=e.self_cpu_time_total / steps / 1e3,
+                    share=e.self_cpu_time_total / steps / 1e3 / total) for e in ops[:12]]
+    matmul = sum(e.self_cpu_time_total for e in ops if e.key in MATMUL_OPS) / steps / 1e3
+    op_rows.append(dict(op="all matrix products", ms_per_step=matmul, share=matmul / total))
+    op_rows.append(dict(op="everything else", ms_per_step=total - matmul,
+                        share=1 - matmul / total))
+    return phases, op_rows
+
+
+def time_step(batch: int, contexts: list[str], repeats: int, smoke: bool, variant: str = "",
+              **adam_kwargs) -> dict:
+    with patched(variant):
+        model, optimizer, mask, latents = make(batch, contexts, **adam_kwargs)
+        step = train_step(model, optimizer, mask, latents)
+        return measure(step, repeats, warmup=1 if smoke else 5, min_time=0 if smoke else 0.5)
+
+
+class ChunkViews:
+    """Proposed read path of ``CachedLatents`` when the cache is memory-mapped: zero-copy numpy
+    views of the ``latents`` column's Arrow record batches, built once, gathered with numpy
+    indexing (instead of ``datasets``' per-row torch formatting of ``cache[indices]``)."""
+
+    def __init__(self, cache, shape):
+        import numpy as np
+
+        chunks = cache.data.column("latents").chunks
+        self.views = [c.storage.flatten().flatten().flatten()
+                      .to_numpy(zero_copy_only=True).reshape(-1, *shape) for c in chunks]
+        self.starts = np.cumsum([0] + [len(v) for v in self.views])
+        self.shape = shape
+
+    def __getitem__(self, indices) -> torch.Tensor:
+        import numpy as np
+
+        indices = np.asarray(indices)
+        chunk = np.searchsorted(self.starts, indices, side="right") - 1
+        out = np.empty((len(indices), *self.shape), np.float32)
+        for k in np.unique(chunk):
+            rows = chunk == k
+            out[rows] = self.views[k][indices[rows] - self.starts[k]]
+        return torch.from_numpy(out)
+
+
+def data_loading(batch: int, size: int, repeats: int) -> list[dict]:
+    """Per-batch cost of reading cached latents and of the sampler's shuffle."""
+    import datasets
+
+    from ctxadapter.data import CachedLatents, ContextBatchSampler
+
+    datasets.disable_progress_bars()
+    features = datasets.Features({"latents": datasets.Array3D((4, 8, 8), "float32"),
+                                  "context": datasets.Value("string")})
+    contexts = [TRAIN_CONTEXTS[i % 7] for i in range(size)]
+    data = {"latents": torch.randn(size, 4, 8, 8).numpy(), "context": contexts}
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        datasets.Dataset.from_dict(data, features=features).save_to_disk(folder)
+        cache = datasets.load_from_disk(folder)
+        indices = torch.randperm(size)[:batch].tolist()
+        for in_memory in (True, False):
+            cached = CachedLatents(cache, list(TRAIN_CONTEXTS[1:]), in_memory=in_memory)
+            timing = measure(lambda c=cached: c.__getitems__(indices), repeats, warmup=1,
+                             min_time=0.2)
+            rows.append(dict(what=f"CachedLatents batch ({'in memory' if in_memory else 'mmap'})",
+                             ms_per_batch=timing["median"] * 1e3, min_ms=timing["min"] * 1e3,
+                             max_ms=timing["max"] * 1e3))
+        views = ChunkViews(cache, (4, 8, 8))
+        assert torch.equal(views[indices], cached.__getitems__(indices)["latents"])
+        timing = measure(lambda: views[indices], repeats, warmup=1, min_time=0.2)
+        rows.append(dict(what="proposed: mmap, zero-copy chunk views + numpy gather",
+                         ms_per_batch=timing["median"] * 1e3, min_ms=timing["min"] * 1e3,
+                         max_ms=timing["max"] * 1e3))
+        sampler = ContextBatchSampler(cached.context_ids, batch, "mixed")
+        timing = measure(lambda: list(sampler), repeats, warmup=1)
+        rows.append(dict(what="ContextBatchSampler epoch shuffle, per batch",
+                         ms_per_batch=timing["median"] * 1e3 / len(sampler),
+                         min_ms=timing["min"] * 1e3 / len(sampler),
+                         max_ms=timing["max"] * 1e3 / len(sampler)))
+    return rows
+
+
+def main(argv=None) -> dict:
+    p = parser(__doc__.split("\n\n")[0])
+    p.add_argument("--batch", type=int, default=512)
+    args = setup(p.parse_args(argv), repeats=7)
+    batch = 64 if args.smoke else args.batch
+    steps = 3 if args.smoke else 50
+    mixed = list(TRAIN_CONTEXTS)
+    difference = check_blockwise()
+    assert difference < 1e-4, f"blockwise exogenous layer differs by {difference}"
+
+    peak = matmul_flops_per_s(512 if args.smoke else 2048, args.repeats)
+    rows = []
+    for label, contexts in (("obs", ["obs"]), ("7 mixed", mixed)):
+        timing = time_step(batch, contexts, args.repeats, args.smoke)
+        small = time_step(8, contexts, args.repeats, args.smoke)
+        flops = step_flops(context_model(6, (4, 8, 8)).adapter, mixed=label != "obs")
+        speed = rate(timing, batch)
+        rows.append(dict(section="step", contexts=label, batch=batch,
+                         step_ms=timing["median"] * 1e3, samples_per_s=speed["median"],
+                         min=speed["min"], max=speed["max"],
+                         step_ms_at_batch_8=small["median"] * 1e3,
+                         mflop_per_sample=flops / 1e6,
+                         achieved_gflop_per_s=flops * speed["median"] / 1e9,
+                         fraction_of_matmul_peak=flops * speed["median"] / peak))
+        print(rows[-1], flush=True)
+    for label, contexts in (("obs", ["obs"]), ("7 mixed", mixed)):
+        phases, ops = profile_step(batch, contexts, steps)
+        rows += [dict(section=f"phase ({label})", **r) for r in phases]
+        rows += [dict(section=f"operator ({label})", **r) for r in ops]
+    rows += [dict(section="data", **r) for r in data_loading(batch, 2_000 if args.smoke
+                                                             else 50_000, args.repeats)]
+    for label, contexts in (("7 mixed", mixed),) if args.smoke else (("obs", ["obs"]),
+                                                                    ("7 mixed", mixed)):
+        steps_by_variant = {}
+        for variant, kwargs in VARIANTS.items():
+            with patched(variant):
+                model, optimizer, mask, latents = make(batch, contexts, **kwargs)
+                steps_by_variant[variant] = train_step(model, optimizer, mask, latents)
+        timings = measure_interleaved(steps_by_variant, args.repeats, warmup=1 if args.smoke
+                                      else 5, min_time=0 if args.smoke else 0.3, wrap=patched)
+        base = timings["library (baseline)"]["median"]
+        for variant, timing in timings.items():
+            rows.append(dict(section=f"variant ({label})", variant=variant,
+                             step_ms=timing["median"] * 1e3, min_ms=timing["min"] * 1e3,
+                             max_ms=timing["max"] * 1e3,
+                             samples_per_s=rate(timing, batch)["median"],
+                             speedup=base / timing["median"]))
+            print(rows[-1], flush=True)
+    model = context_model(6, (4, 8, 8))
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    optimizers = {name: adam(model, **kwargs) for name, kwargs in
+                  (("Adam()", {}), ("Adam(foreach=True)", dict(foreach=True)),
+                   ("Adam(fused=True)", dict(fused=True)))}
+    timings = measure_interleaved({k: o.step for k, o in optimizers.items()}, args.repeats,
+                                  warmup=2, min_time=0 if args.smoke else 0.2)
+    for name, timing in timings.items():
+        rows.append(dict(section="optimizer.step alone (15 tensors, 199k parameters)",
+                         optimizer=name, ms=timing["median"] * 1e3, min_ms=timing["min"] * 1e3,
+                         max_ms=timing["max"] * 1e3,
+                         speedup=timings["Adam()"]["median"] / timing["median"]))
+    settings = dict(K=6, latent="4x8x8", exogenous_width=32, concept_width=8,
+                    expressive_depth=2, loss="latent", matmul_peak_gflop_per_s=peak / 1e9,
+                    blockwise_max_abs_difference=difference)
+    notes = ["fraction_of_matmul_peak: achieved matrix-product FLOP/s over a large float32 "
+             "matmul's (2048^3); FLOPs counted as the library computes them (dense masked "
+             "products), not the smaller block-structured minimum",
+             "phase/operator: torch.profiler CPU time per step (profiling adds overhead); "
+             "share is of the sum of the phases"]
+    return report("profile", args, rows, settings, notes=notes)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""Training-step throughput (samples/s) of one adapter (K=6, widths 32/8, depth 2): cached
+latents with the ``latent`` loss against the ``pixel`` loss through the frozen decoder, on the
+quad autoencoder (64x64 -> 4x8x8) and on the Stable Diffusion VAE architecture (64x64 and
+256x256, random weights).
+
+A step is what ``finetune`` does per batch: forward, backward, Adam, ``apply_constraints_``.
+Contexts are a ``(N, K)`` mask (the obs context alone, or quad's 7 training contexts mixed);
+one row passes per-sample context strings instead, to show the cost of parsing them. The pixel
+loss is far slower per sample, so it runs at a smaller batch (samples/s barely depends on it).
+
+    python benchmarks/bench_train_step.py            # ~5 min on 2 cores
+    python benchmarks/bench_train_step.py --smoke    # seconds
+"""
+
+from __future__ import annotations
+
+import torch
+from common import (
+    adam,
+    autoencoder,
+    context_model,
+    measure,
+    mixed_mask,
+    parser,
+    rate,
+    report,
+    setup,
+    train_step,
+)
+
+from ctxadapter.quad import TRAIN_CONTEXTS
+
+
+def run_row(vae, name: str, resolution: int, loss: str, batch: int, contexts: str,
+            repeats: int, smoke: bool) -> dict:
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    latent_shape = (4, resolution // factor, resolution // factor)
+    model = context_model(6, latent_shape, vae=vae)
+    names = model.adapter.concepts
+    spread = ["obs"] if contexts.startswith("obs") else list(TRAIN_CONTEXTS)
+    mask = mixed_mask(names, spread, batch)
+    given = mask
+    if contexts.endswith("strings"):
+        given = [spread[i % len(spread)] for i in range(batch)]
+    latents = torch.randn(batch, *latent_shape)
+    pixels = torch.rand(batch, 3, resolution, resolution) * 2 - 1 if loss == "pixel" else None
+    step = train_step(model, adam(model), given, latents, pixels, loss)
+    min_time = 0.0 if smoke or loss == "pixel" else 0.5
+    timing = measure(step, repeats, warmup=2 if loss == "latent" else 1, min_time=min_time)
+    speed = rate(timing, batch)
+    return dict(autoencoder=name, image=f"{resolution}x{resolution}",
+                latent="x".join(map(str, latent_shape)), loss=loss, contexts=contexts,
+                batch=batch, step_ms=timing["median"] * 1e3, samples_per_s=speed["median"],
+                min=speed["min"], max=speed["max"])
+
+
+def main(argv=None) -> dict:
+    p = parser(__doc__.split("\n\n")[0])
+    p.add_argument("--batch", type=int, default=512, help="batch of the latent loss")
+    args = setup(p.parse_args(argv), repeats=5)
+    batch = 32 if args.smoke else args.batch
+    quad, sd = autoencoder("quad", args.smoke), autoencoder("sd", args.smoke)
+    sd_high = 128 if args.smoke else 256
+    plan = [  # (vae, name, resolution, loss, batch, contexts)
+        (quad, "quad", 64, "latent", batch, "obs"),
+        (quad, "quad", 64, "latent", batch, "7 mixed"),
+        (quad, "quad", 64, "latent", batch, "7 mixed, strings"),
+        (quad, "quad", 64, "pixel", 4 if args.smoke else 64, "7 mixed"),
+        (sd, "sd-vae", 64, "latent", batch, "7 mixed"),
+        (sd, "sd-vae", 64, "pixel", 2 if args.smoke else 8, "7 mixed"),
+        (sd, "sd-vae", sd_high, "latent", batch, "7 mixed"),
+        (sd, "sd-vae", sd_high, "pixel", 2, "7 mixed"),
+    ]
+    rows = []
+    for vae, name, resolution, loss, size, contexts in plan:
+        repeats = min(args.repeats, 3) if loss == "pixel" else args.repeats
+        rows.append(run_row(vae, name, resolution, loss, size, contexts, repeats, args.smoke))
+        print(rows[-1], flush=True)
+    for row in rows:
+        same = [r for r in rows if r["autoencoder"] == row["autoencoder"]
+                and r["image"] == row["image"] and r["loss"] == "latent"
+                and r["contexts"] == "7 mixed"]
+        if same:
+            row["latent_speedup"] = same[0]["samples_per_s"] / row["samples_per_s"]
+    settings = dict(K=6, exogenous_width=32, concept_width=8, expressive_depth=2,
+                    optimizer="Adam(lr=1e-3)", weights="random" if args.smoke else
+                    "quad: examples/quad-autoencoder if present else random; sd: random")
+    notes = ["samples_per_s is the median over repeats; min/max are the slowest/fastest run",
+             "latent_speedup: samples/s of the latent loss (7 mixed) over this row's"]
+    return report("train_step", args, rows, settings, notes=notes)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""The benchmark scripts run: each one's ``--smoke`` mode, in-process (the latent-cache script
+also starts one measuring subprocess). Nothing here is timed or compared against a target; the
+checks are that every script finishes, prints its table and writes well-formed JSON."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+SCRIPTS = ["bench_train_step", "bench_time_to_adapter", "bench_latent_cache",
+           "bench_mixed_contexts", "bench_scaling_k", "bench_profile"]
+
+
+@pytest.fixture(scope="module")
+def bench_path():
+    sys.path.insert(0, str(BENCHMARKS))
+    yield
+    sys.path.remove(str(BENCHMARKS))
+
+
+@pytest.fixture(autouse=True)
+def keep_torch_state():
+    threads, state = torch.get_num_threads(), torch.random.get_rng_state()
+    yield
+    torch.set_num_threads(threads)
+    torch.random.set_rng_state(state)
+
+
+def test_every_script_is_listed():
+    assert sorted(SCRIPTS) == sorted(p.stem for p in BENCHMARKS.glob("bench_*.py"))
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_smoke(name, bench_path, tmp_path, capsys):
+    module = importlib.import_module(name)
+    payload = module.main(["--smoke", "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    result_name = name.removeprefix("bench_")
+    written = json.loads((tmp_path / f"{result_name}.json").read_text())
+    assert written["name"] == payload["name"] == result_name
+    assert written["smoke"] is True
+    assert written["rows"] and written["machine"]["torch"] == torch.__version__
+    assert {"cpu", "cores", "torch_threads", "diffusers"} <= set(written["machine"])
+    assert f"# {result_name} (smoke)" in printed and "|" in printed
+
+
+def test_step_flops_counts_the_default_adapter(bench_path):
+    common = importlib.import_module("common")
+    adapter = common.context_model(6, (4, 8, 8)).adapter
+    # posterior 256->384 (no input gradient), exogenous 192->192, expressive 192->48,
+    # causal 48->48, latent head 48->256; forward 2*in*out, backward twice that.
+    products = [(256, 384, 2), (192, 192, 3), (192, 48, 3), (48, 48, 3), (48, 256, 3)]
+    assert common.step_flops(adapter, mixed=False) == sum(2 * i * o * m for i, o, m in products)
+    mixed = common.step_flops(adapter, mixed=True)
+    assert mixed == common.step_flops(adapter, mixed=False) + 2 * (2 * 192 * 192 * 3) + (
+        2 * 48 * 48 * 3)
+
+
+def test_table_and_measure(bench_path):
+    common = importlib.import_module("common")
+    text = common.table([dict(a=1, b=2.5), dict(a=10, c="x")])
+    assert text.splitlines()[0] == "| a  | b   | c |"
+    timing = common.measure(lambda: None, repeats=3, warmup=0)
+    assert timing["min"] <= timing["median"] <= timing["max"] and len(timing["runs"]) == 3

@@ -1,0 +1,364 @@
+"""Evaluation (``ctxadapter.evaluation``), ``examples/evaluate.py`` and
+``benchmarks/compare_quad.py`` on a tiny autoencoder (32 x 32 images, random weights)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKL
+
+from ctxadapter import ContextAutoencoder, CtxAdapter, quad
+from ctxadapter.evaluation import (
+    evaluate,
+    format_table,
+    generation_seed,
+    heldout_quad_images,
+    prepare_images,
+)
+from ctxadapter.metrics import recon_bits_per_pixel, sliced_wasserstein
+from ctxadapter.model import PIXEL_EPS, base_model_record, gaussian_kl
+
+REPO = Path(__file__).resolve().parent.parent
+CONCEPTS = list(quad.CONCEPTS)
+
+
+def load_script(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_model(path: str, pooled: bool = False, seed: int = 0) -> ContextAutoencoder:
+    vae = AutoencoderKL.from_pretrained(path)
+    torch.manual_seed(seed)
+    adapter = CtxAdapter(
+        CONCEPTS,
+        latent_shape=[4, 4, 4],
+        exogenous_width=4,
+        concept_width=2,
+        pooled=pooled,
+        base_model=base_model_record(vae, path),
+    )
+    return ContextAutoencoder(vae, adapter).eval()
+
+
+@pytest.fixture
+def model(tiny_kl_path) -> ContextAutoencoder:
+    return make_model(tiny_kl_path)
+
+
+def random_real(contexts, n: int = 7, size: int = 32, uint8: bool = False) -> dict:
+    generator = torch.Generator().manual_seed(1)
+    out = {}
+    for context in contexts:
+        if uint8:
+            out[context] = torch.randint(
+                0, 256, (n, size, size, 3), generator=generator, dtype=torch.uint8
+            )
+        else:
+            out[context] = torch.rand(n, 3, size, size, generator=generator)
+    return out
+
+
+def replay_generate(model, real: dict, calls: list):
+    """A ``generate`` that returns the real images of the context, in order, batch by batch."""
+    offsets = {name: 0 for name in real}
+
+    def generate(context, num_samples, generator=None, output_type="pt"):
+        calls.append((context, num_samples, model.training, model.adapter.training))
+        images = real[context]
+        if images.dtype == torch.uint8:
+            images = images.permute(0, 3, 1, 2).float() / 255
+        out = images[offsets[context] : offsets[context] + num_samples]
+        offsets[context] += num_samples
+        return out
+
+    return generate
+
+
+# ------------------------------------------------------------------------------ evaluate
+
+
+@pytest.mark.parametrize("uint8", [False, True])
+def test_generating_the_real_images_gives_zero_sw(model, monkeypatch, uint8):
+    contexts = ["obs", "quad1", "size", "quad1+quad2", "quad2+orientation"]
+    real = random_real(contexts, n=7, uint8=uint8)
+    calls: list = []
+    model.train()  # evaluate must switch to eval mode and restore this afterwards
+    monkeypatch.setattr(model, "generate", replay_generate(model, real, calls))
+    results = evaluate(model, real, num_projections=20, seed=3, batch_size=3)
+    # exactly 0 for float images; uint8 images are projected as integers then divided by 255,
+    # the generated floats after the division: equal up to float32 rounding
+    tol = 1e-5 if uint8 else 0.0
+    for context in contexts:
+        assert results["per_context"][context]["sw2"] == pytest.approx(0.0, abs=tol)
+        assert results["per_context"][context]["num_images"] == 7
+    assert results["concept"] == pytest.approx(0.0, abs=tol)
+    assert results["compo"] == pytest.approx(0.0, abs=tol)
+    assert results["concept_contexts"] == ["obs", "quad1", "size"]
+    assert results["compo_contexts"] == ["quad1+quad2", "quad2+orientation"]
+    # as many images as real ones, in batches of at most batch_size, in eval mode
+    assert [(c, n) for c, n, *_ in calls] == [(c, n) for c in contexts for n in (3, 3, 1)]
+    assert not any(training for *_, m, a in calls for training in (m, a))
+    assert model.training and model.adapter.training
+
+
+def test_max_images_and_counts(model, monkeypatch):
+    real = random_real(["obs", "quad1+quad3"], n=9)
+    calls: list = []
+    monkeypatch.setattr(model, "generate", replay_generate(model, real, calls))
+    results = evaluate(model, real, num_projections=5, max_images=4)
+    assert sum(n for _, n, *_ in calls) == 8
+    assert {c: e["num_images"] for c, e in results["per_context"].items()} == {
+        "obs": 4,
+        "quad1+quad3": 4,
+    }
+    assert results["recon_num_images"] == 4
+    assert results["num_projections"] == 5 and results["max_images"] == 4
+
+
+def test_sw_matches_metrics_and_generation_is_seeded(model):
+    real = random_real(["obs", "quad4", "quad1+size"], n=6)
+    first = evaluate(model, real, num_projections=15, seed=2, recon=False)
+    again = evaluate(model, real, num_projections=15, seed=2, recon=False)
+    assert first == again
+    # the generated images come from a generator seeded by generation_seed(seed, context)
+    generator = torch.Generator().manual_seed(generation_seed(2, "quad4"))
+    fake = model.generate("quad4", 6, generator=generator)
+    expected = sliced_wasserstein(real["quad4"], fake, num_projections=15, seed=2)
+    assert math.isclose(first["per_context"]["quad4"]["sw2"], expected.item(), rel_tol=1e-5)
+    assert first["concept"] == pytest.approx(
+        (first["per_context"]["obs"]["sw2"] + first["per_context"]["quad4"]["sw2"]) / 2
+    )
+    assert first["compo"] == first["per_context"]["quad1+size"]["sw2"]
+    other = evaluate(model, real, num_projections=15, seed=5, recon=False)
+    assert other["concept"] != first["concept"]
+    assert first["recon_bpp"] is None and first["per_context"]["obs"]["recon_bpp"] is None
+    # the projections and the generated images are different streams
+    assert generation_seed(2, "quad4") not in (2, generation_seed(2, "obs"))
+
+
+def test_recon_is_the_negative_elbo_under_the_image_context(model):
+    real = random_real(["obs", "quad2", "quad1+quad2"], n=5)
+    results = evaluate(model, real, num_projections=5)
+    with torch.no_grad():
+        for context in ("obs", "quad2"):
+            target = real[context]
+            mean, logvar = model.adapter.posterior(model.codec.encode(target * 2 - 1))
+            decoded = model.codec.decode(model.adapter.latents_from_noise(mean, context))
+            probs = ((decoded + 1) / 2).clamp(0, 1)
+            bits = recon_bits_per_pixel(probs, target, gaussian_kl(mean, logvar), eps=PIXEL_EPS)
+            entry = results["per_context"][context]
+            assert entry["recon_bpp"] == pytest.approx(bits.item(), rel=1e-5)
+            mse = (probs - target).square().flatten(1).mean(1)
+            assert entry["recon_mse"] == pytest.approx(mse.mean().item(), rel=1e-5)
+            assert entry["recon_psnr_db"] == pytest.approx(
+                (-10 * torch.log10(mse)).mean().item(), rel=1e-5
+            )
+    assert results["per_context"]["quad1+quad2"]["recon_bpp"] is None
+    assert results["recon_num_images"] == 10
+    assert results["recon_bpp"] == pytest.approx(
+        (results["per_context"]["obs"]["recon_bpp"] + results["per_context"]["quad2"]["recon_bpp"])
+        / 2,
+        rel=1e-6,
+    )
+
+
+def test_context_names_are_canonical_and_errors(model):
+    real = random_real(["size+quad1"], n=3)
+    results = evaluate(model, real, num_projections=3, recon=False)
+    assert list(results["per_context"]) == ["quad1+size"]
+    with pytest.raises(ValueError, match="unknown concept"):
+        evaluate(model, random_real(["nope"], n=3), num_projections=3)
+    with pytest.raises(ValueError, match="twice"):
+        evaluate(model, {"quad1+size": real["size+quad1"], "size+quad1": real["size+quad1"]})
+    with pytest.raises(ValueError, match="empty"):
+        evaluate(model, {})
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        evaluate(model, {"obs": real["size+quad1"] * 2 - 1})
+
+
+def test_prepare_images_resizes_like_training(model):
+    images = heldout_quad_images(3, seed=0, contexts=["obs"])["obs"]
+    assert prepare_images(images, (64, 64)).shape == (3, 3, 64, 64)
+    assert torch.equal(prepare_images(images, (64, 64)), images.permute(0, 3, 1, 2))
+    small = prepare_images(images, (32, 32))
+    from PIL import Image
+
+    expected = model.codec.preprocess(
+        [Image.fromarray(im.numpy()) for im in images], 32, 32, resize_mode="crop"
+    )
+    torch.testing.assert_close(small, ((expected + 1) / 2).clamp(0, 1))
+
+
+# ------------------------------------------------------------------------------ quad data
+
+
+def test_heldout_quad_images():
+    images = heldout_quad_images(4, dependent=False, seed=1)
+    assert list(images) == [*quad.TRAIN_CONTEXTS, *quad.HELDOUT_COMPOSITIONS]
+    assert len(images) == 16
+    for context, batch in images.items():
+        assert batch.dtype == torch.uint8 and batch.shape == (4, 64, 64, 3)
+        expected, _ = quad.sample(context, 4, seed=1, dependent=False, split="test")
+        assert np.array_equal(batch.numpy(), expected)
+    train, _ = quad.sample("obs", 4, seed=1, dependent=False, split="train")
+    assert not np.array_equal(images["obs"].numpy(), train)
+    validation = heldout_quad_images(4, dependent=False, seed=1, split="validation")
+    expected, _ = quad.sample("quad1+size", 4, seed=1, dependent=False, split="validation")
+    assert np.array_equal(validation["quad1+size"].numpy(), expected)
+    assert not np.array_equal(validation["obs"].numpy(), images["obs"].numpy())
+    with pytest.raises(ValueError):
+        heldout_quad_images(0)
+    with pytest.raises(ValueError, match="split"):
+        heldout_quad_images(2, split="train")
+
+
+# ------------------------------------------------------------------------------ table
+
+
+def test_format_table_lists_every_context_and_the_means(model):
+    real = heldout_quad_images(3, seed=0)
+    results = evaluate(model, real, num_projections=7, seed=4)
+    table = format_table(results)
+    rows = table.splitlines()
+    for context in real:
+        assert any(row.startswith(f"| {context} |") for row in rows), context
+    assert "| **Concept** (mean of 7) | mean | 21 |" in table
+    assert "| **Compo** (mean of 9) | mean | 27 |" in table
+    assert "| **Recon** (single contexts) | mean | 21 |" in table
+    assert "7 random projections (seed 4)" in table
+    assert f"{results['concept']:.4f}" in table and f"{results['compo']:.4f}" in table
+    # singles first, then compositions, then the means
+    names = [row.split("|")[1].strip() for row in rows[2 : 2 + 16]]
+    assert names == list(real)
+    json.dumps(results)  # serializable as it is
+
+
+# ------------------------------------------------------------------------------ scripts
+
+
+def test_evaluate_cli_quad_and_imagefolder(tiny_kl_path, tmp_path, capsys):
+    adapter_dir = tmp_path / "adapter"
+    make_model(tiny_kl_path).save_pretrained(adapter_dir)
+    cli = load_script("evaluate_cli", REPO / "examples" / "evaluate.py")
+    output = tmp_path / "out" / "results.json"
+    results = cli.main(
+        [
+            "--adapter",
+            str(adapter_dir),
+            "--images_per_context",
+            "3",
+            "--num_projections",
+            "5",
+            "--quad_variant",
+            "independent",
+            "--device",
+            "cpu",
+            "--output",
+            str(output),
+        ]
+    )
+    printed = capsys.readouterr().out
+    saved = json.loads(output.read_text())
+    assert saved["data"] == {"quad_variant": "independent", "quad_seed": 0}
+    assert len(saved["per_context"]) == 16 and saved["num_projections"] == 5
+    assert saved["concept"] == results["concept"]
+    assert "**Concept**" in printed and "quad2+orientation" in printed
+
+    # a dataset with a context column: its test split, grouped by context
+    data = quad.build_dataset(
+        n_per_context=2, heldout_per_context=2, seed=0, cache_dir=str(tmp_path / "hf")
+    )
+    quad.write_imagefolder(data, tmp_path / "folder")
+    output = tmp_path / "folder.json"
+    cli.main(
+        [
+            "--adapter",
+            str(adapter_dir),
+            "--train_data_dir",
+            str(tmp_path / "folder"),
+            "--images_per_context",
+            "1",
+            "--num_projections",
+            "3",
+            "--device",
+            "cpu",
+            "--cache_dir",
+            str(tmp_path / "hf"),
+            "--output",
+            str(output),
+        ]
+    )
+    saved = json.loads(output.read_text())
+    assert len(saved["per_context"]) == 16
+    assert all(e["num_images"] == 1 for e in saved["per_context"].values())
+    assert "'test' split" in capsys.readouterr().out
+
+
+def test_compare_quad_smoke(tiny_kl_path, tmp_path):
+    bench = load_script("compare_quad", REPO / "benchmarks" / "compare_quad.py")
+    report = bench.main(
+        [
+            "--smoke",
+            "--base_autoencoder",
+            tiny_kl_path,
+            "--work_dir",
+            str(tmp_path / "work"),
+            "--variants",
+            "cm",
+            "pooled",
+            "finetune",
+            "--set",
+            "lr_warmup_steps=0",
+        ]
+    )
+    runs = report["runs"]
+    assert [(r["variant"], r["seed"], r["data_variant"]) for r in runs] == [
+        ("cm", 0, "dependent"),
+        ("pooled", 0, "dependent"),
+        ("finetune", 0, "dependent"),
+    ]
+    assert all(r["steps"] == 3 for r in runs)
+    assert runs[1]["results"]["pooled"] and not runs[0]["results"]["pooled"]
+    assert runs[2]["finetune_arguments"]["decoder_lora_rank"] == 4
+    assert runs[2]["finetune_arguments"]["loss"] == "pixel"
+    ratios = report["summary"]["dependent"]["ratio_cm_pooled"]
+    cm, pooled = runs[0]["results"], runs[1]["results"]
+    assert ratios["concept"]["ratio_of_means"] == pytest.approx(cm["concept"] / pooled["concept"])
+    assert ratios["compo"]["paired_mean"] == pytest.approx(cm["compo"] / pooled["compo"])
+    table = (tmp_path / "work" / "results.md").read_text()
+    assert "ratio (a)/(b) Concept" in table and "(d) pixel loss + decoder LoRA r4" in table
+    saved = json.loads((tmp_path / "work" / "results.json").read_text())
+    assert saved["summary"]["dependent"]["cm"]["concept"]["se"] is None  # one seed
+    # --reuse evaluates the trained adapters again without training
+    again = bench.main(
+        [
+            "--smoke",
+            "--base_autoencoder",
+            tiny_kl_path,
+            "--work_dir",
+            str(tmp_path / "work"),
+            "--variants",
+            "cm",
+            "--reuse",
+            "--output",
+            str(tmp_path / "again"),
+        ]
+    )
+    assert again["runs"][0]["results"] == cm
+
+
+def test_mean_se():
+    bench = load_script("compare_quad", REPO / "benchmarks" / "compare_quad.py")
+    mean, se = bench.mean_se([1.0, 2.0, 3.0])
+    assert mean == 2.0 and se == pytest.approx(1 / math.sqrt(3))
+    assert bench.mean_se([4.0]) == (4.0, None)
+    assert bench.mean_se([]) == (None, None)
