@@ -14,7 +14,7 @@ step count; the table says which numbers are extrapolated. Building the quad ima
 is common to all three and reported apart. Adapter quality (Concept/Compo scores) comes from the
 evaluation work, not from here: the table leaves a column for it.
 
-    python benchmarks/bench_time_to_adapter.py                # ~10 min on 2 cores
+    python benchmarks/bench_time_to_adapter.py                # ~12 min on one core
     python benchmarks/bench_time_to_adapter.py --images-per-context 2000 --steps 2000
     python benchmarks/bench_time_to_adapter.py --smoke
 """

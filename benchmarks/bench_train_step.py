@@ -8,7 +8,7 @@ Contexts are a ``(N, K)`` mask (the obs context alone, or quad's 7 training cont
 one row passes per-sample context strings instead, to show the cost of parsing them. The pixel
 loss is far slower per sample, so it runs at a smaller batch (samples/s barely depends on it).
 
-    python benchmarks/bench_train_step.py            # ~5 min on 2 cores
+    python benchmarks/bench_train_step.py            # ~8 min on one core
     python benchmarks/bench_train_step.py --smoke    # seconds
 """
 

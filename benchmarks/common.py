@@ -325,8 +325,8 @@ def step_flops(adapter, mixed: bool = True, observational_rows: bool = True) -> 
     return sum(2 * i * o * (2 + needs_input) for i, o, needs_input in products)
 
 
-def matmul_flops_per_s(size: int = 2048, repeats: int = 5) -> float:
+def matmul_flops_per_s(size: int = 2048, repeats: int = 5, min_time: float = 0.2) -> float:
     """Measured FLOP/s of a large float32 matrix product (the CPU's practical arithmetic limit)."""
     a, b = torch.randn(size, size), torch.randn(size, size)
-    timing = measure(lambda: a @ b, repeats, warmup=2, min_time=0.2)
+    timing = measure(lambda: a @ b, repeats, warmup=2, min_time=min_time)
     return 2 * size**3 / timing["median"]

@@ -25,11 +25,16 @@ def bench_path():
 
 
 @pytest.fixture(autouse=True)
-def keep_torch_state():
+def keep_global_state():
+    """The scripts set torch's threads and seed and silence datasets' progress bars."""
+    import datasets
+
     threads, state = torch.get_num_threads(), torch.random.get_rng_state()
+    bars = datasets.is_progress_bar_enabled()
     yield
     torch.set_num_threads(threads)
     torch.random.set_rng_state(state)
+    (datasets.enable_progress_bars if bars else datasets.disable_progress_bars)()
 
 
 def test_every_script_is_listed():
