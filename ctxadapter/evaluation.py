@@ -27,8 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -38,6 +37,7 @@ from torch import Tensor
 from .contexts import context_name, parse_context
 from .metrics import concept_compo_scores, is_composition, recon_bits_per_pixel
 from .model import PIXEL_EPS, gaussian_kl
+from .viz import _device, _eval_mode
 
 __all__ = [
     "evaluate",
@@ -183,21 +183,6 @@ def generation_seed(seed: int, context: str) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-@contextmanager
-def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    """Eval mode and no gradients; every submodule's previous mode is restored afterwards."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for module, training in modes:
-            module.training = training
-
-
-def _device(model) -> torch.device:
-    return next(model.adapter.parameters()).device
 
 
 def _generate(model, context: str, num_images: int, seed: int, batch_size: int) -> Tensor:
