@@ -7,12 +7,9 @@ depth 2, ``latent`` loss) and the fraction of its arithmetic limit it reaches on
 3. The fixed per-step cost: the same step at batch 8, where the arithmetic is negligible.
 4. Arithmetic limit: matrix-product FLOPs per sample counted from the layer shapes
    (``common.step_flops``) times samples/s, against a large float32 matmul's measured FLOP/s.
-5. Data loading: ``CachedLatents.__getitems__`` for a batch (in memory and memory-mapped) and
-   ``ContextBatchSampler``'s epoch shuffle, per batch.
-6. Candidate library changes, applied by monkeypatching (outputs checked against the library's),
-   each timed against the unpatched step: ``Adam(fused=True)`` / ``foreach=True`` and an
-   exogenous layer that computes its block-diagonal parts with one batched product over blocks
-   and the dense observational product only on observational rows.
+5. Data loading: a batch read from a memory-mapped cache by ``CachedLatents`` against
+   ``datasets``' own torch formatting, and ``ContextBatchSampler``'s epoch shuffle, per batch.
+6. ``optimizer.step`` alone: ``Adam()``, ``foreach=True`` and ``fused=True`` (the library's).
 
     python benchmarks/bench_profile.py            # ~4 min
     python benchmarks/bench_profile.py --smoke
@@ -20,11 +17,9 @@ depth 2, ``latent`` loss) and the fraction of its arithmetic limit it reaches on
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
 
 import torch
-import torch.nn.functional as F
 from common import (
     adam,
     context_model,
@@ -41,78 +36,10 @@ from common import (
 )
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from ctxadapter.layers import ExogenousLayer
 from ctxadapter.quad import TRAIN_CONTEXTS
 
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul")
 PHASES = ("1 forward", "2 backward", "3 optimizer.step", "4 zero_grad", "5 apply_constraints_")
-
-
-# ---------------------------------------------------------------------------- candidate changes
-
-
-def exogenous_forward_blockwise(self, z: torch.Tensor, contexts: torch.Tensor) -> torch.Tensor:
-    """Proposed ``ExogenousLayer.forward``: the same output as the library's.
-
-    The block-diagonal products ``(W_obs * M) z`` and ``(W_ivn * M) z`` are one ``bmm`` over the
-    K diagonal blocks (``2 K w^2`` multiply-adds per row instead of ``2 (K w)^2``), and the dense
-    observational product runs on the observational rows only, not on the whole batch."""
-    observational = ~contexts.any(dim=-1)
-    if bool(observational.all()):
-        return F.gelu(F.linear(z, self._observational_weight(), self.bias))
-    k, w, n = self.num_concepts, self.width, z.shape[0]
-    diagonal = torch.stack([self.weight_obs, self.weight_ivn]).view(2, k, w, k, w)
-    blocks = diagonal.diagonal(dim1=1, dim2=3).permute(3, 0, 1, 2).reshape(k, 2 * w, w)
-    both = torch.bmm(z.view(n, k, w).transpose(0, 1), blocks.transpose(1, 2))  # (K, N, 2w)
-    out = torch.where(contexts.T.unsqueeze(-1), both[..., w:], both[..., :w])
-    out = out.transpose(0, 1).reshape(n, k * w)
-    rows = observational.nonzero().squeeze(1)
-    if len(rows):
-        out = out.index_put((rows,), F.linear(z[rows], self._observational_weight()))
-    return F.gelu(out + self.bias)
-
-
-@contextlib.contextmanager
-def patched(variant: str):
-    original, threads = ExogenousLayer.forward, torch.get_num_threads()
-    if "blockwise" in variant:
-        ExogenousLayer.forward = exogenous_forward_blockwise
-    if "1 thread" in variant:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        ExogenousLayer.forward = original
-        torch.set_num_threads(threads)
-
-
-VARIANTS = {  # name: Adam keyword arguments
-    "library (baseline)": {},
-    "Adam(foreach=True)": dict(foreach=True),
-    "Adam(fused=True)": dict(fused=True),
-    "blockwise exogenous": {},
-    "fused Adam + blockwise exogenous": dict(fused=True),
-    "fused Adam + blockwise exogenous, 1 thread": dict(fused=True),
-}
-
-
-def check_blockwise() -> float:
-    """Largest difference between the library's exogenous layer and the proposed one, on mixed
-    contexts (values and gradients)."""
-    layer = ExogenousLayer(6, 32)
-    z = torch.randn(64, 192)
-    mask = mixed_mask([f"c{i}" for i in range(6)], ["obs", "c0", "c1+c2", "c5"], 64)
-    outputs = []
-    for forward in (ExogenousLayer.forward, exogenous_forward_blockwise):
-        layer.zero_grad()
-        out = forward(layer, z, mask)
-        out.pow(2).sum().backward()
-        outputs.append(torch.cat([out.flatten(), layer.weight_obs.grad.flatten(),
-                                  layer.weight_ivn.grad.flatten()]))
-    return (outputs[0] - outputs[1]).abs().max().item()
-
-
-# ---------------------------------------------------------------------------- measurements
 
 
 def make(batch: int, contexts: list[str], **adam_kwargs):
@@ -162,38 +89,10 @@ def profile_step(batch: int, contexts: list[str], steps: int) -> tuple[list[dict
     return phases, op_rows
 
 
-def time_step(batch: int, contexts: list[str], repeats: int, smoke: bool, variant: str = "",
-              **adam_kwargs) -> dict:
-    with patched(variant):
-        model, optimizer, mask, latents = make(batch, contexts, **adam_kwargs)
-        step = train_step(model, optimizer, mask, latents)
-        return measure(step, repeats, warmup=1 if smoke else 5, min_time=0 if smoke else 0.5)
-
-
-class ChunkViews:
-    """Proposed read path of ``CachedLatents`` when the cache is memory-mapped: zero-copy numpy
-    views of the ``latents`` column's Arrow record batches, built once, gathered with numpy
-    indexing (instead of ``datasets``' per-row torch formatting of ``cache[indices]``)."""
-
-    def __init__(self, cache, shape):
-        import numpy as np
-
-        chunks = cache.data.column("latents").chunks
-        self.views = [c.storage.flatten().flatten().flatten()
-                      .to_numpy(zero_copy_only=True).reshape(-1, *shape) for c in chunks]
-        self.starts = np.cumsum([0] + [len(v) for v in self.views])
-        self.shape = shape
-
-    def __getitem__(self, indices) -> torch.Tensor:
-        import numpy as np
-
-        indices = np.asarray(indices)
-        chunk = np.searchsorted(self.starts, indices, side="right") - 1
-        out = np.empty((len(indices), *self.shape), np.float32)
-        for k in np.unique(chunk):
-            rows = chunk == k
-            out[rows] = self.views[k][indices[rows] - self.starts[k]]
-        return torch.from_numpy(out)
+def time_step(batch: int, contexts: list[str], repeats: int, smoke: bool) -> dict:
+    model, optimizer, mask, latents = make(batch, contexts)
+    step = train_step(model, optimizer, mask, latents)
+    return measure(step, repeats, warmup=1 if smoke else 5, min_time=0 if smoke else 0.5)
 
 
 def data_loading(batch: int, size: int, repeats: int, min_time: float = 0.2) -> list[dict]:
@@ -212,19 +111,19 @@ def data_loading(batch: int, size: int, repeats: int, min_time: float = 0.2) -> 
         datasets.Dataset.from_dict(data, features=features).save_to_disk(folder)
         cache = datasets.load_from_disk(folder)
         indices = torch.randperm(size)[:batch].tolist()
-        for in_memory in (True, False):
-            cached = CachedLatents(cache, list(TRAIN_CONTEXTS[1:]), in_memory=in_memory)
-            timing = measure(lambda c=cached: c.__getitems__(indices), repeats, warmup=1,
-                             min_time=min_time)
-            rows.append(dict(what=f"CachedLatents batch ({'in memory' if in_memory else 'mmap'})",
-                             ms_per_batch=timing["median"] * 1e3, min_ms=timing["min"] * 1e3,
-                             max_ms=timing["max"] * 1e3))
-        views = ChunkViews(cache, (4, 8, 8))
-        assert torch.equal(views[indices], cached.__getitems__(indices)["latents"])
-        timing = measure(lambda: views[indices], repeats, warmup=1, min_time=min_time)
-        rows.append(dict(what="proposed: mmap, zero-copy chunk views + numpy gather",
-                         ms_per_batch=timing["median"] * 1e3, min_ms=timing["min"] * 1e3,
-                         max_ms=timing["max"] * 1e3))
+        cached = CachedLatents(cache, list(TRAIN_CONTEXTS[1:]))
+        formatted = cache.with_format("torch", columns=["latents"])
+        assert torch.equal(formatted[indices]["latents"], cached.__getitems__(indices)["latents"])
+        readers = {
+            "datasets formatting, cache.with_format('torch')[indices] (before)":
+                lambda: formatted[indices],
+            "CachedLatents: zero-copy Arrow views + numpy gather (library)":
+                lambda: cached.__getitems__(indices),
+        }
+        for what, read in readers.items():
+            timing = measure(read, repeats, warmup=1, min_time=min_time)
+            rows.append(dict(what=what, ms_per_batch=timing["median"] * 1e3,
+                             min_ms=timing["min"] * 1e3, max_ms=timing["max"] * 1e3))
         sampler = ContextBatchSampler(cached.context_ids, batch, "mixed")
         timing = measure(lambda: list(sampler), repeats, warmup=1)
         rows.append(dict(what="ContextBatchSampler epoch shuffle, per batch",
@@ -241,8 +140,6 @@ def main(argv=None) -> dict:
     batch = 64 if args.smoke else args.batch
     steps = 3 if args.smoke else 50
     mixed = list(TRAIN_CONTEXTS)
-    difference = check_blockwise()
-    assert difference < 1e-4, f"blockwise exogenous layer differs by {difference}"
 
     peak = matmul_flops_per_s(512 if args.smoke else 2048, args.repeats,
                               min_time=0 if args.smoke else 0.2)
@@ -250,7 +147,8 @@ def main(argv=None) -> dict:
     for label, contexts in (("obs", ["obs"]), ("7 mixed", mixed)):
         timing = time_step(batch, contexts, args.repeats, args.smoke)
         small = time_step(8, contexts, args.repeats, args.smoke)
-        flops = step_flops(context_model(6, (4, 8, 8)).adapter, mixed=label != "obs")
+        model = context_model(6, (4, 8, 8))
+        flops = step_flops(model.adapter, mixed_mask(model.adapter.concepts, contexts, batch))
         speed = rate(timing, batch)
         rows.append(dict(section="step", contexts=label, batch=batch,
                          step_ms=timing["median"] * 1e3, samples_per_s=speed["median"],
@@ -267,28 +165,12 @@ def main(argv=None) -> dict:
     loading = data_loading(batch, 500 if args.smoke else 50_000, args.repeats,
                            min_time=0 if args.smoke else 0.2)
     rows += [dict(section="data", **r) for r in loading]
-    for label, contexts in (("7 mixed", mixed),) if args.smoke else (("obs", ["obs"]),
-                                                                    ("7 mixed", mixed)):
-        steps_by_variant = {}
-        for variant, kwargs in VARIANTS.items():
-            with patched(variant):
-                model, optimizer, mask, latents = make(batch, contexts, **kwargs)
-                steps_by_variant[variant] = train_step(model, optimizer, mask, latents)
-        timings = measure_interleaved(steps_by_variant, args.repeats, warmup=1 if args.smoke
-                                      else 5, min_time=0 if args.smoke else 0.3, wrap=patched)
-        base = timings["library (baseline)"]["median"]
-        for variant, timing in timings.items():
-            rows.append(dict(section=f"variant ({label})", variant=variant,
-                             step_ms=timing["median"] * 1e3, min_ms=timing["min"] * 1e3,
-                             max_ms=timing["max"] * 1e3,
-                             samples_per_s=rate(timing, batch)["median"],
-                             speedup=base / timing["median"]))
-            print(rows[-1], flush=True)
     model = context_model(6, (4, 8, 8))
     for p in model.parameters():
         p.grad = torch.randn_like(p)
     optimizers = {name: adam(model, **kwargs) for name, kwargs in
-                  (("Adam()", {}), ("Adam(foreach=True)", dict(foreach=True)),
+                  (("Adam()", dict(fused=False)),
+                   ("Adam(foreach=True)", dict(fused=False, foreach=True)),
                    ("Adam(fused=True)", dict(fused=True)))}
     timings = measure_interleaved({k: o.step for k, o in optimizers.items()}, args.repeats,
                                   warmup=2, min_time=0 if args.smoke else 0.2)
@@ -298,11 +180,10 @@ def main(argv=None) -> dict:
                          max_ms=timing["max"] * 1e3,
                          speedup=timings["Adam()"]["median"] / timing["median"]))
     settings = dict(K=6, latent="4x8x8", exogenous_width=32, concept_width=8,
-                    expressive_depth=2, loss="latent", matmul_peak_gflop_per_s=peak / 1e9,
-                    blockwise_max_abs_difference=difference)
+                    expressive_depth=2, loss="latent", matmul_peak_gflop_per_s=peak / 1e9)
     notes = ["fraction_of_matmul_peak: achieved matrix-product FLOP/s over a large float32 "
-             "matmul's (2048^3); FLOPs counted as the library computes them (dense masked "
-             "products), not the smaller block-structured minimum",
+             "matmul's (2048^3); FLOPs counted as the library computes them "
+             "(common.step_flops)",
              "phase/operator: torch.profiler CPU time per step (profiling adds overhead); "
              "share is of the sum of the phases"]
     return report("profile", args, rows, settings, notes=notes)

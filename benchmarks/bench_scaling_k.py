@@ -43,7 +43,7 @@ def main(argv=None) -> dict:
             mask = mixed_mask(names, contexts, batch)
             step = train_step(model, adam(model), mask, latents)
             timing = measure(step, args.repeats, warmup=3, min_time=0 if args.smoke else 0.5)
-            flops = step_flops(model.adapter, mixed=label != "obs")
+            flops = step_flops(model.adapter, mask)
             rows.append(dict(K=k, contexts=label, batch=batch,
                              step_ms=timing["median"] * 1e3, min_ms=timing["min"] * 1e3,
                              max_ms=timing["max"] * 1e3,

@@ -137,7 +137,7 @@ def measure(fn: Callable[[], object], repeats: int, warmup: int = 1, number: int
 
 def measure_interleaved(fns: dict, repeats: int, warmup: int = 1, min_time: float = 0.0,
                         wrap: Callable | None = None) -> dict:
-    """:func:`measure` for several functions, runs interleaved (A B C A B C ...) so that a
+    """``measure`` for several functions, runs interleaved (A B C A B C ...) so that a
     change of machine load hits them all alike. ``wrap(name)`` gives a context manager entered
     around each of ``name``'s runs (e.g. a monkeypatch). Returns ``{name: timing}``."""
     wrap = wrap or (lambda name: contextlib.nullcontext())
@@ -165,7 +165,7 @@ def now() -> float:
 
 
 def rate(timing: dict, items: float) -> dict:
-    """Items per second from a :func:`measure` result: median, min and max."""
+    """Items per second from a ``measure`` result: median, min and max."""
     return dict(median=items / timing["median"], min=items / timing["max"],
                 max=items / timing["min"])
 
@@ -297,7 +297,9 @@ def train_step(model, optimizer, contexts, latents=None, pixel_values=None,
 
 
 def adam(model, **kwargs) -> torch.optim.Optimizer:
-    """Adam over the trainable parameters, as ``finetune`` builds it (``lr=1e-3``)."""
+    """Adam over the trainable parameters, as ``finetune`` builds it (``lr=1e-3``, fused on
+    CPU and CUDA); ``kwargs`` override."""
+    kwargs = {"fused": next(model.parameters()).device.type in ("cpu", "cuda")} | kwargs
     return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3,
                             **kwargs)
 
@@ -305,24 +307,29 @@ def adam(model, **kwargs) -> torch.optim.Optimizer:
 # ---------------------------------------------------------------------------- arithmetic
 
 
-def step_flops(adapter, mixed: bool = True, observational_rows: bool = True) -> int:
+def step_flops(adapter, contexts: torch.Tensor) -> float:
     """Matrix-product FLOPs per sample of one training step (forward + backward) of ``adapter``
-    with the ``latent`` loss, counted from the layer shapes as the library computes them: masked
-    weights are dense products. ``mixed``: the batch has intervened rows (the exogenous layer
-    then does 2 block-diagonal products, plus the dense one if ``observational_rows``; the causal
-    layer 2). Backward costs 2x forward, except the posterior head (its input, the latents,
-    needs no gradient). Elementwise work (GELU, BatchNorm, masks, Adam) is not counted."""
+    with the ``latent`` loss on a batch with the ``(N, K)`` context masks ``contexts``, counted
+    from the layer shapes as the library computes them. The exogenous layer: one dense product
+    if every row is observational; otherwise one batched product over the K diagonal blocks of
+    both weights for every row, plus the dense product on the observational rows. The causal
+    layer: one masked dense product, two if any row is intervened. Backward costs 2x forward,
+    except the posterior head (its input, the latents, needs no gradient). Elementwise work
+    (GELU, BatchNorm, masks, Adam) is not counted."""
     k = len(adapter.concepts)
     latent = adapter.posterior_head.in_features
     noise, concept = adapter.noise_size, adapter.causal.weight_obs.shape[0]
     widths = adapter.expressive.widths
-    products = [(latent, 2 * noise, False)]  # (in, out, input needs a gradient)
-    exogenous = (2 + observational_rows) if mixed else 1
-    products += [(noise, noise, True)] * exogenous
-    products += [(k * a, k * b, True) for a, b in zip(widths[:-1], widths[1:], strict=True)]
-    products += [(concept, concept, True)] * (2 if mixed else 1)
-    products += [(concept, latent, True)]
-    return sum(2 * i * o * (2 + needs_input) for i, o, needs_input in products)
+    observational = (~contexts.any(dim=-1)).float().mean().item()
+    products = [(latent, 2 * noise, False, 1.0)]  # (in, out, input needs a gradient, rows)
+    if observational == 1:
+        products += [(noise, noise, True, 1.0), (concept, concept, True, 1.0)]
+    else:
+        products += [(noise, 2 * adapter.exogenous.width, True, 1.0)]
+        products += [(noise, noise, True, observational), (concept, concept, True, 2.0)]
+    products += [(k * a, k * b, True, 1.0) for a, b in zip(widths[:-1], widths[1:], strict=True)]
+    products += [(concept, latent, True, 1.0)]
+    return sum(2 * i * o * (2 + grad) * rows for i, o, grad, rows in products)
 
 
 def matmul_flops_per_s(size: int = 2048, repeats: int = 5, min_time: float = 0.2) -> float:

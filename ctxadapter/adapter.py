@@ -38,7 +38,7 @@ PAPER_URL = "https://arxiv.org/abs/2507.04754"
 
 @dataclass
 class AdapterOutput:
-    """What :meth:`CtxAdapter.forward` returns.
+    """What ``CtxAdapter.forward`` returns.
 
     Attributes:
         latents: reconstructed model-space latents ``(N, C, h, w)``.
@@ -96,7 +96,7 @@ class CtxAdapter(
             concepts in the causal layer).
         pooled: ignore context labels (always observational): the "CM pooled" ablation.
         base_model: where the frozen autoencoder comes from, recorded so that
-            :meth:`ContextAutoencoder.from_pretrained` can load it: keys
+            ``ContextAutoencoder.from_pretrained`` can load it: keys
             ``pretrained_model_name_or_path``, ``revision``, ``subfolder``, ``class_name``,
             ``scaling_factor``, ``shift_factor``.
         decoder_lora: the decoder LoRA's settings when the decoder was fine-tuned
@@ -150,7 +150,7 @@ class CtxAdapter(
 
     # ------------------------------------------------------------------ contexts
     def context_mask(self, contexts, batch_size: int) -> torch.Tensor:
-        """Contexts of a batch (see :func:`ctxadapter.contexts.context_mask`) -> ``(N, K)``
+        """Contexts of a batch (see ``ctxadapter.contexts.context_mask``) -> ``(N, K)``
         bool. A pooled adapter ignores them: every row is observational."""
         device = self.latent_log_scale.device
         mask = context_mask(contexts, self.concepts, batch_size, device=device)
@@ -198,7 +198,7 @@ class CtxAdapter(
         self, latents: torch.Tensor, contexts, generator: torch.Generator | None = None
     ) -> AdapterOutput:
         """Encode to the posterior, draw ``z`` with the reparameterisation trick, decode to
-        latents under ``contexts``. ``latents`` ``(N, C, h, w)`` -> :class:`AdapterOutput`."""
+        latents under ``contexts``. ``latents`` ``(N, C, h, w)`` -> ``AdapterOutput``."""
         mean, logvar = self.posterior(latents)
         noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         z = mean + torch.exp(0.5 * logvar) * noise
@@ -219,13 +219,13 @@ class CtxAdapter(
 
     @torch.no_grad()
     def grouped_weight(self, context=OBSERVATIONAL) -> torch.Tensor:
-        """``(K, K)`` Frobenius norms of the blocks of :meth:`causal_weight`."""
+        """``(K, K)`` Frobenius norms of the blocks of ``causal_weight``."""
         return block_readout(self.causal_weight(context), len(self.concepts), "norm")
 
     @torch.no_grad()
     def concept_graph(self, context=OBSERVATIONAL) -> torch.Tensor:
         """The learned concept graph ``(K, K)``: entry ``(i, j)`` is the mean of block
-        ``(i, j)`` of :meth:`causal_weight`, the effect of concept ``j`` on concept ``i``
+        ``(i, j)`` of ``causal_weight``, the effect of concept ``j`` on concept ``i``
         (diagonal entries are ``1/w_out``, the mean of an identity block)."""
         return block_readout(self.causal_weight(context), len(self.concepts), "mean")
 

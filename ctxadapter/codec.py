@@ -181,7 +181,7 @@ class LatentCodec(torch.nn.Module):
             images: ``(N, 3, H, W)`` float in ``[-1, 1]``.
 
         Returns:
-            ``mean``: ``(N, C, h, w)`` float32, as :meth:`encode`. ``logvar``: ``(N, C, h, w)``
+            ``mean``: ``(N, C, h, w)`` float32, as ``encode``. ``logvar``: ``(N, C, h, w)``
             float32 log-variance of the scaled posterior, ``logvar + 2 * log(scaling_factor)``
             (diffusers clamps the raw logvar to ``[-30, 20]``); ``None`` for ``AutoencoderTiny``,
             whose encoder is deterministic.
@@ -202,7 +202,7 @@ class LatentCodec(torch.nn.Module):
 
         Returns:
             ``(N, 3, h * f, w * f)`` float32, nominally in ``[-1, 1]``. This is the raw decoder
-            output, not clamped (as in diffusers); clamp or :meth:`postprocess` for display.
+            output, not clamped (as in diffusers); clamp or ``postprocess`` for display.
         """
         self._check_latents(latents)
         raw = latents / self.scaling_factor + self.shift_factor
@@ -237,7 +237,7 @@ class LatentCodec(torch.nn.Module):
         """Decoded images ``(N, 3, H, W)`` in ``[-1, 1]`` -> display form (clamped to ``[0, 1]``).
 
         Args:
-            images: e.g. the output of :meth:`decode` (detached here).
+            images: e.g. the output of ``decode`` (detached here).
             output_type: ``"pt"``: ``(N, 3, H, W)`` float tensor in ``[0, 1]``; ``"np"``:
                 ``(N, H, W, 3)`` float32 array in ``[0, 1]``; ``"pil"``: list of PIL images.
         """

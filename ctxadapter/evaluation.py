@@ -65,7 +65,7 @@ def heldout_quad_images(
 ) -> dict[str, Tensor]:
     """Held-out quad images: the ``test`` split of the 7 training contexts and 9 compositions.
 
-    Drawn with :func:`ctxadapter.quad.sample` (``split="test"``), whose random stream is
+    Drawn with ``ctxadapter.quad.sample`` (``split="test"``), whose random stream is
     separate from every training and validation stream, so no image equals a training sample.
     ``n`` images are a prefix of ``m > n`` images with the same arguments, and the same as the
     first rows of the ``test`` split of ``quad.build_dataset(seed=seed, dependent=dependent)``.
@@ -227,11 +227,11 @@ def evaluate(
     recon: bool = True,
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> dict:
-    """Concept, Compo and Recon of a :class:`~ctxadapter.ContextAutoencoder` on held-out images.
+    """Concept, Compo and Recon of a ``ctxadapter.ContextAutoencoder`` on held-out images.
 
     For every context of ``real_images``, as many images as there are real ones (at most
     ``max_images``) are generated under that context, in eval mode, ``batch_size`` at a time,
-    from a generator seeded by :func:`generation_seed` (independent of the projections), and
+    from a generator seeded by ``generation_seed`` (independent of the projections), and
     compared with the real ones by SW2 along ``num_projections`` random directions drawn from
     ``seed`` (the same directions for every context and every model). Recon, PSNR and MSE are
     measured on the real images of the single contexts, each reconstructed under its own
@@ -241,10 +241,10 @@ def evaluate(
     log-likelihood. A pooled adapter ignores the contexts, as it does in training.
 
     Args:
-        model: a :class:`~ctxadapter.ContextAutoencoder` (its modes are restored afterwards).
+        model: a ``ctxadapter.ContextAutoencoder`` (its modes are restored afterwards).
         real_images: context name (``"obs"``, a concept, ``"a+b"``) -> held-out images, ``uint8``
             ``(N, H, W, 3)`` or float ``(N, 3, H, W)`` in ``[0, 1]``; resized to the model's
-            resolution if needed (see :func:`prepare_images`).
+            resolution if needed (see ``prepare_images``).
         num_projections: random directions of SW2 (the paper: 50).
         seed: seed of the directions and of the generated images.
         max_images: use at most this many images per context (default: all).
@@ -359,7 +359,7 @@ def _fmt(value, digits: int = 4) -> str:
 
 
 def format_table(results: Mapping) -> str:
-    """A markdown table of :func:`evaluate`'s results: one row per single context, one per
+    """A markdown table of ``evaluate``'s results: one row per single context, one per
     composition, then the means (Concept, Compo, Recon) with their image counts, and a line
     with the number of projections and the seed."""
     per_context = results["per_context"]

@@ -2,7 +2,7 @@
 
 Vectors of length ``K*w`` are ``K`` contiguous blocks of width ``w``, block ``k`` belonging to
 concept ``k``. A batch's contexts arrive as a boolean mask ``(N, K)`` (see
-:mod:`ctxadapter.contexts`). Each layer can return its effective weight for any set of contexts
+``ctxadapter.contexts``). Each layer can return its effective weight for any set of contexts
 (``effective_weight``), and applies it to a batch whose rows may each have their own context.
 
 Mixed-context batches: the effective weight of a context is a fixed linear combination of a few
@@ -97,16 +97,25 @@ class ExogenousLayer(nn.Module):
         return torch.where(observational[:, None, None], self._observational_weight(), blockwise)
 
     def forward(self, z: torch.Tensor, contexts: torch.Tensor) -> torch.Tensor:
-        """``z`` ``(N, K*w)``, ``contexts`` ``(N, K)`` bool -> ``(N, K*w)``."""
-        observational = ~contexts.any(dim=-1, keepdim=True)
-        if bool(observational.all()):
-            return F.gelu(F.linear(z, self._observational_weight(), self.bias))
-        rows = expand_blocks(contexts, self.width)
-        diag_obs = F.linear(z, self.weight_obs * self.mask)
-        diag_ivn = F.linear(z, self.weight_ivn * self.mask)
-        out = torch.where(rows, diag_ivn, diag_obs)
-        if bool(observational.any()):
-            out = torch.where(observational, F.linear(z, self._observational_weight()), out)
+        """``z`` ``(N, K*w)``, ``contexts`` ``(N, K)`` bool -> ``(N, K*w)``.
+
+        Rows under an intervention only need the diagonal blocks: one batched product over the
+        ``K`` blocks gives both weights' blocks (``2 K w^2`` multiply-adds per row, not
+        ``2 (K w)^2``); the dense observational product runs on the observational rows only.
+        """
+        observational = ~contexts.any(dim=-1)
+        dense = self.observational_mixing == "dense"
+        if dense and bool(observational.all()):
+            return F.gelu(F.linear(z, self.weight_obs, self.bias))
+        k, w, n = self.num_concepts, self.width, z.shape[0]
+        both = torch.stack([self.weight_obs, self.weight_ivn]).view(2, k, w, k, w)
+        blocks = both.diagonal(dim1=1, dim2=3).permute(3, 0, 1, 2).reshape(k, 2 * w, w)
+        products = torch.bmm(z.view(n, k, w).transpose(0, 1), blocks.transpose(1, 2))
+        out = torch.where(contexts.T.unsqueeze(-1), products[..., w:], products[..., :w])
+        out = out.transpose(0, 1).reshape(n, k * w)
+        if dense and bool(observational.any()):
+            rows = observational.nonzero().squeeze(1)
+            out = out.index_put((rows,), F.linear(z[rows], self.weight_obs))
         return F.gelu(out + self.bias)
 
 
@@ -153,8 +162,8 @@ class BlockLinear(nn.Module):
 class ExpressiveLayers(nn.Sequential):
     """Layer 2: per-concept MLPs ``(N, K*w_in)`` -> ``(N, K*w_out)``, context-independent.
 
-    For each consecutive pair of widths ``(a, b)`` from :func:`expressive_widths`: a
-    :class:`BlockLinear`, ``BatchNorm1d(K*b)`` and GELU. Depth 1 is the identity.
+    For each consecutive pair of widths ``(a, b)`` from ``expressive_widths``: a
+    ``BlockLinear``, ``BatchNorm1d(K*b)`` and GELU. Depth 1 is the identity.
     """
 
     def __init__(self, num_concepts: int, in_width: int, out_width: int, depth: int):

@@ -251,8 +251,8 @@ def sliced_wasserstein(
     """Sliced Wasserstein-p distance between two sets of samples (e.g. images).
 
     ``SW_p = (mean_k W_p^p(<theta_k, x>, <theta_k, y>))^(1/p)`` over random unit directions
-    ``theta_k`` (see :func:`random_projections`), with each 1-D ``W_p`` computed exactly from
-    the sorted projections (:func:`wasserstein_1d`; sets of different sizes are matched through
+    ``theta_k`` (see ``random_projections``), with each 1-D ``W_p`` computed exactly from
+    the sorted projections (``wasserstein_1d``; sets of different sizes are matched through
     their quantile functions). Samples are flattened, so images of shape ``(3, 64, 64)`` are
     points of ``R^12288``. Projection runs over chunks of samples, so memory stays bounded
     (``uint8`` images are converted chunk by chunk).
@@ -319,7 +319,7 @@ def is_composition(context: str) -> bool:
 
 @dataclass(frozen=True)
 class ConceptCompoScores:
-    """Result of :func:`concept_compo_scores`.
+    """Result of ``concept_compo_scores``.
 
     Attributes:
         concept: mean SW over single contexts, or ``None`` when there is none.
@@ -395,7 +395,7 @@ def concept_compo_scores(
         p: order of the distance (2: SW2).
 
     Returns:
-        A :class:`ConceptCompoScores`.
+        A ``ConceptCompoScores``.
 
     Raises:
         ValueError: for differing context names, unknown or single ``compositions``, empty

@@ -1,4 +1,4 @@
-"""``ContextAutoencoder``: a frozen pretrained autoencoder with a trainable :class:`CtxAdapter`.
+"""``ContextAutoencoder``: a frozen pretrained autoencoder with a trainable ``CtxAdapter``.
 
 The objective, per sample (``spec/context-module.md``)::
 
@@ -39,7 +39,7 @@ DECODER_LORA_TARGETS = [
     "to_v",
     "to_out.0",
 ]
-"""Decoder modules adapted by default by :meth:`ContextAutoencoder.add_decoder_lora`."""
+"""Decoder modules adapted by default by ``ContextAutoencoder.add_decoder_lora``."""
 
 PIXEL_EPS = 1e-4
 """Decoded pixels are clamped to ``[eps, 1 - eps]`` before the Bernoulli likelihood."""
@@ -50,13 +50,46 @@ def gaussian_kl(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).sum(dim=1)
 
 
+def context_prior_kl(
+    mean: torch.Tensor, logvar: torch.Tensor, contexts: torch.Tensor
+) -> torch.Tensor:
+    """How far each context's aggregate posterior is from the prior, averaged over the batch.
+
+    Generation draws ``z ~ N(0, I)`` under every context, so the noise of a context's images,
+    pooled, should look like ``N(0, I)`` too; otherwise what an intervention does can hide in
+    the noise (e.g. in a shifted mean) instead of in the context layers. For each distinct
+    context ``c`` in the batch (``n_c`` rows), the pooled posterior is summarised by a diagonal
+    Gaussian with mean ``m_c`` (the mean of the rows' means) and variance ``v_c`` (the variance of
+    the rows' means plus the mean of their variances), and the result is
+    ``sum_c n_c KL(N(m_c, v_c) || N(0, I)) / N`` (nats per sample).
+
+    Args:
+        mean, logvar: the posterior ``(N, D)``.
+        contexts: ``(N, K)`` bool context masks.
+
+    Returns:
+        A scalar.
+    """
+    _, group = torch.unique(contexts, dim=0, return_inverse=True)
+    groups, n = int(group.max()) + 1, mean.shape[0]
+    counts = torch.bincount(group, minlength=groups).to(mean.dtype).unsqueeze(1)
+
+    def group_mean(values: torch.Tensor) -> torch.Tensor:
+        return values.new_zeros(groups, values.shape[1]).index_add_(0, group, values) / counts
+
+    m = group_mean(mean)
+    v = (group_mean(mean.pow(2)) - m.pow(2)).clamp_min(0) + group_mean(logvar.exp())
+    kl = 0.5 * (m.pow(2) + v - 1 - v.log()).sum(dim=1)
+    return (counts.squeeze(1) * kl).sum() / n
+
+
 def base_model_record(
     autoencoder,
     pretrained_model_name_or_path: str,
     revision: str | None = None,
     subfolder: str | None = None,
 ) -> dict:
-    """What an adapter's config records about its base autoencoder (see :class:`CtxAdapter`)."""
+    """What an adapter's config records about its base autoencoder (see ``CtxAdapter``)."""
     codec = LatentCodec(autoencoder)
     return dict(
         pretrained_model_name_or_path=str(pretrained_model_name_or_path),
@@ -69,14 +102,14 @@ def base_model_record(
 
 
 class ContextAutoencoder(nn.Module):
-    """A frozen diffusers autoencoder (wrapped in a :class:`LatentCodec`) and a
-    :class:`CtxAdapter` between its encoder and decoder.
+    """A frozen diffusers autoencoder (wrapped in a ``LatentCodec``) and a
+    ``CtxAdapter`` between its encoder and decoder.
 
     Args:
         autoencoder: ``AutoencoderKL`` or ``AutoencoderTiny``; frozen and kept in eval mode.
         adapter: the context module; its ``latent_shape`` must be a latent of this autoencoder.
 
-    Images given to :meth:`reconstruct` and :meth:`counterfactual` may be anything diffusers'
+    Images given to ``reconstruct`` and ``counterfactual`` may be anything diffusers'
     ``VaeImageProcessor`` takes (PIL images, arrays or tensors in ``[0, 1]``, tensors in
     ``[-1, 1]``) at the adapter's resolution. Images returned are ``(N, 3, H, W)`` floats in
     ``[0, 1]`` by default, a list of PIL images with ``output_type="pil"``, as in diffusers.
@@ -118,23 +151,27 @@ class ContextAutoencoder(nn.Module):
         beta: float = 1.0,
         group_sparsity: float = 0.0,
         l2: float = 0.0,
+        context_prior: float = 0.0,
         generator: torch.Generator | None = None,
     ) -> dict[str, torch.Tensor]:
-        """The training loss for a batch; :meth:`loss` is the same.
+        """The training loss for a batch; ``loss`` is the same.
 
         Args:
             contexts: one context for the batch or one per sample (see
-                :func:`ctxadapter.contexts.context_mask`).
+                ``ctxadapter.contexts.context_mask``).
             pixel_values: images ``(N, 3, H, W)`` in ``[-1, 1]``; needed for ``pixel`` loss,
                 or to encode when ``latents`` is not given.
             latents: cached model-space latents ``(N, C, h, w)`` (skips the encoder).
             reconstruction: ``"latent"`` or ``"pixel"``.
             beta: weight of the KL term.
             group_sparsity, l2: weights of the causal-layer regularisers.
+            context_prior: weight of ``context_prior_kl`` (0, the paper's objective, by
+                default): keeps each context's pooled posterior near ``N(0, I)``.
 
         Returns:
             ``loss`` (scalar to minimise), ``reconstruction`` and ``kl`` (batch means of the
-            per-sample terms, nats) and ``causal_penalty``.
+            per-sample terms, nats), ``causal_penalty`` and ``context_prior`` (the unweighted
+            ``context_prior_kl``; computed only when its weight is not 0, else 0).
         """
         if reconstruction not in ("latent", "pixel"):
             raise ValueError(f"reconstruction must be 'latent' or 'pixel', got {reconstruction!r}")
@@ -158,13 +195,18 @@ class ContextAutoencoder(nn.Module):
             nll = nll.flatten(1).sum(dim=1)
         kl = gaussian_kl(out.mean, out.logvar)
         penalty = self.adapter.causal_penalty(mask, group_sparsity=group_sparsity, l2=l2)
+        prior = context_prior_kl(out.mean, out.logvar, mask) if context_prior else kl.new_zeros(())
         recon, kl = nll.mean(), kl.mean()
         return dict(
-            loss=recon + beta * kl + penalty, reconstruction=recon, kl=kl, causal_penalty=penalty
+            loss=recon + beta * kl + penalty + context_prior * prior,
+            reconstruction=recon,
+            kl=kl,
+            causal_penalty=penalty,
+            context_prior=prior,
         )
 
     def loss(self, contexts, **kwargs) -> dict[str, torch.Tensor]:
-        """Alias of :meth:`forward` (call the module itself inside a distributed wrapper)."""
+        """Alias of ``forward`` (call the module itself inside a distributed wrapper)."""
         return self(contexts, **kwargs)
 
     # ------------------------------------------------------------------ using a trained adapter
@@ -216,7 +258,7 @@ class ContextAutoencoder(nn.Module):
 
     def counterfactual(self, images, context, output_type: Literal["pt", "pil", "np"] = "pt"):
         """Counterfactual edit: the same noise (the posterior mean of each image), another
-        context. The same computation as :meth:`reconstruct` with the new context."""
+        context. The same computation as ``reconstruct`` with the new context."""
         if isinstance(context, list):
             context = tuple(context)
         return self.reconstruct(images, context, output_type)
@@ -264,7 +306,7 @@ class ContextAutoencoder(nn.Module):
     # ------------------------------------------------------------------ saving and loading
     def save_pretrained(self, save_directory, **kwargs) -> None:
         """Save the adapter folder: the adapter (never the base autoencoder; see
-        :meth:`CtxAdapter.save_pretrained`) and, if there is one, the decoder LoRA's weights."""
+        ``CtxAdapter.save_pretrained``) and, if there is one, the decoder LoRA's weights."""
         self.adapter.save_pretrained(save_directory, **kwargs)
         if self.adapter.config["decoder_lora"]:
             state = {k: v.contiguous() for k, v in self._decoder_lora_state().items()}

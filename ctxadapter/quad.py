@@ -7,7 +7,7 @@ A 64 x 64 RGB image is rendered from each latent vector:
 1. Standardise with the exact observational mean (0) and standard deviation of the SCM, then map
    through the standard normal CDF Phi, giving ``values`` in [0, 1] (one per latent).
 2. Colour the four quadrants by ``quad1`` (bottom-left), ``quad2`` (bottom-right), ``quad3``
-   (top-left) and ``quad4`` (top-right) through :func:`colormap`.
+   (top-left) and ``quad4`` (top-right) through ``colormap``.
 3. Paint a disc, square, triangle or ellipse (``shape``) of side ``s = 48 * (0.2 + 0.8 * size)``
    pixels, angle ``theta = 2 * pi * orientation``, in the colour of ``color``, centred on the
    image.
@@ -251,10 +251,10 @@ def render(values: np.ndarray) -> np.ndarray:
 
 
 def latents_to_images(latents: np.ndarray, dependent: bool = True) -> np.ndarray:
-    """Images of raw latents [n, 8] (as returned by :func:`sample_latents`): uint8 [n, 64, 64, 3].
+    """Images of raw latents [n, 8] (as returned by ``sample_latents``): uint8 [n, 64, 64, 3].
 
     Standardises with the exact observational statistics of the chosen variant
-    (:func:`obs_mean_std`), maps through Phi and calls :func:`render`.
+    (``obs_mean_std``), maps through Phi and calls ``render``.
     """
     mean, std = obs_mean_std(dependent)
     z = torch.from_numpy((np.asarray(latents, dtype=np.float64) - mean) / std)

@@ -28,8 +28,8 @@ optional dependency (``pip install "ctxadapter[examples]"``)::
     data = realdata.build_dataset(images_per_context=1000)      # train / validation / test
     data.save_to_disk("real-images")                           # then --dataset_name real-images
 
-Every sample is described by a small dict of parameters (:func:`sample_params`) and drawn from
-them by :func:`render`, deterministically; the dataset keeps the parameters as columns. Each
+Every sample is described by a small dict of parameters (``sample_params``) and drawn from
+them by ``render``, deterministically; the dataset keeps the parameters as columns. Each
 (seed, split, context) has its own random stream, and ``sample_params(..., n)`` is a prefix of
 ``sample_params(..., m)`` for ``n <= m``.
 """
@@ -117,7 +117,7 @@ def parse_context(context: str | Sequence[str]) -> tuple[str, ...]:
     """Canonical context: the intervened concepts in :data:`CONCEPTS` order (``()`` for obs).
 
     Accepts ``"obs"``, a concept name, ``"hue+blur"`` or a list of names
-    (:func:`ctxadapter.contexts.parse_context` over :data:`CONCEPTS`); raises ``ValueError``
+    (``ctxadapter.contexts.parse_context`` over :data:`CONCEPTS`); raises ``ValueError``
     for unknown or repeated names."""
     return _parse_context(context, CONCEPTS)
 
@@ -205,7 +205,7 @@ def sample_params(
 def render(params: dict, size: int = 64) -> Image.Image:
     """Draw one sample: a ``size x size`` RGB crop of ``params["photo"]``, rotated and zoomed
     about its centre, then hue-shifted, then blurred, as ``params`` (from
-    :func:`sample_params`) says."""
+    ``sample_params``) says."""
     if size < 8:
         raise ValueError(f"size must be at least 8 pixels, got {size}")
     photo = load_photo(params["photo"])
@@ -274,7 +274,7 @@ def build_dataset(
     of the same contexts (default: a tenth, at least one); ``test`` ``test_per_context`` fresh
     ones (default: a quarter, at least one) of each training context and of each of
     :data:`TEST_COMPOSITIONS`. Columns: ``image`` (PIL, ``size x size`` RGB), ``context``
-    (string), and the parameters of :func:`sample_params` (``photo``, ``center_x``,
+    (string), and the parameters of ``sample_params`` (``photo``, ``center_x``,
     ``center_y``, ``crop``, ``hue``, ``blur``, ``rotation``, ``scale``). Rows are written to
     Arrow files under ``cache_dir`` (the ``datasets`` cache by default).
     """

@@ -392,6 +392,12 @@ class FinetuneArguments(DataArguments):
     )
     group_sparsity: float = _help("Weight of the causal-layer group-sparsity penalty.", default=0.0)
     l2: float = _help("Weight of the causal-layer Frobenius-norm penalty.", default=0.0)
+    context_prior: float = _help(
+        "Weight of a penalty keeping each context's pooled noise posterior near N(0, I), so "
+        "that interventions are learned by the context layers rather than hidden in the noise "
+        "(not in the paper; 0: off). See docs/results.md.",
+        default=0.0,
+    )
     decoder_lora_rank: int = _help(
         "Rank of a LoRA on the decoder (the paper's fine-tune variant; needs --loss pixel). "
         "0: decoder frozen.",
@@ -458,6 +464,9 @@ def check_finetune_arguments(args: FinetuneArguments) -> None:
         raise ValueError(
             f"--early_stopping_patience must be >= 0, got {args.early_stopping_patience}"
         )
+    for name in ("beta", "group_sparsity", "l2", "context_prior"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name} must be >= 0, got {getattr(args, name)}")
     if args.max_train_steps is not None and args.max_train_steps < 1:
         raise ValueError(f"--max_train_steps must be >= 1, got {args.max_train_steps}")
     if not 0 <= args.unfreeze_decoder_after < 1:
@@ -685,8 +694,7 @@ def finetune(args: FinetuneArguments) -> Path:
     if args.decoder_lora_rank:
         model.add_decoder_lora(args.decoder_lora_rank)
     model.to(accelerator.device)
-    in_memory = len(train_cache) * math.prod(latent_shape) * 4 < 2**30
-    train_data = CachedLatents(train_cache, concepts, in_memory=in_memory)
+    train_data = CachedLatents(train_cache, concepts)
     sampler = ContextBatchSampler(
         train_data.context_ids, args.train_batch_size, args.sampler, seed=args.seed
     )
@@ -696,7 +704,7 @@ def finetune(args: FinetuneArguments) -> Path:
         collate_fn=collate_batch,
         num_workers=args.dataloader_num_workers,
     )
-    validation_data = CachedLatents(validation_cache, concepts, in_memory=in_memory)
+    validation_data = CachedLatents(validation_cache, concepts)
     validation_loader = torch.utils.data.DataLoader(
         validation_data,
         batch_sampler=torch.utils.data.BatchSampler(
@@ -712,7 +720,11 @@ def finetune(args: FinetuneArguments) -> Path:
     unfreeze_step = int(args.unfreeze_decoder_after * total_steps)
     lora_params = [p for n, p in model.named_parameters() if "lora_" in n]
     optimizer = torch.optim.Adam(
-        [p for p in model.parameters() if p.requires_grad], lr=args.learning_rate
+        [p for p in model.parameters() if p.requires_grad],
+        lr=args.learning_rate,
+        # one fused kernel for all parameters: the step of a small adapter is otherwise
+        # dominated by per-tensor optimizer overhead (docs/benchmarks.md)
+        fused=accelerator.device.type in ("cpu", "cuda"),
     )
     scheduler = make_scheduler(args, optimizer, total_steps)
     stopper = EarlyStopping(args.early_stopping_patience)
@@ -758,6 +770,7 @@ def finetune(args: FinetuneArguments) -> Path:
                     beta=args.beta,
                     group_sparsity=args.group_sparsity,
                     l2=args.l2,
+                    context_prior=args.context_prior,
                     generator=noise.generator,
                 )
                 accelerator.backward(out["loss"])

@@ -1,7 +1,7 @@
 """Pictures of a context adapter: sample grids per context, counterfactual edits, concept graph.
 
 Everything here draws with Pillow only and returns ``PIL.Image.Image`` objects (RGB, white
-background); :func:`write_report` saves the usual set of PNGs into a folder::
+background); ``write_report`` saves the usual set of PNGs into a folder::
 
     from ctxadapter import ContextAutoencoder
     from ctxadapter.viz import write_report
@@ -10,7 +10,7 @@ background); :func:`write_report` saves the usual set of PNGs into a folder::
     write_report(model, "samples")   # contexts.png, compositions.png, concept_graph.png
 
 Images given to these functions are ``(N, 3, H, W)`` float tensors in ``[0, 1]`` (the default
-output of :meth:`ContextAutoencoder.generate`) or lists of PIL images.
+output of ``ContextAutoencoder.generate``) or lists of PIL images.
 """
 
 from __future__ import annotations
@@ -176,7 +176,7 @@ def context_grid(model, contexts: list[str], num_samples: int = 8, seed: int = 0
     previous mode is restored afterwards.
 
     Args:
-        model: a :class:`~ctxadapter.ContextAutoencoder`.
+        model: a ``ctxadapter.ContextAutoencoder``.
         contexts: ``"obs"``, concept names or compositions such as ``"a+b"``; each row is
             labelled with the canonical name (``"obs"``, names joined by ``"+"`` in concept
             order).
@@ -184,7 +184,7 @@ def context_grid(model, contexts: list[str], num_samples: int = 8, seed: int = 0
         seed: seed of the noise shared by all rows.
 
     Returns:
-        An :func:`image_grid` of ``len(contexts)`` rows and ``num_samples`` columns of
+        An ``image_grid`` of ``len(contexts)`` rows and ``num_samples`` columns of
         ``model.resolution`` tiles.
     """
     if not contexts:
@@ -207,18 +207,18 @@ def counterfactual_grid(
 
     Rows, top to bottom: the input images (label ``"input"``, after resizing to the model's
     resolution), their reconstruction under the observational context (label ``"obs"``), then
-    :meth:`ContextAutoencoder.counterfactual` under each of ``contexts``: the same noise (the
+    ``ContextAutoencoder.counterfactual`` under each of ``contexts``: the same noise (the
     posterior mean of each image), another context. Runs in eval mode under ``torch.no_grad``;
     the model's previous mode is restored afterwards.
 
     Args:
-        model: a :class:`~ctxadapter.ContextAutoencoder`.
+        model: a ``ctxadapter.ContextAutoencoder``.
         images: ``N`` images in any form ``model.reconstruct`` takes: ``(N, 3, H, W)`` tensor in
             ``[0, 1]``, list of PIL images... resized to ``model.resolution``.
         contexts: the contexts of the edit rows; default: every single concept.
 
     Returns:
-        An :func:`image_grid` of ``2 + len(contexts)`` rows and ``N`` columns.
+        An ``image_grid`` of ``2 + len(contexts)`` rows and ``N`` columns.
     """
     concepts = model.adapter.concepts
     canonical = [parse_context(c, concepts) for c in (concepts if contexts is None else contexts)]
@@ -372,11 +372,11 @@ def write_report(
     """Write the standard pictures of an adapter into ``output_dir`` (created if missing).
 
     Files:
-        - ``contexts.png``: :func:`context_grid` over ``"obs"`` and every single concept;
-        - ``compositions.png``: :func:`context_grid` over ``compositions`` (default
-          :func:`all_pairs`; not written when there is none, e.g. with one concept);
-        - ``concept_graph.png``: :func:`concept_graph_image` of the observational graph;
-        - ``counterfactuals.png``: :func:`counterfactual_grid` of ``images``, if given.
+        - ``contexts.png``: ``context_grid`` over ``"obs"`` and every single concept;
+        - ``compositions.png``: ``context_grid`` over ``compositions`` (default
+          ``all_pairs``; not written when there is none, e.g. with one concept);
+        - ``concept_graph.png``: ``concept_graph_image`` of the observational graph;
+        - ``counterfactuals.png``: ``counterfactual_grid`` of ``images``, if given.
 
     Returns:
         ``{name: path}`` of the files written, ``name`` being the file name without ``.png``

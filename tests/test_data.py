@@ -125,12 +125,36 @@ def test_cached_latents_batches(tmp_path, tiny_kl_path):
     cache = cache_latents(
         data, codec, ["obs", "a", "b", "a+b"], "image", 32, tmp_path, keep_pixels=True
     )
-    for in_memory in (False, True):
-        batch = CachedLatents(cache, ["a", "b"], in_memory=in_memory).__getitems__([3, 1])
-        assert batch["latents"].shape == (2, 4, 4, 4)
-        assert batch["contexts"].tolist() == [[True, True], [True, False]]
-        assert batch["pixel_values"].shape == (2, 3, 32, 32)
-        assert batch["pixel_values"].min() >= -1 and batch["pixel_values"].max() <= 1
+    data = CachedLatents(cache, ["a", "b"])
+    batch = data.__getitems__([3, 1])
+    rows = cache.with_format("torch").select([3, 1])[:]
+    assert torch.equal(batch["latents"], rows["latents"])
+    assert batch["contexts"].tolist() == [[True, True], [True, False]]
+    assert torch.equal(batch["pixel_values"], rows["pixels"].float() / 127.5 - 1)
+    assert batch["pixel_values"].shape == (2, 3, 32, 32)
+    # a select() view of the cache reads the selected rows
+    view = CachedLatents(cache.select([2, 3]), ["a", "b"]).__getitems__([1])
+    assert torch.equal(view["latents"], rows["latents"][:1])
+
+
+def test_cached_latents_reads_rows_across_record_batches(tmp_path):
+    features = datasets.Features(
+        {"latents": datasets.Array3D((2, 1, 1), "float32"), "context": datasets.Value("string")}
+    )
+    values = torch.arange(20, dtype=torch.float32).reshape(10, 2, 1, 1)
+    parts = [
+        datasets.Dataset.from_dict(
+            {"latents": values[i : i + 4].numpy(), "context": ["obs"] * len(values[i : i + 4])},
+            features=features,
+        )
+        for i in range(0, 10, 4)
+    ]
+    folder = tmp_path / "cache"
+    datasets.concatenate_datasets(parts).save_to_disk(folder, max_shard_size=200)
+    cache = datasets.load_from_disk(folder)
+    data = CachedLatents(cache, ["a"])
+    assert len(data.columns["latents"][0]) > 1  # several record batches
+    assert torch.equal(data.__getitems__([9, 0, 5, 4])["latents"], values[[9, 0, 5, 4]])
 
 
 # ---------------------------------------------------------------- samplers

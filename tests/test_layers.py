@@ -203,6 +203,14 @@ def test_exogenous_forward_is_gelu_of_effective_weight(mixing):
     weights = layer.effective_weight(masks(*CONTEXTS))
     expected = torch.nn.functional.gelu(torch.einsum("nij,nj->ni", weights, z) + layer.bias)
     torch.testing.assert_close(out, expected)
+    # the blockwise forward also gives the gradients of the effective-weight formulation
+    probe = torch.randn_like(out)
+    grads = torch.autograd.grad((out * probe).sum(), [layer.weight_obs, layer.weight_ivn])
+    expected_grads = torch.autograd.grad(
+        (expected * probe).sum(), [layer.weight_obs, layer.weight_ivn]
+    )
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected_grad)
 
 
 def test_exogenous_init_bounds():

@@ -19,7 +19,7 @@ import ctxadapter.model
 from ctxadapter import ContextAutoencoder, CtxAdapter
 from ctxadapter.codec import LatentCodec
 from ctxadapter.contexts import context_mask
-from ctxadapter.model import base_model_record, gaussian_kl
+from ctxadapter.model import base_model_record, context_prior_kl, gaussian_kl
 
 CONCEPTS = ["a", "b", "c"]
 RESOLUTION = 32
@@ -155,6 +155,42 @@ def test_gaussian_kl_by_hand():
     logvar = torch.full((1, 2), math.log(2.0))
     expected = 2 * 0.5 * (2 - 1 - math.log(2.0))
     assert gaussian_kl(torch.zeros(1, 2), logvar).item() == pytest.approx(expected)
+
+
+def test_context_prior_kl_by_hand():
+    obs, a = [False, False], [True, False]
+    # one context whose pooled posterior is exactly N(0, 1): means +-sqrt(0.5), variances 0.5
+    mean = torch.tensor([[0.5**0.5], [-(0.5**0.5)]])
+    logvar = torch.full((2, 1), math.log(0.5))
+    assert context_prior_kl(mean, logvar, torch.tensor([obs, obs])).item() == pytest.approx(0)
+    # means +-a with unit variances: m = 0, v = 1 + a^2
+    mean = torch.tensor([[2.0], [-2.0]])
+    expected = 0.5 * (4.0 - math.log(5.0))
+    kl = context_prior_kl(mean, torch.zeros(2, 1), torch.tensor([obs, obs]))
+    assert kl.item() == pytest.approx(expected)
+    # the same two rows in two different contexts: each is N(+-2, 1), KL 2 each
+    kl = context_prior_kl(mean, torch.zeros(2, 1), torch.tensor([obs, a]))
+    assert kl.item() == pytest.approx(2.0)
+    # weighted by context size: two rows N(1, 1) in "a" (KL 0.5), one N(0, 1) in obs (KL 0)
+    mean = torch.tensor([[1.0], [0.0], [1.0]])
+    kl = context_prior_kl(mean, torch.zeros(3, 1), torch.tensor([a, obs, a]))
+    assert kl.item() == pytest.approx((2 * 0.5 + 0) / 3)
+
+
+def test_context_prior_weight_adds_to_the_loss(case, images):
+    _, model = case
+    model.eval()
+    latents = model.codec.encode(images)
+    contexts = ["a", "obs"]
+    with torch.no_grad():
+        out = model.adapter(latents, contexts, generator=seeded(3))
+        plain = model.loss(contexts, latents=latents, generator=seeded(3))
+        weighted = model.loss(contexts, latents=latents, generator=seeded(3), context_prior=2.0)
+    expected = context_prior_kl(out.mean, out.logvar, context_mask(contexts, ["a", "b"], 2))
+    assert plain["context_prior"].item() == 0
+    assert_close(weighted["context_prior"], expected)
+    assert expected.item() > 0
+    assert_close(weighted["loss"], plain["loss"] + 2.0 * expected)
 
 
 def test_loss_argument_errors(case, images):

@@ -215,3 +215,22 @@ def test_pixel_loss_with_decoder_lora(tiny_kl_path, tmp_path):
     assert any("lora_" in k for k in state)
     model = ContextAutoencoder.from_pretrained(str(output))
     assert model.adapter.config["decoder_lora"]["rank"] == 2
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("context_prior", -1.0, "--context_prior must be >= 0, got -1.0"),
+        ("beta", -0.5, "--beta must be >= 0, got -0.5"),
+        ("loss", "pixels", "'pixels'"),
+        ("train_batch_size", 0, "--train_batch_size must be >= 1, got 0"),
+    ],
+)
+def test_bad_flag_values_fail_before_writing(tmp_path, field, value, message):
+    from ctxadapter.training import FinetuneArguments, finetune
+
+    output = tmp_path / "out"
+    args = FinetuneArguments(output_dir=str(output), report_to="none", **{field: value})
+    with pytest.raises(ValueError, match=message):
+        finetune(args)
+    assert not output.exists()
