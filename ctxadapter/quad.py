@@ -30,11 +30,12 @@ and ``sample(..., n)`` is a prefix of ``sample(..., m)`` for ``n <= m``.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import json
 import math
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import datasets
@@ -299,6 +300,56 @@ def _examples(
                 yield {"image": Image.fromarray(image), "context": context, "latents": row.tolist()}
 
 
+def generate_splits(
+    examples: Callable[..., Iterator[dict]],
+    columns: dict[str, datasets.features.FeatureType],
+    train_contexts: Sequence[str],
+    test_compositions: Sequence[str],
+    per_context: dict[str, int],
+    cache_dir: str | None = None,
+    **gen_kwargs,
+) -> datasets.DatasetDict:
+    """A generated interventional dataset as a ``DatasetDict`` with splits ``train``,
+    ``validation`` and ``test`` (shared by this module's and ``realdata``'s ``build_dataset``).
+
+    ``train`` and ``validation`` hold ``per_context[split]`` rows of each of ``train_contexts``;
+    ``test`` holds ``per_context["test"]`` rows of each of ``train_contexts`` and of
+    ``test_compositions``. Each split is drawn by
+    ``examples(split=, contexts=, n=, **gen_kwargs, source_digest=)``, a generator of row dicts,
+    through ``datasets.Dataset.from_generator`` into Arrow files under ``cache_dir`` (the
+    ``datasets`` cache by default). Columns: ``image`` (``datasets.Image``), ``context``
+    (string), then ``columns`` (name -> ``datasets`` feature). ``source_digest``, the SHA-256 of
+    the file defining ``examples``, keys that cache on the generator's code: ``datasets`` hashes
+    an importable generator by its name only.
+    """
+    features = datasets.Features(
+        {"image": datasets.Image(), "context": datasets.Value("string"), **columns}
+    )
+    source_digest = hashlib.sha256(Path(inspect.getfile(examples)).read_bytes()).hexdigest()
+    contexts = {
+        "train": tuple(train_contexts),
+        "validation": tuple(train_contexts),
+        "test": (*train_contexts, *test_compositions),
+    }
+    return datasets.DatasetDict(
+        {
+            split: datasets.Dataset.from_generator(
+                examples,
+                features=features,
+                cache_dir=cache_dir,
+                gen_kwargs={
+                    "split": split,
+                    "contexts": contexts[split],
+                    "n": per_context[split],
+                    **gen_kwargs,
+                    "source_digest": source_digest,
+                },
+            )
+            for split in SPLITS
+        }
+    )
+
+
 def build_dataset(
     n_per_context: int = 50_000,
     heldout_per_context: int = 10_000,
@@ -318,42 +369,22 @@ def build_dataset(
     string) and ``latents`` (8 raw float32 latents). Rows are generated in chunks and written to
     Arrow files under ``cache_dir`` (the ``datasets`` cache by default), so memory stays bounded.
     """
-    features = datasets.Features(
+    if validation_per_context is None:
+        validation_per_context = max(1, n_per_context // 10)
+    return generate_splits(
+        _examples,
+        {"latents": datasets.Sequence(datasets.Value("float32"), length=len(LATENT_NAMES))},
+        TRAIN_CONTEXTS,
+        HELDOUT_COMPOSITIONS,
         {
-            "image": datasets.Image(),
-            "context": datasets.Value("string"),
-            "latents": datasets.Sequence(datasets.Value("float32"), length=len(LATENT_NAMES)),
-        }
-    )
-    source_digest = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
-    plan = {
-        "train": (TRAIN_CONTEXTS, n_per_context),
-        "validation": (
-            TRAIN_CONTEXTS,
-            max(1, n_per_context // 10)
-            if validation_per_context is None
-            else validation_per_context,
-        ),
-        "test": (TRAIN_CONTEXTS + HELDOUT_COMPOSITIONS, heldout_per_context),
-    }
-    return datasets.DatasetDict(
-        {
-            split: datasets.Dataset.from_generator(
-                _examples,
-                features=features,
-                cache_dir=cache_dir,
-                gen_kwargs={
-                    "split": split,
-                    "contexts": contexts,
-                    "n": n,
-                    "seed": seed,
-                    "dependent": dependent,
-                    "strength": strength,
-                    "source_digest": source_digest,
-                },
-            )
-            for split, (contexts, n) in plan.items()
-        }
+            "train": n_per_context,
+            "validation": validation_per_context,
+            "test": heldout_per_context,
+        },
+        cache_dir,
+        seed=seed,
+        dependent=dependent,
+        strength=strength,
     )
 
 

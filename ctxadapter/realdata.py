@@ -36,7 +36,6 @@ them by ``render``, deterministically; the dataset keeps the parameters as colum
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import math
 from collections.abc import Iterator, Sequence
@@ -280,49 +279,30 @@ def build_dataset(
     """
     import datasets
 
+    from .quad import generate_splits
+
     if images_per_context < 1:
         raise ValueError(f"images_per_context must be >= 1, got {images_per_context}")
     for name in photos or ():
         load_photo(name)  # fail early on an unknown or missing photograph
-    features = datasets.Features(
+    return generate_splits(
+        _examples,
         {
-            "image": datasets.Image(),
-            "context": datasets.Value("string"),
             "photo": datasets.Value("string"),
             **{
                 key: datasets.Value("float32")
                 for key in ("center_x", "center_y", "crop", *CONCEPTS)
             },
-        }
-    )
-    plan = {
-        "train": (TRAIN_CONTEXTS, images_per_context),
-        "validation": (
-            TRAIN_CONTEXTS,
-            validation_per_context or max(1, images_per_context // 10),
-        ),
-        "test": (
-            TRAIN_CONTEXTS + TEST_COMPOSITIONS,
-            test_per_context or max(1, images_per_context // 4),
-        ),
-    }
-    source_digest = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
-    return datasets.DatasetDict(
+        },
+        TRAIN_CONTEXTS,
+        TEST_COMPOSITIONS,
         {
-            split: datasets.Dataset.from_generator(
-                _examples,
-                features=features,
-                cache_dir=cache_dir,
-                gen_kwargs={
-                    "split": split,
-                    "contexts": contexts,
-                    "n": n,
-                    "seed": seed,
-                    "size": size,
-                    "photos": None if photos is None else tuple(photos),
-                    "source_digest": source_digest,
-                },
-            )
-            for split, (contexts, n) in plan.items()
-        }
+            "train": images_per_context,
+            "validation": validation_per_context or max(1, images_per_context // 10),
+            "test": test_per_context or max(1, images_per_context // 4),
+        },
+        cache_dir,
+        seed=seed,
+        size=size,
+        photos=None if photos is None else tuple(photos),
     )

@@ -18,13 +18,26 @@ from pathlib import Path
 import datasets
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from diffusers import AutoencoderKL
 from diffusers.image_processor import VaeImageProcessor
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from .data import load_image_dataset, validate_dataset
+from .adapter import CtxAdapter
+from .codec import SUPPORTED_AUTOENCODERS, LatentCodec
+from .contexts import parse_context
+from .data import (
+    CachedLatents,
+    ContextBatchSampler,
+    cache_latents,
+    collate_batch,
+    load_image_dataset,
+    validate_dataset,
+)
+from .data import steps_per_epoch as count_steps
+from .model import ContextAutoencoder, base_model_record
+from .viz import all_pairs, concept_graph_image, context_grid, write_report
 
 logger = logging.getLogger(__name__)
 
@@ -480,8 +493,6 @@ def load_autoencoder(name_or_path: str, revision: str | None = None, subfolder: 
     ``_class_name``."""
     import diffusers
 
-    from .codec import SUPPORTED_AUTOENCODERS
-
     config = AutoencoderKL.load_config(name_or_path, revision=revision, subfolder=subfolder)
     class_name = config.get("_class_name", "AutoencoderKL")
     supported = {c.__name__ for c in SUPPORTED_AUTOENCODERS}
@@ -580,8 +591,6 @@ def default_compositions(concepts: list[str], quad_data: bool) -> list[str]:
         from .quad import HELDOUT_COMPOSITIONS
 
         return list(HELDOUT_COMPOSITIONS)
-    from .viz import all_pairs
-
     return all_pairs(concepts)[:12]
 
 
@@ -615,16 +624,48 @@ def finetune(args: FinetuneArguments) -> Path:
     adapter (``config.json``, ``model.safetensors``, ``README.md``), the sample grids, the
     concept-graph picture, ``metrics.json``, ``logs/`` and ``checkpoint-<step>/`` folders.
     """
-    from accelerate.utils import DistributedDataParallelKwargs
+    inputs = _resolve_inputs(args)
+    set_seed(args.seed)
+    adapter = _build_adapter(args, inputs)
+    accelerator = make_accelerator(
+        args, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)]
+    )
+    train_data, validation_data = _cached_latents(args, inputs, accelerator)
+    if accelerator.is_main_process:
+        os.makedirs(args.output_dir, exist_ok=True)
+    model = ContextAutoencoder(inputs.codec, adapter)
+    if args.decoder_lora_rank:
+        model.add_decoder_lora(args.decoder_lora_rank)
+    model.to(accelerator.device)
+    run = _prepare_run(args, accelerator, model, train_data, validation_data)
+    outcome = _train(args, run, ["obs", *inputs.concepts, *inputs.compositions])
+    _write_outputs(args, run, inputs, outcome)
+    accelerator.end_training()
+    return Path(args.output_dir)
 
-    from .adapter import CtxAdapter
-    from .codec import LatentCodec
-    from .contexts import parse_context
-    from .data import CachedLatents, ContextBatchSampler, cache_latents, collate_batch
-    from .data import steps_per_epoch as count_steps
-    from .model import ContextAutoencoder, base_model_record
-    from .viz import concept_graph_image, context_grid, write_report
 
+@dataclass
+class _FinetuneInputs:
+    """What ``finetune`` resolves and checks before it writes anything: the training and
+    validation rows, the concept names, the canonical context of every row, the frozen
+    autoencoder's codec, the image resolution with its latent shape ``(C, h, w)``, and the
+    compositions shown in the sample grids."""
+
+    train: datasets.Dataset
+    validation: datasets.Dataset
+    concepts: list[str]
+    train_contexts: list[str]
+    validation_contexts: list[str]
+    codec: LatentCodec
+    resolution: int
+    latent_shape: tuple[int, int, int]
+    compositions: list[str]
+
+
+def _resolve_inputs(args: FinetuneArguments) -> _FinetuneInputs:
+    """Check the flags, load and validate the data and the autoencoder, and settle the
+    resolution and the sample-grid compositions; raises on bad input and writes nothing. With
+    the built-in quad data and no ``--concepts``, sets ``args.concepts`` to quad's concepts."""
     check_finetune_arguments(args)
     if args.pretrained_model_name_or_path is None:
         raise ValueError("--pretrained_model_name_or_path is required.")
@@ -648,10 +689,25 @@ def finetune(args: FinetuneArguments) -> Path:
     )
     for context in compositions:
         parse_context(context, concepts)  # raises on an unknown concept
-    set_seed(args.seed)
-    adapter = CtxAdapter(
+    return _FinetuneInputs(
+        train=train,
+        validation=validation,
         concepts=concepts,
-        latent_shape=list(latent_shape),
+        train_contexts=train_contexts,
+        validation_contexts=validation_contexts,
+        codec=codec,
+        resolution=resolution,
+        latent_shape=latent_shape,
+        compositions=compositions,
+    )
+
+
+def _build_adapter(args: FinetuneArguments, inputs: _FinetuneInputs) -> CtxAdapter:
+    """A freshly initialised adapter (drawn from the global torch generator) for the data's
+    concepts and the autoencoder's latent shape, recording the base autoencoder."""
+    return CtxAdapter(
+        concepts=inputs.concepts,
+        latent_shape=list(inputs.latent_shape),
         exogenous_width=args.exogenous_width,
         concept_width=args.concept_width,
         expressive_depth=args.expressive_depth,
@@ -659,42 +715,77 @@ def finetune(args: FinetuneArguments) -> Path:
         composition=args.composition,
         pooled=args.pooled,
         base_model=base_model_record(
-            autoencoder, args.pretrained_model_name_or_path, args.revision, args.subfolder
+            inputs.codec.autoencoder,
+            args.pretrained_model_name_or_path,
+            args.revision,
+            args.subfolder,
         ),
     )
-    accelerator = make_accelerator(
-        args, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)]
-    )
+
+
+def _cached_latents(
+    args: FinetuneArguments, inputs: _FinetuneInputs, accelerator: Accelerator
+) -> tuple[CachedLatents, CachedLatents]:
+    """The training and validation rows as ``CachedLatents`` datasets. Their latents (and, for
+    ``--loss pixel``, their pixels) are encoded once into the latent cache under
+    ``--cache_dir``, by the main process first so that the others reuse its files."""
     cache_root = os.path.join(
         args.cache_dir or datasets.config.HF_DATASETS_CACHE, "ctxadapter-latents"
     )
-    keep_pixels = args.loss == "pixel"
+    splits = (
+        (inputs.train, inputs.train_contexts),
+        (inputs.validation, inputs.validation_contexts),
+    )
     with accelerator.main_process_first():
-        train_cache = cache_latents(
-            train,
-            codec,
-            train_contexts,
-            args.image_column,
-            resolution,
-            cache_root,
-            keep_pixels=keep_pixels,
+        train_cache, validation_cache = (
+            cache_latents(
+                rows,
+                inputs.codec,
+                contexts,
+                args.image_column,
+                inputs.resolution,
+                cache_root,
+                keep_pixels=args.loss == "pixel",
+            )
+            for rows, contexts in splits
         )
-        validation_cache = cache_latents(
-            validation,
-            codec,
-            validation_contexts,
-            args.image_column,
-            resolution,
-            cache_root,
-            keep_pixels=keep_pixels,
-        )
-    if accelerator.is_main_process:
-        os.makedirs(args.output_dir, exist_ok=True)
-    model = ContextAutoencoder(codec, adapter)
-    if args.decoder_lora_rank:
-        model.add_decoder_lora(args.decoder_lora_rank)
-    model.to(accelerator.device)
-    train_data = CachedLatents(train_cache, concepts)
+    return (
+        CachedLatents(train_cache, inputs.concepts),
+        CachedLatents(validation_cache, inputs.concepts),
+    )
+
+
+@dataclass
+class _TrainingRun:
+    """A fine-tuning run ready to train: ``model``, ``optimizer``, ``loader`` and ``scheduler``
+    as ``accelerator.prepare`` returned them, ``unwrapped`` the bare ``ContextAutoencoder``,
+    the training batches' ``sampler`` (reshuffled every epoch), the validation loader, the
+    checkpointed early-stopping and noise state, and the optimizer steps per epoch and in all."""
+
+    accelerator: Accelerator
+    model: torch.nn.Module
+    unwrapped: ContextAutoencoder
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    sampler: ContextBatchSampler
+    loader: torch.utils.data.DataLoader
+    validation_loader: torch.utils.data.DataLoader
+    stopper: EarlyStopping
+    noise: NoiseGenerator
+    epoch_steps: int
+    total_steps: int
+
+
+def _prepare_run(
+    args: FinetuneArguments,
+    accelerator: Accelerator,
+    model: ContextAutoencoder,
+    train_data: CachedLatents,
+    validation_data: CachedLatents,
+) -> _TrainingRun:
+    """Build the data loaders, the step counts, the optimizer (Adam over the trainable
+    parameters), the learning-rate schedule, early stopping and the training noise; prepare them
+    with ``accelerator`` and register what a checkpoint keeps (only the trainable weights)."""
     sampler = ContextBatchSampler(
         train_data.context_ids, args.train_batch_size, args.sampler, seed=args.seed
     )
@@ -704,7 +795,6 @@ def finetune(args: FinetuneArguments) -> Path:
         collate_fn=collate_batch,
         num_workers=args.dataloader_num_workers,
     )
-    validation_data = CachedLatents(validation_cache, concepts)
     validation_loader = torch.utils.data.DataLoader(
         validation_data,
         batch_sampler=torch.utils.data.BatchSampler(
@@ -716,9 +806,6 @@ def finetune(args: FinetuneArguments) -> Path:
         len(sampler), accelerator.num_processes, args.gradient_accumulation_steps
     )
     total_steps = args.max_train_steps or args.num_train_epochs * epoch_steps
-    num_epochs = math.ceil(total_steps / epoch_steps)
-    unfreeze_step = int(args.unfreeze_decoder_after * total_steps)
-    lora_params = [p for n, p in model.named_parameters() if "lora_" in n]
     optimizer = torch.optim.Adam(
         [p for p in model.parameters() if p.requires_grad],
         lr=args.learning_rate,
@@ -733,19 +820,68 @@ def finetune(args: FinetuneArguments) -> Path:
     accelerator.register_for_checkpointing(stopper, noise)
     unwrapped = accelerator.unwrap_model(model)
     register_checkpoint_hooks(accelerator, unwrapped)
+    return _TrainingRun(
+        accelerator=accelerator,
+        model=model,
+        unwrapped=unwrapped,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        sampler=sampler,
+        loader=loader,
+        validation_loader=validation_loader,
+        stopper=stopper,
+        noise=noise,
+        epoch_steps=epoch_steps,
+        total_steps=total_steps,
+    )
 
-    global_step, first_epoch, skip_batches = 0, 0, 0
+
+def _resume(args: FinetuneArguments, run: _TrainingRun) -> tuple[int, int, int]:
+    """Load ``--resume_from_checkpoint`` into the run, if given (``"latest"`` with no
+    checkpoint yet starts afresh). Returns ``(global_step, first_epoch, skip_batches)``: the
+    optimizer steps already done, the epoch they end in and the batches of that epoch already
+    consumed (all 0 when starting afresh)."""
     checkpoint = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
-    if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
-        global_step = int(CHECKPOINT_PATTERN.match(checkpoint.name).group(1))
-        first_epoch = global_step // epoch_steps
-        skip_batches = (global_step % epoch_steps) * args.gradient_accumulation_steps
-        accelerator.print(f"Resumed from {checkpoint} at step {global_step}.")
+    if checkpoint is None:
+        return 0, 0, 0
+    run.accelerator.load_state(str(checkpoint))
+    global_step = int(CHECKPOINT_PATTERN.match(checkpoint.name).group(1))
+    run.accelerator.print(f"Resumed from {checkpoint} at step {global_step}.")
+    return (
+        global_step,
+        global_step // run.epoch_steps,
+        (global_step % run.epoch_steps) * args.gradient_accumulation_steps,
+    )
+
+
+@dataclass
+class _Outcome:
+    """How training went: the first entries of ``metrics.json``. ``epochs_completed`` counts the
+    epochs of this run (a resumed run starts at its checkpoint's epoch) and
+    ``validation_history`` holds ``{"step", "validation_loss"}`` dicts."""
+
+    steps: int
+    epochs_completed: int
+    stopped_early: bool
+    best_validation_loss: float
+    validation_history: list[dict]
+
+
+def _train(args: FinetuneArguments, run: _TrainingRun, grid_contexts: list[str]) -> _Outcome:
+    """The training loop, resumed from ``--resume_from_checkpoint`` if given: optimizer steps
+    until ``total_steps`` (the decoder LoRA, if any, frozen for the first
+    ``--unfreeze_decoder_after`` of them), a validation loss every ``--validation_epochs``
+    epochs and at the end, and early stopping. Ends with the best weights (by validation loss)
+    restored and the model in eval mode. ``grid_contexts`` are the rows of the sample grids."""
+    accelerator, unwrapped = run.accelerator, run.unwrapped
+    global_step, first_epoch, skip_batches = _resume(args, run)
     if accelerator.is_main_process:
         accelerator.init_trackers("ctxadapter", config=tracker_config(args))
+    num_epochs = math.ceil(run.total_steps / run.epoch_steps)
+    unfreeze_step = int(args.unfreeze_decoder_after * run.total_steps)
+    lora_params = [p for n, p in unwrapped.named_parameters() if "lora_" in n]
     progress = tqdm(
-        range(total_steps),
+        range(run.total_steps),
         initial=global_step,
         desc="Training adapter",
         disable=not accelerator.is_local_main_process,
@@ -753,16 +889,16 @@ def finetune(args: FinetuneArguments) -> Path:
     history: list[dict] = []
     stop, epoch = False, first_epoch
     for epoch in range(first_epoch, num_epochs):
-        model.train()
-        sampler.shuffle_for_epoch(epoch)
+        run.model.train()
+        run.sampler.shuffle_for_epoch(epoch)
         batches = (
-            accelerator.skip_first_batches(loader, skip_batches)
+            accelerator.skip_first_batches(run.loader, skip_batches)
             if epoch == first_epoch and skip_batches
-            else loader
+            else run.loader
         )
         for batch in batches:
-            with accelerator.accumulate(model):
-                out = model(
+            with accelerator.accumulate(run.model):
+                out = run.model(
                     batch["contexts"],
                     latents=batch["latents"],
                     pixel_values=batch.get("pixel_values"),
@@ -771,84 +907,106 @@ def finetune(args: FinetuneArguments) -> Path:
                     group_sparsity=args.group_sparsity,
                     l2=args.l2,
                     context_prior=args.context_prior,
-                    generator=noise.generator,
+                    generator=run.noise.generator,
                 )
                 accelerator.backward(out["loss"])
                 if lora_params and global_step < unfreeze_step:
                     for p in lora_params:
                         p.grad = None
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
+                run.optimizer.step()
+                run.scheduler.step()
+                run.optimizer.zero_grad()
                 if accelerator.sync_gradients:
                     unwrapped.adapter.apply_constraints_()
             if not accelerator.sync_gradients:
                 continue
             global_step += 1
-            progress.update(1)
-            logs = {k: v.item() for k, v in out.items()} | {"lr": scheduler.get_last_lr()[0]}
-            progress.set_postfix(loss=f"{logs['loss']:.4g}")
-            accelerator.log(logs, step=global_step)
-            if global_step % args.checkpointing_steps == 0:
-                if accelerator.is_main_process:
-                    prune_checkpoints(args.output_dir, args.checkpoints_total_limit)
-                accelerator.wait_for_everyone()
-                accelerator.save_state(os.path.join(args.output_dir, f"checkpoint-{global_step}"))
-            if global_step % args.validation_steps == 0 and accelerator.is_main_process:
-                grid = context_grid(
-                    unwrapped,
-                    ["obs", *concepts, *compositions],
-                    args.num_validation_images,
-                    seed=args.seed,
-                )
-                grid.save(Path(args.output_dir) / f"samples-{global_step}.png")
-                _log_image(accelerator, "samples", grid, global_step)
-            if global_step >= total_steps:
+            _after_optimizer_step(args, run, out, global_step, progress, grid_contexts)
+            if global_step >= run.total_steps:
                 break
-        if (epoch + 1) % args.validation_epochs == 0 or global_step >= total_steps:
-            loss = validation_loss(unwrapped, validation_loader, args)
+        if (epoch + 1) % args.validation_epochs == 0 or global_step >= run.total_steps:
+            loss = validation_loss(unwrapped, run.validation_loader, args)
             history.append({"step": global_step, "validation_loss": loss})
             accelerator.log({"validation_loss": loss}, step=global_step)
-            stop = stopper.update(loss, trainable_state(unwrapped))
-        if stop or global_step >= total_steps:
+            stop = run.stopper.update(loss, trainable_state(unwrapped))
+        if stop or global_step >= run.total_steps:
             break
     progress.close()
-
-    if stopper.best_state:
-        unwrapped.load_state_dict(stopper.best_state, strict=False)
+    if run.stopper.best_state:
+        unwrapped.load_state_dict(run.stopper.best_state, strict=False)
     unwrapped.eval()
-    if accelerator.is_main_process:
-        output = Path(args.output_dir)
-        files = write_report(
-            unwrapped,
-            output,
-            num_samples=args.num_validation_images,
-            seed=args.seed,
-            compositions=compositions,
+    return _Outcome(
+        steps=global_step,
+        epochs_completed=epoch + 1 - first_epoch,
+        stopped_early=stop,
+        best_validation_loss=run.stopper.best_loss,
+        validation_history=history,
+    )
+
+
+def _after_optimizer_step(
+    args: FinetuneArguments,
+    run: _TrainingRun,
+    out: dict[str, torch.Tensor],
+    global_step: int,
+    progress: tqdm,
+    grid_contexts: list[str],
+) -> None:
+    """Report optimizer step ``global_step`` (``out``: the model's outputs on its last batch):
+    advance ``progress``, log the losses and the learning rate, save a checkpoint every
+    ``--checkpointing_steps`` (pruned to ``--checkpoints_total_limit``) and, on the main
+    process, a sample grid of ``grid_contexts`` every ``--validation_steps``."""
+    accelerator = run.accelerator
+    progress.update(1)
+    logs = {k: v.item() for k, v in out.items()} | {"lr": run.scheduler.get_last_lr()[0]}
+    progress.set_postfix(loss=f"{logs['loss']:.4g}")
+    accelerator.log(logs, step=global_step)
+    if global_step % args.checkpointing_steps == 0:
+        if accelerator.is_main_process:
+            prune_checkpoints(args.output_dir, args.checkpoints_total_limit)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(os.path.join(args.output_dir, f"checkpoint-{global_step}"))
+    if global_step % args.validation_steps == 0 and accelerator.is_main_process:
+        grid = context_grid(
+            run.unwrapped, grid_contexts, args.num_validation_images, seed=args.seed
         )
-        _log_image(
-            accelerator,
-            "concept_graph",
-            concept_graph_image(unwrapped.adapter.concept_graph(), concepts),
-            global_step,
-        )
-        unwrapped.save_pretrained(output, model_card_kwargs={"sample_grid": "contexts.png"})
-        metrics = {
-            "steps": global_step,
-            "epochs_completed": epoch + 1 - first_epoch,
-            "stopped_early": stop,
-            "best_validation_loss": stopper.best_loss,
-            "validation_history": history,
-            "concepts": concepts,
-            "train_images": len(train),
-            "validation_images": len(validation),
-            "pictures": sorted(Path(p).name for p in files.values()),
-        }
-        (output / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        if args.push_to_hub:
-            unwrapped.push_to_hub(args.hub_model_id or output.name, token=args.hub_token)
-    accelerator.end_training()
-    return Path(args.output_dir)
+        grid.save(Path(args.output_dir) / f"samples-{global_step}.png")
+        _log_image(accelerator, "samples", grid, global_step)
+
+
+def _write_outputs(
+    args: FinetuneArguments, run: _TrainingRun, inputs: _FinetuneInputs, outcome: _Outcome
+) -> None:
+    """On the main process, write the output folder: the pictures of ``write_report``, the
+    adapter (``save_pretrained``, with its model card) and ``metrics.json``; then push the
+    adapter to the Hub if ``--push_to_hub``."""
+    accelerator, model = run.accelerator, run.unwrapped
+    if not accelerator.is_main_process:
+        return
+    output = Path(args.output_dir)
+    files = write_report(
+        model,
+        output,
+        num_samples=args.num_validation_images,
+        seed=args.seed,
+        compositions=inputs.compositions,
+    )
+    _log_image(
+        accelerator,
+        "concept_graph",
+        concept_graph_image(model.adapter.concept_graph(), inputs.concepts),
+        outcome.steps,
+    )
+    model.save_pretrained(output, model_card_kwargs={"sample_grid": "contexts.png"})
+    metrics = asdict(outcome) | {
+        "concepts": inputs.concepts,
+        "train_images": len(inputs.train),
+        "validation_images": len(inputs.validation),
+        "pictures": sorted(Path(p).name for p in files.values()),
+    }
+    (output / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if args.push_to_hub:
+        model.push_to_hub(args.hub_model_id or output.name, token=args.hub_token)
 
 
 def _log_image(accelerator: Accelerator, tag: str, image, step: int) -> None:
