@@ -91,8 +91,11 @@ def base_model_record(
 ) -> dict:
     """What an adapter's config records about its base autoencoder (see ``CtxAdapter``)."""
     codec = LatentCodec(autoencoder)
+    name = str(pretrained_model_name_or_path)
+    if os.path.isdir(name):  # a local folder: record it absolute, so any working directory works
+        name = os.path.abspath(name)
     return dict(
-        pretrained_model_name_or_path=str(pretrained_model_name_or_path),
+        pretrained_model_name_or_path=name,
         revision=revision,
         subfolder=subfolder,
         class_name=type(autoencoder).__name__,
@@ -360,12 +363,19 @@ class ContextAutoencoder(nn.Module):
                     f"Unsupported base autoencoder class {base['class_name']!r}; supported: "
                     f"{sorted(supported)}."
                 )
-            autoencoder = getattr(diffusers, base["class_name"]).from_pretrained(
-                base["pretrained_model_name_or_path"],
-                revision=base.get("revision"),
-                subfolder=base.get("subfolder"),
-                torch_dtype=torch_dtype,
-            )
+            try:
+                autoencoder = getattr(diffusers, base["class_name"]).from_pretrained(
+                    base["pretrained_model_name_or_path"],
+                    revision=base.get("revision"),
+                    subfolder=base.get("subfolder"),
+                    torch_dtype=torch_dtype,
+                )
+            except OSError as error:
+                raise OSError(
+                    f"Could not load the base autoencoder this adapter records, "
+                    f"{base['pretrained_model_name_or_path']!r} ({base['class_name']}): {error} "
+                    f"Load it yourself and pass it with autoencoder=."
+                ) from error
         model = cls(autoencoder, adapter)
         lora = adapter.config["decoder_lora"]
         if lora:

@@ -348,6 +348,36 @@ def test_from_pretrained_loads_recorded_base(request, tmp_path, name):
     )
 
 
+def test_relative_base_folder_is_recorded_absolute(request, tmp_path, monkeypatch):
+    vae = load_vae(request, "kl")
+    vae.save_pretrained(tmp_path / "work" / "my-vae")
+    monkeypatch.chdir(tmp_path / "work")
+    record = base_model_record(vae, "my-vae")
+    assert record["pretrained_model_name_or_path"] == str(tmp_path / "work" / "my-vae")
+    make_adapter(vae, base_model=record).save_pretrained(tmp_path / "adapter")
+    monkeypatch.chdir(tmp_path)  # another working directory still finds the base
+    loaded = ContextAutoencoder.from_pretrained(tmp_path / "adapter")
+    assert isinstance(loaded.codec.autoencoder, AutoencoderKL)
+    # a Hub id is recorded as given
+    assert base_model_record(vae, "user/some-vae")["pretrained_model_name_or_path"] == (
+        "user/some-vae"
+    )
+
+
+def test_missing_base_autoencoder_error_names_it(request, tmp_path):
+    vae = load_vae(request, "kl")
+    vae.save_pretrained(tmp_path / "gone")
+    record = base_model_record(vae, tmp_path / "gone")
+    make_adapter(vae, base_model=record).save_pretrained(tmp_path / "adapter")
+    for path in (tmp_path / "gone").iterdir():
+        path.unlink()
+    with pytest.raises(OSError, match="pass it with autoencoder=") as error:
+        ContextAutoencoder.from_pretrained(tmp_path / "adapter")
+    assert str(tmp_path / "gone") in str(error.value)
+    loaded = ContextAutoencoder.from_pretrained(tmp_path / "adapter", autoencoder=vae)
+    assert loaded.codec.autoencoder is vae
+
+
 def test_from_pretrained_uses_recorded_subfolder_and_revision(request, tmp_path, monkeypatch):
     vae = load_vae(request, "kl")
     vae.save_pretrained(tmp_path / "repo" / "vae")
