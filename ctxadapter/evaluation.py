@@ -183,8 +183,6 @@ def generation_seed(seed: int, context: str) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-
-
 def _generate(model, context: str, num_images: int, seed: int, batch_size: int) -> Tensor:
     """``num_images`` generated images of ``context``, float32 ``(N, 3, H, W)`` on the CPU."""
     device = _device(model)

@@ -13,8 +13,14 @@ import pytest
 import torch
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-SCRIPTS = ["bench_train_step", "bench_time_to_adapter", "bench_latent_cache",
-           "bench_mixed_contexts", "bench_scaling_k", "bench_profile"]
+SCRIPTS = [
+    "bench_train_step",
+    "bench_time_to_adapter",
+    "bench_latent_cache",
+    "bench_mixed_contexts",
+    "bench_scaling_k",
+    "bench_profile",
+]
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +70,8 @@ def test_step_flops_counts_the_default_adapter(bench_path):
     assert common.step_flops(adapter, mixed=False) == sum(2 * i * o * m for i, o, m in products)
     mixed = common.step_flops(adapter, mixed=True)
     assert mixed == common.step_flops(adapter, mixed=False) + 2 * (2 * 192 * 192 * 3) + (
-        2 * 48 * 48 * 3)
+        2 * 48 * 48 * 3
+    )
 
 
 def test_table_and_measure(bench_path):
