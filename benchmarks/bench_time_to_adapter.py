@@ -35,7 +35,7 @@ from ctxadapter.quad import CONCEPTS
 
 
 def loader(cache, batch: int):
-    data = CachedLatents(cache, list(CONCEPTS), in_memory=True)
+    data = CachedLatents(cache, list(CONCEPTS))
     sampler = ContextBatchSampler(data.context_ids, batch, "mixed", seed=0)
     return torch.utils.data.DataLoader(data, batch_sampler=sampler, collate_fn=collate_batch)
 

@@ -67,11 +67,16 @@ def test_step_flops_counts_the_default_adapter(bench_path):
     # posterior 256->384 (no input gradient), exogenous 192->192, expressive 192->48,
     # causal 48->48, latent head 48->256; forward 2*in*out, backward twice that.
     products = [(256, 384, 2), (192, 192, 3), (192, 48, 3), (48, 48, 3), (48, 256, 3)]
-    assert common.step_flops(adapter, mixed=False) == sum(2 * i * o * m for i, o, m in products)
-    mixed = common.step_flops(adapter, mixed=True)
-    assert mixed == common.step_flops(adapter, mixed=False) + 2 * (2 * 192 * 192 * 3) + (
-        2 * 48 * 48 * 3
-    )
+    observational = torch.zeros(7, 6, dtype=torch.bool)
+    obs_flops = common.step_flops(adapter, observational)
+    assert obs_flops == sum(2 * i * o * m for i, o, m in products)
+    # obs and the 6 single interventions: the exogenous layer's dense product runs on 1 row in 7
+    # and a batched product over the 6 diagonal blocks of both weights (192 -> 2 * 32) on all;
+    # the causal layer runs two masked products.
+    mixed = torch.cat([observational[:1], torch.eye(6, dtype=torch.bool)])
+    dense = 2 * 192 * 192 * 3
+    expected = obs_flops - dense + dense / 7 + 2 * 192 * 64 * 3 + 2 * 48 * 48 * 3
+    assert common.step_flops(adapter, mixed) == pytest.approx(expected)
 
 
 def test_table_and_measure(bench_path):
