@@ -3,6 +3,8 @@ scikit-image, with four image transformations (hue, blur, rotation, scale) as co
 
     pip install -e ".[examples]"            # scikit-image, for its bundled photographs
     python examples/real_images.py          # data -> adapter -> pictures in docs/images/
+    python examples/real_images.py --pretrain_steps 600 --beta 4 --context_prior 30
+                                            # the docs' pictures: a photo autoencoder first
     python examples/real_images.py --pretrained_model_name_or_path stabilityai/sd-vae-ft-mse \
         --images_per_context 2000 --output_dir ctxadapter-real --pictures_dir real-pictures
 
@@ -26,7 +28,12 @@ from pathlib import Path
 import torch
 
 from ctxadapter import ContextAutoencoder, realdata
-from ctxadapter.training import FinetuneArguments, finetune
+from ctxadapter.training import (
+    FinetuneArguments,
+    PretrainArguments,
+    finetune,
+    pretrain_autoencoder,
+)
 from ctxadapter.viz import image_grid, write_report
 
 QUAD_AUTOENCODER = Path(__file__).resolve().parent / "quad-autoencoder"
@@ -48,6 +55,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--data_dir", default=None, help="Where the dataset is saved (default: <output_dir>-data)."
     )
+    parser.add_argument(
+        "--pretrain_steps",
+        type=int,
+        default=0,
+        help="First pretrain a small AutoencoderKL on the photographs for this many steps "
+        "(examples/pretrain_autoencoder.py) and use it instead of "
+        "--pretrained_model_name_or_path. 0: no pretraining.",
+    )
+    parser.add_argument("--beta", type=float, default=1.0, help="As in finetune.py.")
+    parser.add_argument("--context_prior", type=float, default=0.0, help="As in finetune.py.")
     parser.add_argument("--train_batch_size", type=int, default=256, help="Batch size.")
     parser.add_argument(
         "--max_train_steps", type=int, default=None, help="Optimizer steps (default: epochs)."
@@ -85,9 +102,22 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
     data.save_to_disk(data_dir)
     print(f"Dataset saved to {data_dir}: {data}")
 
+    autoencoder = args.pretrained_model_name_or_path
+    if args.pretrain_steps:
+        autoencoder = f"{args.output_dir.rstrip('/')}-autoencoder"
+        pretrain_autoencoder(
+            PretrainArguments(
+                dataset_name=data_dir,
+                resolution=args.resolution,
+                output_dir=autoencoder,
+                max_train_steps=args.pretrain_steps,
+                seed=args.seed,
+                report_to=args.report_to,
+            )
+        )
     finetune(
         FinetuneArguments(
-            pretrained_model_name_or_path=args.pretrained_model_name_or_path,
+            pretrained_model_name_or_path=autoencoder,
             dataset_name=data_dir,
             resolution=args.resolution,
             concepts=list(realdata.CONCEPTS),
@@ -99,6 +129,8 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
             num_validation_images=args.num_samples,
             seed=args.seed,
             report_to=args.report_to,
+            beta=args.beta,
+            context_prior=args.context_prior,
         )
     )
 

@@ -3,7 +3,9 @@ determinism, and that each transformation is really applied. Skipped without sci
 
 from __future__ import annotations
 
+import json
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,3 +165,29 @@ def test_bad_arguments():
         realdata.load_photo("lena")
     with pytest.raises(ValueError, match="images_per_context"):
         realdata.build_dataset(images_per_context=0)
+
+
+def test_worked_example_end_to_end_with_a_pretrained_photo_autoencoder(tmp_path, monkeypatch):
+    """``examples/real_images.py`` at a tiny size: data, autoencoder pretraining, adapter,
+    pictures."""
+    import importlib.util
+
+    monkeypatch.chdir(tmp_path)
+    path = Path(__file__).resolve().parent.parent / "examples" / "real_images.py"
+    spec = importlib.util.spec_from_file_location("real_images_example", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    paths = example.main(
+        [
+            "--resolution", "32", "--images_per_context", "4", "--pretrain_steps", "2",
+            "--max_train_steps", "2", "--train_batch_size", "8", "--num_samples", "2",
+            "--output_dir", "out", "--pictures_dir", "pictures", "--context_prior", "1",
+        ]
+    )  # fmt: skip
+    autoencoder = tmp_path / "out-autoencoder"
+    assert (autoencoder / "config.json").is_file()
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["base_model"]["pretrained_model_name_or_path"] == str(autoencoder)
+    assert set(paths) >= {"contexts", "compositions", "concept_graph", "data"}
+    for picture in paths.values():
+        assert Path(picture).is_file() and Path(picture).parent == tmp_path / "pictures"
