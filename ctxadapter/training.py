@@ -270,6 +270,11 @@ def pretrain_autoencoder(args: PretrainArguments) -> AutoencoderKL:
             f"--max_train_steps must be a positive integer, got {args.max_train_steps}"
         )
     train, validation, *_ = load_splits(args, with_contexts=False)
+    if len(train) < args.train_batch_size:  # no full batch: the loop would never step
+        raise ValueError(
+            f"--train_batch_size {args.train_batch_size} is larger than the {len(train)} "
+            f"training images; use a smaller batch or more images."
+        )
     resolution = args.resolution or 64
     levels = len(args.block_out_channels)
     if resolution % 2 ** (levels - 1):

@@ -63,6 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(examples/pretrain_autoencoder.py) and use it instead of "
         "--pretrained_model_name_or_path. 0: no pretraining.",
     )
+    parser.add_argument(
+        "--pretrain_batch_size", type=int, default=32, help="Batch size of that pretraining."
+    )
     parser.add_argument("--beta", type=float, default=1.0, help="As in finetune.py.")
     parser.add_argument("--context_prior", type=float, default=0.0, help="As in finetune.py.")
     parser.add_argument("--train_batch_size", type=int, default=256, help="Batch size.")
@@ -111,6 +114,7 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
                 resolution=args.resolution,
                 output_dir=autoencoder,
                 max_train_steps=args.pretrain_steps,
+                train_batch_size=args.pretrain_batch_size,
                 seed=args.seed,
                 report_to=args.report_to,
             )

@@ -234,3 +234,19 @@ def test_bad_flag_values_fail_before_writing(tmp_path, field, value, message):
     with pytest.raises(ValueError, match=message):
         finetune(args)
     assert not output.exists()
+
+
+def test_pretrain_rejects_a_batch_larger_than_the_data(tmp_path):
+    from ctxadapter.training import PretrainArguments, pretrain_autoencoder
+
+    output = tmp_path / "autoencoder"
+    args = PretrainArguments(
+        output_dir=str(output),
+        quad_images_per_context=2,
+        train_batch_size=32,
+        report_to="none",
+        cache_dir=str(tmp_path / "cache"),
+    )
+    with pytest.raises(ValueError, match="--train_batch_size 32 is larger than the 1[0-9] "):
+        pretrain_autoencoder(args)
+    assert not output.exists()
