@@ -297,11 +297,11 @@ def train_step(model, optimizer, contexts, latents=None, pixel_values=None,
 
 
 def adam(model, **kwargs) -> torch.optim.Optimizer:
-    """Adam over the trainable parameters, as ``finetune`` builds it (``lr=1e-3``, fused on
-    CPU and CUDA); ``kwargs`` override."""
-    kwargs = {"fused": next(model.parameters()).device.type in ("cpu", "cuda")} | kwargs
-    return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3,
-                            **kwargs)
+    """Adam as ``finetune`` builds it (``ctxadapter.training.make_optimizer``, ``lr=1e-3``);
+    ``kwargs`` override."""
+    from ctxadapter.training import make_optimizer
+
+    return make_optimizer(model, 1e-3, **kwargs)
 
 
 # ---------------------------------------------------------------------------- arithmetic

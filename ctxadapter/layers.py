@@ -108,8 +108,13 @@ class ExogenousLayer(nn.Module):
         if dense and bool(observational.all()):
             return F.gelu(F.linear(z, self.weight_obs, self.bias))
         k, w, n = self.num_concepts, self.width, z.shape[0]
-        both = torch.stack([self.weight_obs, self.weight_ivn]).view(2, k, w, k, w)
-        blocks = both.diagonal(dim1=1, dim2=3).permute(3, 0, 1, 2).reshape(k, 2 * w, w)
+        blocks = torch.cat(  # (K, 2w, w): each concept's obs block above its ivn block
+            [
+                p.view(k, w, k, w).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
+                for p in (self.weight_obs, self.weight_ivn)
+            ],
+            dim=1,
+        )
         products = torch.bmm(z.view(n, k, w).transpose(0, 1), blocks.transpose(1, 2))
         out = torch.where(contexts.T.unsqueeze(-1), products[..., w:], products[..., :w])
         out = out.transpose(0, 1).reshape(n, k * w)

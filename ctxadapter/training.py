@@ -161,6 +161,15 @@ def load_splits(args: DataArguments, concepts=None, with_contexts: bool = True):
     return train, validation, concepts, train_contexts, validation_contexts
 
 
+def make_optimizer(model: torch.nn.Module, learning_rate: float, **kwargs) -> torch.optim.Adam:
+    """Adam over ``model``'s trainable parameters, fused on CPU and CUDA: one kernel for all
+    parameters, since a small adapter's step is otherwise dominated by per-tensor optimizer
+    overhead (``docs/benchmarks.md``). ``kwargs`` override ``torch.optim.Adam``'s arguments."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    kwargs = {"fused": trainable[0].device.type in ("cpu", "cuda")} | kwargs
+    return torch.optim.Adam(trainable, lr=learning_rate, **kwargs)
+
+
 def make_scheduler(args: DataArguments, optimizer: torch.optim.Optimizer, total_steps: int):
     """The learning-rate schedule (transformers' ``get_scheduler``); the paper's default is a
     linear warm-up then a cosine decay to ``min_learning_rate``."""
@@ -811,13 +820,7 @@ def _prepare_run(
         len(sampler), accelerator.num_processes, args.gradient_accumulation_steps
     )
     total_steps = args.max_train_steps or args.num_train_epochs * epoch_steps
-    optimizer = torch.optim.Adam(
-        [p for p in model.parameters() if p.requires_grad],
-        lr=args.learning_rate,
-        # one fused kernel for all parameters: the step of a small adapter is otherwise
-        # dominated by per-tensor optimizer overhead (docs/benchmarks.md)
-        fused=accelerator.device.type in ("cpu", "cuda"),
-    )
+    optimizer = make_optimizer(model, args.learning_rate)
     scheduler = make_scheduler(args, optimizer, total_steps)
     stopper = EarlyStopping(args.early_stopping_patience)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)

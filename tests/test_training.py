@@ -250,3 +250,15 @@ def test_pretrain_rejects_a_batch_larger_than_the_data(tmp_path):
     with pytest.raises(ValueError, match="--train_batch_size 32 is larger than the 1[0-9] "):
         pretrain_autoencoder(args)
     assert not output.exists()
+
+
+def test_make_optimizer_is_fused_adam_over_trainable_parameters():
+    from ctxadapter.training import make_optimizer
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    model[0].requires_grad_(False)
+    optimizer = make_optimizer(model, 0.01)
+    [group] = optimizer.param_groups
+    assert group["params"] == list(model[1].parameters())
+    assert group["lr"] == 0.01 and group["fused"] is True
+    assert make_optimizer(model, 0.01, fused=False).param_groups[0]["fused"] is False
