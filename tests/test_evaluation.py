@@ -362,3 +362,48 @@ def test_mean_se():
     assert mean == 2.0 and se == pytest.approx(1 / math.sqrt(3))
     assert bench.mean_se([4.0]) == (4.0, None)
     assert bench.mean_se([]) == (None, None)
+
+
+def test_sw2_sources(tiny_kl_path, tmp_path):
+    """benchmarks/sw2_sources.py: its ``prior`` column is the score ``evaluate`` reports, its
+    ``autoencoder`` column the autoencoder's round trip of the second draw; with a posterior
+    head that outputs exactly N(0, I), the fitted Gaussian and the posterior samples are the
+    prior noise itself and the posterior mean is z = 0."""
+    bench = load_script("sw2_sources", REPO / "benchmarks" / "sw2_sources.py")
+    model = make_model(tiny_kl_path)
+    model.save_pretrained(tmp_path / "adapter")
+    contexts = ["obs", "quad3"]
+    output = tmp_path / "sources.json"
+    common = ["--contexts", *contexts, "--images_per_context", "6", "--num_projections", "5"]
+    rows = bench.main(["--adapter", str(tmp_path / "adapter"), *common, "--output", str(output)])
+    assert json.loads(output.read_text())["rows"] == rows
+    assert [r["context"] for r in rows] == contexts
+    real = heldout_quad_images(6, True, seed=0, contexts=contexts, split="validation")
+    other = heldout_quad_images(6, True, seed=1, contexts=contexts, split="validation")
+    reported = evaluate(model, real, num_projections=5, seed=0, recon=False)["per_context"]
+    for row, context in zip(rows, contexts, strict=True):
+        assert row["prior"] == pytest.approx(reported[context]["sw2"], rel=1e-5)
+        y = prepare_images(other[context], (32, 32)).float()
+        with torch.no_grad():
+            round_trip = model.codec.postprocess(model.codec.decode(model.codec.encode(y * 2 - 1)))
+        x = prepare_images(real[context], (32, 32)).float()
+        expected = sliced_wasserstein(x, round_trip, 5, 0).item()
+        assert row["autoencoder"] == pytest.approx(expected, rel=1e-5)
+
+    with torch.no_grad():  # posterior mean 0, log-variance 0 for every image
+        model.adapter.posterior_head.weight.zero_()
+        model.adapter.posterior_head.bias.zero_()
+    x = prepare_images(real["quad3"], (32, 32)).float()
+    y = prepare_images(other["quad3"], (32, 32)).float()
+    projections = bench.random_projections(x[0].numel(), 5, 0)
+    row = bench.sources(model, x, y, "quad3", projections, seed=0, batch_size=4)
+    assert row["mean_norm"] == 0
+    assert row["gaussian_fit"] == pytest.approx(row["prior"], rel=1e-5)
+    assert row["posterior_samples"] == pytest.approx(row["prior"], rel=1e-5)
+    zero = torch.zeros(6, model.adapter.noise_size)
+    with torch.no_grad():
+        at_zero = model.codec.postprocess(
+            model.codec.decode(model.adapter.latents_from_noise(zero, "quad3"))
+        )
+    expected = sliced_wasserstein(x, at_zero, projections=projections).item()
+    assert row["posterior_mean"] == pytest.approx(expected, rel=1e-5)
