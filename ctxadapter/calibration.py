@@ -37,8 +37,9 @@ def calibrate_interventions(
     and ``batch_size`` of its latents (with replacement), and minimises the squared sliced
     Wasserstein-2 distance between the generated and real latents along ``num_projections``
     fresh random directions (Adam, ``learning_rate``). The causal box constraint is applied to
-    ``causal.weight_ivn`` after every step. The adapter's other parameters are left untouched and their
-    ``requires_grad`` flags are restored; BatchNorm runs with its stored statistics.
+    ``causal.weight_ivn`` after every step. The adapter's other parameters are left untouched
+    and its ``requires_grad`` flags and mode are restored; BatchNorm runs with its stored
+    statistics.
 
     Args:
         model: a trained ``ctxadapter.ContextAutoencoder`` (its adapter must not be pooled).
