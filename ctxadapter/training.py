@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from .adapter import CtxAdapter
+from .calibration import calibrate_interventions
 from .codec import SUPPORTED_AUTOENCODERS, LatentCodec
 from .contexts import parse_context
 from .data import (
@@ -425,6 +426,12 @@ class FinetuneArguments(DataArguments):
         "(not in the paper; 0: off). See docs/results.md.",
         default=0.0,
     )
+    calibration_steps: int = _help(
+        "After training, tune only the interventional weights for this many steps so that prior "
+        "samples of each single intervention match its cached training latents "
+        "(ctxadapter.calibration; not in the paper; 0: off). See docs/results.md.",
+        default=0,
+    )
     decoder_lora_rank: int = _help(
         "Rank of a LoRA on the decoder (the paper's fine-tune variant; needs --loss pixel). "
         "0: decoder frozen.",
@@ -491,7 +498,7 @@ def check_finetune_arguments(args: FinetuneArguments) -> None:
         raise ValueError(
             f"--early_stopping_patience must be >= 0, got {args.early_stopping_patience}"
         )
-    for name in ("beta", "group_sparsity", "l2", "context_prior"):
+    for name in ("beta", "group_sparsity", "l2", "context_prior", "calibration_steps"):
         if getattr(args, name) < 0:
             raise ValueError(f"--{name} must be >= 0, got {getattr(args, name)}")
     if args.max_train_steps is not None and args.max_train_steps < 1:
@@ -653,6 +660,8 @@ def finetune(args: FinetuneArguments) -> Path:
     model.to(accelerator.device)
     run = _prepare_run(args, accelerator, model, train_data, validation_data)
     outcome = _train(args, run, ["obs", *inputs.concepts, *inputs.compositions])
+    if args.calibration_steps and not args.pooled and accelerator.is_main_process:
+        _calibrate(args, run.unwrapped, train_data)
     _write_outputs(args, run, inputs, outcome)
     accelerator.end_training()
     return Path(args.output_dir)
@@ -950,6 +959,18 @@ def _train(args: FinetuneArguments, run: _TrainingRun, grid_contexts: list[str])
         best_validation_loss=run.stopper.best_loss,
         validation_history=history,
     )
+
+
+def _calibrate(args: FinetuneArguments, model: ContextAutoencoder, data: CachedLatents) -> None:
+    """``--calibration_steps``: ``calibrate_interventions`` on the cached training latents of
+    each single-concept context (the trained model is left in eval mode)."""
+    latents = {}
+    for row, name in enumerate(data.contexts):
+        if len(parse_context(name, model.adapter.concepts)) == 1:
+            rows = (data.context_ids == row).nonzero().squeeze(1).tolist()
+            latents[name] = data.__getitems__(rows)["latents"].to(model.codec.device)
+    if latents:
+        calibrate_interventions(model, latents, steps=args.calibration_steps, seed=args.seed)
 
 
 def _after_optimizer_step(

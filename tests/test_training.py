@@ -217,9 +217,34 @@ def test_pixel_loss_with_decoder_lora(tiny_kl_path, tmp_path):
     assert model.adapter.config["decoder_lora"]["rank"] == 2
 
 
+def test_calibration_steps_change_only_the_interventional_weights(run, tmp_path):
+    """--calibration_steps runs calibrate_interventions after training: the same run without it
+    (the module fixture) differs only in the two interventional weights."""
+    output, autoencoder, cache = run
+    calibrated = tmp_path / "calibrated"
+    launch(
+        calibrated,
+        autoencoder,
+        cache,
+        "--checkpointing_steps",
+        "3",
+        "--checkpoints_total_limit",
+        "1",
+        "--calibration_steps",
+        "3",
+    )
+    before = safetensors.torch.load_file(str(output / "model.safetensors"))
+    after = safetensors.torch.load_file(str(calibrated / "model.safetensors"))
+    assert before.keys() == after.keys()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert "exogenous.weight_ivn" in moved
+    assert moved <= {"exogenous.weight_ivn", "causal.weight_ivn"}
+
+
 @pytest.mark.parametrize(
     "field, value, message",
     [
+        ("calibration_steps", -1, "--calibration_steps must be >= 0, got -1"),
         ("context_prior", -1.0, "--context_prior must be >= 0, got -1.0"),
         ("beta", -0.5, "--beta must be >= 0, got -0.5"),
         ("loss", "pixels", "'pixels'"),
