@@ -90,7 +90,9 @@ def calibrate_interventions(
     try:
         adapter.eval()
         for p in adapter.parameters():
-            p.requires_grad_(any(p is t for t in tuned))
+            p.requires_grad_(False)
+        for p in tuned:
+            p.requires_grad_(True)
         optimizer = torch.optim.Adam(tuned, lr=learning_rate)
         dim = next(iter(real.values())).shape[1]
         for step in range(int(steps)):
