@@ -1,74 +1,65 @@
-"""Intervention calibration: a second training stage for a trained adapter (not in the paper).
+"""Calibration: a second training stage that fits a trained adapter's samples to its data
+(not in the paper).
 
-With the paper's objective an intervention that *shifts* a concept's mean is often learned by
-the noise posterior rather than by the context layers, so samples from ``z ~ N(0, I)`` under
-that context miss the shift (``docs/results.md``, findings 3, 13 and 14).
-``calibrate_interventions`` fixes this after training: it tunes only the interventional
-weights (``exogenous.weight_ivn`` and ``causal.weight_ivn``) so that, for each single-concept
-context, latents generated from the prior match that context's training latents in sliced
-Wasserstein-2 distance. Nothing the observational context uses changes, so observational
-samples and the posterior are exactly as before. The module's semantics are unchanged: only
-the values of the interventional weights move.
+With the paper's objective the adapter's prior samples fall short of the data in two ways
+(``docs/results.md``, findings 3, 13, 14 and 23): an intervention that *shifts* a concept's
+mean is often learned by the noise posterior rather than by the context layers, so samples from
+``z ~ N(0, I)`` under that context miss the shift; and the generative path is trained only
+through posterior samples, so prior samples of every context stay further from the data than
+the reconstructions. ``calibrate`` trains the generative path directly: it minimises the sliced
+Wasserstein-2 distance between latents generated from the prior under each context and that
+context's training latents. The module's semantics are unchanged: only parameter values move.
+
+Two scopes:
+
+- ``"interventions"``: only the interventional weights (``exogenous.weight_ivn`` and
+  ``causal.weight_ivn``). Nothing the observational context uses changes, so observational
+  samples, reconstructions and counterfactual encodings are exactly as before.
+- ``"generator"``: every parameter between the noise and the latents (the three context layers
+  and the latent head), fitted on every context given, ``obs`` included. The posterior head is
+  left as it is, so reconstructions move with the generator (``docs/results.md`` measures by
+  how much). A pooled adapter is fitted to all the latents as one observational set: the
+  ablation gets the same second stage.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
 from torch import Tensor
 
-from .contexts import context_name, parse_context
-from .metrics import random_projections
+from .contexts import OBSERVATIONAL, context_name, parse_context
+
+SCOPES = ("interventions", "generator")
 
 
-def calibrate_interventions(
-    model,
-    latents: Mapping[str, Tensor],
-    steps: int = 1500,
-    learning_rate: float = 1e-3,
-    batch_size: int = 256,
-    num_projections: int = 128,
-    seed: int = 0,
-) -> list[float]:
-    """Tune the interventional weights of ``model.adapter`` in place; returns the losses.
+def _tuned_parameters(adapter, scope: str) -> list[torch.nn.Parameter]:
+    if scope == "interventions":
+        return [adapter.exogenous.weight_ivn, adapter.causal.weight_ivn]
+    generator = (adapter.exogenous, adapter.expressive, adapter.causal, adapter.latent_head)
+    return [p for module in generator for p in module.parameters()]
 
-    Each step takes the next context of ``latents`` in turn, draws ``batch_size`` prior noises
-    and ``batch_size`` of its latents (with replacement), and minimises the squared sliced
-    Wasserstein-2 distance between the generated and real latents along ``num_projections``
-    fresh random directions (Adam, ``learning_rate``). The causal box constraint is applied to
-    ``causal.weight_ivn`` after every step. The adapter's other parameters are left untouched
-    and its ``requires_grad`` flags and mode are restored; BatchNorm runs with its stored
-    statistics.
 
-    Args:
-        model: a trained ``ctxadapter.ContextAutoencoder`` (its adapter must not be pooled).
-        latents: context name -> model-space latents ``(N, C, h, w)`` of that context's training
-            images (e.g. from the latent cache). Single-concept interventions only: ``"obs"``
-            never uses the interventional weights and compositions are held out.
-        steps: optimizer steps (contexts taken in turn).
-        learning_rate: Adam's learning rate.
-        batch_size: generated and real latents per step.
-        num_projections: random directions per step.
-        seed: seed of the noise, the real-latent draws and the directions.
-
-    Returns:
-        The loss of every step (squared SW2 per latent dimension, before the step).
-    """
-    adapter = model.adapter
-    if adapter.pooled:
-        raise ValueError("a pooled adapter ignores contexts: there is nothing to calibrate")
+def _check_latents(adapter, latents: Mapping[str, Tensor], scope: str) -> dict[str, Tensor]:
+    """Validate ``latents`` for ``scope``; returns canonical context name -> ``(N, D)``."""
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    if adapter.pooled and scope == "interventions":
+        raise ValueError(
+            "a pooled adapter never uses its interventional weights: there is nothing to "
+            "calibrate with scope='interventions' (use scope='generator')"
+        )
     if not latents:
-        raise ValueError("latents is empty: pass each intervened context's training latents")
-    if int(steps) != steps or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    names: list[str] = []
+        raise ValueError("latents is empty: pass each training context's latents")
+    flat: dict[str, Tensor] = {}
     for key, values in latents.items():
         context = parse_context(key, adapter.concepts)
-        if len(context) != 1:
+        if scope == "interventions" and not context:
             raise ValueError(
-                f"context {key!r}: calibration takes single-concept interventions only "
-                f"(one of {list(adapter.concepts)})"
+                f"context {key!r}: the observational context never uses the interventional "
+                "weights; pass interventions only with scope='interventions'"
             )
         expected = (values.shape[0], *adapter.latent_shape)
         if values.ndim != 4 or tuple(values.shape) != expected or values.shape[0] < 1:
@@ -76,14 +67,61 @@ def calibrate_interventions(
                 f"context {key!r}: expected latents of shape (N, "
                 f"{', '.join(map(str, adapter.latent_shape))}), got {tuple(values.shape)}"
             )
-        names.append(context_name(context))
-    device = adapter.latent_log_scale.device
-    real = {
-        n: v.flatten(1).to(device, adapter.latent_log_scale.dtype)
-        for n, v in zip(names, latents.values(), strict=True)
-    }
+        flat[context_name(context)] = values.flatten(1)
+    if adapter.pooled:  # labels ignored: one observational target, as in training
+        return {OBSERVATIONAL: torch.cat(list(flat.values()))}
+    return flat
+
+
+def calibrate(
+    model,
+    latents: Mapping[str, Tensor],
+    steps: int = 3000,
+    scope: str = "generator",
+    learning_rate: float = 1e-3,
+    batch_size: int = 512,
+    num_projections: int = 128,
+    seed: int = 0,
+) -> list[float]:
+    """Fit the prior samples of ``model.adapter`` to ``latents`` in place; returns the losses.
+
+    Every step draws, for each context of ``latents``, ``batch_size`` prior noises and
+    ``batch_size`` of its latents (with replacement), generates latents from the noises under
+    that context (all contexts in one mixed-context batch) and minimises the squared sliced
+    Wasserstein-2 distance between generated and real latents along ``num_projections`` fresh
+    random directions, averaged over the contexts. Adam, with the learning rate decayed from
+    ``learning_rate`` to ``learning_rate / 100`` on a cosine; the causal box constraint is
+    applied after every step. The adapter's ``requires_grad`` flags and mode are restored;
+    BatchNorm runs with its stored statistics.
+
+    Args:
+        model: a trained ``ctxadapter.ContextAutoencoder``.
+        latents: context name -> model-space latents ``(N, C, h, w)`` of that context's training
+            images (e.g. from the latent cache). With ``scope="interventions"``, interventions
+            only (``"obs"`` never uses the interventional weights).
+        steps: optimizer steps.
+        scope: ``"generator"`` (every parameter from noise to latents; the default) or
+            ``"interventions"`` (only the interventional weights). See the module docstring.
+        learning_rate: Adam's initial learning rate.
+        batch_size: generated and real latents per context and step.
+        num_projections: random directions per step.
+        seed: seed of the noise, the real-latent draws and the directions.
+
+    Returns:
+        The loss of every step (squared SW2 per latent dimension, averaged over the contexts,
+        before the step).
+    """
+    adapter = model.adapter
+    if int(steps) != steps or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    real = _check_latents(adapter, latents, scope)
+    device, dtype = adapter.latent_log_scale.device, adapter.latent_log_scale.dtype
+    real = {name: values.to(device, dtype) for name, values in real.items()}
+    names = list(real)
+    contexts = [name for name in names for _ in range(batch_size)]
+    dim = next(iter(real.values())).shape[1]
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
-    tuned = [adapter.exogenous.weight_ivn, adapter.causal.weight_ivn]
+    tuned = _tuned_parameters(adapter, scope)
     flags = {p: p.requires_grad for p in adapter.parameters()}
     training = adapter.training
     losses = []
@@ -94,23 +132,30 @@ def calibrate_interventions(
         for p in tuned:
             p.requires_grad_(True)
         optimizer = torch.optim.Adam(tuned, lr=learning_rate)
-        dim = next(iter(real.values())).shape[1]
         for step in range(int(steps)):
-            name = names[step % len(names)]
-            noise = torch.randn(batch_size, adapter.noise_size, generator=generator)
-            generated = adapter.latents_from_noise(noise.to(device), name).flatten(1)
-            rows = torch.randint(0, real[name].shape[0], (batch_size,), generator=generator)
-            directions = random_projections(
-                dim, num_projections, int(torch.randint(0, 2**62, (), generator=generator))
-            ).to(device, generated.dtype)
-            fake_sorted = (generated @ directions.T).sort(dim=0).values
-            real_sorted = (real[name][rows.to(device)] @ directions.T).sort(dim=0).values
-            loss = (fake_sorted - real_sorted).pow(2).mean()
+            cosine = 0.5 * (1 + math.cos(math.pi * step / steps))
+            for group in optimizer.param_groups:  # from learning_rate to learning_rate / 100
+                group["lr"] = learning_rate * (0.01 + 0.99 * cosine)
+            noise = torch.randn(len(contexts), adapter.noise_size, generator=generator)
+            generated = adapter.latents_from_noise(noise.to(device, dtype), contexts)
+            target = torch.stack(
+                [
+                    real[name][torch.randint(0, len(real[name]), (batch_size,), generator=generator)]
+                    for name in names
+                ]
+            )
+            directions = torch.randn(dim, num_projections, generator=generator)
+            directions = (directions / directions.norm(dim=0)).to(device, dtype)
+            fake = (generated.view(len(names), batch_size, dim) @ directions).sort(dim=1).values
+            loss = (fake - (target @ directions).sort(dim=1).values).pow(2).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            with torch.no_grad():  # the box constraint, on the tuned weight only
-                adapter.causal.weight_ivn.clamp_(0.0, 1.0)
+            if scope == "generator":
+                adapter.apply_constraints_()
+            else:  # the box constraint on the tuned weight only: weight_obs stays as it was
+                with torch.no_grad():
+                    adapter.causal.weight_ivn.clamp_(0.0, 1.0)
             losses.append(loss.item())
     finally:
         for p, flag in flags.items():

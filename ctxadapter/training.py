@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from .adapter import CtxAdapter
-from .calibration import calibrate_interventions
+from .calibration import SCOPES, calibrate
 from .codec import SUPPORTED_AUTOENCODERS, LatentCodec
 from .contexts import parse_context
 from .data import (
@@ -427,10 +427,16 @@ class FinetuneArguments(DataArguments):
         default=0.0,
     )
     calibration_steps: int = _help(
-        "After training, tune only the interventional weights for this many steps so that prior "
-        "samples of each single intervention match its cached training latents "
-        "(ctxadapter.calibration; not in the paper; 0: off). See docs/results.md.",
+        "After training, fit the prior samples of each training context to its cached training "
+        "latents for this many steps (sliced Wasserstein-2; ctxadapter.calibration; not in the "
+        "paper; 0: off). See docs/results.md.",
         default=0,
+    )
+    calibration_scope: str = _help(
+        "What calibration tunes: 'generator' (the context layers and the latent head, on every "
+        "context; a pooled adapter too) or 'interventions' (only the interventional weights: "
+        "observational samples and reconstructions stay exactly as trained).",
+        default="generator",
     )
     decoder_lora_rank: int = _help(
         "Rank of a LoRA on the decoder (the paper's fine-tune variant; needs --loss pixel). "
@@ -476,6 +482,7 @@ def check_finetune_arguments(args: FinetuneArguments) -> None:
         "sampler": ("mixed", "context_pure"),
         "observational_mixing": ("dense", "block"),
         "composition": ("reference", "strict"),
+        "calibration_scope": SCOPES,
     }
     for name, allowed in choices.items():
         if getattr(args, name) not in allowed:
@@ -660,7 +667,8 @@ def finetune(args: FinetuneArguments) -> Path:
     model.to(accelerator.device)
     run = _prepare_run(args, accelerator, model, train_data, validation_data)
     outcome = _train(args, run, ["obs", *inputs.concepts, *inputs.compositions])
-    if args.calibration_steps and not args.pooled and accelerator.is_main_process:
+    calibrate_pooled = args.calibration_scope == "generator" or not args.pooled
+    if args.calibration_steps and calibrate_pooled and accelerator.is_main_process:
         _calibrate(args, run.unwrapped, train_data)
     _write_outputs(args, run, inputs, outcome)
     accelerator.end_training()
@@ -962,15 +970,22 @@ def _train(args: FinetuneArguments, run: _TrainingRun, grid_contexts: list[str])
 
 
 def _calibrate(args: FinetuneArguments, model: ContextAutoencoder, data: CachedLatents) -> None:
-    """``--calibration_steps``: ``calibrate_interventions`` on the cached training latents of
-    each single-concept context (the trained model is left in eval mode)."""
+    """``--calibration_steps``: ``calibrate`` on the cached training latents of each training
+    context (interventions only with ``--calibration_scope interventions``; the trained model
+    is left in eval mode)."""
     latents = {}
     for row, name in enumerate(data.contexts):
-        if len(parse_context(name, model.adapter.concepts)) == 1:
+        if args.calibration_scope == "generator" or parse_context(name, model.adapter.concepts):
             rows = (data.context_ids == row).nonzero().squeeze(1).tolist()
             latents[name] = data.__getitems__(rows)["latents"].to(model.codec.device)
     if latents:
-        calibrate_interventions(model, latents, steps=args.calibration_steps, seed=args.seed)
+        calibrate(
+            model,
+            latents,
+            steps=args.calibration_steps,
+            scope=args.calibration_scope,
+            seed=args.seed,
+        )
 
 
 def _after_optimizer_step(

@@ -217,9 +217,10 @@ def test_pixel_loss_with_decoder_lora(tiny_kl_path, tmp_path):
     assert model.adapter.config["decoder_lora"]["rank"] == 2
 
 
-def test_calibration_steps_change_only_the_interventional_weights(run, tmp_path):
-    """--calibration_steps runs calibrate_interventions after training: the same run without it
-    (the module fixture) differs only in the two interventional weights."""
+@pytest.mark.parametrize("scope", ["interventions", "generator"])
+def test_calibration_steps_change_only_the_scope_s_weights(run, tmp_path, scope):
+    """--calibration_steps runs calibrate after training: the same run without it (the module
+    fixture) differs only in the weights of --calibration_scope."""
     output, autoencoder, cache = run
     calibrated = tmp_path / "calibrated"
     launch(
@@ -232,19 +233,26 @@ def test_calibration_steps_change_only_the_interventional_weights(run, tmp_path)
         "1",
         "--calibration_steps",
         "3",
+        "--calibration_scope",
+        scope,
     )
     before = safetensors.torch.load_file(str(output / "model.safetensors"))
     after = safetensors.torch.load_file(str(calibrated / "model.safetensors"))
     assert before.keys() == after.keys()
     moved = {k for k in before if not torch.equal(before[k], after[k])}
     assert "exogenous.weight_ivn" in moved
-    assert moved <= {"exogenous.weight_ivn", "causal.weight_ivn"}
+    if scope == "interventions":
+        assert moved <= {"exogenous.weight_ivn", "causal.weight_ivn"}
+    else:
+        assert {"exogenous.weight_obs", "latent_head.weight"} <= moved
+        assert not any(k.startswith("posterior_head") or "running" in k for k in moved)
 
 
 @pytest.mark.parametrize(
     "field, value, message",
     [
         ("calibration_steps", -1, "--calibration_steps must be >= 0, got -1"),
+        ("calibration_scope", "all", "--calibration_scope must be one of"),
         ("context_prior", -1.0, "--context_prior must be >= 0, got -1.0"),
         ("beta", -0.5, "--beta must be >= 0, got -0.5"),
         ("loss", "pixels", "'pixels'"),
