@@ -140,7 +140,9 @@ def calibrate(
             generated = adapter.latents_from_noise(noise.to(device, dtype), contexts)
             target = torch.stack(
                 [
-                    real[name][torch.randint(0, len(real[name]), (batch_size,), generator=generator)]
+                    real[name][
+                        torch.randint(0, len(real[name]), (batch_size,), generator=generator)
+                    ]
                     for name in names
                 ]
             )

@@ -407,39 +407,3 @@ def test_sw2_sources(tiny_kl_path, tmp_path):
         )
     expected = sliced_wasserstein(x, at_zero, projections=projections).item()
     assert row["posterior_mean"] == pytest.approx(expected, rel=1e-5)
-
-
-def test_calibrate_quad_script(tiny_kl_path, tmp_path):
-    """benchmarks/calibrate_quad.py end to end on a tiny autoencoder: the saved adapter differs
-    from the input only in the interventional weights, and its scores are written."""
-    bench = load_script("calibrate_quad", REPO / "benchmarks" / "calibrate_quad.py")
-    model = make_model(tiny_kl_path)
-    model.save_pretrained(tmp_path / "adapter")
-    out = tmp_path / "calibrated"
-    report = bench.main(
-        [
-            "--adapter",
-            str(tmp_path / "adapter"),
-            "--output_dir",
-            str(out),
-            "--images",
-            "8",
-            "--steps",
-            "6",
-            "--batch_size",
-            "8",
-            "--images_per_context",
-            "2",
-            "--no_recon",
-        ]
-    )
-    assert json.loads((out / "calibration.json").read_text()) == report
-    assert len(report["first_losses"]) == len(report["last_losses"]) == len(CONCEPTS) == 6
-    assert report["results"]["per_context"].keys() == set(quad.TRAIN_CONTEXTS) | set(
-        quad.HELDOUT_COMPOSITIONS
-    )
-    before = ContextAutoencoder.from_pretrained(str(tmp_path / "adapter")).adapter.state_dict()
-    after = ContextAutoencoder.from_pretrained(str(out)).adapter.state_dict()
-    moved = {k for k in before if not torch.equal(before[k], after[k])}
-    assert "exogenous.weight_ivn" in moved
-    assert moved <= {"exogenous.weight_ivn", "causal.weight_ivn"}
