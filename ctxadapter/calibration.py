@@ -29,6 +29,7 @@ from collections.abc import Mapping
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from .contexts import OBSERVATIONAL, context_name, parse_context
 
@@ -82,6 +83,7 @@ def calibrate(
     batch_size: int = 512,
     num_projections: int = 128,
     seed: int = 0,
+    progress: bool = False,
 ) -> list[float]:
     """Fit the prior samples of ``model.adapter`` to ``latents`` in place; returns the losses.
 
@@ -106,6 +108,7 @@ def calibrate(
         batch_size: generated and real latents per context and step.
         num_projections: random directions per step.
         seed: seed of the noise, the real-latent draws and the directions.
+        progress: show a tqdm progress bar.
 
     Returns:
         The loss of every step (squared SW2 per latent dimension, averaged over the contexts,
@@ -132,7 +135,7 @@ def calibrate(
         for p in tuned:
             p.requires_grad_(True)
         optimizer = torch.optim.Adam(tuned, lr=learning_rate)
-        for step in range(int(steps)):
+        for step in tqdm(range(int(steps)), desc="Calibrating", disable=not progress):
             cosine = 0.5 * (1 + math.cos(math.pi * step / steps))
             for group in optimizer.param_groups:  # from learning_rate to learning_rate / 100
                 group["lr"] = learning_rate * (0.01 + 0.99 * cosine)

@@ -487,6 +487,11 @@ def check_finetune_arguments(args: FinetuneArguments) -> None:
     for name, allowed in choices.items():
         if getattr(args, name) not in allowed:
             raise ValueError(f"--{name} must be one of {allowed}, got {getattr(args, name)!r}")
+    if args.pooled and args.calibration_steps and args.calibration_scope == "interventions":
+        raise ValueError(
+            "--calibration_scope interventions with --pooled: a pooled adapter never uses its "
+            "interventional weights (use --calibration_scope generator)."
+        )
     if args.decoder_lora_rank and args.loss != "pixel":
         raise ValueError(
             "--decoder_lora_rank needs --loss pixel: the latent loss never runs the decoder."
@@ -667,8 +672,7 @@ def finetune(args: FinetuneArguments) -> Path:
     model.to(accelerator.device)
     run = _prepare_run(args, accelerator, model, train_data, validation_data)
     outcome = _train(args, run, ["obs", *inputs.concepts, *inputs.compositions])
-    calibrate_pooled = args.calibration_scope == "generator" or not args.pooled
-    if args.calibration_steps and calibrate_pooled and accelerator.is_main_process:
+    if args.calibration_steps and accelerator.is_main_process:
         _calibrate(args, run.unwrapped, train_data)
     _write_outputs(args, run, inputs, outcome)
     accelerator.end_training()
@@ -985,6 +989,7 @@ def _calibrate(args: FinetuneArguments, model: ContextAutoencoder, data: CachedL
             steps=args.calibration_steps,
             scope=args.calibration_scope,
             seed=args.seed,
+            progress=True,
         )
 
 

@@ -269,6 +269,22 @@ def test_bad_flag_values_fail_before_writing(tmp_path, field, value, message):
     assert not output.exists()
 
 
+def test_pooled_interventions_calibration_fails_before_writing(tmp_path):
+    from ctxadapter.training import FinetuneArguments, finetune
+
+    output = tmp_path / "out"
+    args = FinetuneArguments(
+        output_dir=str(output),
+        report_to="none",
+        pooled=True,
+        calibration_steps=10,
+        calibration_scope="interventions",
+    )
+    with pytest.raises(ValueError, match="pooled adapter never uses its interventional"):
+        finetune(args)
+    assert not output.exists()
+
+
 def test_pretrain_rejects_a_batch_larger_than_the_data(tmp_path):
     from ctxadapter.training import PretrainArguments, pretrain_autoencoder
 
