@@ -16,10 +16,11 @@ Two scopes:
   ``causal.weight_ivn``). Nothing the observational context uses changes, so observational
   samples, reconstructions and counterfactual encodings are exactly as before.
 - ``"generator"``: every parameter between the noise and the latents (the three context layers
-  and the latent head), fitted on every context given, ``obs`` included. The posterior head is
-  left as it is, so reconstructions move with the generator (``docs/results.md`` measures by
-  how much). A pooled adapter is fitted to all the latents as one observational set: the
-  ablation gets the same second stage.
+  and the latent head), fitted on every context given, ``obs`` included. The posterior head no
+  longer matches the moved generator, so it is then refitted to it (``posterior_steps`` steps
+  of the training objective with everything else frozen), which restores reconstructions and
+  counterfactual encodings; samples do not depend on it. A pooled adapter is fitted to all
+  the latents as one observational set: the ablation gets the same second stage.
 """
 
 from __future__ import annotations
@@ -83,6 +84,8 @@ def calibrate(
     batch_size: int = 512,
     num_projections: int = 128,
     seed: int = 0,
+    posterior_steps: int = 1000,
+    objective: Mapping | None = None,
     progress: bool = False,
 ) -> list[float]:
     """Fit the prior samples of ``model.adapter`` to ``latents`` in place; returns the losses.
@@ -108,15 +111,23 @@ def calibrate(
         batch_size: generated and real latents per context and step.
         num_projections: random directions per step.
         seed: seed of the noise, the real-latent draws and the directions.
+        posterior_steps: with ``scope="generator"``, steps of the posterior-head refit (0:
+            none; ``model`` must then be a ``ContextAutoencoder``, whose ``forward`` gives the
+            loss).
+        objective: keyword arguments of ``ContextAutoencoder.forward`` for the refit, e.g.
+            ``{"beta": 4.0, "context_prior": 30.0}`` (the training run's; default: the
+            paper's objective).
         progress: show a tqdm progress bar.
 
     Returns:
-        The loss of every step (squared SW2 per latent dimension, averaged over the contexts,
-        before the step).
+        The loss of every calibration step (squared SW2 per latent dimension, averaged over the
+        contexts, before the step).
     """
     adapter = model.adapter
     if int(steps) != steps or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if int(posterior_steps) != posterior_steps or posterior_steps < 0:
+        raise ValueError(f"posterior_steps must be an integer >= 0, got {posterior_steps!r}")
     real = _check_latents(adapter, latents, scope)
     device, dtype = adapter.latent_log_scale.device, adapter.latent_log_scale.dtype
     real = {name: values.to(device, dtype) for name, values in real.items()}
@@ -162,8 +173,39 @@ def calibrate(
                 with torch.no_grad():
                     adapter.causal.weight_ivn.clamp_(0.0, 1.0)
             losses.append(loss.item())
+        if scope == "generator" and posterior_steps:
+            _refit_posterior(
+                model,
+                real,
+                posterior_steps,
+                learning_rate,
+                batch_size,
+                generator,
+                dict(objective or {}),
+            )
     finally:
         for p, flag in flags.items():
             p.requires_grad_(flag)
         adapter.train(training)
     return losses
+
+
+def _refit_posterior(model, real, steps, learning_rate, batch_size, generator, objective):
+    """Fit only the posterior head to the (frozen) generator: Adam on ``model``'s own loss over
+    batches of ``batch_size`` latents drawn from every context of ``real``."""
+    adapter = model.adapter
+    for p in adapter.parameters():
+        p.requires_grad_(False)
+    head = list(adapter.posterior_head.parameters())
+    for p in head:
+        p.requires_grad_(True)
+    latents = torch.cat(list(real.values())).view(-1, *adapter.latent_shape)
+    contexts = [name for name, values in real.items() for _ in range(len(values))]
+    optimizer = torch.optim.Adam(head, lr=learning_rate)
+    for _ in range(int(steps)):
+        rows = torch.randint(0, len(latents), (batch_size,), generator=generator)
+        batch = [contexts[i] for i in rows.tolist()]
+        out = model(batch, latents=latents[rows.to(latents.device)], **objective)
+        optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        optimizer.step()

@@ -989,6 +989,7 @@ def _calibrate(args: FinetuneArguments, model: ContextAutoencoder, data: CachedL
             steps=args.calibration_steps,
             scope=args.calibration_scope,
             seed=args.seed,
+            objective={"beta": args.beta, "context_prior": args.context_prior},
             progress=True,
         )
 

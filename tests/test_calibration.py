@@ -10,8 +10,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from diffusers import AutoencoderKL
 
-from ctxadapter import CtxAdapter
+from ctxadapter import ContextAutoencoder, CtxAdapter
 from ctxadapter.calibration import calibrate
 from ctxadapter.metrics import sliced_wasserstein
 
@@ -90,7 +91,7 @@ def test_generator_scope_moves_the_generative_path_but_not_the_posterior():
     adapter = make_adapter()
     with torch.no_grad():  # weights outside the box: the generator scope projects both
         adapter.causal.weight_obs.add_(0.5)
-    moved = calibrate_and_diff(adapter, generator_target(adapter), steps=5)
+    moved = calibrate_and_diff(adapter, generator_target(adapter), steps=5, posterior_steps=0)
     generative = {
         k
         for k in adapter.state_dict()
@@ -135,6 +136,7 @@ def test_distance_to_a_reachable_target_falls(scope, make_target, factor):
         scope=scope,
         learning_rate=1e-2,
         batch_size=256,
+        posterior_steps=0,
     )
     assert distance(adapter, targets) < factor * before
 
@@ -154,6 +156,7 @@ def test_interventions_scope_cannot_reach_an_observational_target():
             scope=scope,
             learning_rate=1e-2,
             batch_size=256,
+            posterior_steps=0,
         )
         finals[scope] = distance(adapter, {"obs": target["obs"]})
     assert finals["interventions"] == distance(make_adapter(), {"obs": target["obs"]})
@@ -167,7 +170,12 @@ def test_pooled_adapter_is_fitted_to_all_latents_as_one_observational_set():
     adapter = make_adapter(pooled=True)
     latents = {"obs": torch.full((256, *SHAPE), -1.0), "a": torch.full((256, *SHAPE), 1.0)}
     calibrate(
-        SimpleNamespace(adapter=adapter), latents, steps=400, learning_rate=1e-2, batch_size=256
+        SimpleNamespace(adapter=adapter),
+        latents,
+        steps=400,
+        learning_rate=1e-2,
+        batch_size=256,
+        posterior_steps=0,
     )
     with torch.no_grad():
         z = torch.randn(2000, adapter.noise_size, generator=torch.Generator().manual_seed(8))
@@ -201,3 +209,38 @@ def test_pooled_interventions_and_bad_steps_are_rejected():
         calibrate(pooled, good, scope="interventions")
     with pytest.raises(ValueError, match="steps must be a positive integer, got 0"):
         calibrate(SimpleNamespace(adapter=make_adapter()), good, steps=0)
+    with pytest.raises(ValueError, match="posterior_steps must be an integer >= 0, got -1"):
+        calibrate(SimpleNamespace(adapter=make_adapter()), good, posterior_steps=-1)
+
+
+def test_generator_scope_refits_the_posterior_to_the_moved_generator(tiny_kl_path):
+    """Two calibrations from the same start and seed, without and with the refit: the
+    generators come out identical, only the posterior heads differ, and the refitted model's
+    own training loss is lower."""
+    vae = AutoencoderKL.from_pretrained(tiny_kl_path)
+    latents = {
+        name: torch.randn(256, 4, 4, 4, generator=torch.Generator().manual_seed(k)) + shift
+        for k, (name, shift) in enumerate([("obs", 0.0), ("b", 2.0)])
+    }
+    everything = torch.cat(list(latents.values()))
+    contexts = ["obs"] * 256 + ["b"] * 256
+    states, losses = [], []
+    for posterior_steps in (0, 200):
+        torch.manual_seed(0)
+        adapter = CtxAdapter(CONCEPTS, [4, 4, 4], exogenous_width=4, concept_width=2)
+        model = ContextAutoencoder(vae, adapter).eval()
+        calibrate(
+            model,
+            latents,
+            steps=30,
+            batch_size=64,
+            posterior_steps=posterior_steps,
+            objective={"beta": 4.0},
+        )
+        torch.manual_seed(1)
+        with torch.no_grad():
+            losses.append(model(contexts, latents=everything, beta=4.0)["loss"].item())
+        states.append(adapter.state_dict())
+    changed = {k for k in states[0] if not torch.equal(states[0][k], states[1][k])}
+    assert changed == {"posterior_head.weight", "posterior_head.bias"}
+    assert losses[1] < losses[0] - 1.0
