@@ -38,6 +38,7 @@ SCOPES = ("interventions", "generator")
 
 
 def _tuned_parameters(adapter, scope: str) -> list[torch.nn.Parameter]:
+    """The parameters ``scope`` tunes (see the module docstring)."""
     if scope == "interventions":
         return [adapter.exogenous.weight_ivn, adapter.causal.weight_ivn]
     generator = (adapter.exogenous, adapter.expressive, adapter.causal, adapter.latent_head)
