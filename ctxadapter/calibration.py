@@ -113,8 +113,8 @@ def calibrate(
         num_projections: random directions per step.
         seed: seed of the noise, the real-latent draws and the directions.
         posterior_steps: with ``scope="generator"``, steps of the posterior-head refit (0:
-            none; ``model`` must then be a ``ContextAutoencoder``, whose ``forward`` gives the
-            loss).
+            none). A refit needs ``model`` to be a ``ContextAutoencoder``: its ``forward``
+            gives the loss.
         objective: keyword arguments of ``ContextAutoencoder.forward`` for the refit, e.g.
             ``{"beta": 4.0, "context_prior": 30.0}`` (the training run's; default: the
             paper's objective).
@@ -133,7 +133,9 @@ def calibrate(
     device, dtype = adapter.latent_log_scale.device, adapter.latent_log_scale.dtype
     real = {name: values.to(device, dtype) for name, values in real.items()}
     names = list(real)
-    contexts = [name for name in names for _ in range(batch_size)]
+    # the contexts of one step's generated rows, built once: block k is context names[k]
+    rows = [name for name in names for _ in range(batch_size)]
+    contexts = adapter.context_mask(rows, len(rows))
     dim = next(iter(real.values())).shape[1]
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     tuned = _tuned_parameters(adapter, scope)
@@ -201,12 +203,13 @@ def _refit_posterior(model, real, steps, learning_rate, batch_size, generator, o
     for p in head:
         p.requires_grad_(True)
     latents = torch.cat(list(real.values())).view(-1, *adapter.latent_shape)
-    contexts = [name for name, values in real.items() for _ in range(len(values))]
+    names = [name for name, values in real.items() for _ in range(len(values))]
+    contexts = adapter.context_mask(names, len(names))  # one mask row per latent, built once
     optimizer = torch.optim.Adam(head, lr=learning_rate)
     for _ in range(int(steps)):
         rows = torch.randint(0, len(latents), (batch_size,), generator=generator)
-        batch = [contexts[i] for i in rows.tolist()]
-        out = model(batch, latents=latents[rows.to(latents.device)], **objective)
+        rows = rows.to(latents.device)
+        out = model(contexts[rows], latents=latents[rows], **objective)
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
         optimizer.step()
