@@ -79,9 +79,9 @@ def _check_latents(adapter, latents: Mapping[str, Tensor], scope: str) -> dict[s
 def calibrate(
     model,
     latents: Mapping[str, Tensor],
-    steps: int = 3000,
+    steps: int = 6000,
     scope: str = "generator",
-    learning_rate: float = 1e-3,
+    learning_rate: float = 3e-3,
     batch_size: int = 512,
     num_projections: int = 128,
     seed: int = 0,
@@ -108,7 +108,8 @@ def calibrate(
         steps: optimizer steps.
         scope: ``"generator"`` (every parameter from noise to latents; the default) or
             ``"interventions"`` (only the interventional weights). See the module docstring.
-        learning_rate: Adam's initial learning rate.
+        learning_rate: Adam's initial learning rate (of the calibration and of the refit;
+            each decays on its own cosine).
         batch_size: generated and real latents per context and step.
         num_projections: random directions per step.
         seed: seed of the noise, the real-latent draws and the directions.
@@ -127,6 +128,8 @@ def calibrate(
     adapter = model.adapter
     if int(steps) != steps or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if not learning_rate > 0:
+        raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
     if int(posterior_steps) != posterior_steps or posterior_steps < 0:
         raise ValueError(f"posterior_steps must be an integer >= 0, got {posterior_steps!r}")
     real = _check_latents(adapter, latents, scope)
@@ -150,9 +153,7 @@ def calibrate(
             p.requires_grad_(True)
         optimizer = torch.optim.Adam(tuned, lr=learning_rate)
         for step in tqdm(range(int(steps)), desc="Calibrating", disable=not progress):
-            cosine = 0.5 * (1 + math.cos(math.pi * step / steps))
-            for group in optimizer.param_groups:  # from learning_rate to learning_rate / 100
-                group["lr"] = learning_rate * (0.01 + 0.99 * cosine)
+            _cosine_step_(optimizer, learning_rate, step, steps)
             noise = torch.randn(len(contexts), adapter.noise_size, generator=generator)
             generated = adapter.latents_from_noise(noise.to(device, dtype), contexts)
             target = torch.stack(
@@ -193,9 +194,18 @@ def calibrate(
     return losses
 
 
+def _cosine_step_(optimizer, learning_rate: float, step: int, steps: int) -> None:
+    """Set the learning rate of ``step`` of ``steps``: a cosine from ``learning_rate`` to
+    ``learning_rate / 100``."""
+    cosine = 0.5 * (1 + math.cos(math.pi * step / steps))
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate * (0.01 + 0.99 * cosine)
+
+
 def _refit_posterior(model, real, steps, learning_rate, batch_size, generator, objective):
     """Fit only the posterior head to the (frozen) generator: Adam on ``model``'s own loss over
-    batches of ``batch_size`` latents drawn from every context of ``real``."""
+    batches of ``batch_size`` latents drawn from every context of ``real``, with the same
+    learning-rate schedule as the calibration."""
     adapter = model.adapter
     for p in adapter.parameters():
         p.requires_grad_(False)
@@ -206,7 +216,8 @@ def _refit_posterior(model, real, steps, learning_rate, batch_size, generator, o
     names = [name for name, values in real.items() for _ in range(len(values))]
     contexts = adapter.context_mask(names, len(names))  # one mask row per latent, built once
     optimizer = torch.optim.Adam(head, lr=learning_rate)
-    for _ in range(int(steps)):
+    for step in range(int(steps)):
+        _cosine_step_(optimizer, learning_rate, step, steps)
         rows = torch.randint(0, len(latents), (batch_size,), generator=generator)
         rows = rows.to(latents.device)
         out = model(contexts[rows], latents=latents[rows], **objective)

@@ -432,6 +432,11 @@ class FinetuneArguments(DataArguments):
         "paper; 0: off). See docs/results.md.",
         default=0,
     )
+    calibration_learning_rate: float = _help(
+        "Initial learning rate of the calibration and of its posterior refit (Adam, a cosine "
+        "down to 1/100 of it).",
+        default=3e-3,
+    )
     calibration_scope: str = _help(
         "What calibration tunes: 'generator' (the context layers and the latent head, on every "
         "context; a pooled adapter too) or 'interventions' (only the interventional weights: "
@@ -513,6 +518,9 @@ def check_finetune_arguments(args: FinetuneArguments) -> None:
     for name in ("beta", "group_sparsity", "l2", "context_prior", "calibration_steps"):
         if getattr(args, name) < 0:
             raise ValueError(f"--{name} must be >= 0, got {getattr(args, name)}")
+    for name in ("learning_rate", "calibration_learning_rate"):
+        if not getattr(args, name) > 0:
+            raise ValueError(f"--{name} must be > 0, got {getattr(args, name)}")
     if args.max_train_steps is not None and args.max_train_steps < 1:
         raise ValueError(f"--max_train_steps must be >= 1, got {args.max_train_steps}")
     if not 0 <= args.unfreeze_decoder_after < 1:
@@ -988,6 +996,7 @@ def _calibrate(args: FinetuneArguments, model: ContextAutoencoder, data: CachedL
             latents,
             steps=args.calibration_steps,
             scope=args.calibration_scope,
+            learning_rate=args.calibration_learning_rate,
             seed=args.seed,
             objective={"beta": args.beta, "context_prior": args.context_prior},
             progress=True,

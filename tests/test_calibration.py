@@ -202,7 +202,7 @@ def test_bad_input_fails_before_any_change(latents, scope, match):
     assert all(torch.equal(before[k], v) for k, v in adapter.state_dict().items())
 
 
-def test_pooled_interventions_and_bad_steps_are_rejected():
+def test_pooled_interventions_and_bad_numbers_are_rejected():
     good = {"a": torch.zeros(4, *SHAPE)}
     pooled = SimpleNamespace(adapter=make_adapter(pooled=True))
     with pytest.raises(ValueError, match="pooled"):
@@ -211,6 +211,8 @@ def test_pooled_interventions_and_bad_steps_are_rejected():
         calibrate(SimpleNamespace(adapter=make_adapter()), good, steps=0)
     with pytest.raises(ValueError, match="posterior_steps must be an integer >= 0, got -1"):
         calibrate(SimpleNamespace(adapter=make_adapter()), good, posterior_steps=-1)
+    with pytest.raises(ValueError, match="learning_rate must be > 0, got 0.0"):
+        calibrate(SimpleNamespace(adapter=make_adapter()), good, learning_rate=0.0)
 
 
 def test_generator_scope_refits_the_posterior_to_the_moved_generator(tiny_kl_path):

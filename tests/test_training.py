@@ -250,11 +250,38 @@ def test_calibration_steps_change_only_the_scope_s_weights(run, tmp_path, scope)
         assert not any("running" in k or "log_scale" in k for k in moved)
 
 
+def test_calibration_learning_rate_reaches_both_stages(run, tmp_path):
+    """--calibration_learning_rate is the learning rate of the calibration and of the posterior
+    refit: at 1e-12 no float32 weight can move, so the adapter is bit-identical to the same run
+    without calibration (the module fixture)."""
+    output, autoencoder, cache = run
+    calibrated = tmp_path / "calibrated"
+    launch(
+        calibrated,
+        autoencoder,
+        cache,
+        "--checkpointing_steps",
+        "3",
+        "--checkpoints_total_limit",
+        "1",
+        "--calibration_steps",
+        "3",
+        "--calibration_learning_rate",
+        "1e-12",
+    )
+    before = safetensors.torch.load_file(str(output / "model.safetensors"))
+    after = safetensors.torch.load_file(str(calibrated / "model.safetensors"))
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
 @pytest.mark.parametrize(
     "field, value, message",
     [
         ("calibration_steps", -1, "--calibration_steps must be >= 0, got -1"),
         ("calibration_scope", "all", "--calibration_scope must be one of"),
+        ("calibration_learning_rate", 0.0, "--calibration_learning_rate must be > 0, got 0.0"),
+        ("learning_rate", -1e-3, "--learning_rate must be > 0, got -0.001"),
         ("context_prior", -1.0, "--context_prior must be >= 0, got -1.0"),
         ("beta", -0.5, "--beta must be >= 0, got -0.5"),
         ("loss", "pixels", "'pixels'"),
