@@ -248,12 +248,15 @@ def test_calibration_steps_change_only_the_scope_s_weights(run, tmp_path, scope)
         # the generator, then the posterior head refitted to it; never the BatchNorm statistics
         assert {"exogenous.weight_obs", "latent_head.weight", "posterior_head.weight"} <= moved
         assert not any("running" in k or "log_scale" in k for k in moved)
+        assert max((after[k] - before[k]).abs().max().item() for k in moved) > 1e-4
 
 
 def test_calibration_learning_rate_reaches_both_stages(run, tmp_path):
     """--calibration_learning_rate is the learning rate of the calibration and of the posterior
-    refit: at 1e-12 no float32 weight can move, so the adapter is bit-identical to the same run
-    without calibration (the module fixture)."""
+    refit: an Adam step moves a weight by about the learning rate at most, so at 1e-12 the 3
+    calibration and 1,000 refit steps leave every weight within 1e-7 of the same run without
+    calibration (the module fixture); at the default learning rate some weight moves by more
+    than 1e-4 (test above)."""
     output, autoencoder, cache = run
     calibrated = tmp_path / "calibrated"
     launch(
@@ -272,7 +275,7 @@ def test_calibration_learning_rate_reaches_both_stages(run, tmp_path):
     before = safetensors.torch.load_file(str(output / "model.safetensors"))
     after = safetensors.torch.load_file(str(calibrated / "model.safetensors"))
     assert before.keys() == after.keys()
-    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert max((after[k] - before[k]).abs().max().item() for k in before) < 1e-7
 
 
 @pytest.mark.parametrize(
