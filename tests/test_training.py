@@ -217,11 +217,9 @@ def test_pixel_loss_with_decoder_lora(tiny_kl_path, tmp_path):
     assert model.adapter.config["decoder_lora"]["rank"] == 2
 
 
-@pytest.mark.parametrize("scope", ["interventions", "generator"])
-def test_calibration_steps_change_only_the_scope_s_weights(run, tmp_path, scope):
-    """--calibration_steps runs calibrate after training: the same run without it (the module
-    fixture) differs only in the weights of --calibration_scope (for the generator scope, the
-    generator and the refitted posterior head)."""
+def calibrated_weights(run, tmp_path, *flags):
+    """The weights of the module fixture's run and of the same run with ``--calibration_steps
+    3`` and ``flags``: ``(before, after)`` state dicts with the same keys."""
     output, autoencoder, cache = run
     calibrated = tmp_path / "calibrated"
     launch(
@@ -234,12 +232,20 @@ def test_calibration_steps_change_only_the_scope_s_weights(run, tmp_path, scope)
         "1",
         "--calibration_steps",
         "3",
-        "--calibration_scope",
-        scope,
+        *flags,
     )
     before = safetensors.torch.load_file(str(output / "model.safetensors"))
     after = safetensors.torch.load_file(str(calibrated / "model.safetensors"))
     assert before.keys() == after.keys()
+    return before, after
+
+
+@pytest.mark.parametrize("scope", ["interventions", "generator"])
+def test_calibration_steps_change_only_the_scope_s_weights(run, tmp_path, scope):
+    """--calibration_steps runs calibrate after training: the same run without it (the module
+    fixture) differs only in the weights of --calibration_scope (for the generator scope, the
+    generator and the refitted posterior head)."""
+    before, after = calibrated_weights(run, tmp_path, "--calibration_scope", scope)
     moved = {k for k in before if not torch.equal(before[k], after[k])}
     assert "exogenous.weight_ivn" in moved
     if scope == "interventions":
@@ -257,24 +263,7 @@ def test_calibration_learning_rate_reaches_both_stages(run, tmp_path):
     calibration and 1,000 refit steps leave every weight within 1e-7 of the same run without
     calibration (the module fixture); at the default learning rate some weight moves by more
     than 1e-4 (test above)."""
-    output, autoencoder, cache = run
-    calibrated = tmp_path / "calibrated"
-    launch(
-        calibrated,
-        autoencoder,
-        cache,
-        "--checkpointing_steps",
-        "3",
-        "--checkpoints_total_limit",
-        "1",
-        "--calibration_steps",
-        "3",
-        "--calibration_learning_rate",
-        "1e-12",
-    )
-    before = safetensors.torch.load_file(str(output / "model.safetensors"))
-    after = safetensors.torch.load_file(str(calibrated / "model.safetensors"))
-    assert before.keys() == after.keys()
+    before, after = calibrated_weights(run, tmp_path, "--calibration_learning_rate", "1e-12")
     assert max((after[k] - before[k]).abs().max().item() for k in before) < 1e-7
 
 
