@@ -79,9 +79,9 @@ def _check_latents(adapter, latents: Mapping[str, Tensor], scope: str) -> dict[s
 def calibrate(
     model,
     latents: Mapping[str, Tensor],
-    steps: int = 6000,
+    steps: int = 3000,
     scope: str = "generator",
-    learning_rate: float = 3e-3,
+    learning_rate: float = 1e-3,
     batch_size: int = 512,
     num_projections: int = 128,
     seed: int = 0,

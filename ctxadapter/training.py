@@ -435,7 +435,7 @@ class FinetuneArguments(DataArguments):
     calibration_learning_rate: float = _help(
         "Initial learning rate of the calibration and of its posterior refit (Adam, a cosine "
         "down to 1/100 of it).",
-        default=3e-3,
+        default=1e-3,
     )
     calibration_scope: str = _help(
         "What calibration tunes: 'generator' (the context layers and the latent head, on every "
