@@ -25,7 +25,6 @@ Two scopes:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import torch
@@ -152,8 +151,8 @@ def calibrate(
         for p in tuned:
             p.requires_grad_(True)
         optimizer = torch.optim.Adam(tuned, lr=learning_rate)
-        for step in tqdm(range(int(steps)), desc="Calibrating", disable=not progress):
-            _cosine_step_(optimizer, learning_rate, step, steps)
+        schedule = _cosine(optimizer, steps)
+        for _ in tqdm(range(int(steps)), desc="Calibrating", disable=not progress):
             noise = torch.randn(len(contexts), adapter.noise_size, generator=generator)
             generated = adapter.latents_from_noise(noise.to(device, dtype), contexts)
             target = torch.stack(
@@ -171,6 +170,7 @@ def calibrate(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            schedule.step()
             if scope == "generator":
                 adapter.apply_constraints_()
             else:  # the box constraint on the tuned weight only: weight_obs stays as it was
@@ -194,12 +194,13 @@ def calibrate(
     return losses
 
 
-def _cosine_step_(optimizer, learning_rate: float, step: int, steps: int) -> None:
-    """Set the learning rate of ``step`` of ``steps``: a cosine from ``learning_rate`` to
-    ``learning_rate / 100``."""
-    cosine = 0.5 * (1 + math.cos(math.pi * step / steps))
-    for group in optimizer.param_groups:
-        group["lr"] = learning_rate * (0.01 + 0.99 * cosine)
+def _cosine(optimizer, steps: int) -> torch.optim.lr_scheduler.CosineAnnealingLR:
+    """The schedule of both stages: over ``steps`` steps, a cosine from the optimizer's
+    learning rate to 1/100 of it."""
+    learning_rate = optimizer.param_groups[0]["lr"]
+    return torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=int(steps), eta_min=learning_rate / 100
+    )
 
 
 def _refit_posterior(model, real, steps, learning_rate, batch_size, generator, objective):
@@ -216,11 +217,12 @@ def _refit_posterior(model, real, steps, learning_rate, batch_size, generator, o
     names = [name for name, values in real.items() for _ in range(len(values))]
     contexts = adapter.context_mask(names, len(names))  # one mask row per latent, built once
     optimizer = torch.optim.Adam(head, lr=learning_rate)
-    for step in range(int(steps)):
-        _cosine_step_(optimizer, learning_rate, step, steps)
+    schedule = _cosine(optimizer, steps)
+    for _ in range(int(steps)):
         rows = torch.randint(0, len(latents), (batch_size,), generator=generator)
         rows = rows.to(latents.device)
         out = model(contexts[rows], latents=latents[rows], **objective)
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
         optimizer.step()
+        schedule.step()
