@@ -75,6 +75,22 @@ def _positive_ints(name: str, value, length: int | None = None) -> list[int]:
     return values
 
 
+HEADS = ("linear", "mlp")
+
+
+def _head(kind: str, size_in: int, width: int, size_out: int) -> nn.Module:
+    """A posterior or latent head: one linear map (the paper's) or a two-hidden-layer GELU MLP."""
+    if kind == "linear":
+        return nn.Linear(size_in, size_out)
+    return nn.Sequential(
+        nn.Linear(size_in, width),
+        nn.GELU(),
+        nn.Linear(width, width),
+        nn.GELU(),
+        nn.Linear(width, size_out),
+    )
+
+
 class CtxAdapter(
     nn.Module,
     PyTorchModelHubMixin,
@@ -113,6 +129,8 @@ class CtxAdapter(
         observational_mixing: str = "dense",
         composition: str = "reference",
         pooled: bool = False,
+        heads: str = "linear",
+        head_width: int = 256,
         base_model: dict | None = None,
         decoder_lora: dict | None = None,
     ):
@@ -131,6 +149,8 @@ class CtxAdapter(
             observational_mixing=observational_mixing,
             composition=composition,
             pooled=bool(pooled),
+            heads=heads,
+            head_width=head_width,
             base_model=dict(base_model) if base_model else None,
             decoder_lora=dict(decoder_lora) if decoder_lora else None,
         )
@@ -140,11 +160,14 @@ class CtxAdapter(
         k = len(concepts)
         latent_size = latent_shape[0] * latent_shape[1] * latent_shape[2]
         self.noise_size = k * exogenous_width
-        self.posterior_head = nn.Linear(latent_size, 2 * self.noise_size)
+        if heads not in HEADS:
+            raise ValueError(f"heads must be one of {HEADS}, got {heads!r}")
+        _positive_ints("head_width", head_width)
+        self.posterior_head = _head(heads, latent_size, head_width, 2 * self.noise_size)
         self.exogenous = ExogenousLayer(k, exogenous_width, observational_mixing)
         self.expressive = ExpressiveLayers(k, exogenous_width, concept_width, expressive_depth)
         self.causal = CausalLayer(k, concept_width, composition)
-        self.latent_head = nn.Linear(k * concept_width, latent_size)
+        self.latent_head = _head(heads, k * concept_width, head_width, latent_size)
         # log standard deviation of the Gaussian likelihood of the latent loss (learned)
         self.latent_log_scale = nn.Parameter(torch.zeros(()))
 

@@ -259,12 +259,43 @@ class ContextAutoencoder(nn.Module):
         decoded = self.codec.decode(self.adapter.latents_from_noise(mean, contexts))
         return self.codec.postprocess(decoded, output_type)
 
-    def counterfactual(self, images, context, output_type: Literal["pt", "pil", "np"] = "pt"):
+    @torch.no_grad()
+    def counterfactual(
+        self,
+        images,
+        context,
+        source_context="obs",
+        mode: Literal["residual", "decode"] = "residual",
+        output_type: Literal["pt", "pil", "np"] = "pt",
+    ) -> Any:
         """Counterfactual edit: the same noise (the posterior mean of each image), another
-        context. The same computation as ``reconstruct`` with the new context."""
+        context.
+
+        Args:
+            images: the images to edit (see the class docstring).
+            context: the new context, one for all images (a list or tuple of names is one
+                composition).
+            source_context: the context the images come from (``"obs"`` for ordinary images).
+            mode: ``"residual"`` (default) adds to each image's own latent ``e`` only the change
+                that the new context makes, ``e + head(c_new) - head(c_source)``, so that the
+                edit keeps what the adapter does not model and an edit under ``source_context``
+                is the autoencoder's own reconstruction; ``"decode"`` decodes ``head(c_new)``
+                alone (the paper's edit: the reconstruction under the new context).
+            output_type: ``"pt"``, ``"np"`` or ``"pil"``.
+        """
+        if mode not in ("residual", "decode"):
+            raise ValueError(f"mode must be 'residual' or 'decode', got {mode!r}")
         if isinstance(context, list):
             context = tuple(context)
-        return self.reconstruct(images, context, output_type)
+        if isinstance(source_context, list):
+            source_context = tuple(source_context)
+        self._check_resolution(images)
+        latents = self._images_to_latents(images)
+        mean, _ = self.adapter.posterior(latents)
+        edited = self.adapter.latents_from_noise(mean, context)
+        if mode == "residual":
+            edited = latents + edited - self.adapter.latents_from_noise(mean, source_context)
+        return self.codec.postprocess(self.codec.decode(edited), output_type)
 
     # ------------------------------------------------------------------ saving and loading
     # ------------------------------------------------------------------ decoder LoRA

@@ -24,7 +24,7 @@ from diffusers.image_processor import VaeImageProcessor
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from .adapter import CtxAdapter
+from .adapter import HEADS, CtxAdapter
 from .calibration import SCOPES, calibrate
 from .codec import SUPPORTED_AUTOENCODERS, LatentCodec
 from .contexts import parse_context
@@ -270,6 +270,9 @@ class PretrainArguments(DataArguments):
     max_train_steps: int | None = _help("Total optimizer steps.", default=1000)
     lr_warmup_steps: int = _help("Linear warm-up steps.", default=100)
     learning_rate: float = _help("Peak learning rate (AdamW).", default=1e-3)
+    validation_steps: int = _help(
+        "Log the held-out PSNR every this many steps (0: only at the end).", default=1000
+    )
 
 
 def pretrain_autoencoder(args: PretrainArguments) -> AutoencoderKL:
@@ -329,8 +332,9 @@ def pretrain_autoencoder(args: PretrainArguments) -> AutoencoderKL:
     while step < args.max_train_steps:
         for pixels in loader:
             with accelerator.accumulate(vae):
-                posterior = vae.encode(pixels).latent_dist
-                decoded = vae.decode(posterior.sample()).sample
+                with accelerator.autocast():  # encode/decode bypass the wrapped forward
+                    posterior = vae.encode(pixels).latent_dist
+                    decoded = vae.decode(posterior.sample()).sample
                 mse = torch.nn.functional.mse_loss(decoded.float(), pixels.float())
                 kl = posterior.kl().mean() / pixels[0].numel()
                 loss = mse + args.kl_weight * kl
@@ -343,6 +347,14 @@ def pretrain_autoencoder(args: PretrainArguments) -> AutoencoderKL:
                 progress.update(1)
                 progress.set_postfix(mse=f"{mse.item():.4f}")
                 accelerator.log({"mse": mse.item(), "kl": kl.item()}, step=step)
+                if args.validation_steps and step % args.validation_steps == 0:
+                    unwrapped = accelerator.unwrap_model(vae).eval()
+                    psnr = _autoencoder_metrics(
+                        unwrapped, validation, args.image_column, processor, resolution, 256
+                    )["validation_psnr_db"]
+                    unwrapped.train()
+                    accelerator.log({"validation_psnr_db": psnr}, step=step)
+                    progress.write(f"step {step}: held-out PSNR {psnr:.2f} dB")
                 if step >= args.max_train_steps:
                     break
     vae = accelerator.unwrap_model(vae).eval()
@@ -411,6 +423,8 @@ class FinetuneArguments(DataArguments):
         "'reference' or 'strict' causal-layer compositions.", default="reference"
     )
     pooled: bool = _help("Ignore context labels: the 'CM pooled' ablation.", default=False)
+    heads: str = _help("Posterior and latent heads: 'linear' (the paper's) or 'mlp'.", default="linear")
+    head_width: int = _help("Hidden width of the MLP heads.", default=256)
     beta: float = _help("Weight of the KL term.", default=1.0)
     loss: str = _help(
         "'latent' (cached latents, fast) or 'pixel' (through the frozen decoder).", default="latent"
@@ -488,6 +502,7 @@ def check_finetune_arguments(args: FinetuneArguments) -> None:
         "observational_mixing": ("dense", "block"),
         "composition": ("reference", "strict"),
         "calibration_scope": SCOPES,
+        "heads": HEADS,
     }
     for name, allowed in choices.items():
         if getattr(args, name) not in allowed:
@@ -757,6 +772,8 @@ def _build_adapter(args: FinetuneArguments, inputs: _FinetuneInputs) -> CtxAdapt
         observational_mixing=args.observational_mixing,
         composition=args.composition,
         pooled=args.pooled,
+        heads=args.heads,
+        head_width=args.head_width,
         base_model=base_model_record(
             inputs.codec.autoencoder,
             args.pretrained_model_name_or_path,

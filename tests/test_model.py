@@ -260,9 +260,9 @@ def test_reconstruct_and_counterfactual(case, images):
     reconstructed = model.reconstruct(photos, "obs")
     assert reconstructed.shape == (2, 3, RESOLUTION, RESOLUTION)
     assert reconstructed.min() >= 0 and reconstructed.max() <= 1
-    edited = model.counterfactual(photos, "a")
+    edited = model.counterfactual(photos, "a", mode="decode")
     assert edited.shape == (2, 3, RESOLUTION, RESOLUTION)
-    assert_close(model.counterfactual(photos, "a"), edited, rtol=0, atol=0)  # deterministic
+    assert_close(model.counterfactual(photos, "a", mode="decode"), edited, rtol=0, atol=0)
     assert not torch.allclose(edited, reconstructed)
     # By hand: the posterior mean of each image as the noise, under the new context.
     with torch.no_grad():
@@ -275,6 +275,28 @@ def test_reconstruct_and_counterfactual(case, images):
     assert_close(per_image[1], edited[1])
     pil = model.counterfactual(photos, "b+c", output_type="pil")
     assert len(pil) == 2 and pil[0].size == (RESOLUTION, RESOLUTION)
+
+
+def test_residual_counterfactual_keeps_the_image(case, images):
+    _, model = case
+    model.eval()
+    photos = (images + 1) / 2
+    with torch.no_grad():
+        latents = model.codec.encode(images)
+        own = ((model.codec.decode(latents) + 1) / 2).clamp(0, 1)
+        mean, _ = model.adapter.posterior(latents)
+        shifted = latents + model.adapter.latents_from_noise(mean, "a")
+        shifted = shifted - model.adapter.latents_from_noise(mean, "b")
+        by_hand = ((model.codec.decode(shifted) + 1) / 2).clamp(0, 1)
+    # An edit under the images' own context is the autoencoder's reconstruction.
+    assert_close(model.counterfactual(photos, "obs"), own, rtol=1e-5, atol=1e-5)
+    assert_close(model.counterfactual(photos, "b", source_context="b"), own, rtol=1e-5, atol=1e-5)
+    # Otherwise the latent moves by the change the new context makes.
+    edited = model.counterfactual(photos, "a", source_context="b")
+    assert_close(edited, by_hand, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(edited, own)
+    with pytest.raises(ValueError, match="'both'"):
+        model.counterfactual(photos, "a", mode="both")
 
 
 # ---------------------------------------------------------------------------------- mismatches
