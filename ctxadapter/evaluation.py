@@ -21,6 +21,8 @@ with the same noise size evaluated with the same ``seed`` start from the same no
     model = ContextAutoencoder.from_pretrained("my-adapter")
     results = evaluate(model, heldout_quad_images(400, dependent=True))
     print(format_table(results))
+
+Also here: ``graph_auroc`` and ``counterfactual_shifts`` of ``ctxadapter.quad_scores``.
 """
 
 from __future__ import annotations
@@ -37,12 +39,15 @@ from torch import Tensor
 from .contexts import context_name, parse_context
 from .metrics import concept_compo_scores, is_composition, recon_bits_per_pixel
 from .model import PIXEL_EPS, gaussian_kl
+from .quad_scores import counterfactual_shifts, graph_auroc
 from .viz import _device, _eval_mode
 
 __all__ = [
+    "counterfactual_shifts",
     "evaluate",
     "format_table",
     "generation_seed",
+    "graph_auroc",
     "heldout_quad_images",
     "prepare_images",
 ]

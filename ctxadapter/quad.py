@@ -144,6 +144,30 @@ def obs_mean_std(dependent: bool = True) -> tuple[np.ndarray, np.ndarray]:
     return np.zeros(len(LATENT_NAMES)), np.sqrt(np.diag(covariance))
 
 
+def ancestral_relation(
+    concepts: Sequence[str] = CONCEPTS, dependent: bool = True
+) -> torch.BoolTensor:
+    """The true ancestral relation of the SCM among ``concepts``: bool ``(K, K)``.
+
+    Entry ``(i, j)`` is True iff ``concepts[j]`` is a direct or indirect ancestor of
+    ``concepts[i]``, paths through every latent (``color`` and ``shape`` too) counted; the same
+    layout as ``CtxAdapter.concept_graph()`` (effect of concept ``j`` on concept ``i``). The
+    diagonal is False (the SCM is acyclic) and so is every entry of the independent variant.
+    ``concepts`` are names of :data:`LATENT_NAMES`, without repeats.
+    """
+    names = list(concepts)
+    for name in names:
+        if name not in LATENT_NAMES:
+            raise ValueError(f"unknown latent {name!r}; valid names: {', '.join(LATENT_NAMES)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"concepts must not repeat a name, got {names}")
+    reach = _weights(dependent) != 0  # reach[p, c]: a path p -> ... -> c (Warshall's closure)
+    for k in range(len(LATENT_NAMES)):
+        reach |= reach[:, k : k + 1] & reach[k : k + 1, :]
+    index = [LATENT_NAMES.index(name) for name in names]
+    return torch.from_numpy(np.ascontiguousarray(reach[np.ix_(index, index)].T))
+
+
 def _rng(
     concepts: tuple[str, ...], seed: int, dependent: bool, strength: float, split: str
 ) -> np.random.Generator:

@@ -217,6 +217,38 @@ def test_independent_variant_has_diagonal_obs_covariance():
     np.testing.assert_allclose(latents.var(axis=0), quad.obs_mean_std(False)[1] ** 2, rtol=0.05)
 
 
+def test_ancestral_relation_by_hand():
+    # Derived by hand from the edge list, paths through color and shape included (e.g.
+    # orientation -> shape -> quad2 -> quad1, orientation -> shape -> color -> size).
+    pairs = {
+        ("quad2", "quad1"),
+        ("quad3", "quad1"),
+        ("quad4", "quad1"),
+        ("orientation", "quad1"),
+        ("quad3", "quad2"),
+        ("quad4", "quad2"),
+        ("orientation", "quad2"),
+        ("quad4", "quad3"),
+        ("orientation", "size"),
+    }
+    relation = quad.ancestral_relation()
+    assert relation.dtype == torch.bool and relation.shape == (6, 6)
+    found = {(quad.CONCEPTS[j], quad.CONCEPTS[i]) for i, j in relation.nonzero().tolist()}
+    assert found == pairs
+    assert not quad.ancestral_relation(dependent=False).any()
+
+
+def test_ancestral_relation_subsets_and_errors():
+    relation = quad.ancestral_relation(("size", "color", "shape", "orientation"))
+    # (i, j): j is an ancestor of i; rows and columns follow the given order.
+    expected = [[0, 1, 1, 1], [0, 0, 1, 1], [0, 0, 0, 1], [0, 0, 0, 0]]
+    np.testing.assert_array_equal(relation.numpy(), np.array(expected, dtype=bool))
+    with pytest.raises(ValueError, match="unknown latent 'hue'"):
+        quad.ancestral_relation(("quad1", "hue"))
+    with pytest.raises(ValueError, match="must not repeat"):
+        quad.ancestral_relation(("quad1", "quad1"))
+
+
 # ---------------------------------------------------------------------------------------------
 # Rendering
 
