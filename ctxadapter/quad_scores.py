@@ -133,8 +133,10 @@ def counterfactual_shifts(
 ) -> dict:
     """Mean colour shifts of the quadrants' corners under counterfactual edits of quad images.
 
-    Each observational image is reconstructed under ``"obs"`` and edited with
-    ``model.counterfactual(images, q)`` for each ``q`` of ``concepts``, in eval mode. In each
+    Each observational image is edited with ``model.counterfactual(images, q)`` for each ``q``
+    of ``concepts`` and, as the reference (``recon``), with ``model.counterfactual(images,
+    "obs")``: the autoencoder's own reconstruction for the default residual edit, the adapter's
+    reconstruction for ``mode="decode"``. All in eval mode. In each
     quadrant's corner region (away from every shape, see :data:`CORNER_RADIUS`) the mean RGB
     colour is taken over the reconstructions (``recon``), the edits (``edit``), the real
     observational images (``real_obs``) and the real images of context ``q`` (``real_do``).
@@ -210,7 +212,8 @@ def counterfactual_shifts(
     recon_sums, edit_sums = zeros(), {q: zeros() for q in concepts}
     with _eval_mode(model):
         for pixels in batches(obs_images):
-            _add_region_sums(recon_sums, model.reconstruct(pixels, OBSERVATIONAL).cpu(), masks)
+            unedited = model.counterfactual(pixels, OBSERVATIONAL)
+            _add_region_sums(recon_sums, unedited.cpu(), masks)
             for q in concepts:
                 _add_region_sums(edit_sums[q], model.counterfactual(pixels, q).cpu(), masks)
     recon, real_obs = means(recon_sums, n_obs), mean_colours(obs_images)

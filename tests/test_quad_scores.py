@@ -124,7 +124,7 @@ def paint(n: int, colours: dict, uint8: bool = False) -> torch.Tensor:
 
 
 class FakeModel(torch.nn.Module):
-    """Reconstructions are grey; the edit under ``q`` paints ``EDITS[q]``. Records its inputs."""
+    """The unedited reference (under ``obs``) is grey; the edit under ``q`` paints ``EDITS[q]``. Records its inputs."""
 
     resolution = (64, 64)
 
@@ -132,14 +132,11 @@ class FakeModel(torch.nn.Module):
         super().__init__()
         self.inputs, self.calls = [], []
 
-    def reconstruct(self, images, contexts):
-        self.inputs.append(images)
-        self.calls.append(("reconstruct", contexts, len(images), self.training))
-        return paint(len(images), {})
-
     def counterfactual(self, images, context):
+        if context == "obs":  # the unedited reference
+            self.inputs.append(images)
         self.calls.append(("counterfactual", context, len(images), self.training))
-        return paint(len(images), EDITS[context])
+        return paint(len(images), EDITS.get(context, {}))
 
 
 def fake_inputs():
@@ -165,7 +162,7 @@ def test_counterfactual_shifts_hand_case(dependent):
     json.dumps(out, allow_nan=False)
     assert model.training  # mode restored; the calls ran in eval mode, 3 batches of 5 images
     assert [c[:3] for c in model.calls[:3]] == [
-        ("reconstruct", "obs", 2),
+        ("counterfactual", "obs", 2),
         ("counterfactual", "quad1", 2),
         ("counterfactual", "quad2", 2),
     ]
@@ -247,11 +244,11 @@ def test_counterfactual_shifts_and_graph_auroc_on_a_tiny_model(tiny_kl_path):
     assert out["summary"]["quad4"]["max_drift"] is None
     assert out["summary"]["size"]["moved"] is None  # size colours no quadrant
     assert out["summary"]["size"]["non_descendants"] == list(QUADRANTS)
-    # The reconstruction's mean colour, by hand from the model's own output.
+    # The unedited reference's mean colour, by hand from the model's own output.
     pixels = evaluation.prepare_images(real["obs"], (32, 32))  # resized: floats in [0, 1]
     assert pixels.dtype == torch.float32
     mask = _corner_masks((32, 32))["quad2"]
-    recon = model.reconstruct(pixels, "obs")[:, :, mask].mean(dim=(0, 2))
+    recon = model.counterfactual(pixels, "obs")[:, :, mask].mean(dim=(0, 2))
     assert out["shifts"]["quad1"]["quad2"]["recon"] == pytest.approx(recon.tolist(), abs=1e-5)
 
     auroc = evaluation.graph_auroc(adapter.concept_graph(), quad.ancestral_relation())
