@@ -423,7 +423,9 @@ class FinetuneArguments(DataArguments):
         "'reference' or 'strict' causal-layer compositions.", default="reference"
     )
     pooled: bool = _help("Ignore context labels: the 'CM pooled' ablation.", default=False)
-    heads: str = _help("Posterior and latent heads: 'linear' (the paper's) or 'mlp'.", default="linear")
+    heads: str = _help(
+        "Posterior and latent heads: 'linear' (the paper's) or 'mlp'.", default="linear"
+    )
     head_width: int = _help("Hidden width of the MLP heads.", default=256)
     beta: float = _help("Weight of the KL term.", default=1.0)
     loss: str = _help(

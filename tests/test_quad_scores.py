@@ -124,7 +124,8 @@ def paint(n: int, colours: dict, uint8: bool = False) -> torch.Tensor:
 
 
 class FakeModel(torch.nn.Module):
-    """The unedited reference (under ``obs``) is grey; the edit under ``q`` paints ``EDITS[q]``. Records its inputs."""
+    """The unedited reference (under ``obs``) is grey; the edit under ``q`` paints
+    ``EDITS[q]``. Records its inputs."""
 
     resolution = (64, 64)
 
