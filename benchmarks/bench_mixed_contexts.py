@@ -46,7 +46,7 @@ def loop_step(model, optimizer, mask: torch.Tensor, latents: torch.Tensor):
     def step() -> None:
         loss = 0.0
         for rows in groups:
-            out = model(mask[rows], latents=latents[rows], reconstruction="latent")
+            out = model(mask[rows], latents=latents[rows])
             loss = loss + out["loss"] * (len(rows) / total)
         loss.backward()
         optimizer.step()

@@ -59,7 +59,7 @@ def profile_step(batch: int, contexts: list[str], steps: int) -> tuple[list[dict
 
     def labelled() -> None:
         with record_function(PHASES[0]):
-            out = model(mask, latents=latents, reconstruction="latent")
+            out = model(mask, latents=latents)
         with record_function(PHASES[1]):
             out["loss"].backward()
         with record_function(PHASES[2]):

@@ -31,6 +31,7 @@ from common import adam, autoencoder, context_model, now, parser, report, setup
 from ctxadapter.codec import LatentCodec
 from ctxadapter.data import CachedLatents, ContextBatchSampler, cache_latents, collate_batch
 from ctxadapter.model import ContextAutoencoder
+from ctxadapter.objective import Objective
 from ctxadapter.quad import CONCEPTS
 
 
@@ -63,7 +64,8 @@ def train(model, optimizer, batch_iter, reconstruction: str, codec=None, measure
             pixels = codec.preprocess(images, 64, 64, resize_mode="crop")
             batch = dict(latents=codec.encode(pixels), contexts=contexts)
         out = model(batch["contexts"], latents=batch["latents"],
-                    pixel_values=batch.get("pixel_values"), reconstruction=reconstruction)
+                    pixel_values=batch.get("pixel_values"),
+                    objective=Objective(reconstruction=reconstruction))
         out["loss"].backward()
         optimizer.step()
         optimizer.zero_grad()

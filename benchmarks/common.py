@@ -285,9 +285,13 @@ def train_step(model, optimizer, contexts, latents=None, pixel_values=None,
     ``zero_grad``, ``apply_constraints_``. ``contexts`` as the model takes them (mask or
     strings)."""
 
+    from ctxadapter.objective import Objective
+
+    objective = Objective(reconstruction=reconstruction)
+
     def step() -> None:
         out = model(contexts, latents=latents, pixel_values=pixel_values,
-                    reconstruction=reconstruction, generator=generator)
+                    objective=objective, generator=generator)
         out["loss"].backward()
         optimizer.step()
         optimizer.zero_grad()

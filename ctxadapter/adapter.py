@@ -111,6 +111,12 @@ class CtxAdapter(
         composition: ``"reference"`` or ``"strict"`` (also cut edges among jointly intervened
             concepts in the causal layer).
         pooled: ignore context labels (always observational): the "CM pooled" ablation.
+        exogenous_bias: ``"shared"`` (reference: one exogenous bias for every context) or
+            ``"interventional"`` (intervened blocks take their own bias; see
+            ``ctxadapter.layers.ExogenousLayer``).
+        heads: ``"linear"`` (the paper's: one linear map each way) or ``"mlp"`` (two hidden
+            GELU layers of ``head_width``) for the posterior head and the latent head.
+        head_width: hidden width of the MLP heads.
         base_model: where the frozen autoencoder comes from, recorded so that
             ``ContextAutoencoder.from_pretrained`` can load it: keys
             ``pretrained_model_name_or_path``, ``revision``, ``subfolder``, ``class_name``,
@@ -129,6 +135,7 @@ class CtxAdapter(
         observational_mixing: str = "dense",
         composition: str = "reference",
         pooled: bool = False,
+        exogenous_bias: str = "shared",
         heads: str = "linear",
         head_width: int = 256,
         base_model: dict | None = None,
@@ -149,6 +156,7 @@ class CtxAdapter(
             observational_mixing=observational_mixing,
             composition=composition,
             pooled=bool(pooled),
+            exogenous_bias=exogenous_bias,
             heads=heads,
             head_width=head_width,
             base_model=dict(base_model) if base_model else None,
@@ -164,7 +172,7 @@ class CtxAdapter(
             raise ValueError(f"heads must be one of {HEADS}, got {heads!r}")
         _positive_ints("head_width", head_width)
         self.posterior_head = _head(heads, latent_size, head_width, 2 * self.noise_size)
-        self.exogenous = ExogenousLayer(k, exogenous_width, observational_mixing)
+        self.exogenous = ExogenousLayer(k, exogenous_width, observational_mixing, exogenous_bias)
         self.expressive = ExpressiveLayers(k, exogenous_width, concept_width, expressive_depth)
         self.causal = CausalLayer(k, concept_width, composition)
         self.latent_head = _head(heads, k * concept_width, head_width, latent_size)

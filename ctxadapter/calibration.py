@@ -32,6 +32,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .contexts import OBSERVATIONAL, context_name, parse_context
+from .objective import Objective
 
 SCOPES = ("interventions", "generator")
 
@@ -85,7 +86,7 @@ def calibrate(
     num_projections: int = 128,
     seed: int = 0,
     posterior_steps: int = 1000,
-    objective: Mapping | None = None,
+    objective: Objective | None = None,
     progress: bool = False,
 ) -> list[float]:
     """Fit the prior samples of ``model.adapter`` to ``latents`` in place; returns the losses.
@@ -115,9 +116,8 @@ def calibrate(
         posterior_steps: with ``scope="generator"``, steps of the posterior-head refit (0:
             none). A refit needs ``model`` to be a ``ContextAutoencoder``: its ``forward``
             gives the loss.
-        objective: keyword arguments of ``ContextAutoencoder.forward`` for the refit, e.g.
-            ``{"beta": 4.0, "context_prior": 30.0}`` (the training run's; default: the
-            paper's objective).
+        objective: the ``ctxadapter.objective.Objective`` of the refit (the training run's;
+            default: the paper's).
         progress: show a tqdm progress bar.
 
     Returns:
@@ -185,7 +185,7 @@ def calibrate(
                 learning_rate,
                 batch_size,
                 generator,
-                dict(objective or {}),
+                objective,
             )
     finally:
         for p, flag in flags.items():
@@ -221,7 +221,7 @@ def _refit_posterior(model, real, steps, learning_rate, batch_size, generator, o
     for _ in range(int(steps)):
         rows = torch.randint(0, len(latents), (batch_size,), generator=generator)
         rows = rows.to(latents.device)
-        out = model(contexts[rows], latents=latents[rows], **objective)
+        out = model(contexts[rows], latents=latents[rows], objective=objective)
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
         optimizer.step()

@@ -38,7 +38,7 @@ from torch import Tensor
 
 from .contexts import context_name, parse_context
 from .metrics import concept_compo_scores, is_composition, recon_bits_per_pixel
-from .model import PIXEL_EPS, gaussian_kl
+from .objective import PIXEL_EPS, gaussian_kl
 from .quad_scores import counterfactual_shifts, graph_auroc
 from .viz import _device, _eval_mode
 

@@ -61,15 +61,30 @@ def _uniform_(tensor: torch.Tensor, bound: float) -> torch.Tensor:
     return nn.init.uniform_(tensor, -bound, bound)
 
 
+EXOGENOUS_BIASES = ("shared", "interventional")
+
+
 class ExogenousLayer(nn.Module):
     """Layer 1: maps the noise ``z`` ``(N, K*w)`` to ``GELU(W_S z + a)`` ``(N, K*w)``.
 
     ``W_S`` is the dense ``weight_obs`` in the observational context (or its block-diagonal part
     with ``observational_mixing="block"``). Under an intervention on ``S`` it is block-diagonal:
     block ``(k, k)`` comes from ``weight_ivn`` if ``k`` is in ``S``, else from ``weight_obs``.
+
+    The bias ``a`` is shared by all contexts (the reference). With ``exogenous_bias=
+    "interventional"`` (a ctxadapter variant) block ``k`` of the bias comes from ``bias_ivn``
+    when ``k`` is in ``S``: an intervention can then shift its concept's noise by a constant,
+    which a counterfactual edit keeps (with a shared bias, ``z = 0`` gives the same output in
+    every context, so an edit of an image whose noise is near 0 changes nothing).
     """
 
-    def __init__(self, num_concepts: int, width: int, observational_mixing: str = "dense"):
+    def __init__(
+        self,
+        num_concepts: int,
+        width: int,
+        observational_mixing: str = "dense",
+        exogenous_bias: str = "shared",
+    ):
         super().__init__()
         if observational_mixing not in ("dense", "block"):
             raise ValueError(
@@ -82,7 +97,21 @@ class ExogenousLayer(nn.Module):
         self.weight_obs = nn.Parameter(_uniform_(torch.empty(size, size), bound))
         self.weight_ivn = nn.Parameter(_uniform_(torch.empty(size, size), bound))
         self.bias = nn.Parameter(_uniform_(torch.empty(size), bound))
+        if exogenous_bias not in EXOGENOUS_BIASES:
+            raise ValueError(
+                f"exogenous_bias must be one of {EXOGENOUS_BIASES}, got {exogenous_bias!r}"
+            )
+        self.bias_ivn = (
+            nn.Parameter(self.bias.detach().clone()) if exogenous_bias == "interventional" else None
+        )
         self.register_buffer("mask", block_mask(num_concepts, width, width), persistent=False)
+
+    def effective_bias(self, contexts: torch.Tensor) -> torch.Tensor:
+        """``(N, K)`` context masks -> ``(N, K*w)`` biases (``bias`` for every row unless
+        ``exogenous_bias="interventional"``)."""
+        if self.bias_ivn is None:
+            return self.bias.expand(contexts.shape[0], -1)
+        return torch.where(expand_blocks(contexts, self.width), self.bias_ivn, self.bias)
 
     def _observational_weight(self) -> torch.Tensor:
         if self.observational_mixing == "block":
@@ -105,7 +134,7 @@ class ExogenousLayer(nn.Module):
         """
         observational = ~contexts.any(dim=-1)
         dense = self.observational_mixing == "dense"
-        if dense and bool(observational.all()):
+        if dense and bool(observational.all()):  # every row observational: the shared bias
             return F.gelu(F.linear(z, self.weight_obs, self.bias))
         k, w, n = self.num_concepts, self.width, z.shape[0]
         blocks = torch.cat(  # (K, 2w, w): each concept's obs block above its ivn block
@@ -121,7 +150,7 @@ class ExogenousLayer(nn.Module):
         if dense and bool(observational.any()):
             rows = observational.nonzero().squeeze(1)
             out = out.index_put((rows,), F.linear(z[rows], self.weight_obs))
-        return F.gelu(out + self.bias)
+        return F.gelu(out + self.effective_bias(contexts))
 
 
 def expressive_widths(in_width: int, out_width: int, depth: int) -> list[int]:

@@ -1,14 +1,7 @@
 """``ContextAutoencoder``: a frozen pretrained autoencoder with a trainable ``CtxAdapter``.
 
-The objective, per sample (``spec/context-module.md``)::
-
-    loss = reconstruction NLL + beta * KL(q(z | e) || N(0, I)) + causal penalty
-
-- ``reconstruction="latent"``: Gaussian NLL of the encoder's model-space latent ``e`` given the
-  adapter's ``e_hat``, with a learned scale, summed over latent entries. Needs no autoencoder
-  pass, so it trains on cached latents.
-- ``reconstruction="pixel"``: decode ``e_hat`` with the frozen decoder and take the Bernoulli NLL
-  (binary cross-entropy summed over pixels and channels, images in ``[0, 1]``), as in the paper.
+Calling the model gives the training loss of a batch (``ctxadapter.objective.Objective``);
+its methods generate, reconstruct and edit images.
 """
 
 from __future__ import annotations
@@ -26,6 +19,7 @@ from torch import nn
 
 from .adapter import CtxAdapter
 from .codec import SUPPORTED_AUTOENCODERS, LatentCodec
+from .objective import Objective
 
 DECODER_LORA_NAME = "decoder_lora.safetensors"
 DECODER_LORA_TARGETS = [
@@ -40,47 +34,6 @@ DECODER_LORA_TARGETS = [
     "to_out.0",
 ]
 """Decoder modules adapted by default by ``ContextAutoencoder.add_decoder_lora``."""
-
-PIXEL_EPS = 1e-4
-"""Decoded pixels are clamped to ``[eps, 1 - eps]`` before the Bernoulli likelihood."""
-
-
-def gaussian_kl(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """``KL(N(mean, exp(logvar)) || N(0, I))`` per sample: ``(N, D)`` -> ``(N,)`` nats."""
-    return 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).sum(dim=1)
-
-
-def context_prior_kl(
-    mean: torch.Tensor, logvar: torch.Tensor, contexts: torch.Tensor
-) -> torch.Tensor:
-    """How far each context's aggregate posterior is from the prior, averaged over the batch.
-
-    Generation draws ``z ~ N(0, I)`` under every context, so the noise of a context's images,
-    pooled, should look like ``N(0, I)`` too; otherwise what an intervention does can hide in
-    the noise (e.g. in a shifted mean) instead of in the context layers. For each distinct
-    context ``c`` in the batch (``n_c`` rows), the pooled posterior is summarised by a diagonal
-    Gaussian with mean ``m_c`` (the mean of the rows' means) and variance ``v_c`` (the variance of
-    the rows' means plus the mean of their variances), and the result is
-    ``sum_c n_c KL(N(m_c, v_c) || N(0, I)) / N`` (nats per sample).
-
-    Args:
-        mean, logvar: the posterior ``(N, D)``.
-        contexts: ``(N, K)`` bool context masks.
-
-    Returns:
-        A scalar.
-    """
-    _, group = torch.unique(contexts, dim=0, return_inverse=True)
-    groups, n = int(group.max()) + 1, mean.shape[0]
-    counts = torch.bincount(group, minlength=groups).to(mean.dtype).unsqueeze(1)
-
-    def group_mean(values: torch.Tensor) -> torch.Tensor:
-        return values.new_zeros(groups, values.shape[1]).index_add_(0, group, values) / counts
-
-    m = group_mean(mean)
-    v = (group_mean(mean.pow(2)) - m.pow(2)).clamp_min(0) + group_mean(logvar.exp())
-    kl = 0.5 * (m.pow(2) + v - 1 - v.log()).sum(dim=1)
-    return (counts.squeeze(1) * kl).sum() / n
 
 
 def base_model_record(
@@ -150,63 +103,12 @@ class ContextAutoencoder(nn.Module):
         contexts,
         pixel_values: torch.Tensor | None = None,
         latents: torch.Tensor | None = None,
-        reconstruction: Literal["latent", "pixel"] = "latent",
-        beta: float = 1.0,
-        group_sparsity: float = 0.0,
-        l2: float = 0.0,
-        context_prior: float = 0.0,
+        objective: Objective | None = None,
         generator: torch.Generator | None = None,
     ) -> dict[str, torch.Tensor]:
-        """The training loss for a batch; ``loss`` is the same.
-
-        Args:
-            contexts: one context for the batch or one per sample (see
-                ``ctxadapter.contexts.context_mask``).
-            pixel_values: images ``(N, 3, H, W)`` in ``[-1, 1]``; needed for ``pixel`` loss,
-                or to encode when ``latents`` is not given.
-            latents: cached model-space latents ``(N, C, h, w)`` (skips the encoder).
-            reconstruction: ``"latent"`` or ``"pixel"``.
-            beta: weight of the KL term.
-            group_sparsity, l2: weights of the causal-layer regularisers.
-            context_prior: weight of ``context_prior_kl`` (0, the paper's objective, by
-                default): keeps each context's pooled posterior near ``N(0, I)``.
-
-        Returns:
-            ``loss`` (scalar to minimise), ``reconstruction`` and ``kl`` (batch means of the
-            per-sample terms, nats), ``causal_penalty`` and ``context_prior`` (the unweighted
-            ``context_prior_kl``; computed only when its weight is not 0, else 0).
-        """
-        if reconstruction not in ("latent", "pixel"):
-            raise ValueError(f"reconstruction must be 'latent' or 'pixel', got {reconstruction!r}")
-        if latents is None:
-            if pixel_values is None:
-                raise ValueError("Pass pixel_values (images in [-1, 1]) or cached latents.")
-            latents = self.codec.encode(pixel_values)
-        if reconstruction == "pixel" and pixel_values is None:
-            raise ValueError("reconstruction='pixel' needs pixel_values, the target images.")
-        mask = self.adapter.context_mask(contexts, latents.shape[0])
-        out = self.adapter(latents, mask, generator=generator)
-        if reconstruction == "latent":
-            log_scale = self.adapter.latent_log_scale
-            error = ((latents.to(out.latents.dtype) - out.latents) * torch.exp(-log_scale)).pow(2)
-            nll = 0.5 * error.flatten(1).sum(dim=1)
-            nll = nll + error[0].numel() * (log_scale + 0.5 * math.log(2 * math.pi))
-        else:
-            probs = ((self.codec.decode(out.latents) + 1) / 2).clamp(PIXEL_EPS, 1 - PIXEL_EPS)
-            target = ((pixel_values.to(probs) + 1) / 2).clamp(0, 1)
-            nll = nn.functional.binary_cross_entropy(probs, target, reduction="none")
-            nll = nll.flatten(1).sum(dim=1)
-        kl = gaussian_kl(out.mean, out.logvar)
-        penalty = self.adapter.causal_penalty(mask, group_sparsity=group_sparsity, l2=l2)
-        prior = context_prior_kl(out.mean, out.logvar, mask) if context_prior else kl.new_zeros(())
-        recon, kl = nll.mean(), kl.mean()
-        return dict(
-            loss=recon + beta * kl + penalty + context_prior * prior,
-            reconstruction=recon,
-            kl=kl,
-            causal_penalty=penalty,
-            context_prior=prior,
-        )
+        """The training loss of a batch under ``objective`` (default: ``Objective()``, the
+        paper's); see ``ctxadapter.objective.Objective`` for the arguments and the result."""
+        return (objective or Objective())(self, contexts, latents, pixel_values, generator)
 
     def loss(self, contexts, **kwargs) -> dict[str, torch.Tensor]:
         """Alias of ``forward`` (call the module itself inside a distributed wrapper)."""

@@ -22,7 +22,7 @@ from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 from diffusers import AutoencoderKL
 from diffusers.image_processor import VaeImageProcessor
 from tqdm.auto import tqdm
-from transformers import get_scheduler
+from transformers import HfArgumentParser, get_scheduler
 
 from .adapter import HEADS, CtxAdapter
 from .calibration import SCOPES, calibrate
@@ -38,6 +38,7 @@ from .data import (
 )
 from .data import steps_per_epoch as count_steps
 from .model import ContextAutoencoder, base_model_record
+from .objective import Objective
 from .viz import all_pairs, concept_graph_image, context_grid, write_report
 
 logger = logging.getLogger(__name__)
@@ -403,7 +404,18 @@ def _autoencoder_metrics(
 
 @dataclass
 class FinetuneArguments(DataArguments):
-    """Flags of ``examples/finetune.py``: train a context adapter on a frozen autoencoder."""
+    """Flags of ``examples/finetune.py``: train a context adapter on a frozen autoencoder.
+
+    ``--preset paper`` (``FinetuneArguments(**PRESETS["paper"])`` in Python) replaces the
+    defaults of the flags in ``PRESETS["paper"]`` by the paper's setup; flags given explicitly
+    still win."""
+
+    preset: str = _help(
+        "'ctxadapter' (the defaults listed here) or 'paper': the paper's exact setup (linear "
+        "heads, dense observational mixing, the Bernoulli pixel loss, one context per batch, "
+        "no sample matching or sparsity) as the defaults of those flags.",
+        default="ctxadapter",
+    )
 
     pretrained_model_name_or_path: str | None = _help(
         "The frozen autoencoder (diffusers AutoencoderKL or AutoencoderTiny): a Hub id or a "
@@ -436,10 +448,10 @@ class FinetuneArguments(DataArguments):
     )
     group_sparsity: float = _help("Weight of the causal-layer group-sparsity penalty.", default=0.0)
     l2: float = _help("Weight of the causal-layer Frobenius-norm penalty.", default=0.0)
-    context_prior: float = _help(
-        "Weight of a penalty keeping each context's pooled noise posterior near N(0, I), so "
-        "that interventions are learned by the context layers rather than hidden in the noise "
-        "(not in the paper; 0: off). See docs/results.md.",
+    sample_matching: float = _help(
+        "Weight of the per-context sliced-Wasserstein term that fits prior samples of each "
+        "context to that context's latents in the batch (ctxadapter.objective; not in the "
+        "paper; 0: off).",
         default=0.0,
     )
     calibration_steps: int = _help(
@@ -496,6 +508,34 @@ class FinetuneArguments(DataArguments):
     hub_token: str | None = _help("Hub token (default: the saved login).", default=None)
 
 
+PRESETS: dict[str, dict] = {
+    "ctxadapter": {},
+    "paper": dict(
+        preset="paper",
+        heads="linear",
+        observational_mixing="dense",
+        loss="pixel",
+        sampler="context_pure",
+        beta=1.0,
+        sample_matching=0.0,
+        group_sparsity=0.0,
+    ),
+}
+"""Preset name -> the ``FinetuneArguments`` defaults it replaces."""
+
+
+def parse_finetune_arguments(argv: list[str] | None = None) -> FinetuneArguments:
+    """Parse ``examples/finetune.py``'s flags (``sys.argv`` by default): a ``--preset`` sets
+    the defaults of its flags, then the flags given on the command line are applied."""
+    parser = HfArgumentParser(FinetuneArguments)
+    (args,) = parser.parse_args_into_dataclasses(argv)
+    if args.preset not in PRESETS:
+        raise ValueError(f"--preset must be one of {tuple(PRESETS)}, got {args.preset!r}")
+    parser.set_defaults(**PRESETS[args.preset])
+    (args,) = parser.parse_args_into_dataclasses(argv)
+    return args
+
+
 def check_finetune_arguments(args: FinetuneArguments) -> None:
     """Reject bad flag values before any work is done."""
     choices = {
@@ -505,6 +545,7 @@ def check_finetune_arguments(args: FinetuneArguments) -> None:
         "composition": ("reference", "strict"),
         "calibration_scope": SCOPES,
         "heads": HEADS,
+        "preset": tuple(PRESETS),
     }
     for name, allowed in choices.items():
         if getattr(args, name) not in allowed:
@@ -532,7 +573,7 @@ def check_finetune_arguments(args: FinetuneArguments) -> None:
         raise ValueError(
             f"--early_stopping_patience must be >= 0, got {args.early_stopping_patience}"
         )
-    for name in ("beta", "group_sparsity", "l2", "context_prior", "calibration_steps"):
+    for name in ("beta", "group_sparsity", "l2", "sample_matching", "calibration_steps"):
         if getattr(args, name) < 0:
             raise ValueError(f"--{name} must be >= 0, got {getattr(args, name)}")
     for name in ("learning_rate", "calibration_learning_rate"):
@@ -652,6 +693,17 @@ def default_compositions(concepts: list[str], quad_data: bool) -> list[str]:
     return all_pairs(concepts)[:12]
 
 
+def training_objective(args: FinetuneArguments) -> Objective:
+    """The one objective of a run: trained, validated (early stopping) and refitted alike."""
+    return Objective(
+        reconstruction=args.loss,
+        beta=args.beta,
+        sample_matching=args.sample_matching,
+        group_sparsity=args.group_sparsity,
+        l2=args.l2,
+    )
+
+
 @torch.no_grad()
 def validation_loss(model, loader, args: FinetuneArguments) -> float:
     """Mean loss over the validation batches (eval mode, fixed noise)."""
@@ -664,8 +716,7 @@ def validation_loss(model, loader, args: FinetuneArguments) -> float:
             batch["contexts"],
             latents=batch["latents"],
             pixel_values=batch.get("pixel_values"),
-            reconstruction=args.loss,
-            beta=args.beta,
+            objective=training_objective(args),
             generator=generator,
         )
         total += out["loss"].item() * len(batch["latents"])
@@ -930,6 +981,7 @@ def _train(args: FinetuneArguments, run: _TrainingRun, grid_contexts: list[str])
     epochs and at the end, and early stopping. Ends with the best weights (by validation loss)
     restored and the model in eval mode. ``grid_contexts`` are the rows of the sample grids."""
     accelerator, unwrapped = run.accelerator, run.unwrapped
+    objective = training_objective(args)
     global_step, first_epoch, skip_batches = _resume(args, run)
     if accelerator.is_main_process:
         accelerator.init_trackers("ctxadapter", config=tracker_config(args))
@@ -958,11 +1010,7 @@ def _train(args: FinetuneArguments, run: _TrainingRun, grid_contexts: list[str])
                     batch["contexts"],
                     latents=batch["latents"],
                     pixel_values=batch.get("pixel_values"),
-                    reconstruction=args.loss,
-                    beta=args.beta,
-                    group_sparsity=args.group_sparsity,
-                    l2=args.l2,
-                    context_prior=args.context_prior,
+                    objective=objective,
                     generator=run.noise.generator,
                 )
                 accelerator.backward(out["loss"])
@@ -1017,7 +1065,7 @@ def _calibrate(args: FinetuneArguments, model: ContextAutoencoder, data: CachedL
             scope=args.calibration_scope,
             learning_rate=args.calibration_learning_rate,
             seed=args.seed,
-            objective={"beta": args.beta, "context_prior": args.context_prior},
+            objective=training_objective(args),
             progress=True,
         )
 

@@ -6,21 +6,20 @@
         --dataset_name user/my-interventional-images --context_column context \
         --output_dir my-adapter --push_to_hub
 
-``--help`` lists every flag. The output folder holds the adapter (``config.json``,
-``model.safetensors``, ``README.md``), sample grids, the concept-graph picture, ``metrics.json``,
-tensorboard logs and resumable ``checkpoint-<step>`` folders.
+``--help`` lists every flag; ``--preset paper`` gives the paper's exact setup. The output
+folder holds the adapter (``config.json``, ``model.safetensors``, ``README.md``), sample
+grids, the concept-graph picture, ``metrics.json``, tensorboard logs and resumable
+``checkpoint-<step>`` folders.
 """
 
 from pathlib import Path
 
-from transformers import HfArgumentParser
-
-from ctxadapter.training import FinetuneArguments, finetune
+from ctxadapter.training import finetune, parse_finetune_arguments
 
 QUAD_AUTOENCODER = Path(__file__).resolve().parent / "quad-autoencoder"
 """A small AutoencoderKL pretrained on quad by ``pretrain_autoencoder.py`` (see its README)."""
 
 if __name__ == "__main__":
-    (args,) = HfArgumentParser(FinetuneArguments).parse_args_into_dataclasses()
+    args = parse_finetune_arguments()
     args.pretrained_model_name_or_path = args.pretrained_model_name_or_path or str(QUAD_AUTOENCODER)
     finetune(args)

@@ -3,8 +3,8 @@ scikit-image, with four image transformations (hue, blur, rotation, scale) as co
 
     pip install -e ".[examples]"            # scikit-image, for its bundled photographs
     python examples/real_images.py          # data -> adapter -> pictures in docs/images/
-    python examples/real_images.py --pretrain_steps 600 --beta 4 --context_prior 30
-                                            # the docs' pictures: a photo autoencoder first
+    python examples/real_images.py --pretrain_steps 600
+                                            # a photo autoencoder first (as the docs' pictures)
     python examples/real_images.py --pretrained_model_name_or_path stabilityai/sd-vae-ft-mse \
         --images_per_context 2000 --output_dir ctxadapter-real --pictures_dir real-pictures
 
@@ -66,8 +66,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--pretrain_batch_size", type=int, default=32, help="Batch size of that pretraining."
     )
-    parser.add_argument("--beta", type=float, default=1.0, help="As in finetune.py.")
-    parser.add_argument("--context_prior", type=float, default=0.0, help="As in finetune.py.")
     parser.add_argument("--train_batch_size", type=int, default=256, help="Batch size.")
     parser.add_argument(
         "--max_train_steps", type=int, default=None, help="Optimizer steps (default: epochs)."
@@ -133,8 +131,6 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
             num_validation_images=args.num_samples,
             seed=args.seed,
             report_to=args.report_to,
-            beta=args.beta,
-            context_prior=args.context_prior,
         )
     )
 

@@ -15,6 +15,7 @@ from diffusers import AutoencoderKL
 from ctxadapter import ContextAutoencoder, CtxAdapter
 from ctxadapter.calibration import calibrate
 from ctxadapter.metrics import sliced_wasserstein
+from ctxadapter.objective import Objective
 
 CONCEPTS = ["a", "b", "c"]
 SHAPE = [2, 2, 2]
@@ -237,11 +238,12 @@ def test_generator_scope_refits_the_posterior_to_the_moved_generator(tiny_kl_pat
             steps=30,
             batch_size=64,
             posterior_steps=posterior_steps,
-            objective={"beta": 4.0},
+            objective=Objective(beta=4.0),
         )
         torch.manual_seed(1)
         with torch.no_grad():
-            losses.append(model(contexts, latents=everything, beta=4.0)["loss"].item())
+            objective = Objective(beta=4.0)
+            losses.append(model(contexts, latents=everything, objective=objective)["loss"].item())
         states.append(adapter.state_dict())
     changed = {k for k in states[0] if not torch.equal(states[0][k], states[1][k])}
     assert changed == {"posterior_head.weight", "posterior_head.bias"}

@@ -213,6 +213,36 @@ def test_exogenous_forward_is_gelu_of_effective_weight(mixing):
         torch.testing.assert_close(grad, expected_grad)
 
 
+@pytest.mark.parametrize("mixing", ["dense", "block"])
+def test_exogenous_interventional_bias(mixing):
+    torch.manual_seed(0)
+    layer = ExogenousLayer(K, W, observational_mixing=mixing, exogenous_bias="interventional")
+    shared = ExogenousLayer(K, W, observational_mixing=mixing)
+    shared.load_state_dict({k: v for k, v in layer.state_dict().items() if k != "bias_ivn"})
+    assert "bias_ivn" not in shared.state_dict()
+    z, contexts = torch.randn(len(CONTEXTS), K * W), masks(*CONTEXTS)
+    torch.testing.assert_close(layer(z, contexts), shared(z, contexts))  # a copy at first
+    with torch.no_grad():
+        layer.bias_ivn.add_(1.0)
+    # Block k of row n takes bias_ivn exactly when concept k is intervened on in that row.
+    expected_bias = torch.stack(
+        [
+            torch.cat(
+                [(layer.bias_ivn if k in c else layer.bias)[k * W : (k + 1) * W] for k in range(K)]
+            )
+            for c in CONTEXTS
+        ]
+    )
+    torch.testing.assert_close(layer.effective_bias(contexts), expected_bias)
+    weights = layer.effective_weight(contexts)
+    expected = torch.nn.functional.gelu(torch.einsum("nij,nj->ni", weights, z) + expected_bias)
+    torch.testing.assert_close(layer(z, contexts), expected)
+    # At z = 0 an intervention now changes the output; with a shared bias it cannot.
+    zero, single = torch.zeros(2, K * W), masks(set(), {1})
+    assert not torch.allclose(layer(zero, single)[0], layer(zero, single)[1])
+    torch.testing.assert_close(shared(zero, single)[0], shared(zero, single)[1])
+
+
 def test_exogenous_init_bounds():
     torch.manual_seed(0)
     layer = ExogenousLayer(6, 32)
@@ -226,6 +256,8 @@ def test_option_values_are_checked():
         ExogenousLayer(K, W, observational_mixing="sparse")
     with pytest.raises(ValueError, match="'loose'"):
         CausalLayer(K, W, composition="loose")
+    with pytest.raises(ValueError, match="'per_concept'"):
+        ExogenousLayer(K, W, exogenous_bias="per_concept")
 
 
 # ---------------------------------------------------------------- expressive layers

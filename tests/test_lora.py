@@ -6,6 +6,7 @@ from diffusers import AutoencoderKL, AutoencoderTiny
 
 from ctxadapter import ContextAutoencoder, CtxAdapter
 from ctxadapter.model import DECODER_LORA_NAME, base_model_record
+from ctxadapter.objective import Objective
 
 
 @pytest.fixture
@@ -23,7 +24,9 @@ def model(tiny_kl_path):
 
 def test_decoder_lora_trains_only_lora_and_adapter(model, make_images):
     model.add_decoder_lora(2)
-    out = model(["a", "b"], pixel_values=make_images(2), reconstruction="pixel")
+    out = model(
+        ["a", "b"], pixel_values=make_images(2), objective=Objective(reconstruction="pixel")
+    )
     out["loss"].backward()
     for name, param in model.named_parameters():
         trainable = name.startswith("adapter.") or "lora_" in name

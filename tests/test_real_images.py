@@ -182,7 +182,7 @@ def test_worked_example_end_to_end_with_a_pretrained_photo_autoencoder(tmp_path,
             "--resolution", "32", "--images_per_context", "4", "--pretrain_steps", "2",
             "--pretrain_batch_size", "4",
             "--max_train_steps", "2", "--train_batch_size", "8", "--num_samples", "2",
-            "--output_dir", "out", "--pictures_dir", "pictures", "--context_prior", "1",
+            "--output_dir", "out", "--pictures_dir", "pictures",
         ]
     )  # fmt: skip
     autoencoder = tmp_path / "out-autoencoder"

@@ -274,7 +274,9 @@ def test_calibration_learning_rate_reaches_both_stages(run, tmp_path):
         ("calibration_scope", "all", "--calibration_scope must be one of"),
         ("calibration_learning_rate", 0.0, "--calibration_learning_rate must be > 0, got 0.0"),
         ("learning_rate", -1e-3, "--learning_rate must be > 0, got -0.001"),
-        ("context_prior", -1.0, "--context_prior must be >= 0, got -1.0"),
+        ("sample_matching", -1.0, "--sample_matching must be >= 0, got -1.0"),
+        ("heads", "conv", "--heads must be one of"),
+        ("preset", "best", "--preset must be one of"),
         ("beta", -0.5, "--beta must be >= 0, got -0.5"),
         ("loss", "pixels", "'pixels'"),
         ("train_batch_size", 0, "--train_batch_size must be >= 1, got 0"),
@@ -332,3 +334,23 @@ def test_make_optimizer_is_fused_adam_over_trainable_parameters():
     assert group["params"] == list(model[1].parameters())
     assert group["lr"] == 0.01 and group["fused"] is True
     assert make_optimizer(model, 0.01, fused=False).param_groups[0]["fused"] is False
+
+
+def test_paper_preset_sets_defaults_and_explicit_flags_win():
+    from ctxadapter.training import PRESETS, FinetuneArguments, parse_finetune_arguments
+
+    default = parse_finetune_arguments([])
+    assert default == FinetuneArguments()
+    paper = parse_finetune_arguments(["--preset", "paper"])
+    assert paper == FinetuneArguments(**PRESETS["paper"])
+    assert (paper.heads, paper.observational_mixing, paper.loss, paper.sampler) == (
+        "linear",
+        "dense",
+        "pixel",
+        "context_pure",
+    )
+    assert paper.sample_matching == 0 and paper.group_sparsity == 0 and paper.beta == 1
+    mixed = parse_finetune_arguments(["--beta", "2", "--preset", "paper", "--heads", "mlp"])
+    assert (mixed.beta, mixed.heads, mixed.loss) == (2.0, "mlp", "pixel")
+    with pytest.raises(ValueError, match="--preset must be one of .*'best'"):
+        parse_finetune_arguments(["--preset", "best"])

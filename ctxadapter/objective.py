@@ -1,0 +1,181 @@
+"""The training objective: one object for training, validation (early stopping) and refits.
+
+Per sample, for a batch of latents ``e`` with their contexts::
+
+    loss = reconstruction NLL + beta * KL(q(z | e) || N(0, I))
+         + sample_matching * SW2(prior samples of each context, that context's latents)
+         + causal penalty
+
+- ``reconstruction="latent"``: the Gaussian NLL of the frozen encoder's model-space latent
+  ``e`` given the adapter's ``e_hat``, with a learned scale, summed over latent entries. It
+  needs no autoencoder pass, so it trains on cached latents.
+- ``reconstruction="pixel"``: decode ``e_hat`` with the frozen decoder and take the Bernoulli
+  NLL (binary cross-entropy summed over pixels and channels, images in ``[0, 1]``), as in the
+  paper.
+- ``sample_matching`` (ctxadapter's, not in the paper): generation draws ``z ~ N(0, I)`` under
+  every context, but the ELBO trains the generator only on posterior samples, and an
+  intervention that shifts a concept is then learned by the posterior rather than by the context
+  layers (``docs/results.md``). This term trains the generative path directly: every row of
+  the batch gets a prior sample generated under the row's own context, and within each context
+  the generated latents are compared with the batch's real latents by the squared sliced
+  Wasserstein-2 distance along ``num_projections`` random directions (per latent entry,
+  summed over entries, so that it is on the scale of the reconstruction term).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+
+RECONSTRUCTIONS = ("latent", "pixel")
+
+PIXEL_EPS = 1e-4
+"""Decoded pixels are clamped to ``[eps, 1 - eps]`` before the Bernoulli likelihood."""
+
+
+def gaussian_kl(mean: Tensor, logvar: Tensor) -> Tensor:
+    """``KL(N(mean, exp(logvar)) || N(0, I))`` per sample: ``(N, D)`` -> ``(N,)`` nats."""
+    return 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).sum(dim=1)
+
+
+def grouped_sliced_wasserstein(
+    real: Tensor, fake: Tensor, groups: Tensor, directions: Tensor
+) -> Tensor:
+    """Squared sliced Wasserstein-2 distance between ``real`` and ``fake`` within each group.
+
+    Row ``n`` of ``fake`` belongs to the same group as row ``n`` of ``real``, so each group has
+    as many rows on both sides. Along every direction both sides are sorted within their group
+    and matched rank by rank (the optimal 1-D coupling).
+
+    Args:
+        real, fake: ``(N, D)``.
+        groups: ``(N,)`` integer group of each row (e.g. the index of its context).
+        directions: ``(D, P)`` unit directions.
+
+    Returns:
+        A scalar: the mean over rows and directions of the squared matched differences (each
+        group weighted by its size).
+    """
+    projected_real, projected_fake = real @ directions, fake @ directions
+    # Sort by (group, value): adding group * span keeps the groups apart and in order.
+    span = torch.cat([projected_real, projected_fake]).detach().abs().amax().mul(2).add(1)
+    offset = groups.to(real.dtype).unsqueeze(1) * span
+    sorted_real = (projected_real + offset).sort(dim=0).values
+    sorted_fake = (projected_fake + offset).sort(dim=0).values
+    return (sorted_real - sorted_fake).pow(2).mean()
+
+
+@dataclass(frozen=True)
+class Objective:
+    """The loss of a ``ContextAutoencoder``: what training minimises and validation reports.
+
+    Args:
+        reconstruction: ``"latent"`` (cached latents, fast) or ``"pixel"`` (through the frozen
+            decoder; the paper's).
+        beta: weight of the KL term (the paper: 1).
+        sample_matching: weight of the per-context sliced-Wasserstein term (0: the paper's
+            objective).
+        num_projections: random directions of that term per batch.
+        group_sparsity: weight of ``sum_{i != j} ||W[i, j]||_F`` of each row's effective causal
+            weight.
+        l2: weight of ``||W||_F``.
+    """
+
+    reconstruction: str = "latent"
+    beta: float = 1.0
+    sample_matching: float = 0.0
+    num_projections: int = 64
+    group_sparsity: float = 0.0
+    l2: float = 0.0
+
+    def __post_init__(self):
+        if self.reconstruction not in RECONSTRUCTIONS:
+            raise ValueError(
+                f"reconstruction must be one of {RECONSTRUCTIONS}, got {self.reconstruction!r}"
+            )
+        for name in ("beta", "sample_matching", "group_sparsity", "l2"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if not (isinstance(self.num_projections, int) and self.num_projections >= 1):
+            raise ValueError(
+                f"num_projections must be a positive integer, got {self.num_projections!r}"
+            )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __call__(
+        self,
+        model,
+        contexts,
+        latents: Tensor | None = None,
+        pixel_values: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Tensor]:
+        """The loss of ``model`` (a ``ContextAutoencoder``) on one batch.
+
+        Call it through ``model(contexts, ..., objective=self)`` inside a distributed wrapper.
+
+        Args:
+            contexts: one context for the batch or one per sample (see
+                ``ctxadapter.contexts.context_mask``).
+            latents: cached model-space latents ``(N, C, h, w)`` (skips the encoder).
+            pixel_values: images ``(N, 3, H, W)`` in ``[-1, 1]``; needed for ``pixel`` loss, or
+                to encode when ``latents`` is not given.
+            generator: the noise of the posterior samples, the prior samples and the
+                directions.
+
+        Returns:
+            ``loss`` (the scalar to minimise) and its unweighted parts, each a batch mean:
+            ``reconstruction`` and ``kl`` (nats per sample), ``sample_matching`` (0 when its
+            weight is 0) and ``causal_penalty`` (already weighted).
+        """
+        if latents is None:
+            if pixel_values is None:
+                raise ValueError("Pass pixel_values (images in [-1, 1]) or cached latents.")
+            latents = model.codec.encode(pixel_values)
+        if self.reconstruction == "pixel" and pixel_values is None:
+            raise ValueError("reconstruction='pixel' needs pixel_values, the target images.")
+        adapter = model.adapter
+        mask = adapter.context_mask(contexts, latents.shape[0])
+        out = adapter(latents, mask, generator=generator)
+        target = latents.to(out.latents.dtype)
+        if self.reconstruction == "latent":
+            log_scale = adapter.latent_log_scale
+            error = ((target - out.latents) * torch.exp(-log_scale)).pow(2)
+            nll = 0.5 * error.flatten(1).sum(dim=1)
+            nll = nll + error[0].numel() * (log_scale + 0.5 * math.log(2 * math.pi))
+        else:
+            probs = ((model.codec.decode(out.latents) + 1) / 2).clamp(PIXEL_EPS, 1 - PIXEL_EPS)
+            target_pixels = ((pixel_values.to(probs) + 1) / 2).clamp(0, 1)
+            nll = nn.functional.binary_cross_entropy(probs, target_pixels, reduction="none")
+            nll = nll.flatten(1).sum(dim=1)
+        recon, kl = nll.mean(), gaussian_kl(out.mean, out.logvar).mean()
+        matching = recon.new_zeros(())
+        if self.sample_matching:
+            noise = adapter.sample_noise(latents.shape[0], generator=generator)
+            generated = adapter.latents_from_noise(noise, mask).flatten(1)
+            _, groups = torch.unique(mask, dim=0, return_inverse=True)
+            directions = torch.randn(
+                generated.shape[1],
+                self.num_projections,
+                generator=generator,
+                device=generated.device,
+                dtype=generated.dtype,
+            )
+            directions = directions / directions.norm(dim=0)
+            matching = grouped_sliced_wasserstein(target.flatten(1), generated, groups, directions)
+            matching = matching * generated.shape[1]  # per entry -> summed over entries
+        penalty = adapter.causal_penalty(mask, group_sparsity=self.group_sparsity, l2=self.l2)
+        loss = recon + self.beta * kl + self.sample_matching * matching + penalty
+        return dict(
+            loss=loss,
+            reconstruction=recon,
+            kl=kl,
+            sample_matching=matching,
+            causal_penalty=penalty,
+        )
