@@ -58,8 +58,9 @@ def build_input(n: int, folder: str) -> str:
     import datasets
 
     features = datasets.Features({"image": datasets.Image(), "context": datasets.Value("string")})
-    dataset = datasets.Dataset.from_generator(quad_rows, gen_kwargs={"n": n}, features=features,
-                                              cache_dir=folder)
+    dataset = datasets.Dataset.from_generator(
+        quad_rows, gen_kwargs={"n": n}, features=features, cache_dir=folder
+    )
     return dataset.cache_files[0]["filename"]
 
 
@@ -74,8 +75,9 @@ def child(arrow_file: str, size: int, smoke: bool, result_file: str, repeats: in
     codec = LatentCodec(autoencoder("quad", smoke))
     dataset = datasets.Dataset.from_file(arrow_file).select(range(size))
     contexts = dataset["context"]
-    pixels = codec.preprocess([image.convert("RGB") for image in dataset[:BATCH]["image"]], 64, 64,
-                              resize_mode="crop")
+    pixels = codec.preprocess(
+        [image.convert("RGB") for image in dataset[:BATCH]["image"]], 64, 64, resize_mode="crop"
+    )
     with torch.no_grad():  # the bare encoder, in this process, just before caching
         encoder = measure(lambda: codec.encode_distribution(pixels), repeats, warmup=1)
     peak_anon, done = [status_kb("RssAnon")], threading.Event()
@@ -94,12 +96,17 @@ def child(arrow_file: str, size: int, smoke: bool, result_file: str, repeats: in
         assert len(cache) == size
     done.set()
     sampler.join()
-    result = dict(images=size, seconds=seconds, images_per_s=size / seconds,
-                  images_per_cpu_s=size / cpu_seconds,
-                  encoder_images_per_s=BATCH / encoder["wall"],
-                  encoder_images_per_cpu_s=BATCH / encoder["cpu"],
-                  rss_before_mb=rss_before / 1024, peak_rss_mb=status_kb("VmHWM") / 1024,
-                  peak_anon_mb=peak_anon[0] / 1024)
+    result = dict(
+        images=size,
+        seconds=seconds,
+        images_per_s=size / seconds,
+        images_per_cpu_s=size / cpu_seconds,
+        encoder_images_per_s=BATCH / encoder["wall"],
+        encoder_images_per_cpu_s=BATCH / encoder["cpu"],
+        rss_before_mb=rss_before / 1024,
+        peak_rss_mb=status_kb("VmHWM") / 1024,
+        peak_anon_mb=peak_anon[0] / 1024,
+    )
     Path(result_file).write_text(json.dumps(result))
 
 
@@ -116,22 +123,42 @@ def encoder_throughput(smoke: bool, repeats: int) -> list[dict]:
     last = pixels.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         channels_last = measure(lambda: codec.encode_distribution(last), repeats, warmup=1)
-        same = torch.allclose(codec.encode_distribution(last)[0],
-                              codec.encode_distribution(pixels)[0], atol=1e-4)
+        same = torch.allclose(
+            codec.encode_distribution(last)[0], codec.encode_distribution(pixels)[0], atol=1e-4
+        )
     images = [row["image"] for _, row in zip(range(BATCH), quad_rows(BATCH), strict=False)]
-    preprocess = measure(lambda: codec.preprocess([im.convert("RGB") for im in images], 64, 64,
-                                                  resize_mode="crop"), repeats, warmup=1)
+    preprocess = measure(
+        lambda: codec.preprocess([im.convert("RGB") for im in images], 64, 64, resize_mode="crop"),
+        repeats,
+        warmup=1,
+    )
     section = "encoder and preprocessing alone, batches of 64"
-    return [dict(section=section, what="bare encoder forward (encode_distribution)", images=BATCH,
-                 images_per_s=BATCH / encode["median"], min=BATCH / encode["max"],
-                 max=BATCH / encode["min"]),
-            dict(section=section,
-                 what="proposed: encoder in channels_last" + ("" if same else " (DIFFERS)"),
-                 images=BATCH, images_per_s=BATCH / channels_last["median"],
-                 min=BATCH / channels_last["max"], max=BATCH / channels_last["min"]),
-            dict(section=section, what="preprocess only (PIL -> tensor)", images=BATCH,
-                 images_per_s=BATCH / preprocess["median"], min=BATCH / preprocess["max"],
-                 max=BATCH / preprocess["min"])]
+    return [
+        dict(
+            section=section,
+            what="bare encoder forward (encode_distribution)",
+            images=BATCH,
+            images_per_s=BATCH / encode["median"],
+            min=BATCH / encode["max"],
+            max=BATCH / encode["min"],
+        ),
+        dict(
+            section=section,
+            what="proposed: encoder in channels_last" + ("" if same else " (DIFFERS)"),
+            images=BATCH,
+            images_per_s=BATCH / channels_last["median"],
+            min=BATCH / channels_last["max"],
+            max=BATCH / channels_last["min"],
+        ),
+        dict(
+            section=section,
+            what="preprocess only (PIL -> tensor)",
+            images=BATCH,
+            images_per_s=BATCH / preprocess["median"],
+            min=BATCH / preprocess["max"],
+            max=BATCH / preprocess["min"],
+        ),
+    ]
 
 
 def main(argv=None) -> dict:
@@ -148,16 +175,23 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
         arrow_file = build_input(max(sizes), folder)
-        print(f"built {max(sizes)} quad images in {time.perf_counter() - start:.1f} s",
-              flush=True)
+        print(f"built {max(sizes)} quad images in {time.perf_counter() - start:.1f} s", flush=True)
         script = str(Path(__file__).resolve())
         env = dict(os.environ)
         if args.threads:
             env["OMP_NUM_THREADS"] = str(args.threads)
         for size in sizes:
             result_file = os.path.join(folder, f"result-{size}.json")
-            command = [sys.executable, script, "--child", arrow_file, str(size), result_file,
-                       "--clock", args.clock]
+            command = [
+                sys.executable,
+                script,
+                "--child",
+                arrow_file,
+                str(size),
+                result_file,
+                "--clock",
+                args.clock,
+            ]
             if args.smoke:  # CI: the same child code, in this process (no second import)
                 child(arrow_file, size, True, result_file, repeats=args.repeats)
             else:
@@ -169,15 +203,22 @@ def main(argv=None) -> dict:
     for row in cached:
         row["peak_vs_smallest"] = row["peak_rss_mb"] / cached[0]["peak_rss_mb"]
         row["vs_bare_encoder"] = row["images_per_cpu_s"] / row["encoder_images_per_cpu_s"]
-    settings = dict(autoencoder="quad" + (" (tiny, smoke)" if args.smoke else ""),
-                    image="64x64", latent="4x8x8", batch_size=BATCH, keep_pixels=False)
-    notes = ["cache rows: one run per size (the child's wall time, and images per CPU-second "
-             "of the child); encoder rows: median of repeats, min/max over them",
-             "vs_bare_encoder: the cache's images per CPU-second over the bare encoder's, both "
-             "measured in the same subprocess (encoder_images_per_*: batches of 64 of the same "
-             "images, 5 runs)",
-             "peak_rss_mb: VmHWM of the caching subprocess (imports and model included); "
-             "rss_before_mb: its RSS just before caching; peak_anon_mb: peak anonymous RSS"]
+    settings = dict(
+        autoencoder="quad" + (" (tiny, smoke)" if args.smoke else ""),
+        image="64x64",
+        latent="4x8x8",
+        batch_size=BATCH,
+        keep_pixels=False,
+    )
+    notes = [
+        "cache rows: one run per size (the child's wall time, and images per CPU-second "
+        "of the child); encoder rows: median of repeats, min/max over them",
+        "vs_bare_encoder: the cache's images per CPU-second over the bare encoder's, both "
+        "measured in the same subprocess (encoder_images_per_*: batches of 64 of the same "
+        "images, 5 runs)",
+        "peak_rss_mb: VmHWM of the caching subprocess (imports and model included); "
+        "rss_before_mb: its RSS just before caching; peak_anon_mb: peak anonymous RSS",
+    ]
     return report("latent_cache", args, rows, settings, notes=notes)
 
 

@@ -71,21 +71,34 @@ def main(argv=None) -> dict:
                 continue
             model = context_model(6, (4, 8, 8))
             optimizer = adam(model)
-            steps[label, method] = (train_step(model, optimizer, mask, latents)
-                                    if method == "batched"
-                                    else loop_step(model, optimizer, mask, latents))
-    timings = measure_interleaved(steps, args.repeats, warmup=3,
-                                  min_time=0 if args.smoke else 0.3)
+            steps[label, method] = (
+                train_step(model, optimizer, mask, latents)
+                if method == "batched"
+                else loop_step(model, optimizer, mask, latents)
+            )
+    timings = measure_interleaved(steps, args.repeats, warmup=3, min_time=0 if args.smoke else 0.3)
     baseline = timings["1 (quad1)", "batched"]["median"]
-    rows = [dict(contexts=label, method=method, batch=batch, step_ms=t["median"] * 1e3,
-                 min_ms=t["min"] * 1e3, max_ms=t["max"] * 1e3,
-                 samples_per_s=rate(t, batch)["median"], vs_1_ctx=t["median"] / baseline)
-            for (label, method), t in timings.items()]
-    settings = dict(K=6, latent="4x8x8", exogenous_width=32, concept_width=8,
-                    expressive_depth=2, loss="latent")
-    notes = ["vs_1_ctx: step time over the batched single-context step of 1 (quad1), the "
-             "single context that takes the general (interventional) path; 1 (obs) takes the "
-             "observational fast path"]
+    rows = [
+        dict(
+            contexts=label,
+            method=method,
+            batch=batch,
+            step_ms=t["median"] * 1e3,
+            min_ms=t["min"] * 1e3,
+            max_ms=t["max"] * 1e3,
+            samples_per_s=rate(t, batch)["median"],
+            vs_1_ctx=t["median"] / baseline,
+        )
+        for (label, method), t in timings.items()
+    ]
+    settings = dict(
+        K=6, latent="4x8x8", exogenous_width=32, concept_width=8, expressive_depth=2, loss="latent"
+    )
+    notes = [
+        "vs_1_ctx: step time over the batched single-context step of 1 (quad1), the "
+        "single context that takes the general (interventional) path; 1 (obs) takes the "
+        "observational fast path"
+    ]
     return report("mixed_contexts", args, rows, settings, notes=notes)
 
 

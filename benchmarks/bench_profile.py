@@ -74,18 +74,29 @@ def profile_step(batch: int, contexts: list[str], steps: int) -> tuple[list[dict
             labelled()
     events = prof.key_averages()
     total = sum(e.cpu_time_total for e in events if e.key in PHASES) / steps / 1e3
-    phases = [dict(phase=e.key, ms_per_step=e.cpu_time_total / steps / 1e3,
-                   share=e.cpu_time_total / steps / 1e3 / total)
-              for e in sorted(events, key=lambda e: e.key) if e.key in PHASES]
+    phases = [
+        dict(
+            phase=e.key,
+            ms_per_step=e.cpu_time_total / steps / 1e3,
+            share=e.cpu_time_total / steps / 1e3 / total,
+        )
+        for e in sorted(events, key=lambda e: e.key)
+        if e.key in PHASES
+    ]
     ops = [e for e in events if e.key.startswith("aten::")]
     ops.sort(key=lambda e: -e.self_cpu_time_total)
-    op_rows = [dict(op=e.key, calls_per_step=e.count / steps,
-                    ms_per_step=e.self_cpu_time_total / steps / 1e3,
-                    share=e.self_cpu_time_total / steps / 1e3 / total) for e in ops[:12]]
+    op_rows = [
+        dict(
+            op=e.key,
+            calls_per_step=e.count / steps,
+            ms_per_step=e.self_cpu_time_total / steps / 1e3,
+            share=e.self_cpu_time_total / steps / 1e3 / total,
+        )
+        for e in ops[:12]
+    ]
     matmul = sum(e.self_cpu_time_total for e in ops if e.key in MATMUL_OPS) / steps / 1e3
     op_rows.append(dict(op="all matrix products", ms_per_step=matmul, share=matmul / total))
-    op_rows.append(dict(op="everything else", ms_per_step=total - matmul,
-                        share=1 - matmul / total))
+    op_rows.append(dict(op="everything else", ms_per_step=total - matmul, share=1 - matmul / total))
     return phases, op_rows
 
 
@@ -102,8 +113,9 @@ def data_loading(batch: int, size: int, repeats: int, min_time: float = 0.2) -> 
     from ctxadapter.data import CachedLatents, ContextBatchSampler
 
     datasets.disable_progress_bars()
-    features = datasets.Features({"latents": datasets.Array3D((4, 8, 8), "float32"),
-                                  "context": datasets.Value("string")})
+    features = datasets.Features(
+        {"latents": datasets.Array3D((4, 8, 8), "float32"), "context": datasets.Value("string")}
+    )
     contexts = [TRAIN_CONTEXTS[i % 7] for i in range(size)]
     data = {"latents": torch.randn(size, 4, 8, 8).numpy(), "context": contexts}
     rows = []
@@ -115,21 +127,33 @@ def data_loading(batch: int, size: int, repeats: int, min_time: float = 0.2) -> 
         formatted = cache.with_format("torch", columns=["latents"])
         assert torch.equal(formatted[indices]["latents"], cached.__getitems__(indices)["latents"])
         readers = {
-            "datasets formatting, cache.with_format('torch')[indices] (before)":
-                lambda: formatted[indices],
-            "CachedLatents: zero-copy Arrow views + numpy gather (library)":
-                lambda: cached.__getitems__(indices),
+            "datasets formatting, cache.with_format('torch')[indices] (before)": lambda: formatted[
+                indices
+            ],
+            "CachedLatents: zero-copy Arrow views + numpy gather (library)": lambda: (
+                cached.__getitems__(indices)
+            ),
         }
         for what, read in readers.items():
             timing = measure(read, repeats, warmup=1, min_time=min_time)
-            rows.append(dict(what=what, ms_per_batch=timing["median"] * 1e3,
-                             min_ms=timing["min"] * 1e3, max_ms=timing["max"] * 1e3))
+            rows.append(
+                dict(
+                    what=what,
+                    ms_per_batch=timing["median"] * 1e3,
+                    min_ms=timing["min"] * 1e3,
+                    max_ms=timing["max"] * 1e3,
+                )
+            )
         sampler = ContextBatchSampler(cached.context_ids, batch, "mixed")
         timing = measure(lambda: list(sampler), repeats, warmup=1)
-        rows.append(dict(what="ContextBatchSampler epoch shuffle, per batch",
-                         ms_per_batch=timing["median"] * 1e3 / len(sampler),
-                         min_ms=timing["min"] * 1e3 / len(sampler),
-                         max_ms=timing["max"] * 1e3 / len(sampler)))
+        rows.append(
+            dict(
+                what="ContextBatchSampler epoch shuffle, per batch",
+                ms_per_batch=timing["median"] * 1e3 / len(sampler),
+                min_ms=timing["min"] * 1e3 / len(sampler),
+                max_ms=timing["max"] * 1e3 / len(sampler),
+            )
+        )
     return rows
 
 
@@ -141,8 +165,9 @@ def main(argv=None) -> dict:
     steps = 3 if args.smoke else 50
     mixed = list(TRAIN_CONTEXTS)
 
-    peak = matmul_flops_per_s(512 if args.smoke else 2048, args.repeats,
-                              min_time=0 if args.smoke else 0.2)
+    peak = matmul_flops_per_s(
+        512 if args.smoke else 2048, args.repeats, min_time=0 if args.smoke else 0.2
+    )
     rows = []
     for label, contexts in (("obs", ["obs"]), ("7 mixed", mixed)):
         timing = time_step(batch, contexts, args.repeats, args.smoke)
@@ -150,42 +175,74 @@ def main(argv=None) -> dict:
         model = context_model(6, (4, 8, 8))
         flops = step_flops(model.adapter, mixed_mask(model.adapter.concepts, contexts, batch))
         speed = rate(timing, batch)
-        rows.append(dict(section="step", contexts=label, batch=batch,
-                         step_ms=timing["median"] * 1e3, samples_per_s=speed["median"],
-                         min=speed["min"], max=speed["max"],
-                         step_ms_at_batch_8=small["median"] * 1e3,
-                         mflop_per_sample=flops / 1e6,
-                         achieved_gflop_per_s=flops * speed["median"] / 1e9,
-                         fraction_of_matmul_peak=flops * speed["median"] / peak))
+        rows.append(
+            dict(
+                section="step",
+                contexts=label,
+                batch=batch,
+                step_ms=timing["median"] * 1e3,
+                samples_per_s=speed["median"],
+                min=speed["min"],
+                max=speed["max"],
+                step_ms_at_batch_8=small["median"] * 1e3,
+                mflop_per_sample=flops / 1e6,
+                achieved_gflop_per_s=flops * speed["median"] / 1e9,
+                fraction_of_matmul_peak=flops * speed["median"] / peak,
+            )
+        )
         print(rows[-1], flush=True)
     for label, contexts in (("obs", ["obs"]), ("7 mixed", mixed)):
         phases, ops = profile_step(batch, contexts, steps)
         rows += [dict(section=f"phase ({label})", **r) for r in phases]
         rows += [dict(section=f"operator ({label})", **r) for r in ops]
-    loading = data_loading(batch, 500 if args.smoke else 50_000, args.repeats,
-                           min_time=0 if args.smoke else 0.2)
+    loading = data_loading(
+        batch, 500 if args.smoke else 50_000, args.repeats, min_time=0 if args.smoke else 0.2
+    )
     rows += [dict(section="data", **r) for r in loading]
     model = context_model(6, (4, 8, 8))
     for p in model.parameters():
         p.grad = torch.randn_like(p)
-    optimizers = {name: adam(model, **kwargs) for name, kwargs in
-                  (("Adam()", dict(fused=False)),
-                   ("Adam(foreach=True)", dict(fused=False, foreach=True)),
-                   ("Adam(fused=True)", dict(fused=True)))}
-    timings = measure_interleaved({k: o.step for k, o in optimizers.items()}, args.repeats,
-                                  warmup=2, min_time=0 if args.smoke else 0.2)
+    optimizers = {
+        name: adam(model, **kwargs)
+        for name, kwargs in (
+            ("Adam()", dict(fused=False)),
+            ("Adam(foreach=True)", dict(fused=False, foreach=True)),
+            ("Adam(fused=True)", dict(fused=True)),
+        )
+    }
+    timings = measure_interleaved(
+        {k: o.step for k, o in optimizers.items()},
+        args.repeats,
+        warmup=2,
+        min_time=0 if args.smoke else 0.2,
+    )
     for name, timing in timings.items():
-        rows.append(dict(section="optimizer.step alone (15 tensors, 199k parameters)",
-                         optimizer=name, ms=timing["median"] * 1e3, min_ms=timing["min"] * 1e3,
-                         max_ms=timing["max"] * 1e3,
-                         speedup=timings["Adam()"]["median"] / timing["median"]))
-    settings = dict(K=6, latent="4x8x8", exogenous_width=32, concept_width=8,
-                    expressive_depth=2, loss="latent", matmul_peak_gflop_per_s=peak / 1e9)
-    notes = ["fraction_of_matmul_peak: achieved matrix-product FLOP/s over a large float32 "
-             "matmul's (2048^3); FLOPs counted as the library computes them "
-             "(common.step_flops)",
-             "phase/operator: torch.profiler CPU time per step (profiling adds overhead); "
-             "share is of the sum of the phases"]
+        rows.append(
+            dict(
+                section="optimizer.step alone (15 tensors, 199k parameters)",
+                optimizer=name,
+                ms=timing["median"] * 1e3,
+                min_ms=timing["min"] * 1e3,
+                max_ms=timing["max"] * 1e3,
+                speedup=timings["Adam()"]["median"] / timing["median"],
+            )
+        )
+    settings = dict(
+        K=6,
+        latent="4x8x8",
+        exogenous_width=32,
+        concept_width=8,
+        expressive_depth=2,
+        loss="latent",
+        matmul_peak_gflop_per_s=peak / 1e9,
+    )
+    notes = [
+        "fraction_of_matmul_peak: achieved matrix-product FLOP/s over a large float32 "
+        "matmul's (2048^3); FLOPs counted as the library computes them "
+        "(common.step_flops)",
+        "phase/operator: torch.profiler CPU time per step (profiling adds overhead); "
+        "share is of the sum of the phases",
+    ]
     return report("profile", args, rows, settings, notes=notes)
 
 

@@ -44,17 +44,27 @@ def main(argv=None) -> dict:
             step = train_step(model, adam(model), mask, latents)
             timing = measure(step, args.repeats, warmup=3, min_time=0 if args.smoke else 0.5)
             flops = step_flops(model.adapter, mask)
-            rows.append(dict(K=k, contexts=label, batch=batch,
-                             step_ms=timing["median"] * 1e3, min_ms=timing["min"] * 1e3,
-                             max_ms=timing["max"] * 1e3,
-                             samples_per_s=rate(timing, batch)["median"],
-                             mflop_per_sample=flops / 1e6,
-                             gflop_per_s=flops * batch / timing["median"] / 1e9))
+            rows.append(
+                dict(
+                    K=k,
+                    contexts=label,
+                    batch=batch,
+                    step_ms=timing["median"] * 1e3,
+                    min_ms=timing["min"] * 1e3,
+                    max_ms=timing["max"] * 1e3,
+                    samples_per_s=rate(timing, batch)["median"],
+                    mflop_per_sample=flops / 1e6,
+                    gflop_per_s=flops * batch / timing["median"] / 1e9,
+                )
+            )
             print(rows[-1], flush=True)
-    settings = dict(latent="4x8x8", exogenous_width=32, concept_width=8, expressive_depth=2,
-                    loss="latent")
-    notes = ["mflop_per_sample: matrix-product FLOPs of forward + backward counted from the "
-             "layer shapes (common.step_flops); gflop_per_s: what the step achieves"]
+    settings = dict(
+        latent="4x8x8", exogenous_width=32, concept_width=8, expressive_depth=2, loss="latent"
+    )
+    notes = [
+        "mflop_per_sample: matrix-product FLOPs of forward + backward counted from the "
+        "layer shapes (common.step_flops); gflop_per_s: what the step achieves"
+    ]
     return report("scaling_k", args, rows, settings, notes=notes)
 
 

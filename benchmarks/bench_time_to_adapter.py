@@ -63,9 +63,12 @@ def train(model, optimizer, batch_iter, reconstruction: str, codec=None, measure
             images, contexts = batch
             pixels = codec.preprocess(images, 64, 64, resize_mode="crop")
             batch = dict(latents=codec.encode(pixels), contexts=contexts)
-        out = model(batch["contexts"], latents=batch["latents"],
-                    pixel_values=batch.get("pixel_values"),
-                    objective=Objective(reconstruction=reconstruction))
+        out = model(
+            batch["contexts"],
+            latents=batch["latents"],
+            pixel_values=batch.get("pixel_values"),
+            objective=Objective(reconstruction=reconstruction),
+        )
         out["loss"].backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -86,7 +89,7 @@ def on_the_fly_batches(dataset, batch: int, concepts):
     while True:
         order = torch.randperm(len(dataset), generator=generator)
         for start in range(0, len(order) - batch + 1, batch):
-            rows = dataset[order[start:start + batch].tolist()]
+            rows = dataset[order[start : start + batch].tolist()]
             images = [image.convert("RGB") for image in rows["image"]]
             yield images, context_mask(rows["context"], concepts, batch)
 
@@ -99,8 +102,12 @@ def main(argv=None) -> dict:
     p.add_argument("--images-per-context", type=int, default=1000)
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch", type=int, default=512)
-    p.add_argument("--measured-steps", type=int, default=3,
-                   help="timed steps of the slow methods (after one warm-up), extrapolated")
+    p.add_argument(
+        "--measured-steps",
+        type=int,
+        default=3,
+        help="timed steps of the slow methods (after one warm-up), extrapolated",
+    )
     args = setup(p.parse_args(argv), repeats=1)
     per_context = 8 if args.smoke else args.images_per_context
     steps = 4 if args.smoke else args.steps
@@ -112,8 +119,11 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory(prefix="ctxadapter-tta-") as folder:
         start = now()
         images = datasets.Dataset.from_generator(
-            quad_rows, gen_kwargs={"n": n, "chunk": per_context}, features=features,
-            cache_dir=folder)
+            quad_rows,
+            gen_kwargs={"n": n, "chunk": per_context},
+            features=features,
+            cache_dir=folder,
+        )
         build_s = now() - start
         contexts = images["context"]
         rows = []
@@ -126,31 +136,53 @@ def main(argv=None) -> dict:
                 batch_iter = on_the_fly_batches(images, batch, list(CONCEPTS))
             else:
                 start = now()
-                cache = cache_latents(images, codec, contexts, "image", 64, folder,
-                                      keep_pixels=method == "pixel")
+                cache = cache_latents(
+                    images, codec, contexts, "image", 64, folder, keep_pixels=method == "pixel"
+                )
                 data = loader(cache, batch)  # reads the cache into memory, as finetune does
                 cache_s = now() - start
                 batch_iter = batches(data, steps)
             full = method == "latent"
-            times = train(model, optimizer, batch_iter, "pixel" if method == "pixel" else "latent",
-                          codec=codec if method == "on the fly" else None,
-                          measured=None if full else measured)
+            times = train(
+                model,
+                optimizer,
+                batch_iter,
+                "pixel" if method == "pixel" else "latent",
+                codec=codec if method == "on the fly" else None,
+                measured=None if full else measured,
+            )
             step_s = statistics.median(times[1:] if len(times) > 1 else times)
             train_s = sum(times) if full else step_s * steps
-            rows.append(dict(method=method, cache_s=cache_s, step_ms=step_s * 1e3,
-                             step_min_ms=min(times) * 1e3, step_max_ms=max(times) * 1e3,
-                             train_s=train_s, train="measured" if full else
-                             f"{len(times) - 1} steps x {steps}", total_s=cache_s + train_s,
-                             quality="see evaluation"))
+            rows.append(
+                dict(
+                    method=method,
+                    cache_s=cache_s,
+                    step_ms=step_s * 1e3,
+                    step_min_ms=min(times) * 1e3,
+                    step_max_ms=max(times) * 1e3,
+                    train_s=train_s,
+                    train="measured" if full else f"{len(times) - 1} steps x {steps}",
+                    total_s=cache_s + train_s,
+                    quality="see evaluation",
+                )
+            )
             print(rows[-1], flush=True)
     for row in rows:
         row["vs_latent"] = row["total_s"] / rows[0]["total_s"]
-    settings = dict(images_per_context=per_context, contexts=len(CONCEPTS) + 1, images=n,
-                    steps=steps, batch=batch, build_quad_images_s=round(build_s, 2),
-                    autoencoder="quad" + (" (tiny, smoke)" if args.smoke else ""))
-    notes = ["total_s = cache_s + train_s; vs_latent = total_s / latent total_s",
-             "train 'a steps x b': median of a timed steps (after a warm-up) times b steps",
-             "quality: Concept/Compo scores come from the evaluation work"]
+    settings = dict(
+        images_per_context=per_context,
+        contexts=len(CONCEPTS) + 1,
+        images=n,
+        steps=steps,
+        batch=batch,
+        build_quad_images_s=round(build_s, 2),
+        autoencoder="quad" + (" (tiny, smoke)" if args.smoke else ""),
+    )
+    notes = [
+        "total_s = cache_s + train_s; vs_latent = total_s / latent total_s",
+        "train 'a steps x b': median of a timed steps (after a warm-up) times b steps",
+        "quality: Concept/Compo scores come from the evaluation work",
+    ]
     return report("time_to_adapter", args, rows, settings, notes=notes)
 
 

@@ -31,8 +31,9 @@ from common import (
 from ctxadapter.quad import TRAIN_CONTEXTS
 
 
-def run_row(vae, name: str, resolution: int, loss: str, batch: int, contexts: str,
-            repeats: int, smoke: bool) -> dict:
+def run_row(
+    vae, name: str, resolution: int, loss: str, batch: int, contexts: str, repeats: int, smoke: bool
+) -> dict:
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     latent_shape = (4, resolution // factor, resolution // factor)
     model = context_model(6, latent_shape, vae=vae)
@@ -48,10 +49,18 @@ def run_row(vae, name: str, resolution: int, loss: str, batch: int, contexts: st
     min_time = 0.0 if smoke or loss == "pixel" else 0.5
     timing = measure(step, repeats, warmup=2 if loss == "latent" else 1, min_time=min_time)
     speed = rate(timing, batch)
-    return dict(autoencoder=name, image=f"{resolution}x{resolution}",
-                latent="x".join(map(str, latent_shape)), loss=loss, contexts=contexts,
-                batch=batch, step_ms=timing["median"] * 1e3, samples_per_s=speed["median"],
-                min=speed["min"], max=speed["max"])
+    return dict(
+        autoencoder=name,
+        image=f"{resolution}x{resolution}",
+        latent="x".join(map(str, latent_shape)),
+        loss=loss,
+        contexts=contexts,
+        batch=batch,
+        step_ms=timing["median"] * 1e3,
+        samples_per_s=speed["median"],
+        min=speed["min"],
+        max=speed["max"],
+    )
 
 
 def main(argv=None) -> dict:
@@ -77,16 +86,30 @@ def main(argv=None) -> dict:
         rows.append(run_row(vae, name, resolution, loss, size, contexts, repeats, args.smoke))
         print(rows[-1], flush=True)
     for row in rows:
-        same = [r for r in rows if r["autoencoder"] == row["autoencoder"]
-                and r["image"] == row["image"] and r["loss"] == "latent"
-                and r["contexts"] == "7 mixed"]
+        same = [
+            r
+            for r in rows
+            if r["autoencoder"] == row["autoencoder"]
+            and r["image"] == row["image"]
+            and r["loss"] == "latent"
+            and r["contexts"] == "7 mixed"
+        ]
         if same:
             row["latent_speedup"] = same[0]["samples_per_s"] / row["samples_per_s"]
-    settings = dict(K=6, exogenous_width=32, concept_width=8, expressive_depth=2,
-                    optimizer="Adam(lr=1e-3)", weights="random" if args.smoke else
-                    "quad: examples/quad-autoencoder if present else random; sd: random")
-    notes = ["samples_per_s is the median over repeats; min/max are the slowest/fastest run",
-             "latent_speedup: samples/s of the latent loss (7 mixed) over this row's"]
+    settings = dict(
+        K=6,
+        exogenous_width=32,
+        concept_width=8,
+        expressive_depth=2,
+        optimizer="Adam(lr=1e-3)",
+        weights="random"
+        if args.smoke
+        else "quad: examples/quad-autoencoder if present else random; sd: random",
+    )
+    notes = [
+        "samples_per_s is the median over repeats; min/max are the slowest/fastest run",
+        "latent_speedup: samples/s of the latent loss (7 mixed) over this row's",
+    ]
     return report("train_step", args, rows, settings, notes=notes)
 
 

@@ -29,10 +29,21 @@ QUAD_AUTOENCODER = Path(__file__).resolve().parent.parent / "examples" / "quad-a
 
 # The project's quad autoencoder (training.PretrainArguments defaults) and the Stable Diffusion
 # VAE architecture (random weights are fine for timing).
-QUAD_CONFIG = dict(block_out_channels=(16, 32, 64, 64), layers_per_block=1, latent_channels=4,
-                   norm_num_groups=8, sample_size=64)
-SD_CONFIG = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
-                 norm_num_groups=32, sample_size=512, scaling_factor=0.18215)
+QUAD_CONFIG = dict(
+    block_out_channels=(16, 32, 64, 64),
+    layers_per_block=1,
+    latent_channels=4,
+    norm_num_groups=8,
+    sample_size=64,
+)
+SD_CONFIG = dict(
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
+    latent_channels=4,
+    norm_num_groups=32,
+    sample_size=512,
+    scaling_factor=0.18215,
+)
 
 
 # ---------------------------------------------------------------------------- command line
@@ -43,13 +54,24 @@ def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds (CI)")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per row (median)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op threads (default: torch's choice, the core count)")
-    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                   help="'cpu': time with the process's CPU time instead of the wall clock; with "
-                   "--threads 1 on a busy machine, close to what a dedicated core would take")
-    p.add_argument("--out", default=None,
-                   help="results folder (default: benchmarks/results, a temp folder in --smoke)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: torch's choice, the core count)",
+    )
+    p.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="'cpu': time with the process's CPU time instead of the wall clock; with "
+        "--threads 1 on a busy machine, close to what a dedicated core would take",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="results folder (default: benchmarks/results, a temp folder in --smoke)",
+    )
     return p
 
 
@@ -93,11 +115,16 @@ def machine_info() -> dict:
         cores = os.cpu_count()
     info = dict(
         date_utc=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
-        cpu=cpu_model(), cores=cores, torch_threads=torch.get_num_threads(),
+        cpu=cpu_model(),
+        cores=cores,
+        torch_threads=torch.get_num_threads(),
         cpu_capability=torch.backends.cpu.get_cpu_capability(),
         load_average_1min=round(os.getloadavg()[0], 2),
-        python=platform.python_version(), torch=torch.__version__,
-        diffusers=diffusers.__version__, datasets=datasets.__version__, numpy=numpy.__version__,
+        python=platform.python_version(),
+        torch=torch.__version__,
+        diffusers=diffusers.__version__,
+        datasets=datasets.__version__,
+        numpy=numpy.__version__,
         device="cuda:" + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
     )
     return info
@@ -106,8 +133,9 @@ def machine_info() -> dict:
 # ---------------------------------------------------------------------------- timing
 
 
-def measure(fn: Callable[[], object], repeats: int, warmup: int = 1, number: int = 1,
-            min_time: float = 0.0) -> dict:
+def measure(
+    fn: Callable[[], object], repeats: int, warmup: int = 1, number: int = 1, min_time: float = 0.0
+) -> dict:
     """Seconds per call of ``fn``: ``warmup`` untimed calls, then ``repeats`` runs of ``number``
     calls each (grown until a run lasts ``min_time`` seconds). Returns median/min/max per call
     and the raw runs on the clock chosen by ``--clock`` (wall by default), and the medians of
@@ -130,13 +158,21 @@ def measure(fn: Callable[[], object], repeats: int, warmup: int = 1, number: int
         wall.append((time.perf_counter() - start) / number)
         cpu.append((time.process_time() - start_cpu) / number)
         runs.append(cpu[-1] if CLOCK["name"] == "cpu" else wall[-1])
-    return dict(median=statistics.median(runs), min=min(runs), max=max(runs), number=number,
-                runs=runs, clock=CLOCK["name"], wall=statistics.median(wall),
-                cpu=statistics.median(cpu))
+    return dict(
+        median=statistics.median(runs),
+        min=min(runs),
+        max=max(runs),
+        number=number,
+        runs=runs,
+        clock=CLOCK["name"],
+        wall=statistics.median(wall),
+        cpu=statistics.median(cpu),
+    )
 
 
-def measure_interleaved(fns: dict, repeats: int, warmup: int = 1, min_time: float = 0.0,
-                        wrap: Callable | None = None) -> dict:
+def measure_interleaved(
+    fns: dict, repeats: int, warmup: int = 1, min_time: float = 0.0, wrap: Callable | None = None
+) -> dict:
     """``measure`` for several functions, runs interleaved (A B C A B C ...) so that a
     change of machine load hits them all alike. ``wrap(name)`` gives a context manager entered
     around each of ``name``'s runs (e.g. a monkeypatch). Returns ``{name: timing}``."""
@@ -150,12 +186,19 @@ def measure_interleaved(fns: dict, repeats: int, warmup: int = 1, min_time: floa
         for name, fn in fns.items():
             with wrap(name):
                 runs[name].append(measure(fn, 1, warmup=0, number=number[name]))
-    return {name: dict(median=statistics.median(r["median"] for r in rs),
-                       min=min(r["min"] for r in rs), max=max(r["max"] for r in rs),
-                       number=number[name], runs=[r["median"] for r in rs],
-                       clock=CLOCK["name"], wall=statistics.median(r["wall"] for r in rs),
-                       cpu=statistics.median(r["cpu"] for r in rs))
-            for name, rs in runs.items()}
+    return {
+        name: dict(
+            median=statistics.median(r["median"] for r in rs),
+            min=min(r["min"] for r in rs),
+            max=max(r["max"] for r in rs),
+            number=number[name],
+            runs=[r["median"] for r in rs],
+            clock=CLOCK["name"],
+            wall=statistics.median(r["wall"] for r in rs),
+            cpu=statistics.median(r["cpu"] for r in rs),
+        )
+        for name, rs in runs.items()
+    }
 
 
 def now() -> float:
@@ -166,8 +209,9 @@ def now() -> float:
 
 def rate(timing: dict, items: float) -> dict:
     """Items per second from a ``measure`` result: median, min and max."""
-    return dict(median=items / timing["median"], min=items / timing["max"],
-                max=items / timing["min"])
+    return dict(
+        median=items / timing["median"], min=items / timing["max"], max=items / timing["min"]
+    )
 
 
 # ---------------------------------------------------------------------------- output
@@ -187,6 +231,7 @@ def table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
         columns = list(dict.fromkeys(k for row in rows for k in row))
     cells = [[fmt(row.get(c, "")) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+
     def line(values, justify):
         return "| " + " | ".join(justify(v, w) for v, w in zip(values, widths, strict=True)) + " |"
 
@@ -195,8 +240,14 @@ def table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
     return "\n".join(lines)
 
 
-def report(name: str, args: argparse.Namespace, rows: Sequence[dict], settings: dict,
-           columns: Sequence[str] | None = None, notes: Sequence[str] = ()) -> dict:
+def report(
+    name: str,
+    args: argparse.Namespace,
+    rows: Sequence[dict],
+    settings: dict,
+    columns: Sequence[str] | None = None,
+    notes: Sequence[str] = (),
+) -> dict:
     """Print the machine line, the settings and the table; write ``<out>/<name>.json``."""
     machine = machine_info()
     print(f"# {name}" + (" (smoke)" if args.smoke else ""))
@@ -205,15 +256,25 @@ def report(name: str, args: argparse.Namespace, rows: Sequence[dict], settings: 
     print("settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
     sections = list(dict.fromkeys(row.get("section") for row in rows))
     for section in sections:  # rows with a "section" key print as one table per section
-        part = [{k: v for k, v in row.items() if k != "section"} for row in rows
-                if row.get("section") == section]
+        part = [
+            {k: v for k, v in row.items() if k != "section"}
+            for row in rows
+            if row.get("section") == section
+        ]
         print(f"\n## {section}" if section else "")
         print(table(part, columns))
     for note in notes:
         print(f"note: {note}")
-    payload = dict(name=name, smoke=args.smoke, machine=machine, settings=settings,
-                   repeats=args.repeats, rows=list(rows), notes=list(notes),
-                   command=" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]))
+    payload = dict(
+        name=name,
+        smoke=args.smoke,
+        machine=machine,
+        settings=settings,
+        repeats=args.repeats,
+        rows=list(rows),
+        notes=list(notes),
+        command=" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
@@ -238,8 +299,11 @@ def autoencoder(kind: str = "quad", smoke: bool = False):
         config.update(block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=8)
     levels = len(config["block_out_channels"])
     torch.manual_seed(0)
-    return AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * levels,
-                         up_block_types=("UpDecoderBlock2D",) * levels, **config).eval()
+    return AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        **config,
+    ).eval()
 
 
 def concepts(k: int) -> list[str]:
@@ -249,8 +313,14 @@ def concepts(k: int) -> list[str]:
     return list(CONCEPTS[:k]) + [f"c{i}" for i in range(len(CONCEPTS), k)]
 
 
-def context_model(num_concepts: int = 6, latent_shape=(4, 8, 8), vae=None,
-                  exogenous_width: int = 32, concept_width: int = 8, expressive_depth: int = 2):
+def context_model(
+    num_concepts: int = 6,
+    latent_shape=(4, 8, 8),
+    vae=None,
+    exogenous_width: int = 32,
+    concept_width: int = 8,
+    expressive_depth: int = 2,
+):
     """A ``ContextAutoencoder`` (the adapter of the issue: widths 32/8, depth 2) in train mode.
     ``vae=None`` uses a tiny stand-in autoencoder: the latent loss never runs it."""
     from ctxadapter import ContextAutoencoder, CtxAdapter
@@ -258,18 +328,27 @@ def context_model(num_concepts: int = 6, latent_shape=(4, 8, 8), vae=None,
     if vae is None:
         from diffusers import AutoencoderKL
 
-        vae = AutoencoderKL(block_out_channels=(8,) * 4, norm_num_groups=8, layers_per_block=1,
-                            down_block_types=("DownEncoderBlock2D",) * 4,
-                            up_block_types=("UpDecoderBlock2D",) * 4,
-                            latent_channels=latent_shape[0])
-    adapter = CtxAdapter(concepts(num_concepts), list(latent_shape),
-                         exogenous_width=exogenous_width, concept_width=concept_width,
-                         expressive_depth=expressive_depth)
+        vae = AutoencoderKL(
+            block_out_channels=(8,) * 4,
+            norm_num_groups=8,
+            layers_per_block=1,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            latent_channels=latent_shape[0],
+        )
+    adapter = CtxAdapter(
+        concepts(num_concepts),
+        list(latent_shape),
+        exogenous_width=exogenous_width,
+        concept_width=concept_width,
+        expressive_depth=expressive_depth,
+    )
     return ContextAutoencoder(vae, adapter).train()
 
 
-def mixed_mask(names: Sequence[str], contexts: Sequence[str], batch_size: int,
-               seed: int = 0) -> torch.Tensor:
+def mixed_mask(
+    names: Sequence[str], contexts: Sequence[str], batch_size: int, seed: int = 0
+) -> torch.Tensor:
     """``(batch_size, K)`` mask: ``contexts`` (strings) spread evenly over the rows, shuffled."""
     from ctxadapter.contexts import context_mask
 
@@ -279,8 +358,15 @@ def mixed_mask(names: Sequence[str], contexts: Sequence[str], batch_size: int,
     return mask[order]
 
 
-def train_step(model, optimizer, contexts, latents=None, pixel_values=None,
-               reconstruction: str = "latent", generator=None) -> Callable[[], None]:
+def train_step(
+    model,
+    optimizer,
+    contexts,
+    latents=None,
+    pixel_values=None,
+    reconstruction: str = "latent",
+    generator=None,
+) -> Callable[[], None]:
     """One training step as ``finetune`` does it: forward (loss), backward, Adam step,
     ``zero_grad``, ``apply_constraints_``. ``contexts`` as the model takes them (mask or
     strings)."""
@@ -290,8 +376,13 @@ def train_step(model, optimizer, contexts, latents=None, pixel_values=None,
     objective = Objective(reconstruction=reconstruction)
 
     def step() -> None:
-        out = model(contexts, latents=latents, pixel_values=pixel_values,
-                    objective=objective, generator=generator)
+        out = model(
+            contexts,
+            latents=latents,
+            pixel_values=pixel_values,
+            objective=objective,
+            generator=generator,
+        )
         out["loss"].backward()
         optimizer.step()
         optimizer.zero_grad()

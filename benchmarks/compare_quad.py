@@ -43,7 +43,15 @@ if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
 from ctxadapter import ContextAutoencoder  # noqa: E402
-from ctxadapter.evaluation import evaluate, format_table, heldout_quad_images  # noqa: E402
+from ctxadapter.evaluation import (  # noqa: E402
+    counterfactual_shifts,
+    evaluate,
+    format_table,
+    graph_auroc,
+    heldout_quad_images,
+    prepare_images,
+)
+from ctxadapter.quad import ancestral_relation  # noqa: E402
 from ctxadapter.training import FinetuneArguments, finetune  # noqa: E402
 
 VARIANTS: dict[str, dict] = {
@@ -62,7 +70,55 @@ LABELS = {
 }
 DATA_VARIANTS = ("dependent", "independent")
 QUAD_AUTOENCODER = REPO / "examples" / "quad-autoencoder"
-METRICS = ("concept", "compo", "recon_bpp", "recon_psnr_db")
+METRICS = (
+    "concept",
+    "compo",
+    "recon_bpp",
+    "recon_psnr_db",
+    "base_psnr_db",
+    "graph_auroc",
+    "edit_moved_min",
+    "edit_drift_max",
+)
+EDIT_IMAGES = 200
+"""Observational images edited per run for the counterfactual scores."""
+
+
+def quad_scores(model, heldout: dict, dependent: bool) -> dict:
+    """The scores beside Concept / Compo / Recon: the base autoencoder's own PSNR on the
+    single-context images, the concept graph's AUROC against the SCM's ancestral relation
+    (dependent quad; None on independent quad, which has no edges), and the counterfactual edits
+    of ``EDIT_IMAGES`` observational images under each quadrant: the smallest fraction of the
+    way an edit moved its own quadrant, and the largest drift of a quadrant that is no
+    descendant of the intervened one (``ctxadapter.evaluation.counterfactual_shifts``)."""
+    singles = [name for name in heldout if "+" not in name]
+    errors = []
+    with torch.no_grad():
+        for name in singles:
+            for start in range(0, len(heldout[name]), 256):
+                real = prepare_images(heldout[name][start : start + 256], model.resolution)
+                real = real.to(model.codec.device).float() / 255
+                decoded = model.codec.decode(model.codec.encode(real * 2 - 1))
+                own = ((decoded + 1) / 2).clamp(0, 1)
+                errors.append((own - real).pow(2).flatten(1).mean(1).cpu())
+    base_psnr = (-10 * torch.log10(torch.cat(errors).clamp_min(1e-10))).mean().item()
+    concepts = list(model.adapter.concepts)
+    auroc = None
+    if dependent:
+        truth = ancestral_relation(concepts, dependent=True)
+        auroc = graph_auroc(model.adapter.concept_graph(), truth)
+    edits = counterfactual_shifts(
+        model, heldout["obs"][:EDIT_IMAGES], heldout, dependent=dependent
+    )["summary"]
+    return {
+        "base_psnr_db": base_psnr,
+        "graph_auroc": auroc,
+        "edit_moved_min": min(s["moved"] for s in edits.values() if s["moved"] is not None),
+        "edit_drift_max": max(
+            (s["max_drift"] for s in edits.values() if s["max_drift"] is not None), default=None
+        ),
+        "edits": edits,
+    }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -298,8 +354,9 @@ def markdown(summary: dict, args, runs: list[dict]) -> str:
         lines += [
             f"## quad {data_variant}",
             "",
-            "| method | seeds | Concept | Compo | Recon (bits/px) | PSNR (dB) |",
-            "|---|---|---|---|---|---|",
+            "| method | seeds | Concept | Compo | Recon (bits/px) | PSNR (dB) | base PSNR (dB) "
+            "| graph AUROC | edit moved (min) | edit drift (max) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for variant in VARIANTS:
             if variant not in groups:
@@ -308,7 +365,9 @@ def markdown(summary: dict, args, runs: list[dict]) -> str:
             lines.append(
                 f"| {LABELS[variant]} | {','.join(map(str, g['seeds']))} | "
                 f"{_pm(g['concept'])} | {_pm(g['compo'])} | {_pm(g['recon_bpp'])} | "
-                f"{_pm(g['recon_psnr_db'], 2)} |"
+                f"{_pm(g['recon_psnr_db'], 2)} | {_pm(g['base_psnr_db'], 2)} | "
+                f"{_pm(g['graph_auroc'])} | {_pm(g['edit_moved_min'], 2)} | "
+                f"{_pm(g['edit_drift_max'], 3)} |"
             )
         ratios = groups.get("ratio_cm_pooled")
         if ratios:
@@ -329,8 +388,9 @@ def markdown(summary: dict, args, runs: list[dict]) -> str:
     lines += [
         "## runs",
         "",
-        "| data | method | seed | steps | train s | eval s | Concept | Compo | Recon | PSNR |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| data | method | seed | steps | train s | eval s | Concept | Compo | Recon | PSNR "
+        "| graph AUROC | edit moved (min) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         r = run["results"]
@@ -338,7 +398,8 @@ def markdown(summary: dict, args, runs: list[dict]) -> str:
             f"| {run['data_variant']} | {run['variant']} | {run['seed']} | "
             f"{run.get('steps')} | {run['train_seconds']:.0f} | "
             f"{run['eval_seconds']:.0f} | {_num(r['concept'])} | {_num(r['compo'])} | "
-            f"{_num(r['recon_bpp'])} | {_num(r['recon_psnr_db'], 2)} |"
+            f"{_num(r['recon_bpp'])} | {_num(r['recon_psnr_db'], 2)} | "
+            f"{_num(r['graph_auroc'], 3)} | {_num(r['edit_moved_min'], 2)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -387,6 +448,7 @@ def main(argv: list[str] | None = None) -> dict:
                     seed=args.eval_seed,
                     recon=not args.no_recon,
                 )
+                results |= quad_scores(model, heldout, data_variant == "dependent")
                 eval_seconds = time.perf_counter() - start
                 print(
                     f"== {data_variant} / {variant} / seed {seed}: Concept "

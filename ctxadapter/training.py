@@ -25,7 +25,6 @@ from tqdm.auto import tqdm
 from transformers import HfArgumentParser, get_scheduler
 
 from .adapter import HEADS, CtxAdapter
-from .calibration import SCOPES, calibrate
 from .codec import SUPPORTED_AUTOENCODERS, LatentCodec
 from .contexts import parse_context
 from .data import (
@@ -37,6 +36,7 @@ from .data import (
     validate_dataset,
 )
 from .data import steps_per_epoch as count_steps
+from .layers import EXOGENOUS_BIASES
 from .model import ContextAutoencoder, base_model_record
 from .objective import Objective
 from .viz import all_pairs, concept_graph_image, context_grid, write_report
@@ -431,6 +431,11 @@ class FinetuneArguments(DataArguments):
     concept_width: int = _help("Dimensions per concept in the causal layer.", default=8)
     expressive_depth: int = _help("Widths of the per-concept MLPs (1: none).", default=2)
     observational_mixing: str = _help("'dense' (reference) or 'block'.", default="dense")
+    exogenous_bias: str = _help(
+        "'shared' (reference: one exogenous bias for every context) or 'interventional' "
+        "(intervened concepts take their own bias, so edits can shift them).",
+        default="shared",
+    )
     composition: str = _help(
         "'reference' or 'strict' causal-layer compositions.", default="reference"
     )
@@ -453,23 +458,6 @@ class FinetuneArguments(DataArguments):
         "context to that context's latents in the batch (ctxadapter.objective; not in the "
         "paper; 0: off).",
         default=0.0,
-    )
-    calibration_steps: int = _help(
-        "After training, fit the prior samples of each training context to its cached training "
-        "latents for this many steps (sliced Wasserstein-2; ctxadapter.calibration; not in the "
-        "paper; 0: off). See docs/results.md.",
-        default=0,
-    )
-    calibration_learning_rate: float = _help(
-        "Initial learning rate of the calibration and of its posterior refit (Adam, a cosine "
-        "down to 1/100 of it).",
-        default=1e-3,
-    )
-    calibration_scope: str = _help(
-        "What calibration tunes: 'generator' (the context layers and the latent head, on every "
-        "context; a pooled adapter too) or 'interventions' (only the interventional weights: "
-        "observational samples and reconstructions stay exactly as trained).",
-        default="generator",
     )
     decoder_lora_rank: int = _help(
         "Rank of a LoRA on the decoder (the paper's fine-tune variant; needs --loss pixel). "
@@ -543,18 +531,13 @@ def check_finetune_arguments(args: FinetuneArguments) -> None:
         "sampler": ("mixed", "context_pure"),
         "observational_mixing": ("dense", "block"),
         "composition": ("reference", "strict"),
-        "calibration_scope": SCOPES,
         "heads": HEADS,
+        "exogenous_bias": EXOGENOUS_BIASES,
         "preset": tuple(PRESETS),
     }
     for name, allowed in choices.items():
         if getattr(args, name) not in allowed:
             raise ValueError(f"--{name} must be one of {allowed}, got {getattr(args, name)!r}")
-    if args.pooled and args.calibration_steps and args.calibration_scope == "interventions":
-        raise ValueError(
-            "--calibration_scope interventions with --pooled: a pooled adapter never uses its "
-            "interventional weights (use --calibration_scope generator)."
-        )
     if args.decoder_lora_rank and args.loss != "pixel":
         raise ValueError(
             "--decoder_lora_rank needs --loss pixel: the latent loss never runs the decoder."
@@ -573,12 +556,11 @@ def check_finetune_arguments(args: FinetuneArguments) -> None:
         raise ValueError(
             f"--early_stopping_patience must be >= 0, got {args.early_stopping_patience}"
         )
-    for name in ("beta", "group_sparsity", "l2", "sample_matching", "calibration_steps"):
+    for name in ("beta", "group_sparsity", "l2", "sample_matching"):
         if getattr(args, name) < 0:
             raise ValueError(f"--{name} must be >= 0, got {getattr(args, name)}")
-    for name in ("learning_rate", "calibration_learning_rate"):
-        if not getattr(args, name) > 0:
-            raise ValueError(f"--{name} must be > 0, got {getattr(args, name)}")
+    if not args.learning_rate > 0:
+        raise ValueError(f"--learning_rate must be > 0, got {args.learning_rate}")
     if args.max_train_steps is not None and args.max_train_steps < 1:
         raise ValueError(f"--max_train_steps must be >= 1, got {args.max_train_steps}")
     if not 0 <= args.unfreeze_decoder_after < 1:
@@ -748,8 +730,6 @@ def finetune(args: FinetuneArguments) -> Path:
     model.to(accelerator.device)
     run = _prepare_run(args, accelerator, model, train_data, validation_data)
     outcome = _train(args, run, ["obs", *inputs.concepts, *inputs.compositions])
-    if args.calibration_steps and accelerator.is_main_process:
-        _calibrate(args, run.unwrapped, train_data)
     _write_outputs(args, run, inputs, outcome)
     accelerator.end_training()
     return Path(args.output_dir)
@@ -823,6 +803,7 @@ def _build_adapter(args: FinetuneArguments, inputs: _FinetuneInputs) -> CtxAdapt
         concept_width=args.concept_width,
         expressive_depth=args.expressive_depth,
         observational_mixing=args.observational_mixing,
+        exogenous_bias=args.exogenous_bias,
         composition=args.composition,
         pooled=args.pooled,
         heads=args.heads,
@@ -1046,28 +1027,6 @@ def _train(args: FinetuneArguments, run: _TrainingRun, grid_contexts: list[str])
         best_validation_loss=run.stopper.best_loss,
         validation_history=history,
     )
-
-
-def _calibrate(args: FinetuneArguments, model: ContextAutoencoder, data: CachedLatents) -> None:
-    """``--calibration_steps``: ``calibrate`` on the cached training latents of each training
-    context (interventions only with ``--calibration_scope interventions``; the trained model
-    is left in eval mode)."""
-    latents = {}
-    for row, name in enumerate(data.contexts):
-        if args.calibration_scope == "generator" or parse_context(name, model.adapter.concepts):
-            rows = (data.context_ids == row).nonzero().squeeze(1).tolist()
-            latents[name] = data.__getitems__(rows)["latents"].to(model.codec.device)
-    if latents:
-        calibrate(
-            model,
-            latents,
-            steps=args.calibration_steps,
-            scope=args.calibration_scope,
-            learning_rate=args.calibration_learning_rate,
-            seed=args.seed,
-            objective=training_objective(args),
-            progress=True,
-        )
 
 
 def _after_optimizer_step(

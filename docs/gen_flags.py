@@ -51,19 +51,23 @@ GROUPS: list[tuple[str, str, list[str]]] = [
         "Shape and semantics of the adapter (saved in its `config.json`). See "
         "[Concepts](concepts.md) and [Paper variants](variants.md).",
         [
+            "preset",
             "concepts",
             "exogenous_width",
             "concept_width",
             "expressive_depth",
             "observational_mixing",
+            "exogenous_bias",
             "composition",
+            "heads",
+            "head_width",
             "pooled",
         ],
     ),
     (
         "Objective",
         "What is minimised, and how batches are formed.",
-        ["loss", "beta", "group_sparsity", "l2", "sampler"],
+        ["loss", "beta", "sample_matching", "group_sparsity", "l2", "sampler"],
     ),
     (
         "Decoder fine-tuning (the paper's CM fine-tune)",

@@ -22,7 +22,8 @@ from ctxadapter.evaluation import (
     prepare_images,
 )
 from ctxadapter.metrics import recon_bits_per_pixel, sliced_wasserstein
-from ctxadapter.model import PIXEL_EPS, base_model_record, gaussian_kl
+from ctxadapter.model import base_model_record
+from ctxadapter.objective import PIXEL_EPS, gaussian_kl
 
 REPO = Path(__file__).resolve().parent.parent
 CONCEPTS = list(quad.CONCEPTS)
