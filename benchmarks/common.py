@@ -321,9 +321,13 @@ def context_model(
     concept_width: int = 8,
     expressive_depth: int = 2,
 ):
-    """A ``ContextAutoencoder`` (the adapter of the issue: widths 32/8, depth 2) in train mode.
-    ``vae=None`` uses a tiny stand-in autoencoder: the latent loss never runs it."""
+    """A ``ContextAutoencoder`` in train mode: the adapter ``examples/finetune.py`` trains by
+    default (widths 32/8, depth 2, and its heads, mixing and bias). ``vae=None`` uses a tiny
+    stand-in autoencoder: the latent loss never runs it."""
     from ctxadapter import ContextAutoencoder, CtxAdapter
+    from ctxadapter.training import FinetuneArguments
+
+    defaults = FinetuneArguments()
 
     if vae is None:
         from diffusers import AutoencoderKL
@@ -342,6 +346,10 @@ def context_model(
         exogenous_width=exogenous_width,
         concept_width=concept_width,
         expressive_depth=expressive_depth,
+        observational_mixing=defaults.observational_mixing,
+        exogenous_bias=defaults.exogenous_bias,
+        heads=defaults.heads,
+        head_width=defaults.head_width,
     )
     return ContextAutoencoder(vae, adapter).train()
 
@@ -367,13 +375,12 @@ def train_step(
     reconstruction: str = "latent",
     generator=None,
 ) -> Callable[[], None]:
-    """One training step as ``finetune`` does it: forward (loss), backward, Adam step,
-    ``zero_grad``, ``apply_constraints_``. ``contexts`` as the model takes them (mask or
-    strings)."""
+    """One training step as ``finetune`` does it, with its default objective: forward (loss),
+    backward, Adam step, ``zero_grad``, ``apply_constraints_``. ``contexts`` as the model takes
+    them (mask or strings)."""
+    from ctxadapter.training import FinetuneArguments, training_objective
 
-    from ctxadapter.objective import Objective
-
-    objective = Objective(reconstruction=reconstruction)
+    objective = training_objective(FinetuneArguments(loss=reconstruction))
 
     def step() -> None:
         out = model(

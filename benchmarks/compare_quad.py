@@ -17,8 +17,7 @@ The portable figure is the ratio cm / pooled for Concept and Compo (the paper: a
 projections and the same generation noise (``--eval_seed``).
 
     python benchmarks/compare_quad.py                                   # everything, long
-    python benchmarks/compare_quad.py --data_variants dependent --variants cm pooled --seeds 0 \
-        --quad_images_per_context 1500 --max_train_steps 1500 --train_batch_size 256
+    python benchmarks/compare_quad.py --data_variants dependent --variants cm pooled  # defaults
     python benchmarks/compare_quad.py --smoke                           # seconds, for CI
 
 Adapters are written under ``--work_dir/<data variant>/<method>/seed<k>``; ``--reuse`` skips
@@ -140,9 +139,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     budget = parser.add_argument_group("training budget (the same for every method)")
-    budget.add_argument("--quad_images_per_context", type=int, default=1500)
-    budget.add_argument("--max_train_steps", type=int, default=3000)
-    budget.add_argument("--train_batch_size", type=int, default=256)
+    defaults = FinetuneArguments()  # the budget of a plain examples/finetune.py run
+    budget.add_argument(
+        "--quad_images_per_context", type=int, default=defaults.quad_images_per_context
+    )
+    budget.add_argument(
+        "--max_train_steps",
+        type=int,
+        default=defaults.max_train_steps,
+        help="Default: --num_train_epochs epochs with early stopping, as finetune.py.",
+    )
+    budget.add_argument("--train_batch_size", type=int, default=defaults.train_batch_size)
     budget.add_argument(
         "--resolution",
         type=int,
@@ -342,7 +349,12 @@ def markdown(summary: dict, args, runs: list[dict]) -> str:
         "# quad comparison: context module vs pooled ablation",
         "",
         f"Budget per run: {args.quad_images_per_context} training images per context, "
-        f"{args.max_train_steps} steps at batch {args.train_batch_size}"
+        + (
+            f"{args.max_train_steps} steps"
+            if args.max_train_steps
+            else "the default epochs with early stopping"
+        )
+        + f" at batch {args.train_batch_size}"
         + (f", extra settings {' '.join(args.set)}" if args.set else "")
         + ". "
         f"Evaluation: {args.images_per_context} held-out images per context ({args.heldout_split} "

@@ -16,8 +16,7 @@ Per sample, for a batch of latents ``e`` with their contexts::
   every context, but the ELBO trains the generator only on posterior samples, and an
   intervention that shifts a concept is then learned by the posterior rather than by the context
   layers (``docs/results.md``). This term trains the generative path directly: every row of
-  the batch gets ``matching_samples`` prior samples generated under the row's own context, and
-  within each context
+  the batch gets a prior sample generated under the row's own context, and within each context
   the generated latents are compared with the batch's real latents by the squared sliced
   Wasserstein-2 distance along ``num_projections`` random directions (per latent entry,
   summed over entries, so that it is on the scale of the reconstruction term).
@@ -47,35 +46,26 @@ def grouped_sliced_wasserstein(
 ) -> Tensor:
     """Squared sliced Wasserstein-2 distance between ``real`` and ``fake`` within each group.
 
-    ``fake`` holds ``R`` rows for every row of ``real`` (``R`` a whole number, ``1`` or more),
-    each group ``R`` times as many fake rows as real ones: fake row ``m`` belongs to the group of
-    real row ``m // R``. Along every direction both sides are sorted within their group and
-    matched by rank, each real row with ``R`` consecutive fake rows (the optimal 1-D coupling of
-    ``n`` and ``R n`` equally weighted points).
+    Row ``n`` of ``fake`` belongs to the same group as row ``n`` of ``real``, so each group has
+    as many rows on both sides. Along every direction both sides are sorted within their group
+    and matched rank by rank (the optimal 1-D coupling).
 
     Args:
-        real: ``(N, D)``.
-        fake: ``(R N, D)``.
-        groups: ``(N,)`` integer group of each real row (e.g. the index of its context).
+        real, fake: ``(N, D)``.
+        groups: ``(N,)`` integer group of each row (e.g. the index of its context).
         directions: ``(D, P)`` unit directions.
 
     Returns:
-        A scalar: the mean over fake rows and directions of the squared matched differences
-        (each group weighted by its size).
+        A scalar: the mean over rows and directions of the squared matched differences (each
+        group weighted by its size).
     """
-    repeats = fake.shape[0] // real.shape[0]
-    if repeats < 1 or fake.shape[0] != repeats * real.shape[0]:
-        raise ValueError(
-            f"fake must have a whole multiple of the {real.shape[0]} real rows, got {fake.shape[0]}"
-        )
     projected_real, projected_fake = real @ directions, fake @ directions
     # Sort by (group, value): adding group * span keeps the groups apart and in order.
     span = torch.cat([projected_real, projected_fake]).detach().abs().amax().mul(2).add(1)
     offset = groups.to(real.dtype).unsqueeze(1) * span
     sorted_real = (projected_real + offset).sort(dim=0).values
-    fake_offset = offset.repeat_interleave(repeats, dim=0)
-    sorted_fake = (projected_fake + fake_offset).sort(dim=0).values
-    return (sorted_real.repeat_interleave(repeats, dim=0) - sorted_fake).pow(2).mean()
+    sorted_fake = (projected_fake + offset).sort(dim=0).values
+    return (sorted_real - sorted_fake).pow(2).mean()
 
 
 @dataclass(frozen=True)
@@ -89,8 +79,6 @@ class Objective:
         sample_matching: weight of the per-context sliced-Wasserstein term (0: the paper's
             objective).
         num_projections: random directions of that term per batch.
-        matching_samples: prior samples of that term per row of the batch (more samples make
-            the generated side of each context's distance less noisy).
         group_sparsity: weight of ``sum_{i != j} ||W[i, j]||_F`` of each row's effective causal
             weight.
         l2: weight of ``||W||_F``.
@@ -100,7 +88,6 @@ class Objective:
     beta: float = 1.0
     sample_matching: float = 0.0
     num_projections: int = 64
-    matching_samples: int = 1
     group_sparsity: float = 0.0
     l2: float = 0.0
 
@@ -113,10 +100,9 @@ class Objective:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        for name in ("num_projections", "matching_samples"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        value = self.num_projections
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            raise ValueError(f"num_projections must be a positive integer, got {value!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -170,10 +156,8 @@ class Objective:
         recon, kl = nll.mean(), gaussian_kl(out.mean, out.logvar).mean()
         matching = recon.new_zeros(())
         if self.sample_matching:
-            repeats = self.matching_samples
-            noise = adapter.sample_noise(latents.shape[0] * repeats, generator=generator)
-            rows = mask.repeat_interleave(repeats, dim=0)
-            generated = adapter.latents_from_noise(noise, rows).flatten(1)
+            noise = adapter.sample_noise(latents.shape[0], generator=generator)
+            generated = adapter.latents_from_noise(noise, mask).flatten(1)
             _, groups = torch.unique(mask, dim=0, return_inverse=True)
             directions = torch.randn(
                 generated.shape[1],

@@ -412,7 +412,7 @@ class FinetuneArguments(DataArguments):
 
     preset: str = _help(
         "'ctxadapter' (the defaults listed here) or 'paper': the paper's exact setup (linear "
-        "heads, dense observational mixing, the Bernoulli pixel loss, one context per batch, "
+        "heads, the reference context layers, the Bernoulli pixel loss, one context per batch, "
         "no sample matching or sparsity) as the defaults of those flags.",
         default="ctxadapter",
     )
@@ -430,18 +430,23 @@ class FinetuneArguments(DataArguments):
     exogenous_width: int = _help("Noise dimensions per concept.", default=32)
     concept_width: int = _help("Dimensions per concept in the causal layer.", default=8)
     expressive_depth: int = _help("Widths of the per-concept MLPs (1: none).", default=2)
-    observational_mixing: str = _help("'dense' (reference) or 'block'.", default="dense")
+    observational_mixing: str = _help(
+        "'block' (no mixing of concepts' noise in the observational context) or 'dense' (the "
+        "reference).",
+        default="block",
+    )
     exogenous_bias: str = _help(
         "'shared' (reference: one exogenous bias for every context) or 'interventional' "
         "(intervened concepts take their own bias, so edits can shift them).",
-        default="shared",
+        default="interventional",
     )
     composition: str = _help(
         "'reference' or 'strict' causal-layer compositions.", default="reference"
     )
     pooled: bool = _help("Ignore context labels: the 'CM pooled' ablation.", default=False)
     heads: str = _help(
-        "Posterior and latent heads: 'linear' (the paper's) or 'mlp'.", default="linear"
+        "Posterior and latent heads: 'mlp' (two hidden GELU layers) or 'linear' (the paper's).",
+        default="mlp",
     )
     head_width: int = _help("Hidden width of the MLP heads.", default=256)
     beta: float = _help("Weight of the KL term.", default=1.0)
@@ -451,13 +456,13 @@ class FinetuneArguments(DataArguments):
     sampler: str = _help(
         "'mixed' batches or 'context_pure' batches (one context each).", default="mixed"
     )
-    group_sparsity: float = _help("Weight of the causal-layer group-sparsity penalty.", default=0.0)
+    group_sparsity: float = _help("Weight of the causal-layer group-sparsity penalty.", default=3.0)
     l2: float = _help("Weight of the causal-layer Frobenius-norm penalty.", default=0.0)
     sample_matching: float = _help(
         "Weight of the per-context sliced-Wasserstein term that fits prior samples of each "
         "context to that context's latents in the batch (ctxadapter.objective; not in the "
         "paper; 0: off).",
-        default=0.0,
+        default=4.0,
     )
     decoder_lora_rank: int = _help(
         "Rank of a LoRA on the decoder (the paper's fine-tune variant; needs --loss pixel). "
@@ -502,6 +507,7 @@ PRESETS: dict[str, dict] = {
         preset="paper",
         heads="linear",
         observational_mixing="dense",
+        exogenous_bias="shared",
         loss="pixel",
         sampler="context_pure",
         beta=1.0,

@@ -206,9 +206,10 @@ def counterfactual_grid(
     """Counterfactual edits of real images: one column per image.
 
     Rows, top to bottom: the input images (label ``"input"``, after resizing to the model's
-    resolution), their reconstruction under the observational context (label ``"obs"``), then
-    ``ContextAutoencoder.counterfactual`` under each of ``contexts``: the same noise (the
-    posterior mean of each image), another context. Runs in eval mode under ``torch.no_grad``;
+    resolution), their unedited ``ContextAutoencoder.counterfactual`` under the observational
+    context (label ``"obs"``: the autoencoder's reconstruction, for the default residual edit),
+    then the edits under each of ``contexts``: the same noise (the posterior mean of each
+    image), another context. Runs in eval mode under ``torch.no_grad``;
     the model's previous mode is restored afterwards.
 
     Args:
@@ -228,10 +229,9 @@ def counterfactual_grid(
     pixels = pixels.clamp(0, 1)
     rows = [pixels]
     with _eval_mode(model):
-        rows.append(model.reconstruct(pixels, OBSERVATIONAL).cpu())
-        for context in canonical:
+        for context in [(), *canonical]:
             rows.append(model.counterfactual(pixels, context).cpu())
-    labels = ["input", OBSERVATIONAL] + [context_name(c) for c in canonical]
+    labels = ["input"] + [context_name(c) for c in [(), *canonical]]
     return image_grid(torch.cat(rows), len(rows), labels)
 
 

@@ -282,6 +282,7 @@ def test_paper_preset_sets_defaults_and_explicit_flags_win():
         "context_pure",
     )
     assert paper.sample_matching == 0 and paper.group_sparsity == 0 and paper.beta == 1
+    assert paper.exogenous_bias == "shared"
     mixed = parse_finetune_arguments(["--beta", "2", "--preset", "paper", "--heads", "mlp"])
     assert (mixed.beta, mixed.heads, mixed.loss) == (2.0, "mlp", "pixel")
     with pytest.raises(ValueError, match="--preset must be one of .*'best'"):

@@ -144,11 +144,13 @@ def test_counterfactual_grid_rows(model, images):
     pixels = (images + 1) / 2  # [0, 1]
     model.eval()
     edited = to_uint8(model.counterfactual(pixels, "b"))
+    unedited = to_uint8(model.counterfactual(pixels, "obs"))  # the autoencoder's reconstruction
     grid = counterfactual_grid(model, pixels)
     assert not model.training
     rows = 2 + len(CONCEPTS)  # input, obs, a, b, c
     assert grid.size[1] == grid_height(rows)
     assert np.abs(tile(grid, 0, 1, 2) - to_uint8(pixels)[1]).max() <= 1
+    assert np.abs(tile(grid, 1, 1, 2) - unedited[1]).max() <= 1  # row of "obs"
     assert np.abs(tile(grid, 3, 0, 2) - edited[0]).max() <= 1  # row of "b"
 
     grid = counterfactual_grid(model, pixels, contexts=["a+c"])
