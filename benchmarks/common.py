@@ -409,28 +409,50 @@ def adam(model, **kwargs) -> torch.optim.Optimizer:
 # ---------------------------------------------------------------------------- arithmetic
 
 
-def step_flops(adapter, contexts: torch.Tensor) -> float:
+def _linear_shapes(module) -> list[tuple[int, int]]:
+    """``(in, out)`` of every ``nn.Linear`` in ``module`` (a linear or an MLP head), in order."""
+    return [(m.in_features, m.out_features) for m in module.modules() if hasattr(m, "in_features")]
+
+
+def step_flops(adapter, contexts: torch.Tensor, sample_matching: bool | None = None) -> float:
     """Matrix-product FLOPs per sample of one training step (forward + backward) of ``adapter``
     with the ``latent`` loss on a batch with the ``(N, K)`` context masks ``contexts``, counted
-    from the layer shapes as the library computes them. The exogenous layer: one dense product
-    if every row is observational; otherwise one batched product over the K diagonal blocks of
-    both weights for every row, plus the dense product on the observational rows. The causal
-    layer: one masked dense product, two if any row is intervened. Backward costs 2x forward,
-    except the posterior head (its input, the latents, needs no gradient). Elementwise work
-    (GELU, BatchNorm, masks, Adam) is not counted."""
+    from the layer shapes as the library computes them. The heads: each of their linear maps.
+    The exogenous layer: one dense product if every row is observational (dense mixing);
+    otherwise one batched product over the K diagonal blocks of both weights for every row,
+    plus, with dense mixing, the dense product on the observational rows. The causal layer: one
+    masked dense product, two if any row is intervened. With ``sample_matching`` (default: as
+    ``examples/finetune.py`` trains), the generator (context layers and latent head) runs once
+    more per row and both sides are projected on the objective's directions. Backward costs 2x
+    forward, except where the input needs no gradient (the latents). Elementwise work (GELU,
+    BatchNorm, masks, sorting, Adam) is not counted."""
+    from ctxadapter.training import FinetuneArguments, training_objective
+
+    objective = training_objective(FinetuneArguments())
+    if sample_matching is None:
+        sample_matching = objective.sample_matching > 0
     k = len(adapter.concepts)
-    latent = adapter.posterior_head.in_features
     noise, concept = adapter.noise_size, adapter.causal.weight_obs.shape[0]
+    latent = adapter.latent_shape[0] * adapter.latent_shape[1] * adapter.latent_shape[2]
     widths = adapter.expressive.widths
     observational = (~contexts.any(dim=-1)).float().mean().item()
-    products = [(latent, 2 * noise, False, 1.0)]  # (in, out, input needs a gradient, rows)
-    if observational == 1:
-        products += [(noise, noise, True, 1.0), (concept, concept, True, 1.0)]
+    dense = adapter.exogenous.observational_mixing == "dense"
+    posterior = [
+        (i, o, n > 0, 1.0) for n, (i, o) in enumerate(_linear_shapes(adapter.posterior_head))
+    ]
+    generator = []  # (in, out, input needs a gradient, rows)
+    if observational == 1 and dense:
+        generator += [(noise, noise, True, 1.0), (concept, concept, True, 1.0)]
     else:
-        products += [(noise, 2 * adapter.exogenous.width, True, 1.0)]
-        products += [(noise, noise, True, observational), (concept, concept, True, 2.0)]
-    products += [(k * a, k * b, True, 1.0) for a, b in zip(widths[:-1], widths[1:], strict=True)]
-    products += [(concept, latent, True, 1.0)]
+        generator += [(noise, 2 * adapter.exogenous.width, True, 1.0)]
+        generator += [(noise, noise, True, observational)] if dense else []
+        generator += [(concept, concept, True, 2.0 if observational < 1 else 1.0)]
+    generator += [(k * a, k * b, True, 1.0) for a, b in zip(widths[:-1], widths[1:], strict=True)]
+    generator += [(i, o, True, 1.0) for i, o in _linear_shapes(adapter.latent_head)]
+    products = posterior + generator
+    if sample_matching:
+        products += generator + [(latent, objective.num_projections, False, 1.0)]
+        products += [(latent, objective.num_projections, True, 1.0)]
     return sum(2 * i * o * (2 + grad) * rows for i, o, grad, rows in products)
 
 

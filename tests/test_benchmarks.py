@@ -61,14 +61,16 @@ def test_smoke(name, bench_path, tmp_path, capsys):
     assert f"# {result_name} (smoke)" in printed and "|" in printed
 
 
-def test_step_flops_counts_the_default_adapter(bench_path):
+def test_step_flops_counts_the_paper_adapter(bench_path):
+    from ctxadapter import CtxAdapter
+
     common = importlib.import_module("common")
-    adapter = common.context_model(6, (4, 8, 8)).adapter
+    adapter = CtxAdapter([f"c{k}" for k in range(6)], [4, 8, 8])  # linear heads, dense mixing
     # posterior 256->384 (no input gradient), exogenous 192->192, expressive 192->48,
     # causal 48->48, latent head 48->256; forward 2*in*out, backward twice that.
     products = [(256, 384, 2), (192, 192, 3), (192, 48, 3), (48, 48, 3), (48, 256, 3)]
     observational = torch.zeros(7, 6, dtype=torch.bool)
-    obs_flops = common.step_flops(adapter, observational)
+    obs_flops = common.step_flops(adapter, observational, sample_matching=False)
     assert obs_flops == sum(2 * i * o * m for i, o, m in products)
     # obs and the 6 single interventions: the exogenous layer's dense product runs on 1 row in 7
     # and a batched product over the 6 diagonal blocks of both weights (192 -> 2 * 32) on all;
@@ -76,7 +78,22 @@ def test_step_flops_counts_the_default_adapter(bench_path):
     mixed = torch.cat([observational[:1], torch.eye(6, dtype=torch.bool)])
     dense = 2 * 192 * 192 * 3
     expected = obs_flops - dense + dense / 7 + 2 * 192 * 64 * 3 + 2 * 48 * 48 * 3
-    assert common.step_flops(adapter, mixed) == pytest.approx(expected)
+    assert common.step_flops(adapter, mixed, sample_matching=False) == pytest.approx(expected)
+
+
+def test_step_flops_counts_the_default_adapter(bench_path):
+    common = importlib.import_module("common")
+    adapter = common.context_model(6, (4, 8, 8)).adapter  # MLP heads of width 256, block mixing
+    observational = torch.zeros(7, 6, dtype=torch.bool)
+    posterior = 2 * 256 * 256 * 2 + 2 * 256 * 256 * 3 + 2 * 256 * 384 * 3
+    # block mixing: the batched product over the diagonal blocks even for observational rows
+    generator = 2 * 192 * 64 * 3 + 2 * 48 * 48 * 3 + 2 * 192 * 48 * 3
+    generator += 2 * 48 * 256 * 3 + 2 * 256 * 256 * 3 + 2 * 256 * 256 * 3
+    plain = common.step_flops(adapter, observational, sample_matching=False)
+    assert plain == posterior + generator
+    # sample matching: the generator once more, and 64 projections of both sides of 256 values
+    matched = common.step_flops(adapter, observational)
+    assert matched == plain + generator + 2 * 256 * 64 * 2 + 2 * 256 * 64 * 3
 
 
 def test_table_and_measure(bench_path):
