@@ -1,4 +1,4 @@
-"""Evaluate a trained adapter the way the paper does (``spec/evaluation.md``).
+"""Evaluate a trained adapter the way the paper does (see ``docs/evaluation.md``).
 
 - **Concept**: per single context (``obs`` and each one-concept intervention), the sliced
   Wasserstein-2 distance (SW2) in pixel space between held-out real images and as many images

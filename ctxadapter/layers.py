@@ -1,4 +1,4 @@
-"""The three context layers of the context module (``spec/context-module.md``).
+"""The three context layers of the context module (the paper's semantics; ``docs/concepts.md``).
 
 Vectors of length ``K*w`` are ``K`` contiguous blocks of width ``w``, block ``k`` belonging to
 concept ``k``. A batch's contexts arrive as a boolean mask ``(N, K)`` (see

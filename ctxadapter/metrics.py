@@ -6,7 +6,7 @@ floats (``x / 255``). Floating inputs are used as they are (``float16``/``bfloat
 ``float32``); computations run in ``float64`` when an input is ``float64`` and in ``float32``
 otherwise.
 
-The scores follow ``spec/evaluation.md``:
+The scores follow the paper's evaluation (``docs/evaluation.md``):
 
 - **Concept**: mean, over single contexts (``"obs"`` and one-concept interventions), of the
   sliced Wasserstein-2 distance between real and generated images of that context.

@@ -1,4 +1,5 @@
-"""The synthetic ``quad`` dataset (``spec/quad.md``): images with known concepts and interventions.
+"""The synthetic ``quad`` dataset of the paper (``docs/concepts.md``): images with known concepts
+and interventions.
 
 Eight scalar latents, in the order of :data:`LATENT_NAMES`, follow a linear Gaussian structural
 causal model (SCM). Six of them are concepts (:data:`CONCEPTS`) that a context may intervene on.

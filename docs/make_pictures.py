@@ -1,7 +1,7 @@
 """Make the quad pictures of the documentation (``docs/images/quad_*.png``).
 
     accelerate launch --num_processes 1 --cpu examples/finetune.py --output_dir /tmp/docs-run \
-        --report_to none --beta 4 --context_prior 30      # the quickstart's run + the recipe
+        --report_to none                                  # the quickstart's run: the defaults
     python docs/make_pictures.py --quad_run /tmp/docs-run
 
 Writes:
