@@ -115,9 +115,11 @@ class ContextAutoencoder(nn.Module):
         return self(contexts, **kwargs)
 
     # ------------------------------------------------------------------ using a trained adapter
-    def _images_to_latents(self, images) -> torch.Tensor:
-        pixels = self.codec.preprocess(images, *self.resolution)
-        return self.codec.encode(pixels)
+    def _encode(self, images) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images at the adapter's resolution -> their latents and posterior mean noise."""
+        self._check_resolution(images)
+        latents = self.codec.encode(self.codec.preprocess(images, *self.resolution))
+        return latents, self.adapter.posterior(latents)[0]
 
     def _check_resolution(self, images) -> None:
         if isinstance(images, torch.Tensor) and images.ndim == 4:
@@ -155,9 +157,7 @@ class ContextAutoencoder(nn.Module):
     def reconstruct(self, images, contexts, output_type: Literal["pt", "pil", "np"] = "pt") -> Any:
         """Encode ``images``, take the posterior mean of the noise and decode it under
         ``contexts`` (one for all, or one per image)."""
-        self._check_resolution(images)
-        latents = self._images_to_latents(images)
-        mean, _ = self.adapter.posterior(latents)
+        _, mean = self._encode(images)
         decoded = self.codec.decode(self.adapter.latents_from_noise(mean, contexts))
         return self.codec.postprocess(decoded, output_type)
 
@@ -191,9 +191,7 @@ class ContextAutoencoder(nn.Module):
             context = tuple(context)
         if isinstance(source_context, list):
             source_context = tuple(source_context)
-        self._check_resolution(images)
-        latents = self._images_to_latents(images)
-        mean, _ = self.adapter.posterior(latents)
+        latents, mean = self._encode(images)
         edited = self.adapter.latents_from_noise(mean, context)
         if mode == "residual":
             edited = latents + edited - self.adapter.latents_from_noise(mean, source_context)

@@ -25,7 +25,7 @@ Per sample, for a batch of latents ``e`` with their contexts::
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -103,9 +103,6 @@ class Objective:
         value = self.num_projections
         if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
             raise ValueError(f"num_projections must be a positive integer, got {value!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     def __call__(
         self,
