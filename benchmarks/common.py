@@ -23,9 +23,10 @@ from pathlib import Path
 
 import torch
 
+from ctxadapter.training import QUAD_AUTOENCODER
+
 CLOCK = {"name": "wall"}  # set by --clock: "cpu" times with the process's CPU time
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-QUAD_AUTOENCODER = Path(__file__).resolve().parent.parent / "examples" / "quad-autoencoder"
 
 # The project's quad autoencoder (training.PretrainArguments defaults) and the Stable Diffusion
 # VAE architecture (random weights are fine for timing).
@@ -378,9 +379,9 @@ def train_step(
     """One training step as ``finetune`` does it, with its default objective: forward (loss),
     backward, Adam step, ``zero_grad``, ``apply_constraints_``. ``contexts`` as the model takes
     them (mask or strings)."""
-    from ctxadapter.training import FinetuneArguments, training_objective
+    from ctxadapter.training import FinetuneArguments
 
-    objective = training_objective(FinetuneArguments(loss=reconstruction))
+    objective = FinetuneArguments(loss=reconstruction).objective()
 
     def step() -> None:
         out = model(
@@ -426,9 +427,9 @@ def step_flops(adapter, contexts: torch.Tensor, sample_matching: bool | None = N
     more per row and both sides are projected on the objective's directions. Backward costs 2x
     forward, except where the input needs no gradient (the latents). Elementwise work (GELU,
     BatchNorm, masks, sorting, Adam) is not counted."""
-    from ctxadapter.training import FinetuneArguments, training_objective
+    from ctxadapter.training import FinetuneArguments
 
-    objective = training_objective(FinetuneArguments())
+    objective = FinetuneArguments().objective()
     if sample_matching is None:
         sample_matching = objective.sample_matching > 0
     k = len(adapter.concepts)

@@ -51,7 +51,7 @@ from ctxadapter.evaluation import (  # noqa: E402
     prepare_images,
 )
 from ctxadapter.quad import ancestral_relation  # noqa: E402
-from ctxadapter.training import FinetuneArguments, finetune  # noqa: E402
+from ctxadapter.training import QUAD_AUTOENCODER, FinetuneArguments, finetune  # noqa: E402
 
 VARIANTS: dict[str, dict] = {
     "cm": {},
@@ -68,7 +68,6 @@ LABELS = {
     "finetune": "(d) pixel loss + decoder LoRA r4",
 }
 DATA_VARIANTS = ("dependent", "independent")
-QUAD_AUTOENCODER = REPO / "examples" / "quad-autoencoder"
 METRICS = (
     "concept",
     "compo",

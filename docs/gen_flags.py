@@ -18,112 +18,17 @@ import types
 import typing
 from pathlib import Path
 
-from ctxadapter.training import DataArguments, FinetuneArguments, PretrainArguments
+from ctxadapter.training import FinetuneArguments, PretrainArguments
+from ctxadapter.training.args import FlagGroup
 
 OUTPUT = Path(__file__).resolve().parent / "flags.md"
 
-GROUPS: list[tuple[str, str, list[str]]] = [
-    (
-        "The frozen autoencoder",
-        "Which pretrained autoencoder the adapter sits in; its latent scaling and shift factors "
-        "are read from its config.",
-        ["pretrained_model_name_or_path", "revision", "subfolder"],
-    ),
-    (
-        "Data",
-        "Where the images and their contexts come from. See [Preparing your data](data.md).",
-        [
-            "dataset_name",
-            "dataset_config_name",
-            "train_data_dir",
-            "image_column",
-            "context_column",
-            "resolution",
-            "validation_fraction",
-            "quad_images_per_context",
-            "quad_variant",
-            "cache_dir",
-            "dataloader_num_workers",
-        ],
-    ),
-    (
-        "The context module",
-        "Shape and semantics of the adapter (saved in its `config.json`). See "
-        "[Concepts](concepts.md) and [Paper variants](variants.md).",
-        [
-            "preset",
-            "concepts",
-            "exogenous_width",
-            "concept_width",
-            "expressive_depth",
-            "observational_mixing",
-            "exogenous_bias",
-            "composition",
-            "heads",
-            "head_width",
-            "pooled",
-        ],
-    ),
-    (
-        "Objective",
-        "What is minimised, and how batches are formed.",
-        ["loss", "beta", "sample_matching", "group_sparsity", "l2", "sampler"],
-    ),
-    (
-        "Decoder fine-tuning (the paper's CM fine-tune)",
-        "A LoRA on the frozen decoder, trained with the pixel loss after a warm-up fraction.",
-        ["decoder_lora_rank", "unfreeze_decoder_after"],
-    ),
-    (
-        "Optimisation",
-        "A linear warm-up then a cosine decay (the paper's schedule), run by Accelerate.",
-        [
-            "train_batch_size",
-            "gradient_accumulation_steps",
-            "max_train_steps",
-            "num_train_epochs",
-            "learning_rate",
-            "lr_scheduler",
-            "lr_warmup_steps",
-            "min_learning_rate",
-            "mixed_precision",
-            "seed",
-        ],
-    ),
-    (
-        "Validation, early stopping and sample grids",
-        "",
-        [
-            "validation_epochs",
-            "early_stopping_patience",
-            "validation_steps",
-            "validation_compositions",
-            "num_validation_images",
-        ],
-    ),
-    (
-        "Outputs, logging and checkpoints",
-        "",
-        [
-            "output_dir",
-            "report_to",
-            "checkpointing_steps",
-            "checkpoints_total_limit",
-            "resume_from_checkpoint",
-        ],
-    ),
-    (
-        "Sharing on the Hub",
-        "See [Sharing on the Hub](hub.md).",
-        ["push_to_hub", "hub_model_id", "hub_token"],
-    ),
-    (
-        "Autoencoder architecture (pretrain_autoencoder.py only)",
-        "",
-        ["block_out_channels", "layers_per_block", "latent_channels", "norm_num_groups"],
-    ),
-    ("Autoencoder objective (pretrain_autoencoder.py only)", "", ["kl_weight"]),
-]
+SEE_ALSO = {
+    "ImageDataArguments": "See [Preparing your data](data.md).",
+    "AdapterArguments": "See [Concepts](concepts.md) and [Paper variants](variants.md).",
+    "HubArguments": "See [Sharing on the Hub](hub.md).",
+}
+"""Links to the guides, added after a group's description."""
 
 
 def type_name(annotation) -> tuple[str, bool]:
@@ -134,6 +39,8 @@ def type_name(annotation) -> tuple[str, bool]:
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
         return type_name(args[0]) if len(args) == 1 else (" or ".join(map(str, args)), False)
+    if typing.get_origin(annotation) is typing.Literal:
+        return "one of " + ", ".join(f"`{a}`" for a in args), False
     if typing.get_origin(annotation) is list:
         return f"list of {args[0].__name__}", True
     return annotation.__name__, False
@@ -169,61 +76,74 @@ def table(fields: list[dataclasses.Field], hints: dict) -> list[str]:
     return lines
 
 
-def section(title: str, cls: type, script: str, only: set[str] | None = None) -> list[str]:
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if only is None or f.name in only}
-    lines = [f"## {title}", ""]
-    if only is not None:
-        lines += [
-            f"`{script}` takes the data and optimisation flags of `finetune.py` above (same "
-            f"meaning); these are its own flags or have other defaults:",
-            "",
-        ]
-    seen: set[str] = set()
-    for group, blurb, names in GROUPS:
-        present = [fields[n] for n in names if n in fields]
-        if not present:
+def groups(cls: type) -> list[tuple[str, str, list[str]]]:
+    """``(title, description, field names)`` of each flag group that ``cls`` combines, in the
+    order of ``--help``: the title and description are the group's docstring, split at its
+    first colon."""
+    found = []
+    for group in reversed(cls.__mro__):
+        if group in (object, FlagGroup, cls) or not dataclasses.is_dataclass(group):
             continue
-        seen.update(n for n in names if n in fields)
+        title, _, blurb = " ".join(group.__doc__.split()).rstrip(".").partition(": ")
+        blurb = blurb[:1].upper() + blurb[1:] + ("." if blurb else "")
+        blurb = " ".join([blurb, SEE_ALSO.get(group.__name__, "")])
+        found.append((title, blurb.strip(), list(vars(group)["__annotations__"])))
+    return found
+
+
+def section(title: str, cls: type) -> list[str]:
+    """The tables of every group of ``cls``."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    lines = [f"## {title}", ""]
+    for group, blurb, names in groups(cls):
         lines += [f"### {group}", ""] + ([blurb, ""] if blurb else [])
-        lines += table(present, hints) + [""]
-    rest = [f for name, f in fields.items() if name not in seen]
-    if rest:
-        lines += ["### Other", ""] + table(rest, hints) + [""]
+        lines += table([fields[n] for n in names], hints) + [""]
     return lines
 
 
 def render() -> str:
-    data_fields = {f.name: f for f in dataclasses.fields(DataArguments)}
-    own = {
-        f.name
-        for f in dataclasses.fields(PretrainArguments)
-        if f.name not in data_fields
-        or default_text(f) != default_text(data_fields[f.name])
-        or f.metadata != data_fields[f.name].metadata
-    }
+    own = list(vars(PretrainArguments)["__annotations__"])
+    hints = typing.get_type_hints(PretrainArguments)
+    fields = {f.name: f for f in dataclasses.fields(PretrainArguments)}
     lines = [
-        "<!-- Generated by docs/gen_flags.py from the dataclasses in ctxadapter/training.py: "
+        "<!-- Generated by docs/gen_flags.py from the dataclasses in ctxadapter/training/: "
         "do not edit by hand. -->",
         "",
         "# Training flags",
         "",
         "Every flag of `examples/finetune.py` (the dataclass `ctxadapter.training."
-        "FinetuneArguments`, read by transformers' `HfArgumentParser`), grouped by purpose. "
+        "FinetuneArguments`, read by transformers' `HfArgumentParser`), grouped by purpose: "
+        f"{len(fields_of(FinetuneArguments))} flags in {len(groups(FinetuneArguments))} groups, "
+        "one dataclass each (`ctxadapter.training.args`), which checks its own values. "
         "`python examples/finetune.py --help` prints the same text. Boolean flags are switched "
         "on by naming them; list flags take several values separated by spaces "
         "(`--concepts quad1 quad2 size`). From Python, build the dataclass and call "
-        "`ctxadapter.training.finetune(args)`.",
+        "`ctxadapter.training.finetune(args)`; `FinetuneArguments()` alone trains on the "
+        "built-in quad data with the shipped quad autoencoder.",
+        "",
+        "Every group is there for one step of a run: which autoencoder, which images, which "
+        "contexts, the adapter's shape, what is minimised, the optional decoder LoRA, the "
+        "optimiser, validation and early stopping, where results go, checkpoints, the Hub. "
+        "Research options that lost against the defaults were removed, not kept as flags; the "
+        "paper's own setup is one flag, `--preset paper`.",
         "",
     ]
-    lines += section("examples/finetune.py", FinetuneArguments, "finetune.py")
-    lines += section(
-        "examples/pretrain_autoencoder.py",
-        PretrainArguments,
-        "pretrain_autoencoder.py",
-        only=own,
-    )
+    lines += section("examples/finetune.py", FinetuneArguments)
+    lines += [
+        "## examples/pretrain_autoencoder.py",
+        "",
+        f"{len(fields_of(PretrainArguments))} flags. It takes the groups *Data*, *Optimisation* "
+        "and *Outputs and logging* of `finetune.py` above (same meaning); these are its own "
+        "flags or have other defaults:",
+        "",
+    ]
+    lines += table([fields[n] for n in own], hints) + [""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def fields_of(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,14 +12,7 @@ grids, the concept-graph picture, ``metrics.json``, tensorboard logs and resumab
 ``checkpoint-<step>`` folders.
 """
 
-from pathlib import Path
-
 from ctxadapter.training import finetune, parse_finetune_arguments
 
-QUAD_AUTOENCODER = Path(__file__).resolve().parent / "quad-autoencoder"
-"""A small AutoencoderKL pretrained on quad by ``pretrain_autoencoder.py`` (see its README)."""
-
 if __name__ == "__main__":
-    args = parse_finetune_arguments()
-    args.pretrained_model_name_or_path = args.pretrained_model_name_or_path or str(QUAD_AUTOENCODER)
-    finetune(args)
+    finetune(parse_finetune_arguments())

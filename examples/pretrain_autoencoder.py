@@ -1,6 +1,6 @@
 """Pretrain a small diffusers ``AutoencoderKL`` on any image dataset (contexts pooled).
 
-    accelerate launch examples/pretrain_autoencoder.py --output_dir quad-autoencoder
+    accelerate launch examples/pretrain_autoencoder.py --output_dir my-quad-autoencoder
     accelerate launch examples/pretrain_autoencoder.py --train_data_dir my-images --resolution 128
 
 It takes the same data flags as ``finetune.py``; ``--help`` lists them all.

@@ -29,6 +29,7 @@ import torch
 
 from ctxadapter import ContextAutoencoder, realdata
 from ctxadapter.training import (
+    QUAD_AUTOENCODER,
     FinetuneArguments,
     PretrainArguments,
     finetune,
@@ -36,7 +37,6 @@ from ctxadapter.training import (
 )
 from ctxadapter.viz import image_grid, write_report
 
-QUAD_AUTOENCODER = Path(__file__).resolve().parent / "quad-autoencoder"
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -1,0 +1,420 @@
+"""The flags of ``examples/finetune.py`` and ``examples/pretrain_autoencoder.py``.
+
+Each group of flags is a small dataclass that checks its own values (``validate``, run on
+construction); ``FinetuneArguments`` and ``PretrainArguments`` combine the groups they need, so
+each script's flags are one flat dataclass for transformers' ``HfArgumentParser`` and for
+Python (``finetune(FinetuneArguments(...))``). Choices are ``Literal`` types: ``--help`` lists
+them and a bad value is an error naming the flag, the value and the choices. ``docs/flags.md``
+is generated from these classes (``docs/gen_flags.py``), one table per group.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from transformers import HfArgumentParser, SchedulerType
+
+from ..adapter import HEADS
+from ..layers import EXOGENOUS_BIASES
+from ..objective import Objective
+
+QUAD_AUTOENCODER = Path(__file__).resolve().parents[1] / "assets" / "quad-autoencoder"
+"""The small ``AutoencoderKL`` pretrained on quad that ships with the package (see its
+``README.md``): the default ``--pretrained_model_name_or_path``."""
+
+
+def flag(text: str, **kwargs) -> dataclasses.Field:
+    """A dataclass field with its ``--help`` text; ``kwargs`` go to ``dataclasses.field``."""
+    return field(metadata={"help": text}, **kwargs)
+
+
+class FlagGroup:
+    """Base of the flag groups: ``validate()`` runs on construction and checks every group the
+    dataclass combines (each group's ``validate`` calls ``super().validate()``). ``Literal``
+    fields are checked here against their choices."""
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        for name, choices in _choices(type(self)).items():
+            value = getattr(self, name)
+            if value not in choices:
+                raise ValueError(f"--{name} must be one of {choices}, got {value!r}")
+
+
+def _choices(cls: type) -> dict[str, tuple]:
+    """``{field: allowed values}`` for the ``Literal`` fields of dataclass ``cls`` (``None``
+    included where the field is optional)."""
+    found = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        options = typing.get_args(hint) if typing.get_origin(hint) is not Literal else (hint,)
+        for option in options:
+            if typing.get_origin(option) is Literal:
+                found[name] = typing.get_args(option) + ((None,) if type(None) in options else ())
+    return found
+
+
+def check_at_least(args, minimum: float, *names: str) -> None:
+    """Raise ``ValueError`` naming the first of the fields ``names`` of ``args`` below
+    ``minimum``."""
+    for name in names:
+        if getattr(args, name) < minimum:
+            raise ValueError(f"--{name} must be >= {minimum:g}, got {getattr(args, name)}")
+
+
+# ------------------------------------------------------------------------------ shared groups
+
+
+@dataclass
+class ImageDataArguments(FlagGroup):
+    """Data: where the images come from."""
+
+    dataset_name: str | None = flag(
+        "A Hub dataset id, a save_to_disk folder or a local dataset. Default: the built-in quad "
+        "data.",
+        default=None,
+    )
+    dataset_config_name: str | None = flag("The dataset's configuration name.", default=None)
+    train_data_dir: str | None = flag(
+        "An imagefolder with a metadata.jsonl holding a context column.", default=None
+    )
+    image_column: str = flag("The column holding the images.", default="image")
+    resolution: int | None = flag(
+        "Images are resized and centre-cropped to this size (a multiple of the autoencoder's "
+        "downsampling factor). Default: the autoencoder's sample_size.",
+        default=None,
+    )
+    validation_fraction: float = flag(
+        "Fraction of the training rows held out for validation when the dataset has no "
+        "'validation' split.",
+        default=0.05,
+    )
+    quad_images_per_context: int = flag(
+        "Training images per context of the built-in quad data.", default=2000
+    )
+    quad_variant: Literal["dependent", "independent"] = flag(
+        "Built-in quad data: 'dependent' (concepts causally related) or 'independent'.",
+        default="dependent",
+    )
+    cache_dir: str | None = flag(
+        "Where downloads, Arrow files and the latent cache are kept. Default: the datasets cache.",
+        default=None,
+    )
+
+    @property
+    def uses_quad(self) -> bool:
+        """True when the built-in quad data is used (no dataset named)."""
+        return not self.dataset_name and not self.train_data_dir
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0 < self.validation_fraction < 1:
+            raise ValueError(
+                f"--validation_fraction must be in (0, 1), got {self.validation_fraction}"
+            )
+        check_at_least(self, 1, "quad_images_per_context")
+
+
+@dataclass
+class OptimizationArguments(FlagGroup):
+    """Optimisation: a linear warm-up then a cosine decay (the paper's schedule), run by
+    Accelerate."""
+
+    seed: int = flag("Seed for data order, initialisation and noise.", default=0)
+    train_batch_size: int = flag("Batch size per device.", default=512)
+    max_train_steps: int | None = flag(
+        "Total optimizer steps; overrides --num_train_epochs.", default=None
+    )
+    num_train_epochs: int = flag("Epochs, when --max_train_steps is not given.", default=100)
+    gradient_accumulation_steps: int = flag("Batches accumulated per optimizer step.", default=1)
+    learning_rate: float = flag("Peak learning rate (Adam).", default=1e-3)
+    lr_scheduler: str = flag(
+        "A transformers schedule name; the default warms up linearly, then follows a cosine to "
+        "--min_learning_rate.",
+        default="cosine_with_min_lr",
+    )
+    lr_warmup_steps: int = flag("Linear warm-up steps.", default=200)
+    min_learning_rate: float = flag("Final learning rate of cosine_with_min_lr.", default=1e-5)
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = flag(
+        "'no', 'fp16' or 'bf16' (default: accelerate config).", default=None
+    )
+
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = flag(
+        "'no', 'fp16' or 'bf16' (default: accelerate config).", default=None
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        check_at_least(self, 1, "train_batch_size", "gradient_accumulation_steps")
+        check_at_least(self, 1, "num_train_epochs")
+        check_at_least(self, 0, "lr_warmup_steps", "min_learning_rate")
+        if self.max_train_steps is not None:
+            check_at_least(self, 1, "max_train_steps")
+        if not self.learning_rate > 0:
+            raise ValueError(f"--learning_rate must be > 0, got {self.learning_rate}")
+        try:
+            SchedulerType(self.lr_scheduler)
+        except ValueError:
+            names = [s.value for s in SchedulerType]
+            raise ValueError(
+                f"--lr_scheduler must be one of {names}, got {self.lr_scheduler!r}"
+            ) from None
+
+
+@dataclass
+class RunArguments(FlagGroup):
+    """Outputs and logging."""
+
+    output_dir: str = flag("Where the results are written.", default="ctxadapter-quad")
+    report_to: str = flag(
+        "Where to log: 'tensorboard', 'wandb', 'all' or 'none'.", default="tensorboard"
+    )
+
+
+# ------------------------------------------------------------------------ fine-tuning groups
+
+
+@dataclass
+class AutoencoderArguments(FlagGroup):
+    """The frozen autoencoder: which pretrained autoencoder the adapter sits in; its latent
+    scaling and shift factors are read from its config."""
+
+    pretrained_model_name_or_path: str | None = flag(
+        "The frozen autoencoder (diffusers AutoencoderKL or AutoencoderTiny): a Hub id or a "
+        "folder. Default: the small autoencoder pretrained on quad that ships with ctxadapter.",
+        default=None,
+    )
+    revision: str | None = flag("Revision of the autoencoder on the Hub.", default=None)
+    subfolder: str | None = flag("Subfolder of the autoencoder, e.g. 'vae'.", default=None)
+
+    @property
+    def autoencoder(self) -> str:
+        """``pretrained_model_name_or_path``, or the shipped quad autoencoder's folder."""
+        return self.pretrained_model_name_or_path or str(QUAD_AUTOENCODER)
+
+
+@dataclass
+class ContextArguments(FlagGroup):
+    """Contexts: which column holds each image's context, and the concepts' names."""
+
+    context_column: str = flag(
+        "The column holding each image's context: 'obs', a concept, 'a+b' or a list of names.",
+        default="context",
+    )
+    concepts: list[str] | None = flag(
+        "Concept names, in order. Default: inferred from the data's contexts.", default=None
+    )
+
+
+@dataclass
+class AdapterArguments(FlagGroup):
+    """The context module: shape and semantics of the adapter (saved in its
+    ``config.json``)."""
+
+    preset: Literal["ctxadapter", "paper"] = flag(
+        "'ctxadapter' (the defaults listed here) or 'paper': the paper's exact setup (linear "
+        "heads, the reference context layers, the Bernoulli pixel loss, one context per batch, "
+        "no sample matching or sparsity) as the defaults of those flags.",
+        default="ctxadapter",
+    )
+    exogenous_width: int = flag("Noise dimensions per concept.", default=32)
+    concept_width: int = flag("Dimensions per concept in the causal layer.", default=8)
+    expressive_depth: int = flag("Widths of the per-concept MLPs (1: none).", default=2)
+    observational_mixing: Literal["block", "dense"] = flag(
+        "'block' (no mixing of concepts' noise in the observational context) or 'dense' (the "
+        "reference).",
+        default="block",
+    )
+    exogenous_bias: Literal[EXOGENOUS_BIASES] = flag(
+        "'shared' (reference: one exogenous bias for every context) or 'interventional' "
+        "(intervened concepts take their own bias, so edits can shift them).",
+        default="interventional",
+    )
+    heads: Literal[HEADS] = flag(
+        "Posterior and latent heads: 'mlp' (two hidden GELU layers) or 'linear' (the paper's).",
+        default="mlp",
+    )
+    head_width: int = flag("Hidden width of the MLP heads.", default=256)
+    pooled: bool = flag("Ignore context labels: the 'CM pooled' ablation.", default=False)
+
+    def validate(self) -> None:
+        super().validate()
+        check_at_least(self, 1, "exogenous_width", "concept_width", "expressive_depth")
+        check_at_least(self, 1, "head_width")
+
+
+@dataclass
+class ObjectiveArguments(FlagGroup):
+    """Objective: what is minimised, and how batches are formed."""
+
+    loss: Literal["latent", "pixel"] = flag(
+        "'latent' (cached latents, fast) or 'pixel' (through the frozen decoder).", default="latent"
+    )
+    beta: float = flag("Weight of the KL term.", default=1.0)
+    sample_matching: float = flag(
+        "Weight of the per-context sliced-Wasserstein term that fits prior samples of each "
+        "context to that context's latents in the batch (ctxadapter.objective; not in the "
+        "paper; 0: off).",
+        default=4.0,
+    )
+    group_sparsity: float = flag("Weight of the causal-layer group-sparsity penalty.", default=3.0)
+    sampler: Literal["mixed", "context_pure"] = flag(
+        "'mixed' batches or 'context_pure' batches (one context each).", default="mixed"
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        check_at_least(self, 0, "beta", "sample_matching", "group_sparsity")
+
+    def objective(self) -> Objective:
+        """The one objective of a run: trained and validated (early stopping) alike."""
+        return Objective(
+            reconstruction=self.loss,
+            beta=self.beta,
+            sample_matching=self.sample_matching,
+            group_sparsity=self.group_sparsity,
+        )
+
+
+@dataclass
+class DecoderLoraArguments(FlagGroup):
+    """Decoder fine-tuning (the paper's CM fine-tune): a LoRA on the frozen decoder, trained
+    with the pixel loss after a warm-up fraction."""
+
+    decoder_lora_rank: int = flag(
+        "Rank of a LoRA on the decoder (the paper's fine-tune variant; needs --loss pixel). "
+        "0: decoder frozen.",
+        default=0,
+    )
+    unfreeze_decoder_after: float = flag(
+        "Fraction of the training steps after which the decoder LoRA starts learning.", default=0.2
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        check_at_least(self, 0, "decoder_lora_rank")
+        if not 0 <= self.unfreeze_decoder_after < 1:
+            raise ValueError(
+                f"--unfreeze_decoder_after must be in [0, 1), got {self.unfreeze_decoder_after}"
+            )
+
+
+@dataclass
+class ValidationArguments(FlagGroup):
+    """Validation, early stopping and sample grids."""
+
+    validation_epochs: int = flag(
+        "Validation loss (for early stopping) every this many epochs.", default=1
+    )
+    early_stopping_patience: int = flag(
+        "Stop after this many validations without improvement and restore the best weights "
+        "(0: never stop early; the best weights are restored all the same).",
+        default=20,
+    )
+    validation_steps: int = flag("Sample grids every this many steps.", default=500)
+    validation_compositions: list[str] | None = flag(
+        "Compositions shown in the sample grids. Default: quad's held-out compositions, or "
+        "every pair of concepts (at most 12).",
+        default=None,
+    )
+    num_validation_images: int = flag("Images per row of the sample grids.", default=8)
+
+    def validate(self) -> None:
+        super().validate()
+        check_at_least(self, 1, "validation_epochs", "validation_steps", "num_validation_images")
+        check_at_least(self, 0, "early_stopping_patience")
+
+
+@dataclass
+class CheckpointArguments(FlagGroup):
+    """Checkpoints: resumable training state, trainable weights only."""
+
+    checkpointing_steps: int = flag(
+        "Save a resumable checkpoint every this many steps.", default=500
+    )
+    checkpoints_total_limit: int | None = flag("Keep at most this many checkpoints.", default=None)
+    resume_from_checkpoint: str | None = flag(
+        "A checkpoint folder, or 'latest' for the newest in --output_dir.", default=None
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        check_at_least(self, 1, "checkpointing_steps")
+        if self.checkpoints_total_limit is not None:
+            check_at_least(self, 1, "checkpoints_total_limit")
+
+
+@dataclass
+class HubArguments(FlagGroup):
+    """Sharing on the Hub."""
+
+    push_to_hub: bool = flag("Push the adapter folder to the Hub at the end.", default=False)
+    hub_model_id: str | None = flag(
+        "Hub repository (default: the output folder's name).", default=None
+    )
+    hub_token: str | None = flag("Hub token (default: the saved login).", default=None)
+
+
+# ------------------------------------------------------------------------- the two scripts
+# A dataclass lists the fields of its bases last base first, so the groups are named in the
+# reverse of the order in which --help shows them.
+
+
+@dataclass
+class FinetuneArguments(
+    HubArguments,
+    CheckpointArguments,
+    RunArguments,
+    ValidationArguments,
+    OptimizationArguments,
+    DecoderLoraArguments,
+    ObjectiveArguments,
+    AdapterArguments,
+    ContextArguments,
+    ImageDataArguments,
+    AutoencoderArguments,
+):
+    """Flags of ``examples/finetune.py``: train a context adapter on a frozen autoencoder.
+
+    ``--preset paper`` (``FinetuneArguments(**PRESETS["paper"])`` in Python) replaces the
+    defaults of the flags in ``PRESETS["paper"]`` by the paper's setup; flags given explicitly
+    still win."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.decoder_lora_rank and self.loss != "pixel":
+            raise ValueError(
+                "--decoder_lora_rank needs --loss pixel: the latent loss never runs the decoder."
+            )
+
+
+PRESETS: dict[str, dict] = {
+    "ctxadapter": {},
+    "paper": dict(
+        preset="paper",
+        heads="linear",
+        observational_mixing="dense",
+        exogenous_bias="shared",
+        loss="pixel",
+        sampler="context_pure",
+        beta=1.0,
+        sample_matching=0.0,
+        group_sparsity=0.0,
+    ),
+}
+"""Preset name -> the ``FinetuneArguments`` defaults it replaces."""
+
+
+def parse_finetune_arguments(argv: list[str] | None = None) -> FinetuneArguments:
+    """Parse ``examples/finetune.py``'s flags (``sys.argv`` by default): a ``--preset`` sets
+    the defaults of its flags, then the flags given on the command line are applied."""
+    parser = HfArgumentParser(FinetuneArguments)
+    preset = parser.parse_known_args(argv)[0].preset  # argparse checks it is a known preset
+    parser.set_defaults(**PRESETS[preset])
+    (args,) = parser.parse_args_into_dataclasses(argv)
+    return args

@@ -1,0 +1,301 @@
+"""The fine-tuning loop behind ``examples/finetune.py``: a context adapter trained with
+Accelerate on the cached latents of a frozen autoencoder.
+
+``finetune(args)`` reads top to bottom: check the inputs, build the adapter, cache the latents,
+prepare the loaders, the optimizer and the schedule, resume, train with validation and early
+stopping, then write the output folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import datasets
+import torch
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from tqdm.auto import tqdm
+
+from ..adapter import CtxAdapter
+from ..data import CachedLatents, ContextBatchSampler, cache_latents, collate_batch
+from ..data import steps_per_epoch as count_steps
+from ..model import ContextAutoencoder, base_model_record
+from ..objective import Objective
+from ..viz import concept_graph_image, context_grid, write_report
+from .args import FinetuneArguments
+from .inputs import FinetuneInputs, resolve_inputs
+from .optimization import make_optimizer, make_scheduler
+from .state import (
+    EarlyStopping,
+    NoiseGenerator,
+    checkpoint_step,
+    prune_checkpoints,
+    register_checkpoint_hooks,
+    resolve_checkpoint,
+    trainable_state,
+)
+from .tracking import log_image, make_accelerator, tracker_config
+
+
+def finetune(args: FinetuneArguments) -> Path:
+    """Train a context adapter on a frozen autoencoder and write the output folder.
+
+    Everything is validated before anything is written: the flags, the data (columns,
+    contexts), the autoencoder and the resolution. Returns the output folder, which holds the
+    adapter (``config.json``, ``model.safetensors``, ``README.md``), the sample grids, the
+    concept-graph picture, ``metrics.json``, ``logs/`` and ``checkpoint-<step>/`` folders.
+    """
+    # 1. Check the flags, the data and the autoencoder; nothing is written before this passes.
+    inputs = resolve_inputs(args)
+
+    # 2. A freshly initialised adapter for the data's concepts and the latent shape.
+    set_seed(args.seed)
+    adapter = build_adapter(args, inputs)
+    accelerator = make_accelerator(
+        args, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)]
+    )
+
+    # 3. Encode every image once into the latent cache (the main process first, so that the
+    #    others reuse its files), and wrap the frozen autoencoder and the adapter in one model.
+    with accelerator.main_process_first():
+        train_data, validation_data = (
+            cached_latents(args, inputs, rows, contexts)
+            for rows, contexts in (
+                (inputs.train, inputs.train_contexts),
+                (inputs.validation, inputs.validation_contexts),
+            )
+        )
+    if accelerator.is_main_process:
+        os.makedirs(args.output_dir, exist_ok=True)
+    model = ContextAutoencoder(inputs.codec, adapter)
+    if args.decoder_lora_rank:
+        model.add_decoder_lora(args.decoder_lora_rank)
+    model.to(accelerator.device)
+
+    # 4. Loaders: training batches mix contexts (or hold one each, --sampler context_pure) and
+    #    are reshuffled every epoch; validation batches keep the validation rows' order.
+    sampler = ContextBatchSampler(
+        train_data.context_ids, args.train_batch_size, args.sampler, seed=args.seed
+    )
+    loader = torch.utils.data.DataLoader(
+        train_data, batch_sampler=sampler, collate_fn=collate_batch
+    )
+    validation_loader = torch.utils.data.DataLoader(
+        validation_data,
+        batch_sampler=torch.utils.data.BatchSampler(
+            range(len(validation_data)), args.train_batch_size, drop_last=False
+        ),
+        collate_fn=collate_batch,
+    )
+    epoch_steps = count_steps(
+        len(sampler), accelerator.num_processes, args.gradient_accumulation_steps
+    )
+    total_steps = args.max_train_steps or args.num_train_epochs * epoch_steps
+
+    # 5. Adam over the trainable parameters, the learning-rate schedule, early stopping and the
+    #    training noise; a checkpoint keeps these and the trainable weights only.
+    optimizer = make_optimizer(model, args.learning_rate)
+    scheduler = make_scheduler(args, optimizer, total_steps)
+    stopper = EarlyStopping(args.early_stopping_patience)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    noise = NoiseGenerator(args.seed + accelerator.process_index, accelerator.device)
+    accelerator.register_for_checkpointing(stopper, noise)
+    unwrapped = accelerator.unwrap_model(model)
+    register_checkpoint_hooks(accelerator, unwrapped)
+
+    # 6. Resume: the steps already done, the epoch they end in and the batches of that epoch
+    #    already consumed.
+    global_step = 0
+    checkpoint = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        global_step = checkpoint_step(checkpoint)
+        accelerator.print(f"Resumed from {checkpoint} at step {global_step}.")
+    first_epoch = global_step // epoch_steps
+    skip_batches = (global_step % epoch_steps) * args.gradient_accumulation_steps
+
+    # 7. Train. The decoder LoRA, if any, stays frozen for the first --unfreeze_decoder_after of
+    #    the steps; after every optimizer step the causal effects are projected into their box.
+    objective = args.objective()
+    if accelerator.is_main_process:
+        accelerator.init_trackers("ctxadapter", config=tracker_config(args))
+    grid_contexts = ["obs", *inputs.concepts, *inputs.compositions]
+    unfreeze_step = int(args.unfreeze_decoder_after * total_steps)
+    lora_params = [p for n, p in unwrapped.named_parameters() if "lora_" in n]
+    progress = tqdm(
+        range(total_steps),
+        initial=global_step,
+        desc="Training adapter",
+        disable=not accelerator.is_local_main_process,
+    )
+    history: list[dict] = []
+    stop, epoch = False, first_epoch
+    for epoch in range(first_epoch, math.ceil(total_steps / epoch_steps)):
+        model.train()
+        sampler.shuffle_for_epoch(epoch)
+        batches = loader
+        if epoch == first_epoch and skip_batches:
+            batches = accelerator.skip_first_batches(loader, skip_batches)
+        for batch in batches:
+            with accelerator.accumulate(model):
+                out = model(
+                    batch["contexts"],
+                    latents=batch["latents"],
+                    pixel_values=batch.get("pixel_values"),
+                    objective=objective,
+                    generator=noise.generator,
+                )
+                accelerator.backward(out["loss"])
+                if lora_params and global_step < unfreeze_step:
+                    for p in lora_params:
+                        p.grad = None
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+                if accelerator.sync_gradients:
+                    unwrapped.adapter.apply_constraints_()
+            if not accelerator.sync_gradients:
+                continue
+            global_step += 1
+
+            # 7a. Log the losses; checkpoint every --checkpointing_steps and draw a sample grid
+            #     every --validation_steps.
+            progress.update(1)
+            logs = {k: v.item() for k, v in out.items()} | {"lr": scheduler.get_last_lr()[0]}
+            progress.set_postfix(loss=f"{logs['loss']:.4g}")
+            accelerator.log(logs, step=global_step)
+            if global_step % args.checkpointing_steps == 0:
+                if accelerator.is_main_process:
+                    prune_checkpoints(args.output_dir, args.checkpoints_total_limit)
+                accelerator.wait_for_everyone()
+                accelerator.save_state(os.path.join(args.output_dir, f"checkpoint-{global_step}"))
+            if global_step % args.validation_steps == 0 and accelerator.is_main_process:
+                grid = context_grid(
+                    unwrapped, grid_contexts, args.num_validation_images, seed=args.seed
+                )
+                grid.save(Path(args.output_dir) / f"samples-{global_step}.png")
+                log_image(accelerator, "samples", grid, global_step)
+            if global_step >= total_steps:
+                break
+
+        # 7b. Every --validation_epochs epochs and at the end: the validation loss (the same
+        #     objective) for early stopping, which keeps the best weights.
+        if (epoch + 1) % args.validation_epochs == 0 or global_step >= total_steps:
+            loss = validation_loss(unwrapped, validation_loader, objective)
+            history.append({"step": global_step, "validation_loss": loss})
+            accelerator.log({"validation_loss": loss}, step=global_step)
+            stop = stopper.update(loss, trainable_state(unwrapped))
+        if stop or global_step >= total_steps:
+            break
+    progress.close()
+
+    # 8. Restore the best weights and write the output folder on the main process.
+    if stopper.best_state:
+        unwrapped.load_state_dict(stopper.best_state, strict=False)
+    unwrapped.eval()
+    if accelerator.is_main_process:
+        outcome = {
+            "steps": global_step,
+            "epochs_completed": epoch + 1 - first_epoch,  # epochs of this run (not resumed ones)
+            "stopped_early": stop,
+            "best_validation_loss": stopper.best_loss,
+            "validation_history": history,
+        }
+        write_outputs(args, unwrapped, inputs, outcome, accelerator)
+    accelerator.end_training()
+    return Path(args.output_dir)
+
+
+def build_adapter(args: FinetuneArguments, inputs: FinetuneInputs) -> CtxAdapter:
+    """A freshly initialised adapter (drawn from the global torch generator) for the data's
+    concepts and the autoencoder's latent shape, recording the base autoencoder."""
+    return CtxAdapter(
+        concepts=inputs.concepts,
+        latent_shape=list(inputs.latent_shape),
+        exogenous_width=args.exogenous_width,
+        concept_width=args.concept_width,
+        expressive_depth=args.expressive_depth,
+        observational_mixing=args.observational_mixing,
+        exogenous_bias=args.exogenous_bias,
+        pooled=args.pooled,
+        heads=args.heads,
+        head_width=args.head_width,
+        base_model=base_model_record(
+            inputs.codec.autoencoder, args.autoencoder, args.revision, args.subfolder
+        ),
+    )
+
+
+def cached_latents(
+    args: FinetuneArguments, inputs: FinetuneInputs, rows: datasets.Dataset, contexts: list[str]
+) -> CachedLatents:
+    """``rows`` as a ``CachedLatents`` dataset. Their latents (and, for ``--loss pixel``, their
+    pixels) are encoded once into the latent cache under ``--cache_dir``."""
+    cache_root = os.path.join(
+        args.cache_dir or datasets.config.HF_DATASETS_CACHE, "ctxadapter-latents"
+    )
+    cache = cache_latents(
+        rows,
+        inputs.codec,
+        contexts,
+        args.image_column,
+        inputs.resolution,
+        cache_root,
+        keep_pixels=args.loss == "pixel",
+    )
+    return CachedLatents(cache, inputs.concepts)
+
+
+@torch.no_grad()
+def validation_loss(model: ContextAutoencoder, loader, objective: Objective) -> float:
+    """Mean ``objective`` over the validation batches, in eval mode with fixed noise."""
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator(device=model.adapter.latent_log_scale.device).manual_seed(0)
+    total, count = 0.0, 0
+    for batch in loader:
+        out = model(
+            batch["contexts"],
+            latents=batch["latents"],
+            pixel_values=batch.get("pixel_values"),
+            objective=objective,
+            generator=generator,
+        )
+        total += out["loss"].item() * len(batch["latents"])
+        count += len(batch["latents"])
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def write_outputs(
+    args: FinetuneArguments,
+    model: ContextAutoencoder,
+    inputs: FinetuneInputs,
+    outcome: dict,
+    accelerator,
+) -> None:
+    """Write the output folder: the pictures of ``write_report``, the adapter
+    (``save_pretrained``, with its model card) and ``metrics.json`` (``outcome`` and a summary
+    of the data); then push the adapter to the Hub if ``--push_to_hub``."""
+    output = Path(args.output_dir)
+    files = write_report(
+        model,
+        output,
+        num_samples=args.num_validation_images,
+        seed=args.seed,
+        compositions=inputs.compositions,
+    )
+    graph = concept_graph_image(model.adapter.concept_graph(), inputs.concepts)
+    log_image(accelerator, "concept_graph", graph, outcome["steps"])
+    model.save_pretrained(output, model_card_kwargs={"sample_grid": "contexts.png"})
+    metrics = outcome | {
+        "concepts": inputs.concepts,
+        "train_images": len(inputs.train),
+        "validation_images": len(inputs.validation),
+        "pictures": sorted(Path(p).name for p in files.values()),
+    }
+    (output / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if args.push_to_hub:
+        model.push_to_hub(args.hub_model_id or output.name, token=args.hub_token)
