@@ -19,7 +19,7 @@ import typing
 from pathlib import Path
 
 from ctxadapter.training import FinetuneArguments, PretrainArguments
-from ctxadapter.training.args import FlagGroup
+from ctxadapter.training.flags import FlagGroup
 
 OUTPUT = Path(__file__).resolve().parent / "flags.md"
 

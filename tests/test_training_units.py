@@ -125,10 +125,12 @@ def test_checkpoint_folders_are_listed_by_step_pruned_and_resolved(tmp_path):
         ValueError, match="logs' is not a checkpoint folder: expected 'checkpoint-<step>'"
     ):
         resolve_checkpoint(tmp_path, "logs")
-    prune_checkpoints(tmp_path, keep=2)  # room for one new: keep the newest one
-    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-100"]
     prune_checkpoints(tmp_path, keep=None)
-    assert len(list_checkpoints(tmp_path)) == 1
+    assert len(list_checkpoints(tmp_path)) == 3
+    prune_checkpoints(tmp_path, keep=2)  # the newest two remain
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-10", "checkpoint-100"]
+    prune_checkpoints(tmp_path, keep=1)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-100"]
     assert checkpoint_step(tmp_path / "checkpoint-100") == 100
     assert resolve_checkpoint(tmp_path / "missing", "latest") is None
 
@@ -154,14 +156,15 @@ def test_splits_hold_out_a_seeded_fraction_and_read_the_contexts(tmp_path):
     train, validation, concepts, train_contexts, validation_contexts = load_splits(
         args, seed=0, context_column="context"
     )
-    assert (len(train), len(validation)) == (30, 10)
+    assert (len(train), len(validation)) == (32, 8)  # round(0.25 * 10) = 2 of each context
+    assert sorted(validation_contexts) == ["a"] * 2 + ["a+b"] * 2 + ["b"] * 2 + ["obs"] * 2
     assert concepts == ["a", "b"]
     assert sorted(train_contexts + validation_contexts) == sorted(contexts)
     assert train_contexts == list(train["context"])
     again = load_splits(args, seed=0, context_column="context")
     assert again[4] == validation_contexts  # same seed, same split
     pooled = load_splits(args, seed=0)
-    assert pooled[2:] == (None, None, None) and len(pooled[0]) == 30
+    assert pooled[2:] == (None, None, None) and len(pooled[0]) == 30  # 25% of all 40 rows
 
 
 def test_a_validation_split_of_the_dataset_is_used_as_it_is(tmp_path):
@@ -175,3 +178,16 @@ def test_default_compositions():
     from ctxadapter.quad import HELDOUT_COMPOSITIONS
 
     assert default_compositions(["a"], uses_quad=True) == list(HELDOUT_COMPOSITIONS)
+
+
+def test_stratified_split_by_hand():
+    from ctxadapter.training.inputs import stratified_split
+
+    contexts = ["obs"] * 5 + ["a"] * 2 + ["b"]
+    train, validation = stratified_split(contexts, fraction=0.2, seed=0)
+    held = [contexts[i] for i in validation]
+    assert sorted(held) == ["a", "obs"]  # one of each context with two rows or more; b has one
+    assert sorted(train + validation) == list(range(8)) and train == sorted(train)
+    assert stratified_split(contexts, 0.2, seed=0) == (train, validation)
+    with pytest.raises(ValueError, match="Too few rows for a validation split: 2 rows"):
+        stratified_split(["obs", "a"], 0.5, seed=0)

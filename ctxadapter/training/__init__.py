@@ -1,19 +1,19 @@
 """Training with Accelerate: the two loops behind ``examples/finetune.py`` and
 ``examples/pretrain_autoencoder.py``, and their flags.
 
-- ``args``: the flag groups and ``FinetuneArguments`` (read by transformers'
+- ``args``, ``flags``: the flag groups and ``FinetuneArguments`` (read by transformers'
   ``HfArgumentParser``; ``--preset paper`` through ``parse_finetune_arguments``);
 - ``inputs``: what a run loads and checks before it writes anything;
-- ``finetune``: the fine-tuning loop, top to bottom;
-- ``pretrain``: ``PretrainArguments`` and the autoencoder pretraining loop;
+- ``finetuning``: the fine-tuning loop, top to bottom, and ``outputs``: its output folder;
+- ``pretraining``: ``PretrainArguments`` and the autoencoder pretraining loop;
 - ``state``: early stopping, the noise generator and the checkpoint folders;
 - ``optimization``, ``tracking``: the optimizer and schedule, the ``Accelerator``.
 """
 
 from .args import PRESETS, QUAD_AUTOENCODER, FinetuneArguments, parse_finetune_arguments
-from .finetune import finetune
+from .finetuning import finetune
 from .optimization import make_optimizer
-from .pretrain import PretrainArguments, pretrain_autoencoder
+from .pretraining import PretrainArguments, pretrain_autoencoder
 
 __all__ = [
     "PRESETS",

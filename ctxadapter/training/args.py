@@ -10,9 +10,8 @@ is generated from these classes (``docs/gen_flags.py``), one table per group.
 
 from __future__ import annotations
 
-import dataclasses
-import typing
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -21,50 +20,15 @@ from transformers import HfArgumentParser, SchedulerType
 from ..adapter import HEADS
 from ..layers import EXOGENOUS_BIASES
 from ..objective import Objective
+from .flags import FlagGroup, check_at_least, flag
 
 QUAD_AUTOENCODER = Path(__file__).resolve().parents[1] / "assets" / "quad-autoencoder"
 """The small ``AutoencoderKL`` pretrained on quad that ships with the package (see its
 ``README.md``): the default ``--pretrained_model_name_or_path``."""
 
 
-def flag(text: str, **kwargs) -> dataclasses.Field:
-    """A dataclass field with its ``--help`` text; ``kwargs`` go to ``dataclasses.field``."""
-    return field(metadata={"help": text}, **kwargs)
-
-
-class FlagGroup:
-    """Base of the flag groups: ``validate()`` runs on construction and checks every group the
-    dataclass combines (each group's ``validate`` calls ``super().validate()``). ``Literal``
-    fields are checked here against their choices."""
-
-    def __post_init__(self):
-        self.validate()
-
-    def validate(self) -> None:
-        for name, choices in _choices(type(self)).items():
-            value = getattr(self, name)
-            if value not in choices:
-                raise ValueError(f"--{name} must be one of {choices}, got {value!r}")
-
-
-def _choices(cls: type) -> dict[str, tuple]:
-    """``{field: allowed values}`` for the ``Literal`` fields of dataclass ``cls`` (``None``
-    included where the field is optional)."""
-    found = {}
-    for name, hint in typing.get_type_hints(cls).items():
-        options = typing.get_args(hint) if typing.get_origin(hint) is not Literal else (hint,)
-        for option in options:
-            if typing.get_origin(option) is Literal:
-                found[name] = typing.get_args(option) + ((None,) if type(None) in options else ())
-    return found
-
-
-def check_at_least(args, minimum: float, *names: str) -> None:
-    """Raise ``ValueError`` naming the first of the fields ``names`` of ``args`` below
-    ``minimum``."""
-    for name in names:
-        if getattr(args, name) < minimum:
-            raise ValueError(f"--{name} must be >= {minimum:g}, got {getattr(args, name)}")
+MAX_GRID_IMAGES = 64
+"""The most images a row of the sample grids may hold (they are decoded at once)."""
 
 
 # ------------------------------------------------------------------------------ shared groups
@@ -155,7 +119,7 @@ class OptimizationArguments(FlagGroup):
         check_at_least(self, 0, "lr_warmup_steps", "min_learning_rate")
         if self.max_train_steps is not None:
             check_at_least(self, 1, "max_train_steps")
-        if not self.learning_rate > 0:
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise ValueError(f"--learning_rate must be > 0, got {self.learning_rate}")
         try:
             SchedulerType(self.lr_scheduler)
@@ -171,6 +135,11 @@ class RunArguments(FlagGroup):
     """Outputs and logging."""
 
     output_dir: str = flag("Where the results are written.", default="ctxadapter-quad")
+    overwrite_output_dir: bool = flag(
+        "Replace the saved model and checkpoints of an earlier run in --output_dir (without "
+        "it, such a folder is an error unless the run is resumed).",
+        default=False,
+    )
     report_to: str = flag(
         "Where to log: 'tensorboard', 'wandb', 'all' or 'none'.", default="tensorboard"
     )
@@ -322,12 +291,19 @@ class ValidationArguments(FlagGroup):
         "every pair of concepts (at most 12).",
         default=None,
     )
-    num_validation_images: int = flag("Images per row of the sample grids.", default=8)
+    num_validation_images: int = flag(
+        f"Images per row of the sample grids (1 to {MAX_GRID_IMAGES}).", default=8
+    )
 
     def validate(self) -> None:
         super().validate()
         check_at_least(self, 1, "validation_epochs", "validation_steps", "num_validation_images")
         check_at_least(self, 0, "early_stopping_patience")
+        if self.num_validation_images > MAX_GRID_IMAGES:
+            raise ValueError(
+                f"--num_validation_images must be at most {MAX_GRID_IMAGES} (one row of a grid), "
+                f"got {self.num_validation_images}"
+            )
 
 
 @dataclass

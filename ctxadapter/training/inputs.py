@@ -4,15 +4,19 @@ the frozen autoencoder, the resolution and the compositions of the sample grids.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import datasets
+import numpy as np
+import torch
 from diffusers import AutoencoderKL
 
 from ..codec import SUPPORTED_AUTOENCODERS, LatentCodec
-from ..contexts import parse_context
-from ..data import load_image_dataset, validate_dataset
+from ..contexts import context_name, parse_context
+from ..data import ContextBatchSampler, context_strings, load_image_dataset, validate_dataset
 from ..viz import all_pairs
 from .args import FinetuneArguments, ImageDataArguments
+from .state import check_output_dir, check_resumable, resolve_checkpoint
 
 
 def load_splits(
@@ -24,7 +28,8 @@ def load_splits(
     """Load and validate the training data, before anything is written.
 
     The validation rows are the dataset's ``validation`` split if it has one, else a seeded
-    (``seed``) ``--validation_fraction`` of the training rows.
+    (``seed``) ``--validation_fraction`` of the training rows, drawn from every context alike
+    (``stratified_split``; contexts pooled: from all rows).
 
     Returns:
         ``(train, validation, concepts, train_contexts, validation_contexts)``: two
@@ -43,19 +48,63 @@ def load_splits(
     train = data["train"]
     if len(train) == 0:
         raise ValueError("The training dataset is empty.")
-    if "validation" in data and len(data["validation"]):
-        validation = data["validation"]
-    else:
-        parts = train.train_test_split(test_size=args.validation_fraction, seed=seed)
-        train, validation = parts["train"], parts["test"]
+    given = data["validation"] if "validation" in data and len(data["validation"]) else None
     if context_column is None:
         validate_dataset(train, args.image_column, None)
-        return train, validation, None, None, None
-    concepts, train_contexts = validate_dataset(train, args.image_column, context_column, concepts)
-    _, validation_contexts = validate_dataset(
-        validation, args.image_column, context_column, concepts
-    )
-    return train, validation, concepts, train_contexts, validation_contexts
+        if given is None:
+            parts = train.train_test_split(test_size=args.validation_fraction, seed=seed)
+            return parts["train"], parts["test"], None, None, None
+        return train, given, None, None, None
+    concepts, contexts = validate_dataset(train, args.image_column, context_column, concepts)
+    if given is None:
+        train_rows, validation_rows = stratified_split(contexts, args.validation_fraction, seed)
+        return (
+            train.select(train_rows),
+            train.select(validation_rows),
+            concepts,
+            [contexts[i] for i in train_rows],
+            [contexts[i] for i in validation_rows],
+        )
+    try:  # any context of the training concepts; not every one needs validation rows
+        validate_dataset(given, args.image_column, None)
+        if context_column not in given.column_names:
+            raise ValueError(f"it has no column {context_column!r}")
+        raw = context_strings(given, context_column)
+        canonical = {value: context_name(parse_context(value, concepts)) for value in set(raw)}
+    except ValueError as error:
+        raise ValueError(f"The dataset's 'validation' split: {error}") from None
+    return train, given, concepts, contexts, [canonical[value] for value in raw]
+
+
+def stratified_split(
+    contexts: list[str], fraction: float, seed: int
+) -> tuple[list[int], list[int]]:
+    """Row indices ``(train, validation)`` holding out ``fraction`` of the rows of every
+    context (rounded, at least one row of each context with two rows or more, never all of
+    them), drawn with ``seed``; both lists in row order.
+
+    Raises:
+        ValueError: when no context has two rows, so that nothing could be held out.
+    """
+    rng = np.random.default_rng(seed)
+    by_context: dict[str, list[int]] = {}
+    for row, context in enumerate(contexts):
+        by_context.setdefault(context, []).append(row)
+    held_out: list[int] = []
+    for context in sorted(by_context):
+        rows = by_context[context]
+        if len(rows) < 2:
+            continue
+        count = min(max(1, round(fraction * len(rows))), len(rows) - 1)
+        held_out += rng.choice(rows, size=count, replace=False).tolist()
+    if not held_out:
+        raise ValueError(
+            f"Too few rows for a validation split: {len(contexts)} rows and no context with two "
+            f"or more. Add rows, or give the dataset a 'validation' split."
+        )
+    chosen = set(held_out)
+    train = [row for row in range(len(contexts)) if row not in chosen]
+    return train, sorted(chosen)
 
 
 def load_autoencoder(name_or_path: str, revision: str | None = None, subfolder: str | None = None):
@@ -88,6 +137,20 @@ class FinetuneInputs:
     resolution: int
     latent_shape: tuple[int, int, int]
     compositions: list[str]
+    checkpoint: Path | None
+
+
+def check_batches(args: FinetuneArguments, contexts: list[str]) -> None:
+    """Raise ``ValueError`` when an epoch of the training rows (of canonical ``contexts``) would
+    give no batch, so no optimizer step: ``--train_batch_size`` larger than the data with
+    ``--sampler mixed`` (which drops incomplete batches)."""
+    index = {context: i for i, context in enumerate(sorted(set(contexts)))}
+    ids = torch.tensor([index[context] for context in contexts])
+    if len(ContextBatchSampler(ids, args.train_batch_size, args.sampler)) == 0:
+        raise ValueError(
+            f"--train_batch_size {args.train_batch_size} is larger than the {len(contexts)} "
+            f"training rows: no optimizer step would run. Use a smaller batch or more rows."
+        )
 
 
 def default_compositions(concepts: list[str], uses_quad: bool) -> list[str]:
@@ -105,6 +168,10 @@ def resolve_inputs(args: FinetuneArguments) -> FinetuneInputs:
     resolution and the sample-grid compositions; raises on bad input and writes nothing. With
     the built-in quad data and no ``--concepts``, the concepts are quad's, in quad's order."""
     args.validate()  # the fields may have been changed since construction
+    checkpoint = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
+    if checkpoint is not None:
+        check_resumable(checkpoint, args)
+    check_output_dir(args.output_dir, args.overwrite_output_dir, resuming=checkpoint is not None)
     concepts = args.concepts
     if not concepts and args.uses_quad:
         from ..quad import CONCEPTS
@@ -131,4 +198,5 @@ def resolve_inputs(args: FinetuneArguments) -> FinetuneInputs:
         resolution=resolution,
         latent_shape=codec.latent_shape(resolution),
         compositions=compositions,
+        checkpoint=checkpoint,
     )

@@ -1,21 +1,30 @@
-"""What a fine-tuning checkpoint holds beyond Accelerate's own state, and the checkpoint
-folders themselves.
+"""What a fine-tuning checkpoint holds beyond Accelerate's own state, the checkpoint folders
+themselves, and the output folder's safety rules.
 
 - ``EarlyStopping`` and ``NoiseGenerator``: objects registered with
   ``accelerator.register_for_checkpointing``, so that a resumed run stops, and draws noise,
   exactly as an uninterrupted one would;
 - ``register_checkpoint_hooks``: ``save_state`` / ``load_state`` keep only the trainable
   weights (``trainable.safetensors``), never the frozen autoencoder;
-- ``list_checkpoints``, ``prune_checkpoints``, ``resolve_checkpoint``: the ``checkpoint-<step>``
-  folders of an output folder.
+- ``save_checkpoint``, ``list_checkpoints``, ``prune_checkpoints``, ``resolve_checkpoint``: the
+  ``checkpoint-<step>`` folders of an output folder, written atomically, with the run's flags
+  (``training_args.json``) checked on resume by ``check_resumable``;
+- ``check_output_dir``: an output folder holding earlier results is not reused by accident;
+- ``Interruption``: SIGTERM and Ctrl-C become a request, honoured between optimizer steps.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import os
 import re
 import shutil
+import signal
+import threading
+from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import safetensors.torch
@@ -123,7 +132,9 @@ def checkpoint_step(path: str | os.PathLike) -> int:
 
 
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
-    """The ``checkpoint-<step>`` folders of ``output_dir``, oldest (lowest step) first."""
+    """The complete ``checkpoint-<step>`` folders of ``output_dir``, oldest (lowest step)
+    first. A checkpoint being written is named ``.checkpoint-<step>.partial`` until it is
+    complete, so it is never listed."""
     if not os.path.isdir(output_dir):
         return []
     found = [p for p in Path(output_dir).iterdir() if CHECKPOINT_PATTERN.match(p.name)]
@@ -131,13 +142,82 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
 
 
 def prune_checkpoints(output_dir: str | os.PathLike, keep: int | None) -> None:
-    """Delete the oldest checkpoints so that at most ``keep - 1`` remain, before a new one is
-    saved (``None``: keep all)."""
+    """Delete the oldest checkpoints so that the newest ``keep`` remain (``None``: keep all)."""
     if keep is None:
         return
     existing = list_checkpoints(output_dir)
-    for old in existing[: max(0, len(existing) - keep + 1)]:
+    for old in existing[: max(0, len(existing) - keep)]:
         shutil.rmtree(old)
+
+
+TRAINING_ARGS_NAME = "training_args.json"
+"""The file of a checkpoint folder that holds the flags of the run that saved it."""
+
+RESUME_MAY_CHANGE = frozenset(
+    {
+        "output_dir",
+        "overwrite_output_dir",
+        "resume_from_checkpoint",
+        "report_to",
+        "cache_dir",
+        "checkpointing_steps",
+        "checkpoints_total_limit",
+        "validation_steps",
+        "num_validation_images",
+        "push_to_hub",
+        "hub_model_id",
+        "hub_token",
+    }
+)
+"""Flags that may differ between a run and its resumption: they change where results go and
+how often they are written, not what is trained."""
+
+
+def save_checkpoint(accelerator: Accelerator, args, step: int) -> Path:
+    """Save ``accelerator``'s state and the run's flags ``args`` as
+    ``<output_dir>/checkpoint-<step>``, then prune to ``args.checkpoints_total_limit``.
+
+    The state is written to ``.checkpoint-<step>.partial`` beside it and renamed once complete,
+    so a failed or interrupted save never leaves a folder that ``latest`` would pick, and no
+    older checkpoint is deleted before the new one is complete."""
+    output = Path(args.output_dir)
+    final, partial = output / f"checkpoint-{step}", output / f".checkpoint-{step}.partial"
+    if accelerator.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    if accelerator.is_main_process:
+        (partial / TRAINING_ARGS_NAME).write_text(json.dumps(asdict(args), indent=2) + "\n")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(partial, final)
+        prune_checkpoints(output, args.checkpoints_total_limit)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def check_resumable(checkpoint: Path, args) -> None:
+    """Raise ``ValueError`` unless ``checkpoint`` was saved by a run with the same flags as
+    ``args`` (except those in ``RESUME_MAY_CHANGE``), naming each flag that differs."""
+    path = checkpoint / TRAINING_ARGS_NAME
+    if not path.is_file():
+        raise ValueError(
+            f"{checkpoint} holds no {TRAINING_ARGS_NAME}: it was not saved by this version of "
+            f"ctxadapter's finetune, so it cannot be resumed safely."
+        )
+    saved = json.loads(path.read_text())
+    current = json.loads(json.dumps(asdict(args)))  # the same JSON types as the saved flags
+    changed = [
+        f"--{name} {saved.get(name)!r} -> {current.get(name)!r}"
+        for name in sorted(set(saved) | set(current))
+        if name not in RESUME_MAY_CHANGE and saved.get(name) != current.get(name)
+    ]
+    if changed:
+        raise ValueError(
+            f"Cannot resume from {checkpoint}: it was trained with other flags "
+            f"({'; '.join(changed)}). Resume with the same flags, or start a new run in "
+            f"another --output_dir."
+        )
 
 
 def resolve_checkpoint(
@@ -160,3 +240,76 @@ def resolve_checkpoint(
         )
     checkpoint_step(path)  # raises unless it is named checkpoint-<step>
     return path
+
+
+PREVIOUS_RESULTS = ("config.json", "model.safetensors", "diffusion_pytorch_model.safetensors")
+"""Files whose presence means that an output folder already holds a saved model."""
+
+
+def check_output_dir(output_dir: str | os.PathLike, overwrite: bool, resuming: bool) -> None:
+    """Refuse to start a new run in a folder that holds a saved model or checkpoints of an
+    earlier run, unless ``overwrite`` (``--overwrite_output_dir``) is set; resuming a
+    checkpoint of that folder (``resuming``) continues the earlier run and is allowed."""
+    output = Path(output_dir)
+    if resuming or overwrite or not output.is_dir():
+        return
+    found = [name for name in PREVIOUS_RESULTS if (output / name).exists()]
+    found += [p.name for p in list_checkpoints(output)]
+    if found:
+        raise FileExistsError(
+            f"--output_dir {str(output)!r} already holds the results of an earlier run "
+            f"({', '.join(found)}). Pass --overwrite_output_dir to replace them, "
+            f"--resume_from_checkpoint latest to continue that run, or choose another folder."
+        )
+
+
+class Interruption:
+    """While active (``with Interruption() as interruption:``), SIGTERM and SIGINT (Ctrl-C)
+    do not stop the process: they set ``signal_number``, which the training loop checks between
+    optimizer steps to save a checkpoint and exit. Outside the main thread, where Python cannot
+    handle signals, it does nothing."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signal_number: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> Interruption:
+        if threading.current_thread() is threading.main_thread():
+            for number in self.SIGNALS:
+                self._previous[number] = signal.signal(number, self._record)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous.clear()
+
+    def _record(self, number, frame) -> None:
+        self.signal_number = number
+
+    def requested(self, accelerator: Accelerator) -> bool:
+        """True when any process received a signal (all processes agree, so that they save the
+        same checkpoint together)."""
+        flag = self.signal_number is not None
+        if accelerator.num_processes > 1:
+            flag_tensor = torch.tensor([int(flag)], device=accelerator.device)
+            flag = bool(accelerator.reduce(flag_tensor, reduction="sum").item())
+        return flag
+
+
+@contextlib.contextmanager
+def staged_folder(output: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty folder ``<output>/.partial`` to write files into; when the block ends
+    without an error, move them into ``output`` (``config.json`` last, so a reader never sees a
+    new config beside old weights) and remove the folder. A write that fails (a full disk)
+    leaves ``output``'s previous files as they were."""
+    output = Path(output)
+    partial = output / ".partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    yield partial
+    for file in sorted(partial.iterdir(), key=lambda f: f.name == "config.json"):
+        os.replace(file, output / file.name)
+    partial.rmdir()

@@ -8,9 +8,10 @@ stopping, then write the output folder.
 
 from __future__ import annotations
 
-import json
 import math
 import os
+import shutil
+import signal
 from pathlib import Path
 
 import datasets
@@ -23,17 +24,19 @@ from ..data import CachedLatents, ContextBatchSampler, cache_latents, collate_ba
 from ..data import steps_per_epoch as count_steps
 from ..model import ContextAutoencoder, base_model_record
 from ..objective import Objective
-from ..viz import concept_graph_image, context_grid, write_report
+from ..viz import context_grid
 from .args import FinetuneArguments
-from .inputs import FinetuneInputs, resolve_inputs
+from .inputs import FinetuneInputs, check_batches, resolve_inputs
 from .optimization import make_optimizer, make_scheduler
+from .outputs import write_outputs
 from .state import (
     EarlyStopping,
+    Interruption,
     NoiseGenerator,
     checkpoint_step,
-    prune_checkpoints,
+    list_checkpoints,
     register_checkpoint_hooks,
-    resolve_checkpoint,
+    save_checkpoint,
     trainable_state,
 )
 from .tracking import log_image, make_accelerator, tracker_config
@@ -49,6 +52,7 @@ def finetune(args: FinetuneArguments) -> Path:
     """
     # 1. Check the flags, the data and the autoencoder; nothing is written before this passes.
     inputs = resolve_inputs(args)
+    check_batches(args, inputs.train_contexts)
 
     # 2. A freshly initialised adapter for the data's concepts and the latent shape.
     set_seed(args.seed)
@@ -69,6 +73,9 @@ def finetune(args: FinetuneArguments) -> Path:
         )
     if accelerator.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)
+        if args.overwrite_output_dir and inputs.checkpoint is None:  # never mix two runs
+            for old in list_checkpoints(args.output_dir):
+                shutil.rmtree(old)
     model = ContextAutoencoder(inputs.codec, adapter)
     if args.decoder_lora_rank:
         model.add_decoder_lora(args.decoder_lora_rank)
@@ -108,11 +115,14 @@ def finetune(args: FinetuneArguments) -> Path:
     # 6. Resume: the steps already done, the epoch they end in and the batches of that epoch
     #    already consumed.
     global_step = 0
-    checkpoint = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
-    if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
-        global_step = checkpoint_step(checkpoint)
-        accelerator.print(f"Resumed from {checkpoint} at step {global_step}.")
+    if inputs.checkpoint is not None:
+        accelerator.load_state(str(inputs.checkpoint))
+        global_step = checkpoint_step(inputs.checkpoint)
+        accelerator.print(f"Resumed from {inputs.checkpoint} at step {global_step}.")
+        if global_step >= total_steps and (Path(args.output_dir) / "metrics.json").is_file():
+            accelerator.print(f"The run finished at step {global_step}: nothing to do.")
+            accelerator.end_training()
+            return Path(args.output_dir)
     first_epoch = global_step // epoch_steps
     skip_batches = (global_step % epoch_steps) * args.gradient_accumulation_steps
 
@@ -132,63 +142,73 @@ def finetune(args: FinetuneArguments) -> Path:
     )
     history: list[dict] = []
     stop, epoch = False, first_epoch
-    for epoch in range(first_epoch, math.ceil(total_steps / epoch_steps)):
-        model.train()
-        sampler.shuffle_for_epoch(epoch)
-        batches = loader
-        if epoch == first_epoch and skip_batches:
-            batches = accelerator.skip_first_batches(loader, skip_batches)
-        for batch in batches:
-            with accelerator.accumulate(model):
-                out = model(
-                    batch["contexts"],
-                    latents=batch["latents"],
-                    pixel_values=batch.get("pixel_values"),
-                    objective=objective,
-                    generator=noise.generator,
-                )
-                accelerator.backward(out["loss"])
-                if lora_params and global_step < unfreeze_step:
-                    for p in lora_params:
-                        p.grad = None
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-                if accelerator.sync_gradients:
-                    unwrapped.adapter.apply_constraints_()
-            if not accelerator.sync_gradients:
-                continue
-            global_step += 1
+    with Interruption() as interruption:  # SIGTERM / Ctrl-C: a checkpoint, then exit
+        for epoch in range(first_epoch, math.ceil(total_steps / epoch_steps)):
+            model.train()
+            sampler.shuffle_for_epoch(epoch)
+            batches = loader
+            if epoch == first_epoch and skip_batches:
+                batches = accelerator.skip_first_batches(loader, skip_batches)
+            for batch in batches:
+                with accelerator.accumulate(model):
+                    out = model(
+                        batch["contexts"],
+                        latents=batch["latents"],
+                        pixel_values=batch.get("pixel_values"),
+                        objective=objective,
+                        generator=noise.generator,
+                    )
+                    accelerator.backward(out["loss"])
+                    if lora_params and global_step < unfreeze_step:
+                        for p in lora_params:
+                            p.grad = None
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                    if accelerator.sync_gradients:
+                        unwrapped.adapter.apply_constraints_()
+                if not accelerator.sync_gradients:
+                    continue
+                global_step += 1
 
-            # 7a. Log the losses; checkpoint every --checkpointing_steps and draw a sample grid
-            #     every --validation_steps.
-            progress.update(1)
-            logs = {k: v.item() for k, v in out.items()} | {"lr": scheduler.get_last_lr()[0]}
-            progress.set_postfix(loss=f"{logs['loss']:.4g}")
-            accelerator.log(logs, step=global_step)
-            if global_step % args.checkpointing_steps == 0:
-                if accelerator.is_main_process:
-                    prune_checkpoints(args.output_dir, args.checkpoints_total_limit)
-                accelerator.wait_for_everyone()
-                accelerator.save_state(os.path.join(args.output_dir, f"checkpoint-{global_step}"))
-            if global_step % args.validation_steps == 0 and accelerator.is_main_process:
-                grid = context_grid(
-                    unwrapped, grid_contexts, args.num_validation_images, seed=args.seed
-                )
-                grid.save(Path(args.output_dir) / f"samples-{global_step}.png")
-                log_image(accelerator, "samples", grid, global_step)
-            if global_step >= total_steps:
+                # 7a. Log the losses (a non-finite loss stops the run: nothing diverged is saved);
+                #     checkpoint every --checkpointing_steps, or at once on SIGTERM / Ctrl-C, then
+                #     exit; draw a sample grid every --validation_steps.
+                progress.update(1)
+                logs = {k: v.item() for k, v in out.items()} | {"lr": scheduler.get_last_lr()[0]}
+                if not math.isfinite(logs["loss"]):
+                    raise FloatingPointError(
+                        f"Training diverged: the loss is {logs['loss']} at step {global_step} "
+                        f"(terms: {logs}). Nothing was saved; try a lower --learning_rate."
+                    )
+                progress.set_postfix(loss=f"{logs['loss']:.4g}")
+                accelerator.log(logs, step=global_step)
+                if interruption.requested(accelerator):
+                    saved = save_checkpoint(accelerator, args, global_step)
+                    accelerator.print(f"Interrupted: saved {saved}; resume it with the same flags")
+                    accelerator.print("and --resume_from_checkpoint latest.")
+                    accelerator.end_training()
+                    raise SystemExit(128 + (interruption.signal_number or signal.SIGTERM))
+                if global_step % args.checkpointing_steps == 0:
+                    save_checkpoint(accelerator, args, global_step)
+                if global_step % args.validation_steps == 0 and accelerator.is_main_process:
+                    grid = context_grid(
+                        unwrapped, grid_contexts, args.num_validation_images, seed=args.seed
+                    )
+                    grid.save(Path(args.output_dir) / f"samples-{global_step}.png")
+                    log_image(accelerator, "samples", grid, global_step)
+                if global_step >= total_steps:
+                    break
+
+            # 7b. Every --validation_epochs epochs and at the end: the validation loss (the same
+            #     objective) for early stopping, which keeps the best weights.
+            if (epoch + 1) % args.validation_epochs == 0 or global_step >= total_steps:
+                loss = validation_loss(unwrapped, validation_loader, objective)
+                history.append({"step": global_step, "validation_loss": loss})
+                accelerator.log({"validation_loss": loss}, step=global_step)
+                stop = stopper.update(loss, trainable_state(unwrapped))
+            if stop or global_step >= total_steps:
                 break
-
-        # 7b. Every --validation_epochs epochs and at the end: the validation loss (the same
-        #     objective) for early stopping, which keeps the best weights.
-        if (epoch + 1) % args.validation_epochs == 0 or global_step >= total_steps:
-            loss = validation_loss(unwrapped, validation_loader, objective)
-            history.append({"step": global_step, "validation_loss": loss})
-            accelerator.log({"validation_loss": loss}, step=global_step)
-            stop = stopper.update(loss, trainable_state(unwrapped))
-        if stop or global_step >= total_steps:
-            break
     progress.close()
 
     # 8. Restore the best weights and write the output folder on the main process.
@@ -267,35 +287,3 @@ def validation_loss(model: ContextAutoencoder, loader, objective: Objective) -> 
         count += len(batch["latents"])
     model.train(was_training)
     return total / max(count, 1)
-
-
-def write_outputs(
-    args: FinetuneArguments,
-    model: ContextAutoencoder,
-    inputs: FinetuneInputs,
-    outcome: dict,
-    accelerator,
-) -> None:
-    """Write the output folder: the pictures of ``write_report``, the adapter
-    (``save_pretrained``, with its model card) and ``metrics.json`` (``outcome`` and a summary
-    of the data); then push the adapter to the Hub if ``--push_to_hub``."""
-    output = Path(args.output_dir)
-    files = write_report(
-        model,
-        output,
-        num_samples=args.num_validation_images,
-        seed=args.seed,
-        compositions=inputs.compositions,
-    )
-    graph = concept_graph_image(model.adapter.concept_graph(), inputs.concepts)
-    log_image(accelerator, "concept_graph", graph, outcome["steps"])
-    model.save_pretrained(output, model_card_kwargs={"sample_grid": "contexts.png"})
-    metrics = outcome | {
-        "concepts": inputs.concepts,
-        "train_images": len(inputs.train),
-        "validation_images": len(inputs.validation),
-        "pictures": sorted(Path(p).name for p in files.values()),
-    }
-    (output / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    if args.push_to_hub:
-        model.push_to_hub(args.hub_model_id or output.name, token=args.hub_token)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import datasets
 import torch
@@ -16,15 +16,11 @@ from diffusers import AutoencoderKL
 from diffusers.image_processor import VaeImageProcessor
 from tqdm.auto import tqdm
 
-from .args import (
-    ImageDataArguments,
-    OptimizationArguments,
-    RunArguments,
-    check_at_least,
-    flag,
-)
+from .args import ImageDataArguments, OptimizationArguments, RunArguments
+from .flags import check_at_least, flag
 from .inputs import load_splits
 from .optimization import make_scheduler
+from .state import check_output_dir, staged_folder
 from .tracking import make_accelerator, tracker_config
 
 logger = logging.getLogger(__name__)
@@ -71,6 +67,7 @@ def pretrain_autoencoder(args: PretrainArguments) -> AutoencoderKL:
     """Train an ``AutoencoderKL`` from scratch on the dataset's images (every context pooled),
     set its ``scaling_factor`` to ``1 / std`` of the latents, and save it to ``output_dir``."""
     args.validate()  # the fields may have been changed since construction
+    check_output_dir(args.output_dir, args.overwrite_output_dir, resuming=False)
     train, validation, *_ = load_splits(args, args.seed)
     if len(train) < args.train_batch_size:  # no full batch: the loop would never step
         raise ValueError(
@@ -132,6 +129,11 @@ def pretrain_autoencoder(args: PretrainArguments) -> AutoencoderKL:
             if accelerator.sync_gradients:
                 step += 1
                 progress.update(1)
+                if not math.isfinite(loss.item()):
+                    raise FloatingPointError(
+                        f"Pretraining diverged: the loss is {loss.item()} at step {step}. "
+                        f"Nothing was saved; try a lower --learning_rate."
+                    )
                 progress.set_postfix(mse=f"{mse.item():.4f}")
                 accelerator.log({"mse": mse.item(), "kl": kl.item()}, step=step)
                 if args.validation_steps and step % args.validation_steps == 0:
@@ -147,9 +149,10 @@ def pretrain_autoencoder(args: PretrainArguments) -> AutoencoderKL:
     vae = accelerator.unwrap_model(vae).eval()
     metrics = autoencoder_metrics(vae, validation, args.image_column, processor, resolution)
     vae.register_to_config(scaling_factor=metrics["scaling_factor"])
-    if accelerator.is_main_process:
-        vae.save_pretrained(args.output_dir)
-        (Path(args.output_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if accelerator.is_main_process:  # written beside the folder, then moved into place
+        with staged_folder(args.output_dir) as partial:
+            vae.save_pretrained(partial)
+            (partial / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         logger.info("Autoencoder saved to %s: %s", args.output_dir, metrics)
     accelerator.end_training()
     return vae
