@@ -15,7 +15,7 @@ expressive layers the loop is not the same computation: statistics are per conte
 from __future__ import annotations
 
 import torch
-from common import adam, context_model, mixed_mask, train_step, update
+from common import WIDTHS, adam, context_model, mixed_mask, train_step, update
 from harness import measure_interleaved, milliseconds, parser, report, setup
 
 from ctxadapter.quad import HELDOUT_COMPOSITIONS, TRAIN_CONTEXTS
@@ -75,9 +75,7 @@ def main(argv=None) -> dict:
         )
         for (label, method), t in timings.items()
     ]
-    settings = dict(
-        K=6, latent="4x8x8", exogenous_width=32, concept_width=8, expressive_depth=2, loss="latent"
-    )
+    settings = dict(K=6, latent="4x8x8", **WIDTHS, loss="latent")
     notes = [
         "vs_1_ctx: step time over the batched single-context step of 1 (quad1), the "
         "single context that takes the general (interventional) path; 1 (obs) takes the "

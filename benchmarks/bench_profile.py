@@ -20,7 +20,15 @@ from __future__ import annotations
 import tempfile
 
 import torch
-from common import adam, context_model, matmul_flops_per_s, mixed_mask, step_flops, train_step
+from common import (
+    WIDTHS,
+    adam,
+    context_model,
+    matmul_flops_per_s,
+    mixed_mask,
+    step_flops,
+    train_step,
+)
 from harness import measure, measure_interleaved, milliseconds, parser, per_second, report, setup
 from torch.profiler import ProfilerActivity, profile, record_function
 
@@ -199,9 +207,7 @@ def main(argv=None) -> dict:
     settings = dict(
         K=6,
         latent="4x8x8",
-        exogenous_width=32,
-        concept_width=8,
-        expressive_depth=2,
+        **WIDTHS,
         loss="latent",
         matmul_peak_gflop_per_s=peak / 1e9,
     )

@@ -12,7 +12,7 @@ the heads grow as K; the table shows where that starts to matter.
 from __future__ import annotations
 
 import torch
-from common import adam, context_model, mixed_mask, step_flops, train_step
+from common import WIDTHS, adam, context_model, mixed_mask, step_flops, train_step
 from harness import measure, milliseconds, parser, report, setup
 
 
@@ -45,9 +45,7 @@ def main(argv=None) -> dict:
                 )
             )
             print(rows[-1], flush=True)
-    settings = dict(
-        latent="4x8x8", exogenous_width=32, concept_width=8, expressive_depth=2, loss="latent"
-    )
+    settings = dict(latent="4x8x8", **WIDTHS, loss="latent")
     notes = [
         "mflop_per_sample: matrix-product FLOPs of forward + backward counted from the "
         "layer shapes (common.step_flops); gflop_per_s: what the step achieves"

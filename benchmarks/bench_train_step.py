@@ -15,7 +15,7 @@ loss is far slower per sample, so it runs at a smaller batch (samples/s barely d
 from __future__ import annotations
 
 import torch
-from common import adam, autoencoder, context_model, mixed_mask, train_step
+from common import WIDTHS, adam, autoencoder, context_model, mixed_mask, train_step
 from harness import measure, parser, per_second, report, setup
 
 from ctxadapter.quad import TRAIN_CONTEXTS
@@ -84,9 +84,7 @@ def main(argv=None) -> dict:
             row["latent_speedup"] = same[0]["samples_per_s"] / row["samples_per_s"]
     settings = dict(
         K=6,
-        exogenous_width=32,
-        concept_width=8,
-        expressive_depth=2,
+        **WIDTHS,
         optimizer="Adam(lr=1e-3)",
         weights="random"
         if args.smoke

@@ -21,6 +21,8 @@ SD_CONFIG = dict(
     sample_size=512,
     scaling_factor=0.18215,
 )
+WIDTHS = dict(exogenous_width=32, concept_width=8, expressive_depth=2)
+"""The adapter's widths in every script (``context_model``), as their settings record them."""
 
 
 def kl_autoencoder(
@@ -68,17 +70,10 @@ def concepts(k: int) -> list[str]:
     return list(CONCEPTS[:k]) + [f"c{i}" for i in range(len(CONCEPTS), k)]
 
 
-def context_model(
-    num_concepts: int = 6,
-    latent_shape=(4, 8, 8),
-    vae=None,
-    exogenous_width: int = 32,
-    concept_width: int = 8,
-    expressive_depth: int = 2,
-):
+def context_model(num_concepts: int = 6, latent_shape=(4, 8, 8), vae=None):
     """A ``ContextAutoencoder`` in train mode: the adapter ``examples/finetune.py`` trains by
-    default (widths 32/8, depth 2, and its heads, mixing and bias). ``vae=None`` uses a tiny
-    stand-in autoencoder: the latent loss never runs it."""
+    default (``WIDTHS``, and its heads, mixing and bias). ``vae=None`` uses a tiny stand-in
+    autoencoder: the latent loss never runs it."""
     from ctxadapter import ContextAutoencoder, CtxAdapter
     from ctxadapter.training import FinetuneArguments
 
@@ -89,9 +84,7 @@ def context_model(
     adapter = CtxAdapter(
         concepts(num_concepts),
         list(latent_shape),
-        exogenous_width=exogenous_width,
-        concept_width=concept_width,
-        expressive_depth=expressive_depth,
+        **WIDTHS,
         observational_mixing=defaults.observational_mixing,
         exogenous_bias=defaults.exogenous_bias,
         heads=defaults.heads,
