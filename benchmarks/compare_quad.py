@@ -20,12 +20,12 @@ projections and the same generation noise (``--eval_seed``).
     python benchmarks/compare_quad.py --data_variants dependent --variants cm pooled  # defaults
     python benchmarks/compare_quad.py --smoke                           # seconds, for CI
 
-Every ``FinetuneArguments`` flag (``examples/finetune.py``'s, defaults included) sets the budget
-of every run, e.g. ``--max_train_steps 600 --learning_rate 3e-3``, or ``--set FIELD=VALUE``; the
-comparison sets ``--seed``, ``--quad_variant``, ``--output_dir`` and
-``--pretrained_model_name_or_path`` itself (``--seeds``, ``--data_variants``, ``--work_dir``,
-``--base_autoencoder``), no checkpoints and no sample grids. The scores and the table are in
-``compare_scores.py``.
+The budget of every run is a ``FinetuneArguments``: every ``examples/finetune.py`` flag works
+here, with the same default, e.g. ``--max_train_steps 600 --learning_rate 3e-3`` (or ``--set
+learning_rate=3e-3``). The comparison sets ``--seed``, ``--quad_variant``, ``--output_dir`` and
+``--pretrained_model_name_or_path`` for each run itself (from ``--seeds``, ``--data_variants``,
+``--work_dir``, ``--base_autoencoder``) and, unless told otherwise, writes no checkpoints,
+sample grids or tracker logs. The scores and the table are in ``compare_scores.py``.
 
 Adapters are written under ``--work_dir/<data variant>/<method>/seed<k>``; ``--reuse`` skips
 training where that folder already holds a finished adapter (its ``metrics.json``).
@@ -95,8 +95,8 @@ class CompareArguments:
     """The comparison's own options (the training budget: ``FinetuneArguments``)."""
 
     base_autoencoder: str | None = option(
-        f"The frozen AutoencoderKL folder (default: {QUAD_AUTOENCODER}; with --smoke: a tiny "
-        "random one).",
+        "The frozen AutoencoderKL folder; unset: examples/quad-autoencoder (with --smoke: a "
+        "tiny random one).",
         default=None,
     )
     work_dir: str = option(
@@ -134,7 +134,7 @@ class CompareArguments:
         "Evaluation device.", default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu"
     )
     output: str | None = option(
-        "Results path without extension (default: <work_dir>/results); writes .md and .json.",
+        "Results path without extension, unset: <work_dir>/results; writes .md and .json.",
         default=None,
     )
     smoke: bool = option(
@@ -205,16 +205,20 @@ def tiny_autoencoder(folder: Path) -> str:
 
 
 def base_autoencoder(compare: CompareArguments, work: Path) -> str:
+    """The frozen autoencoder's folder: ``--base_autoencoder``, else the tiny one of
+    ``--smoke``, else ``examples/quad-autoencoder``."""
     if compare.base_autoencoder:
-        return compare.base_autoencoder
-    if compare.smoke:
-        return tiny_autoencoder(work / "tiny-autoencoder")
-    if not QUAD_AUTOENCODER.exists():
+        base = compare.base_autoencoder
+    elif compare.smoke:
+        base = tiny_autoencoder(work / "tiny-autoencoder")
+    else:
+        base = str(QUAD_AUTOENCODER)
+    if not Path(base).exists() and not compare.smoke:
         raise SystemExit(
-            f"No autoencoder at {QUAD_AUTOENCODER}: train it with "
+            f"No autoencoder at {base}: train it with "
             "examples/pretrain_autoencoder.py or pass --base_autoencoder."
         )
-    return str(QUAD_AUTOENCODER)
+    return base
 
 
 def run(
