@@ -18,6 +18,7 @@ drop them at any time.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -28,7 +29,8 @@ import time
 from pathlib import Path
 
 import torch
-from common import autoencoder, measure, parser, report, setup
+from common import autoencoder
+from harness import measure, parser, per_second, report, setup
 
 BATCH = 64  # cache_latents' default batch size
 
@@ -133,38 +135,21 @@ def encoder_throughput(smoke: bool, repeats: int) -> list[dict]:
         warmup=1,
     )
     section = "encoder and preprocessing alone, batches of 64"
+    timings = {
+        "bare encoder forward (encode_distribution)": encode,
+        "proposed: encoder in channels_last" + ("" if same else " (DIFFERS)"): channels_last,
+        "preprocess only (PIL -> tensor)": preprocess,
+    }
     return [
-        dict(
-            section=section,
-            what="bare encoder forward (encode_distribution)",
-            images=BATCH,
-            images_per_s=BATCH / encode["median"],
-            min=BATCH / encode["max"],
-            max=BATCH / encode["min"],
-        ),
-        dict(
-            section=section,
-            what="proposed: encoder in channels_last" + ("" if same else " (DIFFERS)"),
-            images=BATCH,
-            images_per_s=BATCH / channels_last["median"],
-            min=BATCH / channels_last["max"],
-            max=BATCH / channels_last["min"],
-        ),
-        dict(
-            section=section,
-            what="preprocess only (PIL -> tensor)",
-            images=BATCH,
-            images_per_s=BATCH / preprocess["median"],
-            min=BATCH / preprocess["max"],
-            max=BATCH / preprocess["min"],
-        ),
+        dict(section=section, what=what, images=BATCH, **per_second(timing, BATCH, "images_per_s"))
+        for what, timing in timings.items()
     ]
 
 
 def main(argv=None) -> dict:
-    p = parser(__doc__.split("\n\n")[0])
+    p = parser(__doc__)
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000, 100_000])
-    p.add_argument("--child", nargs=3, metavar=("ARROW", "SIZE", "RESULT"), help=argparse_hide())
+    p.add_argument("--child", nargs=3, metavar=("ARROW", "SIZE", "RESULT"), help=argparse.SUPPRESS)
     args = setup(p.parse_args(argv), repeats=5)
     if args.child:
         child(args.child[0], int(args.child[1]), args.smoke, args.child[2])
@@ -220,12 +205,6 @@ def main(argv=None) -> dict:
         "rss_before_mb: its RSS just before caching; peak_anon_mb: peak anonymous RSS",
     ]
     return report("latent_cache", args, rows, settings, notes=notes)
-
-
-def argparse_hide():
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 if __name__ == "__main__":

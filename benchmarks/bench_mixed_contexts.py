@@ -15,17 +15,8 @@ expressive layers the loop is not the same computation: statistics are per conte
 from __future__ import annotations
 
 import torch
-from common import (
-    adam,
-    context_model,
-    measure_interleaved,
-    mixed_mask,
-    parser,
-    rate,
-    report,
-    setup,
-    train_step,
-)
+from common import WIDTHS, adam, context_model, mixed_mask, train_step, update
+from harness import measure_interleaved, milliseconds, parser, report, setup
 
 from ctxadapter.quad import HELDOUT_COMPOSITIONS, TRAIN_CONTEXTS
 
@@ -48,19 +39,14 @@ def loop_step(model, optimizer, mask: torch.Tensor, latents: torch.Tensor):
         for rows in groups:
             out = model(mask[rows], latents=latents[rows])
             loss = loss + out["loss"] * (len(rows) / total)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        model.adapter.apply_constraints_()
+        update(model, optimizer, loss)
 
     return step
 
 
 def main(argv=None) -> dict:
-    p = parser(__doc__.split("\n\n")[0])
-    p.add_argument("--batch", type=int, default=512)
-    args = setup(p.parse_args(argv), repeats=7)
-    batch = 64 if args.smoke else args.batch
+    args = setup(parser(__doc__, batch=512).parse_args(argv), repeats=7, smoke_batch=64)
+    batch = args.batch
     latents = torch.randn(batch, 4, 8, 8)
     steps = {}
     for label, contexts in CONTEXT_SETS.items():
@@ -83,17 +69,13 @@ def main(argv=None) -> dict:
             contexts=label,
             method=method,
             batch=batch,
-            step_ms=t["median"] * 1e3,
-            min_ms=t["min"] * 1e3,
-            max_ms=t["max"] * 1e3,
-            samples_per_s=rate(t, batch)["median"],
+            **milliseconds(t),
+            samples_per_s=batch / t["median"],
             vs_1_ctx=t["median"] / baseline,
         )
         for (label, method), t in timings.items()
     ]
-    settings = dict(
-        K=6, latent="4x8x8", exogenous_width=32, concept_width=8, expressive_depth=2, loss="latent"
-    )
+    settings = dict(K=6, latent="4x8x8", **WIDTHS, loss="latent")
     notes = [
         "vs_1_ctx: step time over the batched single-context step of 1 (quad1), the "
         "single context that takes the general (interventional) path; 1 (obs) takes the "

@@ -21,19 +21,15 @@ import tempfile
 
 import torch
 from common import (
+    WIDTHS,
     adam,
     context_model,
     matmul_flops_per_s,
-    measure,
-    measure_interleaved,
     mixed_mask,
-    parser,
-    rate,
-    report,
-    setup,
     step_flops,
     train_step,
 )
+from harness import measure, measure_interleaved, milliseconds, parser, per_second, report, setup
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from ctxadapter.quad import TRAIN_CONTEXTS
@@ -136,32 +132,17 @@ def data_loading(batch: int, size: int, repeats: int, min_time: float = 0.2) -> 
         }
         for what, read in readers.items():
             timing = measure(read, repeats, warmup=1, min_time=min_time)
-            rows.append(
-                dict(
-                    what=what,
-                    ms_per_batch=timing["median"] * 1e3,
-                    min_ms=timing["min"] * 1e3,
-                    max_ms=timing["max"] * 1e3,
-                )
-            )
+            rows.append(dict(what=what, **milliseconds(timing, "ms_per_batch")))
         sampler = ContextBatchSampler(cached.context_ids, batch, "mixed")
         timing = measure(lambda: list(sampler), repeats, warmup=1)
-        rows.append(
-            dict(
-                what="ContextBatchSampler epoch shuffle, per batch",
-                ms_per_batch=timing["median"] * 1e3 / len(sampler),
-                min_ms=timing["min"] * 1e3 / len(sampler),
-                max_ms=timing["max"] * 1e3 / len(sampler),
-            )
-        )
+        what = "ContextBatchSampler epoch shuffle, per batch"
+        rows.append(dict(what=what, **milliseconds(timing, "ms_per_batch", per=len(sampler))))
     return rows
 
 
 def main(argv=None) -> dict:
-    p = parser(__doc__.split("\n\n")[0])
-    p.add_argument("--batch", type=int, default=512)
-    args = setup(p.parse_args(argv), repeats=7)
-    batch = 64 if args.smoke else args.batch
+    args = setup(parser(__doc__, batch=512).parse_args(argv), repeats=7, smoke_batch=64)
+    batch = args.batch
     steps = 3 if args.smoke else 50
     mixed = list(TRAIN_CONTEXTS)
 
@@ -174,20 +155,18 @@ def main(argv=None) -> dict:
         small = time_step(8, contexts, args.repeats, args.smoke)
         model = context_model(6, (4, 8, 8))
         flops = step_flops(model.adapter, mixed_mask(model.adapter.concepts, contexts, batch))
-        speed = rate(timing, batch)
+        speed = per_second(timing, batch)["samples_per_s"]
         rows.append(
             dict(
                 section="step",
                 contexts=label,
                 batch=batch,
                 step_ms=timing["median"] * 1e3,
-                samples_per_s=speed["median"],
-                min=speed["min"],
-                max=speed["max"],
+                **per_second(timing, batch),
                 step_ms_at_batch_8=small["median"] * 1e3,
                 mflop_per_sample=flops / 1e6,
-                achieved_gflop_per_s=flops * speed["median"] / 1e9,
-                fraction_of_matmul_peak=flops * speed["median"] / peak,
+                achieved_gflop_per_s=flops * speed / 1e9,
+                fraction_of_matmul_peak=flops * speed / peak,
             )
         )
         print(rows[-1], flush=True)
@@ -221,18 +200,14 @@ def main(argv=None) -> dict:
             dict(
                 section="optimizer.step alone (15 tensors, 199k parameters)",
                 optimizer=name,
-                ms=timing["median"] * 1e3,
-                min_ms=timing["min"] * 1e3,
-                max_ms=timing["max"] * 1e3,
+                **milliseconds(timing, "ms"),
                 speedup=timings["Adam()"]["median"] / timing["median"],
             )
         )
     settings = dict(
         K=6,
         latent="4x8x8",
-        exogenous_width=32,
-        concept_width=8,
-        expressive_depth=2,
+        **WIDTHS,
         loss="latent",
         matmul_peak_gflop_per_s=peak / 1e9,
     )

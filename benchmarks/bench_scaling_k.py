@@ -12,26 +12,15 @@ the heads grow as K; the table shows where that starts to matter.
 from __future__ import annotations
 
 import torch
-from common import (
-    adam,
-    context_model,
-    measure,
-    mixed_mask,
-    parser,
-    rate,
-    report,
-    setup,
-    step_flops,
-    train_step,
-)
+from common import WIDTHS, adam, context_model, mixed_mask, step_flops, train_step
+from harness import measure, milliseconds, parser, report, setup
 
 
 def main(argv=None) -> dict:
-    p = parser(__doc__.split("\n\n")[0])
-    p.add_argument("--batch", type=int, default=512)
+    p = parser(__doc__, batch=512)
     p.add_argument("--ks", type=int, nargs="+", default=[3, 6, 12, 24])
-    args = setup(p.parse_args(argv), repeats=7)
-    batch = 64 if args.smoke else args.batch
+    args = setup(p.parse_args(argv), repeats=7, smoke_batch=64)
+    batch = args.batch
     ks = [3, 6] if args.smoke else args.ks
     latents = torch.randn(batch, 4, 8, 8)
     rows = []
@@ -49,18 +38,14 @@ def main(argv=None) -> dict:
                     K=k,
                     contexts=label,
                     batch=batch,
-                    step_ms=timing["median"] * 1e3,
-                    min_ms=timing["min"] * 1e3,
-                    max_ms=timing["max"] * 1e3,
-                    samples_per_s=rate(timing, batch)["median"],
+                    **milliseconds(timing),
+                    samples_per_s=batch / timing["median"],
                     mflop_per_sample=flops / 1e6,
                     gflop_per_s=flops * batch / timing["median"] / 1e9,
                 )
             )
             print(rows[-1], flush=True)
-    settings = dict(
-        latent="4x8x8", exogenous_width=32, concept_width=8, expressive_depth=2, loss="latent"
-    )
+    settings = dict(latent="4x8x8", **WIDTHS, loss="latent")
     notes = [
         "mflop_per_sample: matrix-product FLOPs of forward + backward counted from the "
         "layer shapes (common.step_flops); gflop_per_s: what the step achieves"

@@ -26,7 +26,8 @@ import tempfile
 
 import torch
 from bench_latent_cache import quad_rows
-from common import adam, autoencoder, context_model, now, parser, report, setup
+from common import adam, autoencoder, context_model, update
+from harness import now, parser, report, setup
 
 from ctxadapter.codec import LatentCodec
 from ctxadapter.data import CachedLatents, ContextBatchSampler, cache_latents, collate_batch
@@ -69,10 +70,7 @@ def train(model, optimizer, batch_iter, reconstruction: str, codec=None, measure
             pixel_values=batch.get("pixel_values"),
             objective=Objective(reconstruction=reconstruction),
         )
-        out["loss"].backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        model.adapter.apply_constraints_()
+        update(model, optimizer, out["loss"])
         end = now()
         times.append(end - start)
         start = end
@@ -98,20 +96,19 @@ def main(argv=None) -> dict:
     import datasets
 
     datasets.disable_progress_bars()
-    p = parser(__doc__.split("\n\n")[0])
+    p = parser(__doc__, batch=512)
     p.add_argument("--images-per-context", type=int, default=1000)
     p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch", type=int, default=512)
     p.add_argument(
         "--measured-steps",
         type=int,
         default=3,
         help="timed steps of the slow methods (after one warm-up), extrapolated",
     )
-    args = setup(p.parse_args(argv), repeats=1)
+    args = setup(p.parse_args(argv), repeats=1, smoke_batch=16)
     per_context = 8 if args.smoke else args.images_per_context
     steps = 4 if args.smoke else args.steps
-    batch = 16 if args.smoke else args.batch
+    batch = args.batch
     measured = 2 if args.smoke else args.measured_steps
     n = per_context * (len(CONCEPTS) + 1)
     codec = LatentCodec(autoencoder("quad", args.smoke))

@@ -15,18 +15,8 @@ loss is far slower per sample, so it runs at a smaller batch (samples/s barely d
 from __future__ import annotations
 
 import torch
-from common import (
-    adam,
-    autoencoder,
-    context_model,
-    measure,
-    mixed_mask,
-    parser,
-    rate,
-    report,
-    setup,
-    train_step,
-)
+from common import WIDTHS, adam, autoencoder, context_model, mixed_mask, train_step
+from harness import measure, parser, per_second, report, setup
 
 from ctxadapter.quad import TRAIN_CONTEXTS
 
@@ -48,7 +38,6 @@ def run_row(
     step = train_step(model, adam(model), given, latents, pixels, loss)
     min_time = 0.0 if smoke or loss == "pixel" else 0.5
     timing = measure(step, repeats, warmup=2 if loss == "latent" else 1, min_time=min_time)
-    speed = rate(timing, batch)
     return dict(
         autoencoder=name,
         image=f"{resolution}x{resolution}",
@@ -57,17 +46,14 @@ def run_row(
         contexts=contexts,
         batch=batch,
         step_ms=timing["median"] * 1e3,
-        samples_per_s=speed["median"],
-        min=speed["min"],
-        max=speed["max"],
+        **per_second(timing, batch),
     )
 
 
 def main(argv=None) -> dict:
-    p = parser(__doc__.split("\n\n")[0])
-    p.add_argument("--batch", type=int, default=512, help="batch of the latent loss")
-    args = setup(p.parse_args(argv), repeats=5)
-    batch = 32 if args.smoke else args.batch
+    p = parser(__doc__, batch=512, batch_help="batch of the latent loss")
+    args = setup(p.parse_args(argv), repeats=5, smoke_batch=32)
+    batch = args.batch
     quad, sd = autoencoder("quad", args.smoke), autoencoder("sd", args.smoke)
     sd_high = 128 if args.smoke else 256
     plan = [  # (vae, name, resolution, loss, batch, contexts)
@@ -98,13 +84,11 @@ def main(argv=None) -> dict:
             row["latent_speedup"] = same[0]["samples_per_s"] / row["samples_per_s"]
     settings = dict(
         K=6,
-        exogenous_width=32,
-        concept_width=8,
-        expressive_depth=2,
+        **WIDTHS,
         optimizer="Adam(lr=1e-3)",
         weights="random"
         if args.smoke
-        else "quad: examples/quad-autoencoder if present else random; sd: random",
+        else "quad: ctxadapter/assets/quad-autoencoder if present else random; sd: random",
     )
     notes = [
         "samples_per_s is the median over repeats; min/max are the slowest/fastest run",

@@ -20,7 +20,7 @@ Reading the columns: ``posterior_mean`` against ``autoencoder`` is what the adap
 reconstruction path loses; ``prior`` against ``gaussian_fit`` is what the context's noise
 distribution being away from ``N(0, I)`` costs, i.e. an intervention carried by the noise
 posterior instead of by the context layers (``|mean|``, the norm of that Gaussian's mean, says
-how far). The findings in ``docs/results.md`` use it.
+how far). ``docs/evaluation.md`` describes it.
 
     python benchmarks/sw2_sources.py --adapter compare-quad/dependent/cm/seed0
     python benchmarks/sw2_sources.py --adapter ADAPTER --quad_variant independent \\
@@ -44,14 +44,8 @@ if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
 from ctxadapter import ContextAutoencoder, quad  # noqa: E402
-from ctxadapter.evaluation import (  # noqa: E402
-    _to_unit_float,
-    generation_seed,
-    heldout_quad_images,
-    prepare_images,
-)
+from ctxadapter.evaluation import generation_seed, heldout_quad_images, prepare_images  # noqa: E402
 from ctxadapter.metrics import random_projections, sliced_wasserstein  # noqa: E402
-from ctxadapter.viz import _eval_mode  # noqa: E402
 
 COLUMNS = ("prior", "gaussian_fit", "posterior_samples", "posterior_mean", "autoencoder")
 
@@ -81,6 +75,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=100)
     parser.add_argument("--output", default=None, help="Also write the rows as JSON here.")
     return parser.parse_args(argv)
+
+
+def unit_images(images, resolution: tuple[int, int]) -> torch.Tensor:
+    """Real images -> float ``(N, 3, H, W)`` in ``[0, 1]`` at ``resolution``."""
+    images = prepare_images(images, resolution)
+    return images.float() / 255 if images.dtype == torch.uint8 else images.float()
 
 
 def _to_images(model: ContextAutoencoder, latents: torch.Tensor) -> torch.Tensor:
@@ -168,20 +168,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
     header = f"{'context':<18}" + "".join(f"{c:>18}" for c in COLUMNS) + f"{'|mean|':>9}"
     print(f"SW2 per context ({n} {split} images a side, {args.num_projections} projections)")
     print(header)
-    with _eval_mode(model):
-        for context in args.contexts:
-            x = _to_unit_float(prepare_images(real[context], resolution))
-            y = _to_unit_float(prepare_images(other[context], resolution))
-            if projections is None:
-                projections = random_projections(x[0].numel(), args.num_projections, args.seed)
-            row = sources(model, x, y, context, projections, args.seed, args.batch_size)
-            rows.append({"context": context, "num_images": n, **row})
-            print(
-                f"{context:<18}"
-                + "".join(f"{row[c]:>18.4f}" for c in COLUMNS)
-                + f"{row['mean_norm']:>9.2f}",
-                flush=True,
-            )
+    model.eval()  # sources() runs without gradients
+    for context in args.contexts:
+        x = unit_images(real[context], resolution)
+        y = unit_images(other[context], resolution)
+        if projections is None:
+            projections = random_projections(x[0].numel(), args.num_projections, args.seed)
+        row = sources(model, x, y, context, projections, args.seed, args.batch_size)
+        rows.append({"context": context, "num_images": n, **row})
+        print(
+            f"{context:<18}"
+            + "".join(f"{row[c]:>18.4f}" for c in COLUMNS)
+            + f"{row['mean_norm']:>9.2f}",
+            flush=True,
+        )
     if args.output:
         settings = {k: v for k, v in vars(args).items() if k != "output"}
         Path(args.output).write_text(json.dumps({"settings": settings, "rows": rows}, indent=2))

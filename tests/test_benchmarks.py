@@ -97,8 +97,8 @@ def test_step_flops_counts_the_default_adapter(bench_path):
 
 
 def test_table_and_measure(bench_path):
-    common = importlib.import_module("common")
-    text = common.table([dict(a=1, b=2.5), dict(a=10, c="x")])
+    harness = importlib.import_module("harness")
+    text = harness.table([dict(a=1, b=2.5), dict(a=10, c="x")])
     assert text.splitlines()[0] == "| a  | b   | c |"
-    timing = common.measure(lambda: None, repeats=3, warmup=0)
+    timing = harness.measure(lambda: None, repeats=3, warmup=0)
     assert timing["min"] <= timing["median"] <= timing["max"] and len(timing["runs"]) == 3

@@ -1,0 +1,201 @@
+"""The scoring half of ``compare_quad.py``: the scores it adds to ``evaluate``'s (the base
+autoencoder's PSNR, the concept graph's AUROC, counterfactual edits), their mean and standard
+error over seeds with the ratios cm / pooled, and the Markdown table."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ctxadapter.evaluation import counterfactual_shifts, graph_auroc, prepare_images
+from ctxadapter.quad import ancestral_relation
+
+LABELS = {
+    "cm": "(a) ctxadapter default (latent loss)",
+    "pooled": "(b) pooled (labels ignored)",
+    "pixel": "(c) pixel loss",
+    "finetune": "(d) pixel loss + decoder LoRA r4",
+}
+"""Method name -> its row label, in table order."""
+METRICS = {
+    "concept": 3,
+    "compo": 3,
+    "recon_bpp": 3,
+    "recon_psnr_db": 2,
+    "base_psnr_db": 2,
+    "graph_auroc": 3,
+    "edit_moved_min": 2,
+    "edit_drift_max": 3,
+}
+"""Metric averaged over seeds -> its digits in the table, in column order."""
+EDIT_IMAGES = 200
+"""Observational images edited per run for the counterfactual scores."""
+
+
+def quad_scores(model, heldout: dict, dependent: bool) -> dict:
+    """The scores beside Concept / Compo / Recon: the base autoencoder's own PSNR on the
+    single-context images, the concept graph's AUROC against the SCM's ancestral relation
+    (dependent quad; None on independent quad, which has no edges), and the counterfactual edits
+    of ``EDIT_IMAGES`` observational images under each quadrant: the smallest fraction of the
+    way an edit moved its own quadrant, and the largest drift of a quadrant that is no
+    descendant of the intervened one (``ctxadapter.evaluation.counterfactual_shifts``)."""
+    singles = [name for name in heldout if "+" not in name]
+    errors = []
+    with torch.no_grad():
+        for name in singles:
+            for start in range(0, len(heldout[name]), 256):
+                real = prepare_images(heldout[name][start : start + 256], model.resolution)
+                real = real.to(model.codec.device).float() / 255
+                decoded = model.codec.decode(model.codec.encode(real * 2 - 1))
+                own = ((decoded + 1) / 2).clamp(0, 1)
+                errors.append((own - real).pow(2).flatten(1).mean(1).cpu())
+    base_psnr = (-10 * torch.log10(torch.cat(errors).clamp_min(1e-10))).mean().item()
+    concepts = list(model.adapter.concepts)
+    auroc = None
+    if dependent:
+        truth = ancestral_relation(concepts, dependent=True)
+        auroc = graph_auroc(model.adapter.concept_graph(), truth)
+    edits = counterfactual_shifts(
+        model, heldout["obs"][:EDIT_IMAGES], heldout, dependent=dependent
+    )["summary"]
+    return {
+        "base_psnr_db": base_psnr,
+        "graph_auroc": auroc,
+        "edit_moved_min": min(s["moved"] for s in edits.values() if s["moved"] is not None),
+        "edit_drift_max": max(
+            (s["max_drift"] for s in edits.values() if s["max_drift"] is not None), default=None
+        ),
+        "edits": edits,
+    }
+
+
+def mean_se(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and standard error (sample standard deviation / sqrt(n); None for n < 2)."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return mean, math.sqrt(var / len(values))
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Per (data variant, method): mean and SE of each metric over seeds; per data variant: the
+    ratios cm / pooled of Concept and Compo (ratio of the means, and mean +- SE of the per-seed
+    ratios where both ran with the same seed)."""
+    summary: dict = {}
+    for run in runs:
+        group = summary.setdefault(run["data_variant"], {}).setdefault(run["variant"], {})
+        group.setdefault("seeds", []).append(run["seed"])
+        for metric in METRICS:
+            group.setdefault("_" + metric, []).append(run["results"][metric])
+    for data_variant, groups in summary.items():
+        for group in groups.values():
+            for metric in METRICS:
+                mean, se = mean_se(group.pop("_" + metric))
+                group[metric] = {"mean": mean, "se": se}
+        if "cm" in groups and "pooled" in groups:
+            results = {
+                (r["variant"], r["seed"]): r["results"]
+                for r in runs
+                if r["data_variant"] == data_variant
+            }
+            ratios = {}
+            for metric in ("concept", "compo"):
+                a, b = groups["cm"][metric]["mean"], groups["pooled"][metric]["mean"]
+                paired = [
+                    results[("cm", s)][metric] / results[("pooled", s)][metric]
+                    for s in groups["cm"]["seeds"]
+                    if ("pooled", s) in results
+                ]
+                mean, se = mean_se(paired)
+                ratios[metric] = {
+                    "ratio_of_means": a / b if a and b else None,
+                    "paired_mean": mean,
+                    "paired_se": se,
+                }
+            groups["ratio_cm_pooled"] = ratios
+    return summary
+
+
+def number(value, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def plus_minus(stat: dict, digits: int = 3) -> str:
+    if stat["mean"] is None:
+        return "not measured"
+    text = f"{stat['mean']:.{digits}f}"
+    return text + (f" ± {stat['se']:.{digits}f}" if stat["se"] is not None else "")
+
+
+def markdown(summary: dict, settings: dict, runs: list[dict]) -> str:
+    """The results page: per data variant, a row per method (mean ± SE over seeds) and the
+    ratios (a)/(b); then a row per run. ``settings``: the comparison's, as its JSON records
+    them (budget, evaluation sizes and seeds)."""
+    s = settings
+    steps = f"{s['max_train_steps']} steps" if s["max_train_steps"] else None
+    lines = [
+        "# quad comparison: context module vs pooled ablation",
+        "",
+        f"Budget per run: {s['quad_images_per_context']} training images per context, "
+        + (steps or "the default epochs with early stopping")
+        + f" at batch {s['train_batch_size']}"
+        + (f", extra settings {' '.join(s['set'])}" if s["set"] else "")
+        + ". "
+        f"Evaluation: {s['images_per_context']} held-out images per context ({s['heldout_split']} "
+        f"split, seed {s['heldout_seed']}), SW2 with {s['num_projections']} projections (seed "
+        f"{s['eval_seed']}). Mean ± standard error over seeds.",
+        "",
+    ]
+    for data_variant, groups in summary.items():
+        lines += [
+            f"## quad {data_variant}",
+            "",
+            "| method | seeds | Concept | Compo | Recon (bits/px) | PSNR (dB) | base PSNR (dB) "
+            "| graph AUROC | edit moved (min) | edit drift (max) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for variant in LABELS:
+            if variant not in groups:
+                continue
+            g = groups[variant]
+            cells = [LABELS[variant], ",".join(map(str, g["seeds"]))]
+            cells += [plus_minus(g[metric], digits) for metric, digits in METRICS.items()]
+            lines.append("| " + " | ".join(cells) + " |")
+        ratios = groups.get("ratio_cm_pooled")
+        if ratios:
+            lines.append("")
+            for metric in ("concept", "compo"):
+                r = ratios[metric]
+                paired = (
+                    f"; per-seed {r['paired_mean']:.3f}"
+                    + (f" ± {r['paired_se']:.3f}" if r["paired_se"] is not None else "")
+                    if r["paired_mean"] is not None
+                    else ""
+                )
+                lines.append(
+                    f"- ratio (a)/(b) {metric.capitalize()}: "
+                    f"{number(r['ratio_of_means'], 3)} (ratio of means{paired})"
+                )
+        lines.append("")
+    lines += [
+        "## runs",
+        "",
+        "| data | method | seed | steps | train s | eval s | Concept | Compo | Recon | PSNR "
+        "| graph AUROC | edit moved (min) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        r = run["results"]
+        lines.append(
+            f"| {run['data_variant']} | {run['variant']} | {run['seed']} | "
+            f"{run.get('steps')} | {run['train_seconds']:.0f} | "
+            f"{run['eval_seconds']:.0f} | {number(r['concept'])} | {number(r['compo'])} | "
+            f"{number(r['recon_bpp'])} | {number(r['recon_psnr_db'], 2)} | "
+            f"{number(r['graph_auroc'], 3)} | {number(r['edit_moved_min'], 2)} |"
+        )
+    return "\n".join(lines) + "\n"
