@@ -13,17 +13,19 @@ import pytest
 import torch
 from diffusers import AutoencoderKL
 
-from ctxadapter import ContextAutoencoder, CtxAdapter, quad
+from ctxadapter import ContextAutoencoder, CtxAdapter
+from ctxadapter.data import quad
 from ctxadapter.evaluation import (
     evaluate,
     format_table,
     generation_seed,
     heldout_quad_images,
-    prepare_images,
 )
-from ctxadapter.metrics import recon_bits_per_pixel, sliced_wasserstein
+from ctxadapter.images import prepare_images
+from ctxadapter.metrics import recon_bits_per_pixel
 from ctxadapter.model import base_model_record
 from ctxadapter.objective import PIXEL_EPS, gaussian_kl
+from ctxadapter.wasserstein import sliced_wasserstein
 
 REPO = Path(__file__).resolve().parent.parent
 CONCEPTS = list(quad.CONCEPTS)
