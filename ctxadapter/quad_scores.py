@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from .contexts import OBSERVATIONAL
-from .data import quad
+from .data import quad, quad_render
 from .images import DEFAULT_BATCH_SIZE, prepare_images, to_float
 from .model import eval_mode
 
@@ -112,8 +112,8 @@ def corner_masks(resolution: tuple[int, int]) -> dict[str, Tensor]:
     """
     height, width = resolution
     # Pixel-centre offsets from the image centre, in pixels of the 64 x 64 quad image.
-    dy = (torch.arange(height) + 0.5 - height / 2) * (quad.IMAGE_SIZE / height)
-    dx = (torch.arange(width) + 0.5 - width / 2) * (quad.IMAGE_SIZE / width)
+    dy = (torch.arange(height) + 0.5 - height / 2) * (quad_render.IMAGE_SIZE / height)
+    dx = (torch.arange(width) + 0.5 - width / 2) * (quad_render.IMAGE_SIZE / width)
     far = dy[:, None] ** 2 + dx[None, :] ** 2 > CORNER_RADIUS**2
     masks = {
         name: far & ((dy > 0) == bottom)[:, None] & ((dx > 0) == right)[None, :]

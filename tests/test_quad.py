@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ctxadapter.contexts import parse_context
-from ctxadapter.data import quad
+from ctxadapter.data import quad, quad_render
 
 N = 20_000  # enough for ~5-sigma tolerances below on means and variances
 
@@ -27,7 +27,7 @@ def _values(
 
 def _shape_mask(**kwargs) -> np.ndarray:
     """Pixels painted magenta on red quadrants, bool [64, 64]."""
-    image = quad.render(_values(**kwargs))[0]
+    image = quad_render.render(_values(**kwargs))[0]
     return np.all(image == MAGENTA, axis=-1)
 
 
@@ -259,12 +259,12 @@ def test_ancestral_relation_subsets_and_errors():
     ],
 )
 def test_colormap_hand_cases(v, rgb):
-    assert tuple(quad.colormap(np.array(v))) == rgb
-    assert quad.colormap(np.full((2, 3), v)).shape == (2, 3, 3)
+    assert tuple(quad_render.colormap(np.array(v))) == rgb
+    assert quad_render.colormap(np.full((2, 3), v)).shape == (2, 3, 3)
 
 
 def test_quadrant_placement():
-    image = quad.render(_values(quads=(0.0, 0.2, 0.5, 1.0), size=0.0))[0]
+    image = quad_render.render(_values(quads=(0.0, 0.2, 0.5, 1.0), size=0.0))[0]
     quad3, quad4 = (0, 255, 127), MAGENTA
     # Pixels on both sides of the row-32 and column-32 boundaries, away from the small shape.
     assert tuple(image[63, 0]) == tuple(image[32, 0]) == tuple(image[63, 31]) == RED  # quad1
@@ -276,7 +276,7 @@ def test_quadrant_placement():
 def test_corner_pixels_carry_the_quadrant_latents():
     # No shape reaches the corners (the largest, s = 48, stays within 34 pixels of the centre).
     images, latents = quad.sample("obs", 500)
-    colours = quad.colormap(_std_normal_cdf(latents)[:, :4])
+    colours = quad_render.colormap(_std_normal_cdf(latents)[:, :4])
     for k, (row, col) in enumerate([(63, 0), (63, 63), (0, 0), (0, 63)]):
         np.testing.assert_array_equal(images[:, row, col], colours[:, k])
 
@@ -328,9 +328,9 @@ def test_orientation_conventions():
 
 def test_render_is_vectorised_over_mixed_shapes():
     values = np.random.default_rng(0).uniform(size=(2100, 8))  # spans several render chunks
-    images = quad.render(values)
+    images = quad_render.render(values)
     for i in (0, 1500, 2099):
-        np.testing.assert_array_equal(images[i], quad.render(values[i : i + 1])[0])
+        np.testing.assert_array_equal(images[i], quad_render.render(values[i : i + 1])[0])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import torch
 from diffusers import AutoencoderKL
 
 from ctxadapter import ContextAutoencoder, CtxAdapter, evaluation
-from ctxadapter.data import quad
+from ctxadapter.data import quad, quad_render
 from ctxadapter.quad_scores import (
     CORNER_RADIUS,
     QUADRANTS,
@@ -93,7 +93,8 @@ def test_corner_regions_avoid_every_shape():
     for shape in (0.0, 1 / 3, 2 / 3, 1.0):
         for orientation in (0.0, 0.0625, 0.125, 0.3):
             values = np.array([[0, 0, 0, 0, 1.0, 1.0, shape, orientation]])
-            painted = torch.from_numpy(np.all(quad.render(values)[0] == (255, 0, 255), axis=-1))
+            image = quad_render.render(values)[0]
+            painted = torch.from_numpy(np.all(image == (255, 0, 255), axis=-1))
             assert painted.any() and not (painted & (total > 0)).any()
     assert CORNER_RADIUS > 24 * math.sqrt(2)
 

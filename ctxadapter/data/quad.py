@@ -27,22 +27,19 @@ from PIL import Image
 
 from ..contexts import parse_context
 from . import quad_render
-from .quad_render import IMAGE_SIZE, RENDER_CHUNK, colormap, render
+from .quad_render import RENDER_CHUNK, render
 from .splits import SPLITS, generate_splits
 
 __all__ = [
     "CONCEPTS",
     "HELDOUT_COMPOSITIONS",
-    "IMAGE_SIZE",
     "LATENT_NAMES",
     "SPLITS",
     "TRAIN_CONTEXTS",
     "ancestral_relation",
     "build_dataset",
-    "colormap",
     "latents_to_images",
     "obs_mean_std",
-    "render",
     "sample",
     "sample_latents",
     "write_imagefolder",
@@ -169,7 +166,9 @@ def sample_latents(
     """Raw (unstandardised) latents of ``n`` samples from ``context``: float32 [n, 8].
 
     Columns follow :data:`LATENT_NAMES`. Each intervened variable loses its incoming edges and
-    gets Gaussian noise with mean ``do_mean * strength`` and the do variance.
+    gets Gaussian noise with mean ``do_mean * strength`` and the do variance. ``context`` is
+    read by ``ctxadapter.contexts.parse_context`` over :data:`CONCEPTS` with ``lenient=True``
+    (spaces around names and ``""`` for ``"obs"`` are accepted).
     """
     concepts = parse_context(context, CONCEPTS, lenient=True)
     rng = _rng(concepts, seed, dependent, strength, split)
@@ -200,13 +199,12 @@ def latents_to_images(latents: np.ndarray, dependent: bool = True) -> np.ndarray
 def sample(
     context: str | Sequence[str],
     n: int,
-    *,
     seed: int = 0,
     dependent: bool = True,
     strength: float = 1.0,
     split: str = "train",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` images of ``context`` with their raw latents (``seed`` and after: by keyword).
+    """``n`` images of ``context`` with their raw latents (the arguments of ``sample_latents``).
 
     ``context`` is ``"obs"``, ``""``, ``[]``, a concept name, ``"quad1+size"`` or
     ``["quad1", "size"]``; ``split`` is one of :data:`SPLITS`. Returns ``(images, latents)``:
