@@ -16,15 +16,50 @@ The same map is applied to ``AutoencoderKL`` (posterior mean) and ``AutoencoderT
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Literal
 
 import torch
 from diffusers import AutoencoderKL, AutoencoderTiny
 from diffusers.image_processor import PipelineImageInput, VaeImageProcessor
 
-__all__ = ["LatentCodec"]
+__all__ = ["SUPPORTED_AUTOENCODERS", "LatentCodec", "load_autoencoder"]
 
 SUPPORTED_AUTOENCODERS = (AutoencoderKL, AutoencoderTiny)
+"""The diffusers autoencoder classes a ``LatentCodec`` (and so a ``ContextAutoencoder``) wraps."""
+
+
+def load_autoencoder(
+    name_or_path: str | os.PathLike,
+    revision: str | None = None,
+    subfolder: str | None = None,
+    **hub_kwargs,
+) -> AutoencoderKL | AutoencoderTiny:
+    """Load a diffusers ``AutoencoderKL`` or ``AutoencoderTiny`` named by its config's
+    ``_class_name`` (``AutoencoderKL`` when the config names none).
+
+    Args:
+        name_or_path: a Hub repository id or a local folder.
+        revision: the Hub revision.
+        subfolder: the folder of the autoencoder inside the repository (e.g. ``"vae"``).
+        hub_kwargs: passed on to ``from_pretrained`` (``torch_dtype``, ``token``,
+            ``cache_dir``, ``local_files_only``...); the download options also to
+            ``load_config``.
+
+    Raises:
+        ValueError: if the config names a class outside ``SUPPORTED_AUTOENCODERS``.
+        OSError: if there is no such autoencoder (as ``from_pretrained`` raises).
+    """
+    config = AutoencoderKL.load_config(
+        name_or_path, revision=revision, subfolder=subfolder, **hub_kwargs
+    )
+    class_name = config.get("_class_name", "AutoencoderKL")
+    supported = {c.__name__: c for c in SUPPORTED_AUTOENCODERS}
+    if class_name not in supported:
+        raise ValueError(f"{name_or_path!r} is a {class_name}; supported: {sorted(supported)}.")
+    return supported[class_name].from_pretrained(
+        name_or_path, revision=revision, subfolder=subfolder, **hub_kwargs
+    )
 
 
 def _pair(resolution: int | tuple[int, int]) -> tuple[int, int]:

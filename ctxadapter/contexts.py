@@ -12,6 +12,7 @@ concepts intervened on in sample ``n``.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -23,22 +24,35 @@ Context = tuple[str, ...]
 """A canonical context: concept names in configured order; ``()`` is observational."""
 
 
-def _invalid(value, concepts: Sequence[str], why: str) -> ValueError:
+class ContextTypeError(TypeError, ValueError):
+    """A context that is neither a string nor a list, tuple or set of names.
+
+    Both a ``TypeError`` and a ``ValueError``: every other malformed context is a ``ValueError``,
+    so ``except ValueError`` catches all of them."""
+
+
+def _invalid(value, concepts: Sequence[str], why: str, error: type = ValueError) -> ValueError:
     valid = ", ".join(repr(c) for c in concepts)
-    return ValueError(
+    return error(
         f"Invalid context {value!r}: {why}. A context is {OBSERVATIONAL!r}, a concept name, or "
         f"several names joined by '+' (or given as a list); valid concepts are: {valid}."
     )
 
 
 def parse_context(
-    context: str | Sequence[str] | frozenset[str], concepts: Sequence[str]
+    context: str | Sequence[str] | frozenset[str],
+    concepts: Sequence[str],
+    *,
+    lenient: bool = False,
 ) -> Context:
     """Validate one context and return its canonical form.
 
     Args:
         context: ``"obs"``, ``[]``, a concept name, ``"a+b"``, or a list/tuple/set of names.
         concepts: the configured concept names, in order.
+        lenient: also accept spaces around the names (``" a + b "``), the empty string for the
+            observational context and a name given twice (read once). The built-in datasets'
+            samplers (``ctxadapter.data.quad``) parse this way; training data is parsed strictly.
 
     Returns:
         The intervened concept names as a tuple ordered like ``concepts``; ``()`` for ``"obs"``.
@@ -46,11 +60,14 @@ def parse_context(
     Raises:
         ValueError: for unknown names, ``obs`` mixed with concepts, duplicates, empty strings or
             non-string values. The message names the bad value and lists the valid concepts.
+            A context of another type than a string or a list, tuple or set raises a
+            ``ContextTypeError``, both a ``TypeError`` and a ``ValueError``.
     """
     if isinstance(context, str):
-        if context == OBSERVATIONAL:
+        text = context.strip() if lenient else context
+        if text == OBSERVATIONAL or (lenient and not text):
             return ()
-        names = context.split("+")
+        names = text.split("+")
     elif isinstance(context, (list, tuple, frozenset, set)):
         names = list(context)
     else:
@@ -58,12 +75,16 @@ def parse_context(
             context,
             concepts,
             f"expected a string or a list of strings, got {type(context).__name__}",
+            ContextTypeError,
         )
     for name in names:
         if not isinstance(name, str):
             raise _invalid(context, concepts, f"{name!r} is not a string")
+    if lenient:
+        names = [name.strip() for name in names]
+    for name in names:
         if not name.strip():
-            raise _invalid(context, concepts, "it contains an empty name")
+            raise _invalid(context, concepts, "it contains an empty name ''")
     if names == [OBSERVATIONAL]:
         return ()
     if OBSERVATIONAL in names:
@@ -71,7 +92,7 @@ def parse_context(
     unknown = [name for name in names if name not in concepts]
     if unknown:
         raise _invalid(context, concepts, f"unknown concept {unknown[0]!r}")
-    if len(set(names)) != len(names):
+    if len(set(names)) != len(names) and not lenient:
         duplicate = next(name for name in names if names.count(name) > 1)
         raise _invalid(context, concepts, f"concept {duplicate!r} appears twice")
     return tuple(c for c in concepts if c in names)
@@ -137,3 +158,19 @@ def context_mask(
     for name in parse_context(contexts, concepts):
         mask[:, index[name]] = True
     return mask
+
+
+def all_pairs(concepts: Sequence[str]) -> list[str]:
+    """Every composition of two concepts, ``"a+b"``, in concept order:
+    ``["a", "b", "c"]`` -> ``["a+b", "a+c", "b+c"]``."""
+    return [f"{a}+{b}" for a, b in itertools.combinations(concepts, 2)]
+
+
+def is_composition(context: str) -> bool:
+    """Whether a context name intervenes on two or more concepts (``"a+b"``).
+
+    ``"obs"`` (or ``""``) and a single concept name are single contexts. Only the name is read:
+    no concept list is needed.
+    """
+    names = [part for part in context.split("+") if part.strip() and part.strip() != "obs"]
+    return len(names) >= 2

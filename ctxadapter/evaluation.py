@@ -22,7 +22,8 @@ with the same noise size evaluated with the same ``seed`` start from the same no
     results = evaluate(model, heldout_quad_images(400, dependent=True))
     print(format_table(results))
 
-Also here: ``graph_auroc`` and ``counterfactual_shifts`` of ``ctxadapter.quad_scores``.
+Also here: ``graph_auroc`` and ``counterfactual_shifts`` of ``ctxadapter.quad_scores``, and
+``prepare_images`` and ``DEFAULT_BATCH_SIZE`` of ``ctxadapter.images``.
 """
 
 from __future__ import annotations
@@ -31,18 +32,18 @@ import hashlib
 import math
 from collections.abc import Mapping, Sequence
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
-from .contexts import context_name, parse_context
-from .metrics import concept_compo_scores, is_composition, recon_bits_per_pixel
+from .contexts import context_name, is_composition, parse_context
+from .images import DEFAULT_BATCH_SIZE, prepare_images, signed_to_unit, to_float
+from .metrics import concept_compo_scores, recon_bits_per_pixel
+from .model import eval_mode
 from .objective import PIXEL_EPS, gaussian_kl
 from .quad_scores import counterfactual_shifts, graph_auroc
-from .viz import _device, _eval_mode
 
 __all__ = [
+    "DEFAULT_BATCH_SIZE",
     "counterfactual_shifts",
     "evaluate",
     "format_table",
@@ -51,10 +52,6 @@ __all__ = [
     "heldout_quad_images",
     "prepare_images",
 ]
-
-DEFAULT_BATCH_SIZE = 256
-"""Images generated, encoded or decoded at once: bounds the memory of an evaluation."""
-
 
 # --------------------------------------------------------------------------------------------
 # data
@@ -70,7 +67,7 @@ def heldout_quad_images(
 ) -> dict[str, Tensor]:
     """Held-out quad images: the ``test`` split of the 7 training contexts and 9 compositions.
 
-    Drawn with ``ctxadapter.quad.sample`` (``split="test"``), whose random stream is
+    Drawn with ``ctxadapter.data.quad.sample`` (``split="test"``), whose random stream is
     separate from every training and validation stream, so no image equals a training sample.
     ``n`` images are a prefix of ``m > n`` images with the same arguments, and the same as the
     first rows of the ``test`` split of ``quad.build_dataset(seed=seed, dependent=dependent)``.
@@ -89,7 +86,7 @@ def heldout_quad_images(
     Returns:
         Context name -> ``uint8`` tensor ``(n, 64, 64, 3)``, in the order of ``contexts``.
     """
-    from . import quad
+    from .data import quad
 
     if int(n_per_context) != n_per_context or n_per_context < 1:
         raise ValueError(f"n_per_context must be a positive integer, got {n_per_context!r}")
@@ -109,72 +106,6 @@ def heldout_quad_images(
     return out
 
 
-def prepare_images(images: Tensor, resolution: tuple[int, int]) -> Tensor:
-    """Real images -> ``(N, 3, H, W)`` at ``resolution``, ``uint8`` kept ``uint8``.
-
-    Args:
-        images: ``uint8`` ``(N, H, W, 3)`` (channels last, as quad and PIL give them) or
-            ``(N, 3, H, W)``; or floats ``(N, 3, H, W)`` in ``[0, 1]``.
-        resolution: ``(H, W)`` of the model.
-
-    Returns:
-        ``(N, 3, H, W)``: ``uint8`` for ``uint8`` input, else float32 in ``[0, 1]``. Images of
-        another size are resized and centre-cropped exactly as the training data was (PIL images
-        through the codec's ``VaeImageProcessor`` with ``resize_mode="crop"``), then returned as
-        float32 in ``[0, 1]``.
-    """
-    if not isinstance(images, Tensor):
-        images = torch.as_tensor(np.asarray(images))
-    if images.ndim != 4:
-        raise ValueError(
-            f"expected a batch of images (N, H, W, 3) or (N, 3, H, W), got shape "
-            f"{tuple(images.shape)}"
-        )
-    if images.shape[0] == 0:
-        raise ValueError("got an empty set of images")
-    if images.dtype == torch.uint8:
-        if images.shape[-1] == 3 and images.shape[1] != 3:
-            images = images.permute(0, 3, 1, 2)
-        elif images.shape[-1] == 3 and images.shape[1] == 3:
-            raise ValueError(
-                f"ambiguous uint8 image layout {tuple(images.shape)}; pass "
-                "(N, H, W, 3) or (N, 3, H, W) with H, W != 3"
-            )
-    elif images.is_floating_point():
-        if images.shape[1] != 3:
-            raise ValueError(
-                f"float images must be (N, 3, H, W) in [0, 1], got shape {tuple(images.shape)}"
-            )
-        lo, hi = float(images.min()), float(images.max())
-        if lo < 0 or hi > 1:
-            raise ValueError(
-                f"float images must be in [0, 1], got values in [{lo:.3g}, {hi:.3g}]"
-                "; map [-1, 1] images with (x + 1) / 2"
-            )
-        images = images.float()
-    else:
-        raise TypeError(f"images must be uint8 or floating, got {images.dtype}")
-    if tuple(images.shape[-2:]) == tuple(resolution):
-        return images.contiguous()
-    from diffusers.image_processor import VaeImageProcessor
-
-    processor = VaeImageProcessor(vae_scale_factor=1)
-    height, width = resolution
-    out = []
-    for start in range(0, images.shape[0], DEFAULT_BATCH_SIZE):
-        chunk = images[start : start + DEFAULT_BATCH_SIZE]
-        if chunk.dtype != torch.uint8:
-            chunk = (chunk * 255).round().to(torch.uint8)
-        pil = [Image.fromarray(image.permute(1, 2, 0).numpy()) for image in chunk]
-        pixels = processor.preprocess(pil, height=height, width=width, resize_mode="crop")
-        out.append(((pixels.float() + 1) / 2).clamp(0, 1))
-    return torch.cat(out)
-
-
-def _to_unit_float(images: Tensor) -> Tensor:
-    return images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-
-
 def generation_seed(seed: int, context: str) -> int:
     """Seed of the generated images of ``context``: a hash of ``seed`` and the context's name,
     so the generated images do not depend on the order of the contexts, and differ from the
@@ -190,8 +121,7 @@ def generation_seed(seed: int, context: str) -> int:
 
 def _generate(model, context: str, num_images: int, seed: int, batch_size: int) -> Tensor:
     """``num_images`` generated images of ``context``, float32 ``(N, 3, H, W)`` on the CPU."""
-    device = _device(model)
-    generator = torch.Generator(device=device).manual_seed(generation_seed(seed, context))
+    generator = torch.Generator(device=model.device).manual_seed(generation_seed(seed, context))
     batches = []
     for start in range(0, num_images, batch_size):
         n = min(batch_size, num_images - start)
@@ -203,15 +133,15 @@ def _generate(model, context: str, num_images: int, seed: int, batch_size: int) 
 def _reconstruct(model, images: Tensor, context: str, batch_size: int) -> dict[str, Tensor]:
     """Per-image Recon (bits per pixel), squared errors and PSNR of ``images`` (N, 3, H, W)
     reconstructed under ``context``: encoder -> posterior mean -> adapter -> decoder."""
-    device = _device(model)
+    device = model.device
     bits, sq_errors, psnrs = [], [], []
     for start in range(0, images.shape[0], batch_size):
-        target = _to_unit_float(images[start : start + batch_size]).to(device)
+        target = to_float(images[start : start + batch_size]).to(device)
         latents = model.codec.encode(target * 2 - 1)
         mean, logvar = model.adapter.posterior(latents)
         kl = gaussian_kl(mean, logvar)
         decoded = model.codec.decode(model.adapter.latents_from_noise(mean, context))
-        probs = ((decoded + 1) / 2).clamp(0, 1)
+        probs = signed_to_unit(decoded)
         bits.append(recon_bits_per_pixel(probs, target, kl, eps=PIXEL_EPS, reduction="none").cpu())
         per_image = (probs - target).square().flatten(1).mean(1)
         sq_errors.append(per_image.cpu())
@@ -285,7 +215,7 @@ def evaluate(
     real: dict[str, Tensor] = {}
     generated: dict[str, Tensor] = {}
     recon_parts: list[dict[str, Tensor]] = []
-    with _eval_mode(model):
+    with eval_mode(model):
         for key, name in names.items():
             images = real_images[key]
             if max_images is not None:
@@ -406,3 +336,8 @@ def format_table(results: Mapping) -> str:
         f"{' (pooled adapter)' if results.get('pooled') else ''}."
     )
     return "\n".join(lines)
+
+
+# Transitional (issue 14): benchmarks/sw2_sources.py imports this private name; remove it once
+# that script uses ctxadapter.images.to_float.
+_to_unit_float = to_float

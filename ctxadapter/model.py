@@ -1,7 +1,8 @@
 """``ContextAutoencoder``: a frozen pretrained autoencoder with a trainable ``CtxAdapter``.
 
 Calling the model gives the training loss of a batch (``ctxadapter.objective.Objective``);
-its methods generate, reconstruct and edit images.
+its methods generate, reconstruct and edit images. ``eval_mode`` runs a block in eval mode
+without gradients and restores the modes afterwards (for evaluation and pictures).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import diffusers
@@ -18,7 +21,7 @@ from huggingface_hub import HfApi, hf_hub_download
 from torch import nn
 
 from .adapter import CtxAdapter
-from .codec import SUPPORTED_AUTOENCODERS, LatentCodec
+from .codec import LatentCodec, load_autoencoder
 from .objective import Objective
 
 DECODER_LORA_NAME = "decoder_lora.safetensors"
@@ -34,6 +37,24 @@ DECODER_LORA_TARGETS = [
     "to_out.0",
 ]
 """Decoder modules adapted by default by ``ContextAutoencoder.add_decoder_lora``."""
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put ``model`` in eval mode and disable gradients for the ``with`` block; restore every
+    submodule's previous mode afterwards (even if the block raises).
+
+    ``with eval_mode(model): images = model.generate("a", 8)`` leaves a model that was training
+    still training, with the same modes in every submodule.
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def base_model_record(
@@ -96,6 +117,18 @@ class ContextAutoencoder(nn.Module):
                     f"The adapter was trained on latents with {key}={value}, but this autoencoder "
                     f"has {key}={getattr(self.codec, key)}."
                 )
+
+    @property
+    def device(self) -> torch.device:
+        """The adapter's device: where noise is drawn and what a ``torch.Generator`` for
+        ``generate`` must live on (the autoencoder's is ``codec.device``)."""
+        return self.adapter.latent_log_scale.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The adapter's parameter dtype (float32 unless cast; the autoencoder's, which
+        ``from_pretrained(torch_dtype=...)`` sets, is ``codec.dtype``)."""
+        return self.adapter.latent_log_scale.dtype
 
     # ------------------------------------------------------------------ training objective
     def forward(
@@ -288,14 +321,8 @@ class ContextAutoencoder(nn.Module):
                     f"The adapter {str(pretrained_model_name_or_path)!r} records no base "
                     f"autoencoder; pass one with autoencoder=."
                 )
-            supported = {c.__name__: c for c in SUPPORTED_AUTOENCODERS}
-            if base["class_name"] not in supported:
-                raise ValueError(
-                    f"Unsupported base autoencoder class {base['class_name']!r}; supported: "
-                    f"{sorted(supported)}."
-                )
             try:
-                autoencoder = getattr(diffusers, base["class_name"]).from_pretrained(
+                autoencoder = load_autoencoder(
                     base["pretrained_model_name_or_path"],
                     revision=base.get("revision"),
                     subfolder=base.get("subfolder"),
@@ -307,6 +334,12 @@ class ContextAutoencoder(nn.Module):
                     f"{base['pretrained_model_name_or_path']!r} ({base['class_name']}): {error} "
                     f"Load it yourself and pass it with autoencoder=."
                 ) from error
+            if type(autoencoder).__name__ != base["class_name"]:
+                raise ValueError(
+                    f"The adapter records a base autoencoder of class {base['class_name']!r}, "
+                    f"but {base['pretrained_model_name_or_path']!r} holds a "
+                    f"{type(autoencoder).__name__}; pass the right one with autoencoder=."
+                )
         model = cls(autoencoder, adapter)
         lora = adapter.config["decoder_lora"]
         if lora:

@@ -30,6 +30,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .images import signed_to_unit
+from .wasserstein import grouped_sliced_wasserstein
+
 RECONSTRUCTIONS = ("latent", "pixel")
 
 PIXEL_EPS = 1e-4
@@ -39,33 +42,6 @@ PIXEL_EPS = 1e-4
 def gaussian_kl(mean: Tensor, logvar: Tensor) -> Tensor:
     """``KL(N(mean, exp(logvar)) || N(0, I))`` per sample: ``(N, D)`` -> ``(N,)`` nats."""
     return 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).sum(dim=1)
-
-
-def grouped_sliced_wasserstein(
-    real: Tensor, fake: Tensor, groups: Tensor, directions: Tensor
-) -> Tensor:
-    """Squared sliced Wasserstein-2 distance between ``real`` and ``fake`` within each group.
-
-    Row ``n`` of ``fake`` belongs to the same group as row ``n`` of ``real``, so each group has
-    as many rows on both sides. Along every direction both sides are sorted within their group
-    and matched rank by rank (the optimal 1-D coupling).
-
-    Args:
-        real, fake: ``(N, D)``.
-        groups: ``(N,)`` integer group of each row (e.g. the index of its context).
-        directions: ``(D, P)`` unit directions.
-
-    Returns:
-        A scalar: the mean over rows and directions of the squared matched differences (each
-        group weighted by its size).
-    """
-    projected_real, projected_fake = real @ directions, fake @ directions
-    # Sort by (group, value): adding group * span keeps the groups apart and in order.
-    span = torch.cat([projected_real, projected_fake]).detach().abs().amax().mul(2).add(1)
-    offset = groups.to(real.dtype).unsqueeze(1) * span
-    sorted_real = (projected_real + offset).sort(dim=0).values
-    sorted_fake = (projected_fake + offset).sort(dim=0).values
-    return (sorted_real - sorted_fake).pow(2).mean()
 
 
 @dataclass(frozen=True)
@@ -147,7 +123,7 @@ class Objective:
             nll = nll + error[0].numel() * (log_scale + 0.5 * math.log(2 * math.pi))
         else:
             probs = ((model.codec.decode(out.latents) + 1) / 2).clamp(PIXEL_EPS, 1 - PIXEL_EPS)
-            target_pixels = ((pixel_values.to(probs) + 1) / 2).clamp(0, 1)
+            target_pixels = signed_to_unit(pixel_values.to(probs))
             nll = nn.functional.binary_cross_entropy(probs, target_pixels, reduction="none")
             nll = nll.flatten(1).sum(dim=1)
         recon, kl = nll.mean(), gaussian_kl(out.mean, out.logvar).mean()

@@ -8,7 +8,8 @@
 
 Both are re-exported by ``ctxadapter.evaluation``::
 
-    from ctxadapter import ContextAutoencoder, quad
+    from ctxadapter import ContextAutoencoder
+    from ctxadapter.data import quad
     from ctxadapter.evaluation import counterfactual_shifts, graph_auroc, heldout_quad_images
 
     model = ContextAutoencoder.from_pretrained("my-adapter")
@@ -26,19 +27,21 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from . import quad
 from .contexts import OBSERVATIONAL
-from .viz import _eval_mode
+from .data import quad, quad_render
+from .images import DEFAULT_BATCH_SIZE, prepare_images, to_float
+from .model import eval_mode
 
 __all__ = [
     "CORNER_RADIUS",
     "MIN_TARGET_DISTANCE",
     "QUADRANTS",
+    "corner_masks",
     "counterfactual_shifts",
     "graph_auroc",
 ]
 
-# Where quad.render paints each quadrant: (bottom half?, right half?).
+# Where quad_render.render paints each quadrant: (bottom half?, right half?).
 _QUADRANT_HALVES = {
     "quad1": (True, False),
     "quad2": (True, True),
@@ -100,12 +103,17 @@ def graph_auroc(graph: Tensor, truth: Tensor) -> float:
     return (above + 0.5 * ties) / (positives.numel() * negatives.numel())
 
 
-def _corner_masks(resolution: tuple[int, int]) -> dict[str, Tensor]:
-    """Quadrant name -> bool ``(H, W)``: its corner region (see :data:`CORNER_RADIUS`)."""
+def corner_masks(resolution: tuple[int, int]) -> dict[str, Tensor]:
+    """Quadrant name -> bool ``(H, W)``: its corner region at ``resolution`` (see
+    :data:`CORNER_RADIUS`), where ``counterfactual_shifts`` measures colours.
+
+    Raises:
+        ValueError: if the resolution is too small to leave a quadrant any corner pixel.
+    """
     height, width = resolution
     # Pixel-centre offsets from the image centre, in pixels of the 64 x 64 quad image.
-    dy = (torch.arange(height) + 0.5 - height / 2) * (quad.IMAGE_SIZE / height)
-    dx = (torch.arange(width) + 0.5 - width / 2) * (quad.IMAGE_SIZE / width)
+    dy = (torch.arange(height) + 0.5 - height / 2) * (quad_render.IMAGE_SIZE / height)
+    dx = (torch.arange(width) + 0.5 - width / 2) * (quad_render.IMAGE_SIZE / width)
     far = dy[:, None] ** 2 + dx[None, :] ** 2 > CORNER_RADIUS**2
     masks = {
         name: far & ((dy > 0) == bottom)[:, None] & ((dx > 0) == right)[None, :]
@@ -151,14 +159,14 @@ def counterfactual_shifts(
             restored afterwards).
         obs_images: held-out observational quad images, ``uint8`` ``(N, 64, 64, 3)`` as from
             ``evaluation.heldout_quad_images`` or float ``(N, 3, H, W)`` in ``[0, 1]``; resized
-            to the model's resolution if needed (``evaluation.prepare_images``).
+            to the model's resolution if needed (``ctxadapter.images.prepare_images``).
         real_images: context name -> held-out images of that context, in the same forms; needs
             every ``q`` of ``concepts`` (other keys are ignored).
         concepts: the intervened concepts, names of ``quad.CONCEPTS``.
         dependent: the quad variant the images come from (decides which quadrants are
             descendants of ``q``).
         batch_size: images per encoder and decoder pass (default
-            ``evaluation.DEFAULT_BATCH_SIZE``).
+            ``ctxadapter.images.DEFAULT_BATCH_SIZE``).
 
     Returns:
         A JSON-serializable dict::
@@ -169,9 +177,6 @@ def counterfactual_shifts(
                           non_descendants (regions), max_drift (over them, or None)}}
             num_obs_images, num_do_images: {q: n}, resolution, corner_radius, dependent
     """
-    # Imported here: ctxadapter.evaluation imports this module to re-export its functions.
-    from .evaluation import DEFAULT_BATCH_SIZE, _to_unit_float, prepare_images
-
     batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
     if int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -189,12 +194,12 @@ def counterfactual_shifts(
     if len(obs_images) == 0:
         raise ValueError("obs_images is empty: pass at least one observational image")
     resolution = tuple(model.resolution)
-    masks = _corner_masks(resolution)
+    masks = corner_masks(resolution)
 
     def batches(images: Tensor):
         for start in range(0, len(images), batch_size):
             chunk = prepare_images(images[start : start + batch_size], resolution)
-            yield _to_unit_float(chunk)
+            yield to_float(chunk)
 
     def zeros() -> dict[str, Tensor]:
         return {r: torch.zeros(3, dtype=torch.float64) for r in masks}
@@ -210,7 +215,7 @@ def counterfactual_shifts(
 
     n_obs = len(obs_images)
     recon_sums, edit_sums = zeros(), {q: zeros() for q in concepts}
-    with _eval_mode(model):
+    with eval_mode(model):
         for pixels in batches(obs_images):
             unedited = model.counterfactual(pixels, OBSERVATIONAL)
             _add_region_sums(recon_sums, unedited.cpu(), masks)

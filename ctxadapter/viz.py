@@ -17,18 +17,17 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from functools import lru_cache
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
-from torch import nn
 
-from .contexts import OBSERVATIONAL, context_name, parse_context
+from .contexts import OBSERVATIONAL, all_pairs, context_name, parse_context
+from .images import signed_to_unit, unit_to_uint8
+from .model import eval_mode
 
 __all__ = [
-    "all_pairs",
     "concept_graph_image",
     "context_grid",
     "counterfactual_grid",
@@ -73,7 +72,7 @@ def _to_pil_list(images: torch.Tensor | Sequence[Image.Image]) -> list[Image.Ima
             raise ValueError(
                 f"Expected images of shape (N, 3, H, W) in [0, 1], got {tuple(images.shape)}."
             )
-        array = images.detach().float().cpu().clamp(0, 1).mul(255).round().to(torch.uint8)
+        array = unit_to_uint8(images.detach().float().cpu())
         array = array.expand(-1, 3, -1, -1).permute(0, 2, 3, 1).contiguous().numpy()
         return [Image.fromarray(a, mode="RGB") for a in array]
     result = []
@@ -149,24 +148,6 @@ def image_grid(
     return grid
 
 
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put ``model`` in eval mode and disable gradients; restore every submodule's previous
-    mode afterwards (even if the body raises)."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for module, training in modes:
-            module.training = training
-
-
-def _device(model) -> torch.device:
-    return next(model.adapter.parameters()).device
-
-
 def context_grid(model, contexts: list[str], num_samples: int = 8, seed: int = 0) -> Image.Image:
     """Samples of ``model`` under each context: one row per context, ``num_samples`` columns.
 
@@ -191,11 +172,10 @@ def context_grid(model, contexts: list[str], num_samples: int = 8, seed: int = 0
         raise ValueError("contexts must name at least one context, e.g. ['obs'].")
     concepts = model.adapter.concepts
     canonical = [parse_context(context, concepts) for context in contexts]
-    device = _device(model)
     rows = []
-    with _eval_mode(model):
+    with eval_mode(model):
         for context in canonical:
-            generator = torch.Generator(device=device).manual_seed(seed)
+            generator = torch.Generator(device=model.device).manual_seed(seed)
             rows.append(model.generate(context, num_samples, generator=generator).cpu())
     return image_grid(torch.cat(rows), len(rows), [context_name(c) for c in canonical])
 
@@ -225,10 +205,9 @@ def counterfactual_grid(
     canonical = [parse_context(c, concepts) for c in (concepts if contexts is None else contexts)]
     # Preprocess once; hand the model [0, 1] tensors, which diffusers' preprocessing reads
     # unambiguously (a [-1, 1] tensor with no negative value would be normalised twice).
-    pixels = (model.codec.preprocess(images, *model.resolution) + 1) / 2
-    pixels = pixels.clamp(0, 1)
+    pixels = signed_to_unit(model.codec.preprocess(images, *model.resolution))
     rows = [pixels]
-    with _eval_mode(model):
+    with eval_mode(model):
         for context in [(), *canonical]:
             rows.append(model.counterfactual(pixels, context).cpu())
     labels = ["input"] + [context_name(c) for c in [(), *canonical]]
@@ -355,12 +334,6 @@ def concept_graph_image(
     return image
 
 
-def all_pairs(concepts: Sequence[str]) -> list[str]:
-    """Every composition of two concepts, ``"a+b"``, in concept order:
-    ``["a", "b", "c"]`` -> ``["a+b", "a+c", "b+c"]``."""
-    return [f"{a}+{b}" for a, b in itertools.combinations(concepts, 2)]
-
-
 def write_report(
     model,
     output_dir: str | os.PathLike,
@@ -374,7 +347,7 @@ def write_report(
     Files:
         - ``contexts.png``: ``context_grid`` over ``"obs"`` and every single concept;
         - ``compositions.png``: ``context_grid`` over ``compositions`` (default
-          ``all_pairs``; not written when there is none, e.g. with one concept);
+          ``ctxadapter.contexts.all_pairs``; not written when there is none, e.g. with one concept);
         - ``concept_graph.png``: ``concept_graph_image`` of the observational graph;
         - ``counterfactuals.png``: ``counterfactual_grid`` of ``images``, if given.
 
@@ -403,3 +376,8 @@ def write_report(
         picture.save(path)
         paths[name] = path
     return paths
+
+
+# Transitional (issue 14): benchmarks/sw2_sources.py imports this private name; remove it once
+# that script uses ctxadapter.model.eval_mode.
+_eval_mode = eval_mode

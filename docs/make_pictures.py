@@ -6,7 +6,7 @@
 
 Writes:
 
-- ``quad_data.png``: held-out quad images (``ctxadapter.quad``, ``test`` split), one row per
+- ``quad_data.png``: held-out quad images (``ctxadapter.data.quad``, ``test`` split), one row per
   training context and two compositions (needs no model);
 - ``quad_contexts.png``, ``quad_compositions.png``, ``quad_concept_graph.png``: copies of the
   pictures the training run wrote into its output folder;
@@ -29,7 +29,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ctxadapter import quad
+from ctxadapter.data import quad
 from ctxadapter.viz import image_grid
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -100,6 +100,7 @@ def dataset_images(args: argparse.Namespace, model: ContextAutoencoder) -> dict[
     split, resized and centre-cropped to the model's resolution: ``uint8`` ``(N, 3, H, W)``."""
     from ctxadapter.contexts import context_name, parse_context
     from ctxadapter.data import context_strings, load_image_dataset
+    from ctxadapter.images import preprocess_images
 
     data = load_image_dataset(
         dataset_name=args.dataset_name,
@@ -121,12 +122,12 @@ def dataset_images(args: argparse.Namespace, model: ContextAutoencoder) -> dict[
         name = context_name(parse_context(raw, concepts))
         if len(indices.setdefault(name, [])) < args.images_per_context:
             indices[name].append(i)
-    height, width = model.resolution
-    out = {}
-    for name, picked in indices.items():
-        images = [image.convert("RGB") for image in rows.select(picked)[args.image_column]]
-        pixels = model.codec.preprocess(images, height, width, resize_mode="crop")
-        out[name] = ((pixels + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    out = {
+        name: preprocess_images(
+            rows.select(picked)[args.image_column], model.resolution, output="uint8"
+        )
+        for name, picked in indices.items()
+    }
     print(
         f"Evaluating on the {split!r} split: {len(out)} contexts, "
         f"{sum(len(v) for v in out.values())} images."

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from ctxadapter import ContextAutoencoder
+from ctxadapter.images import preprocess_images
 from ctxadapter.viz import write_report
 
 
@@ -59,8 +60,7 @@ def load_images(model: ContextAutoencoder, paths: list[str]) -> torch.Tensor:
     for path in paths:
         with Image.open(path) as image:
             pil_images.append(image.convert("RGB"))
-    pixels = model.codec.preprocess(pil_images, *model.resolution, resize_mode="crop")
-    return ((pixels + 1) / 2).clamp(0, 1)
+    return preprocess_images(pil_images, model.resolution, output="unit")
 
 
 def main(argv: list[str] | None = None) -> dict[str, str]:

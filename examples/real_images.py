@@ -10,7 +10,7 @@ scikit-image, with four image transformations (hue, blur, rotation, scale) as co
 
 Steps (see docs/real-images.md):
 
-1. ``ctxadapter.realdata.build_dataset`` draws the interventional data (``obs`` and one context
+1. ``ctxadapter.data.photos.build_dataset`` draws the interventional data (``obs`` and one context
    per transformation for training; every pair of transformations as held-out compositions in
    ``test``) and ``save_to_disk`` writes it to ``--data_dir``;
 2. ``ctxadapter.training.finetune`` trains an adapter on it with ``--dataset_name <data_dir>``,
@@ -27,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-from ctxadapter import ContextAutoencoder, realdata
+from ctxadapter import ContextAutoencoder
+from ctxadapter.data import photos
 from ctxadapter.training import (
     QUAD_AUTOENCODER,
     FinetuneArguments,
@@ -84,7 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def data_picture(data, num_samples: int):
     """Held-out samples of each training context and two compositions: what the data looks
     like."""
-    contexts = [*realdata.TRAIN_CONTEXTS, "hue+rotation", "blur+scale"]
+    contexts = [*photos.TRAIN_CONTEXTS, "hue+rotation", "blur+scale"]
     test = data["test"]
     column = test["context"]
     tiles = []
@@ -97,7 +98,7 @@ def data_picture(data, num_samples: int):
 def main(argv: list[str] | None = None) -> dict[str, str]:
     args = parse_args(argv)
     data_dir = args.data_dir or f"{args.output_dir.rstrip('/')}-data"
-    data = realdata.build_dataset(
+    data = photos.build_dataset(
         images_per_context=args.images_per_context, size=args.resolution, seed=args.seed
     )
     data.save_to_disk(data_dir)
@@ -122,12 +123,12 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
             pretrained_model_name_or_path=autoencoder,
             dataset_name=data_dir,
             resolution=args.resolution,
-            concepts=list(realdata.CONCEPTS),
+            concepts=list(photos.CONCEPTS),
             output_dir=args.output_dir,
             train_batch_size=args.train_batch_size,
             max_train_steps=args.max_train_steps,
             num_train_epochs=args.num_train_epochs,
-            validation_compositions=list(realdata.TEST_COMPOSITIONS),
+            validation_compositions=list(photos.TEST_COMPOSITIONS),
             num_validation_images=args.num_samples,
             seed=args.seed,
             report_to=args.report_to,
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
     model.to(device)
     test = data["test"]
     observational = [i for i, c in enumerate(test["context"]) if c == "obs"][: args.num_samples]
-    photos = [image.convert("RGB") for image in test.select(observational)["image"]]
+    held_out = [image.convert("RGB") for image in test.select(observational)["image"]]
     pictures_dir = Path(args.pictures_dir)
     pictures_dir.mkdir(parents=True, exist_ok=True)
     written = write_report(
@@ -147,8 +148,8 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
         pictures_dir / "tmp-real-report",
         num_samples=args.num_samples,
         seed=args.seed,
-        compositions=list(realdata.TEST_COMPOSITIONS),
-        images=photos,
+        compositions=list(photos.TEST_COMPOSITIONS),
+        images=held_out,
     )
     paths = {}
     for name, path in written.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 from diffusers import AutoencoderKL, AutoencoderTiny
 from PIL import Image
 
-from ctxadapter.codec import LatentCodec
+from ctxadapter.codec import LatentCodec, load_autoencoder
 
 # name -> (fixture, class, latent channels, scaling_factor, shift_factor)
 CASES = {
@@ -195,6 +196,22 @@ def test_unsupported_configs():
     assert LatentCodec(AutoencoderTiny(**tiny)).downsample_factor == 2
     with pytest.raises(ValueError, match=r"downsamples by 2.*upsamples by 4"):
         LatentCodec(AutoencoderTiny(**tiny, upsampling_scaling_factor=4))
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_load_autoencoder_reads_the_class_from_the_config(request, name):
+    loaded = load_autoencoder(request.getfixturevalue(CASES[name][0]), torch_dtype=torch.float64)
+    assert type(loaded) is CASES[name][1]
+    assert loaded.dtype == torch.float64
+
+
+def test_load_autoencoder_rejects_other_classes(tmp_path):
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "config.json").write_text(json.dumps({"_class_name": "UNet2DModel"}))
+    with pytest.raises(ValueError, match=r"is a UNet2DModel; supported: \['AutoencoderKL'"):
+        load_autoencoder(tmp_path / "unet")
+    with pytest.raises(OSError):
+        load_autoencoder(tmp_path / "nothing-here")
 
 
 def test_preprocess_postprocess_round_trip(tiny_taesd_path):

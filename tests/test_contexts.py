@@ -1,7 +1,14 @@
 import pytest
 import torch
 
-from ctxadapter.contexts import context_mask, context_name, parse_context
+from ctxadapter.contexts import (
+    ContextTypeError,
+    all_pairs,
+    context_mask,
+    context_name,
+    is_composition,
+    parse_context,
+)
 
 CONCEPTS = ["quad1", "quad2", "size"]
 
@@ -48,6 +55,46 @@ def test_parse_context_errors_name_the_value_and_list_concepts(context, named):
     assert named in message
     assert repr(context) in message
     assert "'quad1', 'quad2', 'size'" in message
+
+
+@pytest.mark.parametrize(
+    "context, expected",
+    [
+        (" size + quad1 ", ("quad1", "size")),
+        ("", ()),
+        ("  obs ", ()),
+        ("quad1+quad1", ("quad1",)),
+        ([" quad2", "quad1 "], ("quad1", "quad2")),
+    ],
+)
+def test_parse_context_lenient(context, expected):
+    assert parse_context(context, CONCEPTS, lenient=True) == expected
+
+
+@pytest.mark.parametrize("context", ["quad1++size", "Obs", "obs+quad1", ["quad1", 3]])
+def test_parse_context_lenient_still_rejects(context):
+    with pytest.raises(ValueError, match="'quad1', 'quad2', 'size'"):
+        parse_context(context, CONCEPTS, lenient=True)
+
+
+@pytest.mark.parametrize("lenient", [False, True])
+def test_parse_context_wrong_type_is_a_type_and_a_value_error(lenient):
+    with pytest.raises(ContextTypeError) as info:
+        parse_context(3, CONCEPTS, lenient=lenient)
+    assert isinstance(info.value, TypeError) and isinstance(info.value, ValueError)
+
+
+def test_all_pairs():
+    assert all_pairs(["a", "b", "c"]) == ["a+b", "a+c", "b+c"]
+    assert all_pairs(["a"]) == []
+
+
+def test_is_composition() -> None:
+    assert not is_composition("obs")
+    assert not is_composition("")
+    assert not is_composition("quad1")
+    assert is_composition("quad1+size")
+    assert is_composition("a+b+c")
 
 
 def test_context_name_round_trip():

@@ -13,17 +13,19 @@ import pytest
 import torch
 from diffusers import AutoencoderKL
 
-from ctxadapter import ContextAutoencoder, CtxAdapter, quad
+from ctxadapter import ContextAutoencoder, CtxAdapter
+from ctxadapter.data import quad
 from ctxadapter.evaluation import (
     evaluate,
     format_table,
     generation_seed,
     heldout_quad_images,
-    prepare_images,
 )
-from ctxadapter.metrics import recon_bits_per_pixel, sliced_wasserstein
+from ctxadapter.images import prepare_images
+from ctxadapter.metrics import recon_bits_per_pixel
 from ctxadapter.model import base_model_record
 from ctxadapter.objective import PIXEL_EPS, gaussian_kl
+from ctxadapter.wasserstein import sliced_wasserstein
 
 REPO = Path(__file__).resolve().parent.parent
 CONCEPTS = list(quad.CONCEPTS)
@@ -306,21 +308,12 @@ def test_evaluate_cli_quad_and_imagefolder(tiny_kl_path, tmp_path, capsys):
 
 def test_compare_quad_smoke(tiny_kl_path, tmp_path):
     bench = load_script("compare_quad", REPO / "benchmarks" / "compare_quad.py")
-    report = bench.main(
-        [
-            "--smoke",
-            "--base_autoencoder",
-            tiny_kl_path,
-            "--work_dir",
-            str(tmp_path / "work"),
-            "--variants",
-            "cm",
-            "pooled",
-            "finetune",
-            "--set",
-            "lr_warmup_steps=0",
-        ]
-    )
+
+    def smoke(*variants_and_flags: str) -> dict:
+        common = ["--smoke", "--base_autoencoder", tiny_kl_path, "--work_dir"]
+        return bench.main([*common, str(tmp_path / "work"), "--variants", *variants_and_flags])
+
+    report = smoke("cm", "pooled", "finetune", "--set", "lr_warmup_steps=0")
     runs = report["runs"]
     assert [(r["variant"], r["seed"], r["data_variant"]) for r in runs] == [
         ("cm", 0, "dependent"),
@@ -340,20 +333,7 @@ def test_compare_quad_smoke(tiny_kl_path, tmp_path):
     saved = json.loads((tmp_path / "work" / "results.json").read_text())
     assert saved["summary"]["dependent"]["cm"]["concept"]["se"] is None  # one seed
     # --reuse evaluates the trained adapters again without training
-    again = bench.main(
-        [
-            "--smoke",
-            "--base_autoencoder",
-            tiny_kl_path,
-            "--work_dir",
-            str(tmp_path / "work"),
-            "--variants",
-            "cm",
-            "--reuse",
-            "--output",
-            str(tmp_path / "again"),
-        ]
-    )
+    again = smoke("cm", "--reuse", "--output", str(tmp_path / "again"))
     assert again["runs"][0]["results"] == cm
 
 

@@ -28,6 +28,13 @@ def block(matrix, i, j, w=W):
     return matrix[i * w : (i + 1) * w, j * w : (j + 1) * w]
 
 
+def assert_every_block(weight, expected):
+    """Block ``(i, j)`` of ``weight`` equals ``expected(i, j)`` for every ``i, j < K``."""
+    for i in range(K):
+        for j in range(K):
+            torch.testing.assert_close(block(weight, i, j), expected(i, j))
+
+
 CONTEXTS = [set(), {1}, {0, 2}, {0, 1, 3}, {0, 1, 2, 3}]
 
 
@@ -35,7 +42,7 @@ CONTEXTS = [set(), {1}, {0, 2}, {0, 1, 3}, {0, 1, 2, 3}]
 
 
 def expected_causal_block(layer, context, i, j):
-    """The block table of spec/context-module.md, written out case by case."""
+    """The block table of ``CausalLayer``'s docstring, written out case by case."""
     identity = torch.eye(W)
     b_obs = identity if i == j else block(layer.weight_obs, i, j)
     b_ivn = identity if i == j else block(layer.weight_ivn, i, j)
@@ -49,11 +56,7 @@ def test_causal_block_table_every_cell(context):
     torch.manual_seed(0)
     layer = CausalLayer(K, W)
     weight = layer.effective_weight(masks(context))[0]
-    for i in range(K):
-        for j in range(K):
-            torch.testing.assert_close(
-                block(weight, i, j), expected_causal_block(layer, context, i, j)
-            )
+    assert_every_block(weight, lambda i, j: expected_causal_block(layer, context, i, j))
 
 
 def test_causal_observational_is_identity_plus_off_diagonal_obs():
@@ -174,10 +177,9 @@ def test_exogenous_observational_dense_and_block_option():
     torch.testing.assert_close(dense.effective_weight(masks(set()))[0], dense.weight_obs)
     blocked = ExogenousLayer(K, W, observational_mixing="block")
     weight = blocked.effective_weight(masks(set()))[0]
-    for i in range(K):
-        for j in range(K):
-            expected = block(blocked.weight_obs, i, j) if i == j else torch.zeros(W, W)
-            torch.testing.assert_close(block(weight, i, j), expected)
+    assert_every_block(
+        weight, lambda i, j: block(blocked.weight_obs, i, j) if i == j else torch.zeros(W, W)
+    )
 
 
 @pytest.mark.parametrize("context", CONTEXTS[1:], ids=str)
@@ -185,13 +187,13 @@ def test_exogenous_interventional_blocks(context):
     torch.manual_seed(0)
     layer = ExogenousLayer(K, W)
     weight = layer.effective_weight(masks(context))[0]
-    for i in range(K):
-        for j in range(K):
-            if i != j:
-                expected = torch.zeros(W, W)
-            else:
-                expected = block(layer.weight_ivn if i in context else layer.weight_obs, i, i)
-            torch.testing.assert_close(block(weight, i, j), expected)
+
+    def expected(i, j):
+        if i != j:
+            return torch.zeros(W, W)
+        return block(layer.weight_ivn if i in context else layer.weight_obs, i, i)
+
+    assert_every_block(weight, expected)
 
 
 @pytest.mark.parametrize("mixing", ["dense", "block"])

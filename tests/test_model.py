@@ -19,7 +19,7 @@ import ctxadapter.model
 from ctxadapter import ContextAutoencoder, CtxAdapter
 from ctxadapter.codec import LatentCodec
 from ctxadapter.contexts import context_mask
-from ctxadapter.model import base_model_record
+from ctxadapter.model import base_model_record, eval_mode
 from ctxadapter.objective import Objective, gaussian_kl
 
 CONCEPTS = ["a", "b", "c"]
@@ -56,6 +56,34 @@ def case(request: pytest.FixtureRequest):
     """(name, ContextAutoencoder over a freshly loaded tiny autoencoder)."""
     vae = load_vae(request, request.param)
     return request.param, ContextAutoencoder(vae, make_adapter(vae))
+
+
+# ---------------------------------------------------------------------------------- device, modes
+
+
+def test_device_and_dtype_are_the_adapters(case):
+    _, model = case
+    assert model.device == torch.device("cpu") and model.dtype == torch.float32
+    model.codec.to(torch.float64)  # the autoencoder's dtype is the codec's own
+    assert model.dtype == torch.float32 and model.codec.dtype == torch.float64
+    model.adapter.to(torch.float64)
+    assert model.dtype == torch.float64
+    assert model.device == model.adapter.latent_log_scale.device
+
+
+def test_eval_mode_restores_every_mode_and_disables_gradients(case):
+    _, model = case
+    model.train()
+    model.adapter.expressive.eval()  # a submodule in another mode than its parent
+    before = {name: module.training for name, module in model.named_modules()}
+    with eval_mode(model):
+        assert not any(module.training for module in model.modules())
+        assert not torch.is_grad_enabled()
+    assert {name: module.training for name, module in model.named_modules()} == before
+    assert torch.is_grad_enabled()
+    with pytest.raises(RuntimeError, match="inside"), eval_mode(model):
+        raise RuntimeError("inside")
+    assert {name: module.training for name, module in model.named_modules()} == before
 
 
 # ---------------------------------------------------------------------------------- training loss

@@ -1,4 +1,5 @@
-"""The objective's sample-matching term and its grouped sliced Wasserstein-2, by hand."""
+"""The objective's sample-matching term and its grouped sliced Wasserstein-2
+(``ctxadapter.wasserstein``), by hand."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from torch.testing import assert_close
 
 from ctxadapter import ContextAutoencoder, CtxAdapter
 from ctxadapter.codec import LatentCodec
-from ctxadapter.objective import Objective, grouped_sliced_wasserstein
+from ctxadapter.objective import Objective
+from ctxadapter.wasserstein import grouped_sliced_wasserstein
 
 
 def test_grouped_sliced_wasserstein_matches_within_groups_only():

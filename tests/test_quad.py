@@ -1,4 +1,5 @@
-"""Tests of the quad dataset generator against spec/quad.md, with hand-computable cases."""
+"""Tests of the quad dataset generator (``ctxadapter.data.quad``, drawn by ``quad_render``)
+against the conventions in their docstrings, with hand-computable cases."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from ctxadapter import quad
+from ctxadapter.contexts import parse_context
+from ctxadapter.data import quad, quad_render
 
 N = 20_000  # enough for ~5-sigma tolerances below on means and variances
 
@@ -25,7 +27,7 @@ def _values(
 
 def _shape_mask(**kwargs) -> np.ndarray:
     """Pixels painted magenta on red quadrants, bool [64, 64]."""
-    image = quad.render(_values(**kwargs))[0]
+    image = quad_render.render(_values(**kwargs))[0]
     return np.all(image == MAGENTA, axis=-1)
 
 
@@ -39,23 +41,15 @@ def _std_normal_cdf(latents: np.ndarray, dependent: bool = True) -> np.ndarray:
 
 
 def test_constants():
-    assert quad.LATENT_NAMES == (
-        "quad1",
-        "quad2",
-        "quad3",
-        "quad4",
-        "size",
-        "color",
-        "shape",
-        "orientation",
-    )
+    latent_names = "quad1 quad2 quad3 quad4 size color shape orientation"
+    assert quad.LATENT_NAMES == tuple(latent_names.split())
     assert quad.CONCEPTS == ("quad1", "quad2", "quad3", "quad4", "size", "orientation")
     assert quad.TRAIN_CONTEXTS == ("obs", *quad.CONCEPTS)
     assert len(quad.HELDOUT_COMPOSITIONS) == 9
     assert "quad1+orientation" in quad.HELDOUT_COMPOSITIONS
     assert "quad3+quad4" not in quad.HELDOUT_COMPOSITIONS
     for name in quad.TRAIN_CONTEXTS + quad.HELDOUT_COMPOSITIONS:  # canonical spelling
-        assert ("+".join(quad._parse_context(name)) or "obs") == name
+        assert ("+".join(parse_context(name, quad.CONCEPTS, lenient=True)) or "obs") == name
 
 
 def test_sample_shapes_and_dtypes():
@@ -130,7 +124,7 @@ def test_observational_forms(obs):
 def test_bad_context_raises(context, bad):
     with pytest.raises(ValueError, match=bad) as info:
         quad.sample(context, 1)
-    assert "quad1, quad2, quad3, quad4, size, orientation" in str(info.value)
+    assert "'quad1', 'quad2', 'quad3', 'quad4', 'size', 'orientation'" in str(info.value)
 
 
 def test_bad_type_split_seed_raise():
@@ -265,12 +259,12 @@ def test_ancestral_relation_subsets_and_errors():
     ],
 )
 def test_colormap_hand_cases(v, rgb):
-    assert tuple(quad.colormap(np.array(v))) == rgb
-    assert quad.colormap(np.full((2, 3), v)).shape == (2, 3, 3)
+    assert tuple(quad_render.colormap(np.array(v))) == rgb
+    assert quad_render.colormap(np.full((2, 3), v)).shape == (2, 3, 3)
 
 
 def test_quadrant_placement():
-    image = quad.render(_values(quads=(0.0, 0.2, 0.5, 1.0), size=0.0))[0]
+    image = quad_render.render(_values(quads=(0.0, 0.2, 0.5, 1.0), size=0.0))[0]
     quad3, quad4 = (0, 255, 127), MAGENTA
     # Pixels on both sides of the row-32 and column-32 boundaries, away from the small shape.
     assert tuple(image[63, 0]) == tuple(image[32, 0]) == tuple(image[63, 31]) == RED  # quad1
@@ -282,7 +276,7 @@ def test_quadrant_placement():
 def test_corner_pixels_carry_the_quadrant_latents():
     # No shape reaches the corners (the largest, s = 48, stays within 34 pixels of the centre).
     images, latents = quad.sample("obs", 500)
-    colours = quad.colormap(_std_normal_cdf(latents)[:, :4])
+    colours = quad_render.colormap(_std_normal_cdf(latents)[:, :4])
     for k, (row, col) in enumerate([(63, 0), (63, 63), (0, 0), (0, 63)]):
         np.testing.assert_array_equal(images[:, row, col], colours[:, k])
 
@@ -334,9 +328,9 @@ def test_orientation_conventions():
 
 def test_render_is_vectorised_over_mixed_shapes():
     values = np.random.default_rng(0).uniform(size=(2100, 8))  # spans several render chunks
-    images = quad.render(values)
+    images = quad_render.render(values)
     for i in (0, 1500, 2099):
-        np.testing.assert_array_equal(images[i], quad.render(values[i : i + 1])[0])
+        np.testing.assert_array_equal(images[i], quad_render.render(values[i : i + 1])[0])
 
 
 # ---------------------------------------------------------------------------------------------

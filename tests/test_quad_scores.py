@@ -11,17 +11,18 @@ import pytest
 import torch
 from diffusers import AutoencoderKL
 
-from ctxadapter import ContextAutoencoder, CtxAdapter, evaluation, quad
+from ctxadapter import ContextAutoencoder, CtxAdapter, evaluation
+from ctxadapter.data import quad, quad_render
 from ctxadapter.quad_scores import (
     CORNER_RADIUS,
     QUADRANTS,
-    _corner_masks,
+    corner_masks,
     counterfactual_shifts,
     graph_auroc,
 )
 
 GREY = (0.5, 0.5, 0.5)
-# The quadrants as quad.render paints them: rows, columns.
+# The quadrants as quad_render.render paints them: rows, columns.
 SLICES = {
     "quad1": (slice(32, 64), slice(0, 32)),
     "quad2": (slice(32, 64), slice(32, 64)),
@@ -80,7 +81,7 @@ def test_graph_auroc_errors(graph, truth, message):
 
 
 def test_corner_regions_avoid_every_shape():
-    masks = _corner_masks((64, 64))
+    masks = corner_masks((64, 64))
     assert masks["quad1"][63, 0] and masks["quad2"][63, 63]
     assert masks["quad3"][0, 0] and masks["quad4"][0, 63]
     assert not any(mask[0, 31] or mask[31, 0] for mask in masks.values())  # 31.5 px < 34
@@ -92,13 +93,14 @@ def test_corner_regions_avoid_every_shape():
     for shape in (0.0, 1 / 3, 2 / 3, 1.0):
         for orientation in (0.0, 0.0625, 0.125, 0.3):
             values = np.array([[0, 0, 0, 0, 1.0, 1.0, shape, orientation]])
-            painted = torch.from_numpy(np.all(quad.render(values)[0] == (255, 0, 255), axis=-1))
+            image = quad_render.render(values)[0]
+            painted = torch.from_numpy(np.all(image == (255, 0, 255), axis=-1))
             assert painted.any() and not (painted & (total > 0)).any()
     assert CORNER_RADIUS > 24 * math.sqrt(2)
 
 
 def test_corner_regions_scale_with_the_resolution():
-    masks = _corner_masks((32, 32))
+    masks = corner_masks((32, 32))
     assert masks["quad3"][0, 0] and not masks["quad3"][15, 15]
     torch.testing.assert_close(masks["quad4"], masks["quad3"].flip(1))
     torch.testing.assert_close(masks["quad1"], masks["quad3"].flip(0))
@@ -248,7 +250,7 @@ def test_counterfactual_shifts_and_graph_auroc_on_a_tiny_model(tiny_kl_path):
     # The unedited reference's mean colour, by hand from the model's own output.
     pixels = evaluation.prepare_images(real["obs"], (32, 32))  # resized: floats in [0, 1]
     assert pixels.dtype == torch.float32
-    mask = _corner_masks((32, 32))["quad2"]
+    mask = corner_masks((32, 32))["quad2"]
     recon = model.counterfactual(pixels, "obs")[:, :, mask].mean(dim=(0, 2))
     assert out["shifts"]["quad1"]["quad2"]["recon"] == pytest.approx(recon.tolist(), abs=1e-5)
 

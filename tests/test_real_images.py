@@ -1,4 +1,4 @@
-"""Tests of the real-image interventional dataset (``ctxadapter.realdata``): contexts, shapes,
+"""Tests of the real-image interventional dataset (``ctxadapter.data.photos``): contexts, shapes,
 determinism, and that each transformation is really applied. Skipped without scikit-image."""
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ import pytest
 
 pytest.importorskip("skimage")
 
-from ctxadapter import realdata  # noqa: E402
-from ctxadapter.data import load_image_dataset, validate_dataset  # noqa: E402
+from ctxadapter.data import load_image_dataset, photos, validate_dataset  # noqa: E402
 
 
 def _array(image) -> np.ndarray:
@@ -39,41 +38,41 @@ def _mean_hue(image) -> float:
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("realdata-cache")
-    return realdata.build_dataset(images_per_context=6, size=32, seed=3, cache_dir=str(cache))
+    cache = tmp_path_factory.mktemp("photos-cache")
+    return photos.build_dataset(images_per_context=6, size=32, seed=3, cache_dir=str(cache))
 
 
 def test_photos_are_bundled_and_nothing_is_downloaded(monkeypatch):
     def no_network(*args, **kwargs):
-        raise AssertionError("realdata must not touch the network")
+        raise AssertionError("photos must not touch the network")
 
     monkeypatch.setattr(socket, "socket", no_network)
-    realdata.load_photo.cache_clear()
-    for name in realdata.PHOTOS:
-        photo = realdata.load_photo(name)
+    photos.load_photo.cache_clear()
+    for name in photos.PHOTOS:
+        photo = photos.load_photo(name)
         assert photo.mode == "RGB" and min(photo.size) >= 256
 
 
 def test_splits_contexts_and_shapes(small):
     assert set(small) == {"train", "validation", "test"}
-    train_contexts = set(realdata.TRAIN_CONTEXTS)
+    train_contexts = set(photos.TRAIN_CONTEXTS)
     assert set(small["train"]["context"]) == train_contexts
     assert set(small["validation"]["context"]) == train_contexts
-    assert set(small["test"]["context"]) == train_contexts | set(realdata.TEST_COMPOSITIONS)
-    assert len(realdata.TEST_COMPOSITIONS) == 6
+    assert set(small["test"]["context"]) == train_contexts | set(photos.TEST_COMPOSITIONS)
+    assert len(photos.TEST_COMPOSITIONS) == 6
     assert len(small["train"]) == 6 * len(train_contexts)
     assert len(small["validation"]) == 1 * len(train_contexts)  # a tenth, at least one
     image = small["train"][0]["image"]
     assert image.size == (32, 32) and image.mode == "RGB"
-    assert set(small["train"]["photo"]) <= set(realdata.PHOTOS)
+    assert set(small["train"]["photo"]) <= set(photos.PHOTOS)
 
 
 def test_parameters_follow_the_context(small):
     identity = {"hue": 0.0, "blur": 0.0, "rotation": 0.0, "scale": 1.0}
     for row in small["test"].remove_columns("image"):
         intervened = set() if row["context"] == "obs" else set(row["context"].split("+"))
-        for concept in realdata.CONCEPTS:
-            low, high = realdata.STRENGTHS[concept]
+        for concept in photos.CONCEPTS:
+            low, high = photos.STRENGTHS[concept]
             if concept in intervened:
                 assert low <= row[concept] <= high
             else:
@@ -83,7 +82,7 @@ def test_parameters_follow_the_context(small):
 def test_loads_like_a_user_dataset(small, tmp_path):
     """The dataset passes the training data checks and loads back from save_to_disk."""
     concepts, contexts = validate_dataset(small["train"], "image", "context")
-    assert concepts == sorted(realdata.CONCEPTS)
+    assert concepts == sorted(photos.CONCEPTS)
     assert len(contexts) == len(small["train"])
     small.save_to_disk(tmp_path / "real")
     loaded = load_image_dataset(dataset_name=str(tmp_path / "real"))
@@ -91,38 +90,38 @@ def test_loads_like_a_user_dataset(small, tmp_path):
 
 
 def test_deterministic_and_prefix_stable(small, tmp_path):
-    again = realdata.build_dataset(images_per_context=6, size=32, seed=3, cache_dir=str(tmp_path))
+    again = photos.build_dataset(images_per_context=6, size=32, seed=3, cache_dir=str(tmp_path))
     for split in small:
         assert again[split]["context"] == small[split]["context"]
         first, second = small[split][:5]["image"], again[split][:5]["image"]
         for a, b in zip(first, second, strict=True):
             assert np.array_equal(_array(a), _array(b))
-    short = realdata.sample_params("hue+blur", 3, seed=1, split="test")
-    assert realdata.sample_params("hue+blur", 10, seed=1, split="test")[:3] == short
-    assert realdata.sample_params("hue+blur", 3, seed=2, split="test") != short
-    assert realdata.sample_params("hue+blur", 3, seed=1, split="train") != short
+    short = photos.sample_params("hue+blur", 3, seed=1, split="test")
+    assert photos.sample_params("hue+blur", 10, seed=1, split="test")[:3] == short
+    assert photos.sample_params("hue+blur", 3, seed=2, split="test") != short
+    assert photos.sample_params("hue+blur", 3, seed=1, split="train") != short
     # Contexts have their own streams: obs keeps the identity, the composition its strengths.
-    obs = realdata.sample_params("obs", 3, seed=1, split="test")
+    obs = photos.sample_params("obs", 3, seed=1, split="test")
     assert all(p["hue"] == 0.0 and p["blur"] == 0.0 for p in obs)
     assert all(p["hue"] > 0 and p["blur"] > 0 and p["scale"] == 1.0 for p in short)
 
 
 @pytest.fixture
 def base_params():
-    return realdata.sample_params("obs", 4, seed=0, split="test")
+    return photos.sample_params("obs", 4, seed=0, split="test")
 
 
 def test_blur_reduces_high_frequency_energy(base_params):
     for params in base_params:
-        sharp = realdata.render(params)
-        blurred = realdata.render(dict(params, blur=2.0))
+        sharp = photos.render(params)
+        blurred = photos.render(dict(params, blur=2.0))
         assert _high_frequency_energy(blurred) < 0.5 * _high_frequency_energy(sharp)
 
 
 def test_hue_turns_the_colours(base_params):
     for params in base_params:
-        original = realdata.render(params)
-        shifted = realdata.render(dict(params, hue=0.5))
+        original = photos.render(params)
+        shifted = photos.render(dict(params, hue=0.5))
         if _array(original.convert("HSV"))[..., 1].mean() < 40:
             continue  # nearly grey crops have no hue to turn
         turn = (_mean_hue(shifted) - _mean_hue(original)) % 1
@@ -136,8 +135,8 @@ def test_rotation_turns_the_crop(base_params):
     from PIL import Image
 
     for params in base_params:
-        upright = realdata.render(params, size=64)
-        turned = realdata.render(dict(params, rotation=90.0), size=64)
+        upright = photos.render(params, size=64)
+        turned = photos.render(dict(params, rotation=90.0), size=64)
         expected = upright.transpose(Image.Transpose.ROTATE_90)  # counter-clockwise
         inner = np.s_[4:-4, 4:-4]
         error = np.abs(_array(turned) - _array(expected))[inner].mean()
@@ -147,8 +146,8 @@ def test_rotation_turns_the_crop(base_params):
 
 def test_scale_zooms_into_the_centre(base_params):
     for params in base_params:
-        whole = realdata.render(params, size=64)
-        zoomed = realdata.render(dict(params, scale=2.0), size=64)
+        whole = photos.render(params, size=64)
+        zoomed = photos.render(dict(params, scale=2.0), size=64)
         centre = whole.crop((16, 16, 48, 48)).resize((64, 64))
         error = np.abs(_array(zoomed) - _array(centre)).mean()
         assert error < 0.5 * np.abs(_array(zoomed) - _array(whole)).mean()
@@ -156,15 +155,15 @@ def test_scale_zooms_into_the_centre(base_params):
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="unknown|Invalid"):
-        realdata.sample_params("colour", 2)
+        photos.sample_params("colour", 2)
     with pytest.raises(ValueError, match="Invalid"):
-        realdata.sample_params("hue+hue", 2)
+        photos.sample_params("hue+hue", 2)
     with pytest.raises(ValueError, match="split"):
-        realdata.sample_params("obs", 2, split="dev")
+        photos.sample_params("obs", 2, split="dev")
     with pytest.raises(ValueError, match="photograph"):
-        realdata.load_photo("lena")
+        photos.load_photo("lena")
     with pytest.raises(ValueError, match="images_per_context"):
-        realdata.build_dataset(images_per_context=0)
+        photos.build_dataset(images_per_context=0)
 
 
 def test_worked_example_end_to_end_with_a_pretrained_photo_autoencoder(tmp_path, monkeypatch):

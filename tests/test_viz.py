@@ -18,7 +18,6 @@ from ctxadapter.model import base_model_record
 from ctxadapter.viz import (
     DARK_BLUE,
     DIAGONAL_GREY,
-    all_pairs,
     concept_graph_image,
     context_grid,
     counterfactual_grid,
@@ -194,11 +193,6 @@ def test_concept_graph_image_of_a_model(model):
     graph = model.adapter.concept_graph()
     image = concept_graph_image(graph, model.adapter.concepts)
     assert image.mode == "RGB" and image.width > 3 * 48 and image.height > 3 * 48
-
-
-def test_all_pairs():
-    assert all_pairs(["a", "b", "c"]) == ["a+b", "a+c", "b+c"]
-    assert all_pairs(["a"]) == []
 
 
 # -------------------------------------------------------------------------------- report and CLI

@@ -23,9 +23,9 @@ Only the image files of the ``skimage/data`` folder of the installed scikit-imag
 Pillow): no ``skimage.data`` fetcher is called, so nothing is ever downloaded. scikit-image is an
 optional dependency (``pip install "ctxadapter[examples]"``)::
 
-    from ctxadapter import realdata
+    from ctxadapter.data import photos
 
-    data = realdata.build_dataset(images_per_context=1000)      # train / validation / test
+    data = photos.build_dataset(images_per_context=1000)        # train / validation / test
     data.save_to_disk("real-images")                           # then --dataset_name real-images
 
 Every sample is described by a small dict of parameters (``sample_params``) and drawn from
@@ -36,7 +36,6 @@ them by ``render``, deterministically; the dataset keeps the parameters as colum
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Iterator, Sequence
 from functools import lru_cache
@@ -45,7 +44,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from .contexts import parse_context as _parse_context
+from ..contexts import all_pairs, parse_context
+from .splits import SPLITS, generate_splits
 
 __all__ = [
     "CONCEPTS",
@@ -74,11 +74,8 @@ wheel (public domain or CC0, or with no known copyright restrictions, per scikit
 
 CONCEPTS: tuple[str, ...] = ("hue", "blur", "rotation", "scale")
 TRAIN_CONTEXTS: tuple[str, ...] = ("obs", *CONCEPTS)
-TEST_COMPOSITIONS: tuple[str, ...] = tuple(
-    f"{a}+{b}" for a, b in itertools.combinations(CONCEPTS, 2)
-)
+TEST_COMPOSITIONS: tuple[str, ...] = tuple(all_pairs(CONCEPTS))
 """Every pair of concepts: compositions never seen in training (``test`` split only)."""
-SPLITS: tuple[str, ...] = ("train", "validation", "test")
 
 STRENGTHS: dict[str, tuple[float, float]] = {
     "hue": (0.2, 0.8),
@@ -106,19 +103,10 @@ def _data_dir() -> Path:
     spec = find_spec("skimage")
     if spec is None or not spec.submodule_search_locations:
         raise ImportError(
-            "ctxadapter.realdata needs scikit-image for its bundled photographs: "
+            "ctxadapter.data.photos needs scikit-image for its bundled photographs: "
             'pip install "ctxadapter[examples]" (or pip install scikit-image).'
         )
     return Path(next(iter(spec.submodule_search_locations))) / "data"
-
-
-def parse_context(context: str | Sequence[str]) -> tuple[str, ...]:
-    """Canonical context: the intervened concepts in :data:`CONCEPTS` order (``()`` for obs).
-
-    Accepts ``"obs"``, a concept name, ``"hue+blur"`` or a list of names
-    (``ctxadapter.contexts.parse_context`` over :data:`CONCEPTS`); raises ``ValueError``
-    for unknown or repeated names."""
-    return _parse_context(context, CONCEPTS)
 
 
 @lru_cache(maxsize=None)
@@ -177,7 +165,7 @@ def sample_params(
         fraction of the photograph's width and height), ``crop`` (crop side as a fraction of its
         shorter side), ``hue``, ``blur``, ``rotation``, ``scale``.
     """
-    canonical = parse_context(context)
+    canonical = parse_context(context, CONCEPTS)
     names = list(PHOTOS if photos is None else photos)
     if not names:
         raise ValueError("photos must name at least one photograph.")
@@ -278,8 +266,6 @@ def build_dataset(
     Arrow files under ``cache_dir`` (the ``datasets`` cache by default).
     """
     import datasets
-
-    from .quad import generate_splits
 
     if images_per_context < 1:
         raise ValueError(f"images_per_context must be >= 1, got {images_per_context}")

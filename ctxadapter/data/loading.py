@@ -1,0 +1,137 @@
+"""Loading an image dataset labelled with contexts, and checking it before anything is trained.
+
+Sources: a ``datasets`` dataset (Hub id, local ``save_to_disk`` folder or local script), an
+imagefolder with a ``metadata.jsonl`` holding a context column, or the built-in quad data
+(``ctxadapter.data.quad``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import datasets
+
+from ..contexts import OBSERVATIONAL, context_name, parse_context
+
+__all__ = ["context_strings", "infer_concepts", "load_image_dataset", "validate_dataset"]
+
+
+def load_image_dataset(
+    dataset_name: str | None = None,
+    dataset_config_name: str | None = None,
+    train_data_dir: str | None = None,
+    cache_dir: str | None = None,
+    quad_images_per_context: int = 2_000,
+    quad_dependent: bool = True,
+    seed: int = 0,
+) -> datasets.DatasetDict:
+    """Load the images and their contexts as a ``DatasetDict``.
+
+    Args:
+        dataset_name: a Hub dataset id, a folder written by ``save_to_disk``, or a local dataset
+            script/folder understood by ``datasets.load_dataset``.
+        dataset_config_name: the dataset's configuration, if it has several.
+        train_data_dir: an imagefolder (``metadata.jsonl`` beside the images, with a context
+            column), used when ``dataset_name`` is not given.
+        cache_dir: where ``datasets`` keeps downloads and Arrow files.
+        quad_images_per_context: training images per context of the built-in quad data (used
+            when neither ``dataset_name`` nor ``train_data_dir`` is given).
+        quad_dependent: the dependent (default) or independent variant of quad.
+        seed: the quad data's seed.
+    """
+    if dataset_name and train_data_dir:
+        raise ValueError("Pass --dataset_name or --train_data_dir, not both.")
+    if dataset_name:
+        if os.path.isdir(dataset_name) and os.path.exists(
+            os.path.join(dataset_name, "dataset_dict.json")
+        ):
+            loaded = datasets.load_from_disk(dataset_name)
+        else:
+            loaded = datasets.load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir)
+    elif train_data_dir:
+        if not os.path.isdir(train_data_dir):
+            raise FileNotFoundError(f"--train_data_dir {train_data_dir!r} is not a folder.")
+        loaded = datasets.load_dataset("imagefolder", data_dir=train_data_dir, cache_dir=cache_dir)
+    else:
+        from . import quad
+
+        loaded = quad.build_dataset(
+            n_per_context=quad_images_per_context,
+            heldout_per_context=max(1, quad_images_per_context // 4),
+            seed=seed,
+            dependent=quad_dependent,
+            cache_dir=cache_dir,
+        )
+    if isinstance(loaded, datasets.Dataset):
+        loaded = datasets.DatasetDict({"train": loaded})
+    if "train" not in loaded:
+        raise ValueError(f"The dataset has no 'train' split; its splits are {list(loaded)}.")
+    return loaded
+
+
+def context_strings(dataset: datasets.Dataset, context_column: str) -> list[str]:
+    """The context column as strings: lists of names are joined with ``"+"`` (empty -> obs)."""
+    values = dataset[context_column]
+    return [
+        value if isinstance(value, str) else context_name(tuple(value)) if value else OBSERVATIONAL
+        for value in values
+    ]
+
+
+def infer_concepts(contexts: Sequence[str]) -> list[str]:
+    """The concept names used in ``contexts`` (strings such as ``"quad1+size"``), sorted."""
+    singles = (context.split("+") for context in set(contexts) if context != OBSERVATIONAL)
+    return sorted({name for names in singles for name in names})
+
+
+def validate_dataset(
+    dataset: datasets.Dataset,
+    image_column: str,
+    context_column: str | None,
+    concepts: Sequence[str] | None = None,
+) -> tuple[list[str], list[str]]:
+    """Check a training dataset before anything is trained or written.
+
+    Args:
+        dataset: the rows.
+        image_column: must exist.
+        context_column: must exist, unless ``None`` (contexts not used: only the images are
+            checked).
+        concepts: the configured concepts; default: inferred from the data.
+
+    Returns:
+        ``(concepts, contexts)``: the concept list (given, or inferred from the data) and the
+        canonical context of every row; ``([], [])`` when ``context_column`` is ``None``.
+
+    Raises:
+        ValueError: for an empty dataset, a missing column, a malformed or unknown context, or a
+            configured concept that no row intervenes on alone (a context with no samples).
+    """
+    if len(dataset) == 0:
+        raise ValueError("The dataset is empty.")
+    columns = (("image", image_column), ("context", context_column))
+    for role, column in columns:
+        if column is not None and column not in dataset.column_names:
+            raise ValueError(
+                f"The {role} column {column!r} is not in the dataset; its columns are "
+                f"{dataset.column_names}. Choose it with --{role}_column."
+            )
+    if context_column is None:
+        return [], []
+    raw = context_strings(dataset, context_column)
+    names = list(concepts) if concepts else infer_concepts(raw)
+    if not names:
+        raise ValueError(
+            "The dataset holds only observational samples: a context adapter needs "
+            "interventional samples (a context naming a concept)."
+        )
+    canonical_of = {value: context_name(parse_context(value, names)) for value in set(raw)}
+    present = set(canonical_of.values())
+    missing = [name for name in names if name not in present]
+    if missing:
+        raise ValueError(
+            f"No samples for the context(s) {missing}: every concept needs samples in which it "
+            f"alone is intervened on. Contexts present: {sorted(present)}."
+        )
+    return names, [canonical_of[value] for value in raw]

@@ -1,0 +1,197 @@
+"""Image conventions shared by the data, the metrics, the evaluation and the pictures.
+
+Three value ranges are in use, and these functions are the one place that converts between them:
+
+- **signed**: float ``(N, 3, H, W)`` in ``[-1, 1]``, what the autoencoder encodes and decodes (the
+  diffusers convention);
+- **unit**: float ``(N, 3, H, W)`` in ``[0, 1]``, what ``ContextAutoencoder`` returns and the
+  metrics compare;
+- **uint8**: ``0..255`` integers, what datasets and PIL hold (channels last or first).
+
+``preprocess_images`` turns PIL images (or arrays, or tensors in ``[0, 1]``) into a batch at a
+fixed resolution: converted to RGB, resized and centre-cropped (``resize_mode="crop"``) by
+diffusers' ``VaeImageProcessor``, as the training data is; ``prepare_images`` does the same for
+batches of held-out images that are already tensors.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+import numpy as np
+import torch
+from diffusers.image_processor import PipelineImageInput, VaeImageProcessor
+from PIL import Image
+from torch import Tensor
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "compute_dtype",
+    "prepare_images",
+    "preprocess_images",
+    "signed_to_uint8",
+    "signed_to_unit",
+    "to_float",
+    "unit_to_uint8",
+]
+
+DEFAULT_BATCH_SIZE = 256
+"""Images generated, encoded, decoded or resized at once: bounds the memory of an evaluation."""
+
+
+# --------------------------------------------------------------------------------------------
+# value ranges
+# --------------------------------------------------------------------------------------------
+
+
+def compute_dtype(*tensors: Tensor) -> torch.dtype:
+    """``float64`` if any input is ``float64``, else ``float32``: the dtype metrics compute in."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def to_float(x: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """``uint8`` images -> ``[0, 1]`` floats (``x / 255``); floating tensors cast to ``dtype``.
+
+    Raises:
+        TypeError: for any other dtype (e.g. ``int64``), which has no agreed pixel range.
+    """
+    if x.dtype == torch.uint8:
+        return x.to(dtype) / 255.0
+    if x.is_floating_point():
+        return x.to(dtype)
+    raise TypeError(
+        f"expected a floating tensor or uint8 images, got dtype {x.dtype}; "
+        "convert to float in [0, 1] first"
+    )
+
+
+def signed_to_unit(images: Tensor) -> Tensor:
+    """``[-1, 1]`` images -> ``[0, 1]``: ``((x + 1) / 2)`` clamped to ``[0, 1]``."""
+    return ((images + 1) / 2).clamp(0, 1)
+
+
+def signed_to_uint8(images: Tensor) -> Tensor:
+    """``[-1, 1]`` images -> ``uint8``: ``(x + 1) * 127.5``, rounded and clamped to ``0..255``."""
+    return ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def unit_to_uint8(images: Tensor) -> Tensor:
+    """``[0, 1]`` images -> ``uint8``: clamped, times 255, rounded (as diffusers'
+    ``VaeImageProcessor.numpy_to_pil`` does)."""
+    return images.clamp(0, 1).mul(255).round().to(torch.uint8)
+
+
+# --------------------------------------------------------------------------------------------
+# resizing
+# --------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=None)
+def _processor() -> VaeImageProcessor:
+    # No size rounding (the resolution is given) and no latent pass-through (never 0 channels).
+    return VaeImageProcessor(vae_scale_factor=1, vae_latent_channels=0, do_convert_rgb=True)
+
+
+def preprocess_images(
+    images: PipelineImageInput,
+    resolution: int | tuple[int, int],
+    *,
+    resize_mode: Literal["default", "fill", "crop"] = "crop",
+    output: Literal["signed", "unit", "uint8"] = "signed",
+) -> Tensor:
+    """Images -> one batch ``(N, 3, H, W)`` at ``resolution``, as the training data is prepared.
+
+    PIL images are converted to RGB first, then resized with diffusers' ``VaeImageProcessor``:
+    by default (``resize_mode="crop"``) the shorter side is scaled to fit and the rest is
+    centre-cropped. Numpy arrays ``(N, H, W, 3)`` and tensors ``(N, 3, H, W)`` in ``[0, 1]``
+    are resized as diffusers does (``"crop"`` and ``"fill"`` are for PIL images only).
+
+    Args:
+        images: a PIL image or a sequence of them (any mode; a ``datasets`` column too), or an
+            array or tensor as above (or a list of them).
+        resolution: ``H`` (square) or ``(H, W)``.
+        resize_mode: ``"crop"`` (default), ``"default"`` (stretch) or ``"fill"`` (see
+            ``VaeImageProcessor.preprocess``).
+        output: ``"signed"`` (float32 in ``[-1, 1]``, for the encoder), ``"unit"`` (float32 in
+            ``[0, 1]``) or ``"uint8"``.
+
+    Returns:
+        ``(N, 3, H, W)`` on the CPU, in the range ``output`` names.
+    """
+    if output not in ("signed", "unit", "uint8"):
+        raise ValueError(f"output must be 'signed', 'unit' or 'uint8', got {output!r}")
+    height, width = (resolution, resolution) if isinstance(resolution, int) else resolution
+    if isinstance(images, Image.Image):
+        images = [images]
+    elif not isinstance(images, (np.ndarray, Tensor)):
+        images = list(images)  # e.g. a column of a datasets.Dataset
+    if isinstance(images, list) and images and isinstance(images[0], Image.Image):
+        images = [image.convert("RGB") for image in images]
+    pixels = (
+        _processor()
+        .preprocess(images, height=int(height), width=int(width), resize_mode=resize_mode)
+        .float()
+    )
+    if output == "unit":
+        return signed_to_unit(pixels)
+    if output == "uint8":
+        return signed_to_uint8(pixels)
+    return pixels
+
+
+def prepare_images(images: Tensor, resolution: tuple[int, int]) -> Tensor:
+    """Held-out images -> ``(N, 3, H, W)`` at ``resolution``, ``uint8`` kept ``uint8``.
+
+    Args:
+        images: ``uint8`` ``(N, H, W, 3)`` (channels last, as quad and PIL give them) or
+            ``(N, 3, H, W)``; or floats ``(N, 3, H, W)`` in ``[0, 1]``.
+        resolution: ``(H, W)`` of the model.
+
+    Returns:
+        ``(N, 3, H, W)``: ``uint8`` for ``uint8`` input, else float32 in ``[0, 1]``. Images of
+        another size are resized and centre-cropped exactly as the training data was
+        (``preprocess_images``, ``DEFAULT_BATCH_SIZE`` at a time), then returned as float32 in
+        ``[0, 1]``.
+    """
+    if not isinstance(images, Tensor):
+        images = torch.as_tensor(np.asarray(images))
+    if images.ndim != 4:
+        raise ValueError(
+            f"expected a batch of images (N, H, W, 3) or (N, 3, H, W), got shape "
+            f"{tuple(images.shape)}"
+        )
+    if images.shape[0] == 0:
+        raise ValueError("got an empty set of images")
+    if images.dtype == torch.uint8:
+        if images.shape[-1] == 3 and images.shape[1] != 3:
+            images = images.permute(0, 3, 1, 2)
+        elif images.shape[-1] == 3 and images.shape[1] == 3:
+            raise ValueError(
+                f"ambiguous uint8 image layout {tuple(images.shape)}; pass "
+                "(N, H, W, 3) or (N, 3, H, W) with H, W != 3"
+            )
+    elif images.is_floating_point():
+        if images.shape[1] != 3:
+            raise ValueError(
+                f"float images must be (N, 3, H, W) in [0, 1], got shape {tuple(images.shape)}"
+            )
+        lo, hi = float(images.min()), float(images.max())
+        if lo < 0 or hi > 1:
+            raise ValueError(
+                f"float images must be in [0, 1], got values in [{lo:.3g}, {hi:.3g}]"
+                "; map [-1, 1] images with (x + 1) / 2"
+            )
+        images = images.float()
+    else:
+        raise TypeError(f"images must be uint8 or floating, got {images.dtype}")
+    if tuple(images.shape[-2:]) == tuple(resolution):
+        return images.contiguous()
+    out = []
+    for start in range(0, images.shape[0], DEFAULT_BATCH_SIZE):
+        chunk = images[start : start + DEFAULT_BATCH_SIZE]
+        if chunk.dtype != torch.uint8:
+            chunk = unit_to_uint8(chunk)
+        pil = [Image.fromarray(image.permute(1, 2, 0).numpy()) for image in chunk]
+        out.append(preprocess_images(pil, tuple(resolution), output="unit"))
+    return torch.cat(out)
