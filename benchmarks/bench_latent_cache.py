@@ -4,7 +4,7 @@ images (64x64, quad autoencoder). Memory must stay flat: images are encoded and 
 Arrow file in batches.
 
 The input is built once (the largest size) with ``datasets.Dataset.from_generator`` from
-``ctxadapter.quad`` images, chunk by chunk, so building it never holds all images in memory.
+``ctxadapter.data.quad`` images, chunk by chunk, so building it never holds all images in memory.
 Each size then runs in a fresh subprocess (in-process with ``--smoke``) that loads the first N
 rows from the Arrow file, caches them into a fresh folder, and reports its own peak RSS
 (``VmHWM``), its RSS before caching, and the peak of its anonymous (heap) memory sampled every
@@ -46,7 +46,7 @@ def quad_rows(n: int, chunk: int = 1024):
     """``n`` quad rows (PIL image, context), 7 training contexts taking turns by chunk."""
     from PIL import Image
 
-    from ctxadapter.quad import TRAIN_CONTEXTS, latents_to_images, sample_latents
+    from ctxadapter.data.quad import TRAIN_CONTEXTS, latents_to_images, sample_latents
 
     for index, start in enumerate(range(0, n, chunk)):
         context = TRAIN_CONTEXTS[index % len(TRAIN_CONTEXTS)]

@@ -18,7 +18,7 @@ import torch
 from common import WIDTHS, adam, context_model, mixed_mask, train_step, update
 from harness import measure_interleaved, milliseconds, parser, report, setup
 
-from ctxadapter.quad import HELDOUT_COMPOSITIONS, TRAIN_CONTEXTS
+from ctxadapter.data.quad import HELDOUT_COMPOSITIONS, TRAIN_CONTEXTS
 
 CONTEXT_SETS = {
     "1 (obs)": ["obs"],

@@ -32,7 +32,7 @@ from common import (
 from harness import measure, measure_interleaved, milliseconds, parser, per_second, report, setup
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from ctxadapter.quad import TRAIN_CONTEXTS
+from ctxadapter.data.quad import TRAIN_CONTEXTS
 
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul")
 PHASES = ("1 forward", "2 backward", "3 optimizer.step", "4 zero_grad", "5 apply_constraints_")

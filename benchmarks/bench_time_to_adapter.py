@@ -31,9 +31,9 @@ from harness import now, parser, report, setup
 
 from ctxadapter.codec import LatentCodec
 from ctxadapter.data import CachedLatents, ContextBatchSampler, cache_latents, collate_batch
+from ctxadapter.data.quad import CONCEPTS
 from ctxadapter.model import ContextAutoencoder
 from ctxadapter.objective import Objective
-from ctxadapter.quad import CONCEPTS
 
 
 def loader(cache, batch: int):

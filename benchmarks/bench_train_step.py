@@ -18,7 +18,7 @@ import torch
 from common import WIDTHS, adam, autoencoder, context_model, mixed_mask, train_step
 from harness import measure, parser, per_second, report, setup
 
-from ctxadapter.quad import TRAIN_CONTEXTS
+from ctxadapter.data.quad import TRAIN_CONTEXTS
 
 
 def run_row(

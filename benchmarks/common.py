@@ -64,7 +64,7 @@ def autoencoder(kind: str = "quad", smoke: bool = False):
 
 def concepts(k: int) -> list[str]:
     """``k`` concept names: quad's six first, then ``c6``, ``c7``..."""
-    from ctxadapter.quad import CONCEPTS
+    from ctxadapter.data.quad import CONCEPTS
 
     return list(CONCEPTS[:k]) + [f"c{i}" for i in range(len(CONCEPTS), k)]
 

@@ -8,8 +8,8 @@ import math
 
 import torch
 
+from ctxadapter.data.quad import ancestral_relation
 from ctxadapter.evaluation import counterfactual_shifts, graph_auroc, prepare_images
-from ctxadapter.quad import ancestral_relation
 
 LABELS = {
     "cm": "(a) ctxadapter default (latent loss)",

@@ -43,9 +43,10 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
-from ctxadapter import ContextAutoencoder, quad  # noqa: E402
+from ctxadapter import ContextAutoencoder  # noqa: E402
+from ctxadapter.data import quad  # noqa: E402
 from ctxadapter.evaluation import generation_seed, heldout_quad_images, prepare_images  # noqa: E402
-from ctxadapter.metrics import random_projections, sliced_wasserstein  # noqa: E402
+from ctxadapter.wasserstein import random_projections, sliced_wasserstein  # noqa: E402
 
 COLUMNS = ("prior", "gaussian_fit", "posterior_samples", "posterior_mean", "autoencoder")
 

@@ -336,8 +336,3 @@ def format_table(results: Mapping) -> str:
         f"{' (pooled adapter)' if results.get('pooled') else ''}."
     )
     return "\n".join(lines)
-
-
-# Transitional (issue 14): benchmarks/sw2_sources.py imports this private name; remove it once
-# that script uses ctxadapter.images.to_float.
-_to_unit_float = to_float

@@ -376,8 +376,3 @@ def write_report(
         picture.save(path)
         paths[name] = path
     return paths
-
-
-# Transitional (issue 14): benchmarks/sw2_sources.py imports this private name; remove it once
-# that script uses ctxadapter.model.eval_mode.
-_eval_mode = eval_mode

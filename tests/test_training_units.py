@@ -175,7 +175,7 @@ def test_a_validation_split_of_the_dataset_is_used_as_it_is(tmp_path):
 
 def test_default_compositions():
     assert default_compositions(["a", "b", "c"], uses_quad=False) == ["a+b", "a+c", "b+c"]
-    from ctxadapter.quad import HELDOUT_COMPOSITIONS
+    from ctxadapter.data.quad import HELDOUT_COMPOSITIONS
 
     assert default_compositions(["a"], uses_quad=True) == list(HELDOUT_COMPOSITIONS)
 

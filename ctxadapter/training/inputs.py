@@ -9,12 +9,10 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
-from diffusers import AutoencoderKL
 
-from ..codec import SUPPORTED_AUTOENCODERS, LatentCodec
-from ..contexts import context_name, parse_context
+from ..codec import LatentCodec, load_autoencoder
+from ..contexts import all_pairs, context_name, parse_context
 from ..data import ContextBatchSampler, context_strings, load_image_dataset, validate_dataset
-from ..viz import all_pairs
 from .args import FinetuneArguments, ImageDataArguments
 from .state import check_output_dir, check_resumable, resolve_checkpoint
 
@@ -107,21 +105,6 @@ def stratified_split(
     return train, sorted(chosen)
 
 
-def load_autoencoder(name_or_path: str, revision: str | None = None, subfolder: str | None = None):
-    """Load a diffusers ``AutoencoderKL`` or ``AutoencoderTiny`` named by its config's
-    ``_class_name``."""
-    import diffusers
-
-    config = AutoencoderKL.load_config(name_or_path, revision=revision, subfolder=subfolder)
-    class_name = config.get("_class_name", "AutoencoderKL")
-    supported = {c.__name__ for c in SUPPORTED_AUTOENCODERS}
-    if class_name not in supported:
-        raise ValueError(f"{name_or_path!r} is a {class_name}; supported: {sorted(supported)}.")
-    return getattr(diffusers, class_name).from_pretrained(
-        name_or_path, revision=revision, subfolder=subfolder
-    )
-
-
 @dataclass
 class FinetuneInputs:
     """What ``resolve_inputs`` checked: the training and validation rows, the concept names,
@@ -157,7 +140,7 @@ def default_compositions(concepts: list[str], uses_quad: bool) -> list[str]:
     """The compositions shown in sample grids by default: quad's held-out ones, or the first
     12 pairs of concepts."""
     if uses_quad:
-        from ..quad import HELDOUT_COMPOSITIONS
+        from ..data.quad import HELDOUT_COMPOSITIONS
 
         return list(HELDOUT_COMPOSITIONS)
     return all_pairs(concepts)[:12]
@@ -174,7 +157,7 @@ def resolve_inputs(args: FinetuneArguments) -> FinetuneInputs:
     check_output_dir(args.output_dir, args.overwrite_output_dir, resuming=checkpoint is not None)
     concepts = args.concepts
     if not concepts and args.uses_quad:
-        from ..quad import CONCEPTS
+        from ..data.quad import CONCEPTS
 
         concepts = list(CONCEPTS)
     train, validation, concepts, train_contexts, validation_contexts = load_splits(

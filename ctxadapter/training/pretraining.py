@@ -13,9 +13,9 @@ import datasets
 import torch
 from accelerate.utils import set_seed
 from diffusers import AutoencoderKL
-from diffusers.image_processor import VaeImageProcessor
 from tqdm.auto import tqdm
 
+from ..images import preprocess_images
 from .args import ImageDataArguments, OptimizationArguments, RunArguments
 from .flags import check_at_least, flag
 from .inputs import load_splits
@@ -87,11 +87,9 @@ def pretrain_autoencoder(args: PretrainArguments) -> AutoencoderKL:
         norm_num_groups=args.norm_num_groups,
         sample_size=resolution,
     )
-    processor = VaeImageProcessor(vae_scale_factor=2 ** (levels - 1))
 
     def collate(indices):
-        images = [image.convert("RGB") for image in train[indices][args.image_column]]
-        return processor.preprocess(images, height=resolution, width=resolution, resize_mode="crop")
+        return preprocess_images(train[indices][args.image_column], resolution)
 
     loader = torch.utils.data.DataLoader(
         range(len(train)),
@@ -139,7 +137,7 @@ def pretrain_autoencoder(args: PretrainArguments) -> AutoencoderKL:
                 if args.validation_steps and step % args.validation_steps == 0:
                     unwrapped = accelerator.unwrap_model(vae).eval()
                     psnr = autoencoder_metrics(
-                        unwrapped, validation, args.image_column, processor, resolution, 256
+                        unwrapped, validation, args.image_column, resolution, 256
                     )["validation_psnr_db"]
                     unwrapped.train()
                     accelerator.log({"validation_psnr_db": psnr}, step=step)
@@ -147,7 +145,7 @@ def pretrain_autoencoder(args: PretrainArguments) -> AutoencoderKL:
                 if step >= args.max_train_steps:
                     break
     vae = accelerator.unwrap_model(vae).eval()
-    metrics = autoencoder_metrics(vae, validation, args.image_column, processor, resolution)
+    metrics = autoencoder_metrics(vae, validation, args.image_column, resolution)
     vae.register_to_config(scaling_factor=metrics["scaling_factor"])
     if accelerator.is_main_process:  # written beside the folder, then moved into place
         with staged_folder(args.output_dir) as partial:
@@ -163,7 +161,6 @@ def autoencoder_metrics(
     vae,
     validation: datasets.Dataset,
     image_column: str,
-    processor: VaeImageProcessor,
     resolution: int,
     max_images: int = 512,
 ) -> dict:
@@ -171,10 +168,8 @@ def autoencoder_metrics(
     rows = validation.select(range(min(max_images, len(validation))))
     latents, sq_errors = [], []
     for start in range(0, len(rows), 64):
-        images = [im.convert("RGB") for im in rows[start : start + 64][image_column]]
-        pixels = processor.preprocess(
-            images, height=resolution, width=resolution, resize_mode="crop"
-        ).to(vae.device, vae.dtype)
+        pixels = preprocess_images(rows[start : start + 64][image_column], resolution)
+        pixels = pixels.to(vae.device, vae.dtype)
         mean = vae.encode(pixels).latent_dist.mean
         decoded = vae.decode(mean).sample.clamp(-1, 1)
         latents.append(mean.float().cpu())
