@@ -283,7 +283,12 @@ class CtxAdapter(
 
     # ------------------------------------------------------------------ saving and loading
     def _save_pretrained(self, save_directory: Path) -> None:
-        safetensors.torch.save_model(self, str(Path(save_directory) / WEIGHTS_NAME))
+        # The latent shape goes into the weights' metadata too: the heads' weights only know
+        # the number of latent values, so an edited config with the same count is caught.
+        metadata = {"latent_shape": json.dumps(list(self.config["latent_shape"]))}
+        safetensors.torch.save_model(
+            self, str(Path(save_directory) / WEIGHTS_NAME), metadata=metadata
+        )
         config = {**self.config, "ctxadapter_version": __version__}
         (Path(save_directory) / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
 
@@ -318,11 +323,19 @@ class CtxAdapter(
         model = cls(**init)
         try:
             state_dict = safetensors.torch.load_file(weights_file, device=map_location)
+            with safetensors.safe_open(weights_file, "pt") as weights:
+                saved_shape = (weights.metadata() or {}).get("latent_shape")
         except (SafetensorError, OSError, ValueError) as error:
             raise ValueError(
                 f"Could not read adapter weights {weights_file}: the file is corrupted or "
                 f"truncated ({error})."
             ) from error
+        if saved_shape is not None and json.loads(saved_shape) != list(init["latent_shape"]):
+            raise ValueError(
+                f"The {CONFIG_NAME} of adapter {model_id!r} says latent_shape "
+                f"{list(init['latent_shape'])}, but its weights were saved for "
+                f"{json.loads(saved_shape)}: the config was edited."
+            )
         try:
             model.load_state_dict(state_dict, strict=True)
         except RuntimeError as error:

@@ -202,8 +202,11 @@ def test_generate(case):
         z = torch.randn(3, model.adapter.noise_size, generator=seeded(0))
         decoded = model.codec.decode(model.adapter.latents_from_noise(z, "a+b"))
     assert_close(images, ((decoded + 1) / 2).clamp(0, 1), msg=name)
-    # A composition as a list of names is the same composition.
-    assert_close(model.generate(["b", "a"], num_samples=3, generator=seeded(0)), images)
+    # A composition as a tuple of names is the same composition; a list is one per sample.
+    assert_close(model.generate(("b", "a"), num_samples=3, generator=seeded(0)), images)
+    mixed = model.generate(["obs", "a+b", "a"], num_samples=3, generator=seeded(0))
+    assert_close(mixed[1], images[1])
+    assert_close(mixed[0], model.generate("obs", num_samples=3, generator=seeded(0))[0])
 
 
 def test_generate_pil(case):
