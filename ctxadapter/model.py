@@ -225,14 +225,14 @@ class ContextAutoencoder(nn.Module):
         vae = self.codec.autoencoder
         upcast = self.codec.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
         if upcast:
-            vae.to(torch.float32)
+            vae.float()
         try:
             images = torch.cat(
                 [self.codec.decode(chunk) for chunk in latents.split(decode_batch_size)]
             )
         finally:
             if upcast:
-                vae.to(torch.float16)
+                vae.half()
         return self.codec.postprocess(images, output_type)
 
     def _noise(self, num_samples: int, generator) -> torch.Tensor:

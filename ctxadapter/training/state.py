@@ -28,9 +28,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import safetensors.torch
-from safetensors import SafetensorError
 import torch
 from accelerate import Accelerator
+from safetensors import SafetensorError
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 """Name of a checkpoint folder; group 1 is the optimizer step it was saved after."""
