@@ -27,13 +27,13 @@ from safetensors import SafetensorError
 from torch import nn
 
 from . import __version__
+from .card import PAPER_URL, TAGS, model_card
 from .contexts import OBSERVATIONAL, context_mask
 from .layers import CausalLayer, ExogenousLayer, ExpressiveLayers, block_readout
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
-PAPER_URL = "https://arxiv.org/abs/2507.04754"
 
 
 @dataclass
@@ -95,7 +95,7 @@ class CtxAdapter(
     nn.Module,
     PyTorchModelHubMixin,
     library_name="ctxadapter",
-    tags=["ctxadapter", "causal-representation-learning", "autoencoder"],
+    tags=TAGS,
     paper_url=PAPER_URL,
 ):
     """The context module between a frozen encoder and a frozen decoder.
@@ -383,39 +383,7 @@ class CtxAdapter(
                 f"safetensors only and never unpickles .bin or .pt files."
             ) from error
 
-    def generate_model_card(self, *args, sample_grid: str | None = None, **kwargs) -> ModelCard:
-        """A model card naming the base autoencoder and the concepts, with a usage snippet and,
-        if given, the path of a sample grid inside the folder."""
-        base = (self.config["base_model"] or {}).get("pretrained_model_name_or_path")
-        concepts = ", ".join(f"`{c}`" for c in self.concepts)
-        header = ["---", "library_name: ctxadapter", "tags:"]
-        tags = ("ctxadapter", "causal-representation-learning", "autoencoder")
-        header += [f"- {t}" for t in tags]
-        if base and not os.path.isdir(base):
-            header.append(f"base_model: {base}")
-        header.append("---")
-        example = self.concepts[0] if len(self.concepts) < 2 else "+".join(self.concepts[:2])
-        body = [
-            "# ctxadapter context adapter",
-            "",
-            f"A context module ([paper]({PAPER_URL})) trained on top of the frozen autoencoder "
-            f"`{base or 'unknown'}`. Concepts: {concepts}. Latent shape: "
-            f"`{list(self.latent_shape)}`."
-            + (" Pooled ablation: contexts ignored." if self.pooled else ""),
-            "",
-        ]
-        if sample_grid:
-            body += [f"![samples]({sample_grid})", ""]
-        body += [
-            "## Usage",
-            "",
-            "```python",
-            "from ctxadapter import ContextAutoencoder",
-            "",
-            'model = ContextAutoencoder.from_pretrained("path/or/hub-id")',
-            f'images = model.generate("{self.concepts[0]}", num_samples=8)',
-            f'composed = model.generate("{example}", num_samples=8)',
-            "graph = model.adapter.concept_graph()",
-            "```",
-        ]
-        return ModelCard("\n".join(header + body) + "\n")
+    def generate_model_card(self, *args, **kwargs) -> ModelCard:
+        """The model card written by ``save_pretrained`` (``ctxadapter.card.model_card``;
+        ``model_card_kwargs`` of ``save_pretrained`` are its keyword arguments)."""
+        return model_card(self.config, **kwargs)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
 
@@ -23,6 +24,7 @@ from PIL import Image
 from torch import nn
 
 from .adapter import CtxAdapter
+from .card import is_hub_id
 from .codec import LatentCodec, load_autoencoder
 from .images import to_rgb
 from .objective import Objective
@@ -30,6 +32,10 @@ from .objective import Objective
 DECODE_BATCH_SIZE = 64
 """Latents decoded at once by ``generate``, ``reconstruct`` and ``counterfactual`` (each takes
 ``decode_batch_size=`` to change it)."""
+
+BASE_HUB_KWARGS = ("cache_dir", "token", "local_files_only", "force_download", "proxies")
+"""Keyword arguments of ``ContextAutoencoder.from_pretrained`` passed on to the base
+autoencoder's ``from_pretrained`` as well as to the adapter's."""
 
 DECODER_LORA_NAME = "decoder_lora.safetensors"
 DECODER_LORA_TARGETS = [
@@ -379,13 +385,53 @@ class ContextAutoencoder(nn.Module):
         token: str | None = None,
         private: bool | None = None,
         commit_message: str = "Upload ctxadapter adapter",
+        base_model_id: str | None = None,
+        extra_files: Sequence[str | os.PathLike] = (),
+        model_card_kwargs: dict | None = None,
     ) -> str:
         """Save the adapter folder and upload it to the Hub repository ``repo_id`` (created if
-        needed) in one commit. Returns the commit's URL."""
+        needed) in one commit. Returns the commit's URL.
+
+        Args:
+            repo_id: the Hub repository.
+            token, private, commit_message: as for ``huggingface_hub``'s uploads.
+            base_model_id: the Hub id of the base autoencoder. Required when the adapter
+                records a local folder as its base (an adapter that names a folder of this
+                machine would load nowhere else); it is then recorded in the config.
+            extra_files: files uploaded beside the adapter, such as its sample pictures.
+            model_card_kwargs: arguments of ``ctxadapter.card.model_card`` (the card's usage
+                snippet names ``repo_id``).
+
+        Raises:
+            ValueError: for a local base without ``base_model_id``, before anything is sent.
+        """
+        base = self.adapter.config["base_model"]
+        if base_model_id:
+            if not is_hub_id(base_model_id):
+                raise ValueError(
+                    f"base_model_id must be a Hub repository id 'org/name', got {base_model_id!r}"
+                )
+            self.adapter.config["base_model"] = {
+                **(base or {}),
+                "pretrained_model_name_or_path": base_model_id,
+            }
+        elif base and not is_hub_id(base["pretrained_model_name_or_path"]):
+            raise ValueError(
+                f"This adapter's base autoencoder is the local folder "
+                f"{base['pretrained_model_name_or_path']!r}, which does not exist on the Hub: "
+                f"the pushed adapter would load nowhere else. Upload the autoencoder and pass "
+                f"its Hub id with base_model_id= (--hub_base_model_id in finetune.py)."
+            )
+        missing = [str(f) for f in extra_files if not os.path.isfile(f)]
+        if missing:
+            raise FileNotFoundError(f"extra_files not found: {missing}")
         api = HfApi(token=token)
         repo_id = api.create_repo(repo_id=repo_id, private=private, exist_ok=True).repo_id
         with tempfile.TemporaryDirectory() as folder:
-            self.save_pretrained(folder)
+            card = {"repo_id": repo_id} | (model_card_kwargs or {})
+            self.save_pretrained(folder, model_card_kwargs=card)
+            for file in extra_files:
+                shutil.copy(file, folder)
             return api.upload_folder(
                 repo_id=repo_id, folder_path=folder, commit_message=commit_message
             )
@@ -405,7 +451,8 @@ class ContextAutoencoder(nn.Module):
             autoencoder: an already-loaded autoencoder to use instead of the recorded one.
             torch_dtype: dtype to load the base autoencoder in (the adapter stays float32).
             hub_kwargs: ``revision``, ``token``, ``cache_dir``, ``local_files_only``... for the
-                adapter.
+                adapter; all but ``revision`` go to the base autoencoder too (whose revision
+                is the one the adapter records).
         """
         adapter = CtxAdapter.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
         if autoencoder is None:
@@ -421,6 +468,7 @@ class ContextAutoencoder(nn.Module):
                     revision=base.get("revision"),
                     subfolder=base.get("subfolder"),
                     torch_dtype=torch_dtype,
+                    **{k: v for k, v in hub_kwargs.items() if k in BASE_HUB_KWARGS},
                 )
             except OSError as error:
                 raise OSError(

@@ -18,6 +18,7 @@ from typing import Literal
 from transformers import HfArgumentParser, SchedulerType
 
 from ..adapter import HEADS
+from ..card import is_hub_id
 from ..layers import EXOGENOUS_BIASES
 from ..objective import Objective
 from .flags import FlagGroup, check_at_least, flag
@@ -334,6 +335,11 @@ class HubArguments(FlagGroup):
         "Hub repository (default: the output folder's name).", default=None
     )
     hub_token: str | None = flag("Hub token (default: the saved login).", default=None)
+    hub_base_model_id: str | None = flag(
+        "The Hub id of the base autoencoder, recorded in the pushed adapter; needed with "
+        "--push_to_hub when --pretrained_model_name_or_path is a local folder.",
+        default=None,
+    )
 
 
 # ------------------------------------------------------------------------- the two scripts
@@ -363,6 +369,12 @@ class FinetuneArguments(
 
     def validate(self) -> None:
         super().validate()
+        if self.push_to_hub and not (is_hub_id(self.autoencoder) or self.hub_base_model_id):
+            raise ValueError(
+                f"--push_to_hub with the local autoencoder {self.autoencoder!r}: the adapter "
+                f"would name a folder of this machine. Upload the autoencoder and pass its Hub "
+                f"id with --hub_base_model_id."
+            )
         if self.decoder_lora_rank and self.loss != "pixel":
             raise ValueError(
                 "--decoder_lora_rank needs --loss pixel: the latent loss never runs the decoder."
