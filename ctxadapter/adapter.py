@@ -29,6 +29,7 @@ from torch import nn
 from . import __version__
 from .card import PAPER_URL, TAGS, model_card
 from .contexts import OBSERVATIONAL, context_mask
+from .heads import latent_head, posterior_head, resolve_heads
 from .layers import CausalLayer, ExogenousLayer, ExpressiveLayers, block_readout
 
 WEIGHTS_NAME = "model.safetensors"
@@ -75,22 +76,6 @@ def _positive_ints(name: str, value, length: int | None = None) -> list[int]:
     return values
 
 
-HEADS = ("linear", "mlp")
-
-
-def _head(kind: str, size_in: int, width: int, size_out: int) -> nn.Module:
-    """A posterior or latent head: one linear map (the paper's) or a two-hidden-layer GELU MLP."""
-    if kind == "linear":
-        return nn.Linear(size_in, size_out)
-    return nn.Sequential(
-        nn.Linear(size_in, width),
-        nn.GELU(),
-        nn.Linear(width, width),
-        nn.GELU(),
-        nn.Linear(width, size_out),
-    )
-
-
 class CtxAdapter(
     nn.Module,
     PyTorchModelHubMixin,
@@ -114,9 +99,12 @@ class CtxAdapter(
         exogenous_bias: ``"shared"`` (reference: one exogenous bias for every context) or
             ``"interventional"`` (intervened blocks take their own bias; see
             ``ctxadapter.layers.ExogenousLayer``).
-        heads: ``"linear"`` (the paper's: one linear map each way) or ``"mlp"`` (two hidden
-            GELU layers of ``head_width``) for the posterior head and the latent head.
-        head_width: hidden width of the MLP heads.
+        heads: the posterior and latent heads (``ctxadapter.heads``): ``"linear"`` (the
+            paper's: one linear map each way), ``"mlp"`` (two hidden GELU layers of
+            ``head_width``), ``"conv"`` (spatial heads for large latents) or ``"auto"``
+            (``"mlp"`` up to 4,096 latent values, ``"conv"`` above; the config records the
+            kind chosen).
+        head_width: hidden width of the MLP heads (and of the MLPs inside ``"conv"`` heads).
         base_model: where the frozen autoencoder comes from, recorded so that
             ``ContextAutoencoder.from_pretrained`` can load it: keys
             ``pretrained_model_name_or_path``, ``revision``, ``subfolder``, ``class_name``,
@@ -147,6 +135,8 @@ class CtxAdapter(
         _positive_ints("exogenous_width", exogenous_width)
         _positive_ints("concept_width", concept_width)
         _positive_ints("expressive_depth", expressive_depth)
+        _positive_ints("head_width", head_width)
+        heads = resolve_heads(heads, tuple(latent_shape))
         self.config: dict[str, Any] = dict(
             concepts=concepts,
             latent_shape=latent_shape,
@@ -166,16 +156,13 @@ class CtxAdapter(
         self.latent_shape = tuple(latent_shape)
         self.pooled = bool(pooled)
         k = len(concepts)
-        latent_size = latent_shape[0] * latent_shape[1] * latent_shape[2]
         self.noise_size = k * exogenous_width
-        if heads not in HEADS:
-            raise ValueError(f"heads must be one of {HEADS}, got {heads!r}")
-        _positive_ints("head_width", head_width)
-        self.posterior_head = _head(heads, latent_size, head_width, 2 * self.noise_size)
+        shape = self.latent_shape
+        self.posterior_head = posterior_head(heads, shape, head_width, 2 * self.noise_size)
         self.exogenous = ExogenousLayer(k, exogenous_width, observational_mixing, exogenous_bias)
         self.expressive = ExpressiveLayers(k, exogenous_width, concept_width, expressive_depth)
         self.causal = CausalLayer(k, concept_width, composition)
-        self.latent_head = _head(heads, k * concept_width, head_width, latent_size)
+        self.latent_head = latent_head(heads, k * concept_width, head_width, shape)
         # log standard deviation of the Gaussian likelihood of the latent loss (learned)
         self.latent_log_scale = nn.Parameter(torch.zeros(()))
 

@@ -17,8 +17,8 @@ from typing import Literal
 
 from transformers import HfArgumentParser, SchedulerType
 
-from ..adapter import HEADS
 from ..card import is_hub_id
+from ..heads import HEADS
 from ..layers import EXOGENOUS_BIASES
 from ..objective import Objective
 from .flags import FlagGroup, check_at_least, flag
@@ -206,8 +206,10 @@ class AdapterArguments(FlagGroup):
         default="interventional",
     )
     heads: Literal[HEADS] = flag(
-        "Posterior and latent heads: 'mlp' (two hidden GELU layers) or 'linear' (the paper's).",
-        default="mlp",
+        "Posterior and latent heads: 'auto' ('mlp' up to 4,096 latent values, 'conv' above), "
+        "'mlp' (two hidden GELU layers), 'conv' (spatial heads for large latents) or 'linear' "
+        "(the paper's).",
+        default="auto",
     )
     head_width: int = flag("Hidden width of the MLP heads.", default=256)
     pooled: bool = flag("Ignore context labels: the 'CM pooled' ablation.", default=False)
