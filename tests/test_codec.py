@@ -666,3 +666,30 @@ def test_load_autoencoder_checks_the_config_before_the_weights(tmp_path, config,
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=message):
         load_autoencoder(tmp_path)
+
+
+def test_family_through_context_autoencoder(family, tmp_path, images):
+    """The rest of the library sees 4-D model-space latents: train a step, save the adapter,
+    load it back with its recorded base autoencoder, generate and reconstruct."""
+    from ctxadapter import ContextAutoencoder, CtxAdapter
+    from ctxadapter.model import base_model_record
+
+    name, vae, codec = family
+    folder = tmp_path / "vae"
+    vae.save_pretrained(folder)
+    torch.manual_seed(0)
+    adapter = CtxAdapter(
+        ["a", "b"],
+        latent_shape=list(codec.latent_shape(32)),
+        exogenous_width=8,
+        concept_width=4,
+        base_model=base_model_record(vae, folder),
+    )
+    model = ContextAutoencoder(codec, adapter).train()
+    model.loss(["obs", "a"], pixel_values=images)["loss"].backward()
+    model.eval().save_pretrained(tmp_path / "adapter")
+    loaded = ContextAutoencoder.from_pretrained(tmp_path / "adapter")
+    assert type(loaded.codec.autoencoder) is type(vae)
+    generated = loaded.generate("a", num_samples=2, generator=torch.Generator().manual_seed(0))
+    assert generated.shape == (2, 3, 32, 32)
+    assert loaded.reconstruct((images + 1) / 2, "obs").shape == (2, 3, 32, 32)
