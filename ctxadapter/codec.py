@@ -42,6 +42,7 @@ __all__ = [
     "SUPPORTED_AUTOENCODERS",
     "UNSUPPORTED_AUTOENCODERS",
     "AutoencoderFamily",
+    "Geometry",
     "LatentCodec",
     "load_autoencoder",
 ]
@@ -265,11 +266,11 @@ SUPPORTED_AUTOENCODERS: tuple[type, ...] = tuple(
 (derived from ``AUTOENCODER_FAMILIES``)."""
 
 _VIDEO = (
-    "a video autoencoder: ctxadapter works on images, and of the video autoencoders only those "
-    "whose image pipelines encode single frames (AutoencoderKLQwenImage, AutoencoderKLWan, "
-    "AutoencoderKLHunyuanImageRefiner) are supported"
+    "it is a video autoencoder; ctxadapter works on images, and the only video autoencoders it "
+    "supports are those whose image pipelines encode single frames (AutoencoderKLQwenImage, "
+    "AutoencoderKLWan, AutoencoderKLHunyuanImageRefiner)"
 )
-_AUDIO = "an audio autoencoder or vocoder, not an image autoencoder"
+_AUDIO = "it is an audio autoencoder or vocoder, not an image autoencoder"
 
 UNSUPPORTED_AUTOENCODERS: dict[str, str] = {
     "AutoencoderKLQwenImage21": (
