@@ -28,6 +28,7 @@ from .card import is_hub_id
 from .codec import LatentCodec, load_autoencoder
 from .images import to_rgb
 from .objective import Objective
+from .pinning import local_path, portable_name, resolved_commit, weights_fingerprint
 
 DECODE_BATCH_SIZE = 64
 """Latents decoded at once by ``generate``, ``reconstruct`` and ``counterfactual`` (each takes
@@ -75,19 +76,28 @@ def base_model_record(
     pretrained_model_name_or_path: str,
     revision: str | None = None,
     subfolder: str | None = None,
+    **hub_kwargs,
 ) -> dict:
-    """What an adapter's config records about its base autoencoder (see ``CtxAdapter``)."""
+    """What an adapter's config records about its base autoencoder (see ``CtxAdapter``): where
+    it comes from (a Hub id with the commit its files come from as ``revision``, a shipped
+    autoencoder's name, or an absolute folder), its class, its latent normalisation and the
+    fingerprint of its weights files (``ctxadapter.pinning``). ``hub_kwargs`` (``cache_dir``,
+    ``token``...) are those it was loaded with."""
     codec = LatentCodec(autoencoder)
     name = str(pretrained_model_name_or_path)
-    if os.path.isdir(name):  # a local folder: record it absolute, so any working directory works
-        name = os.path.abspath(name)
+    where = dict(revision=revision, subfolder=subfolder, **hub_kwargs)
+    statistics = codec.latents_mean is not None
     return dict(
-        pretrained_model_name_or_path=name,
-        revision=revision,
+        pretrained_model_name_or_path=portable_name(name),
+        revision=resolved_commit(local_path(name), **where) or revision,
         subfolder=subfolder,
         class_name=type(autoencoder).__name__,
         scaling_factor=codec.scaling_factor,
         shift_factor=codec.shift_factor,
+        latents_mean=codec.latents_mean.tolist() if statistics else None,
+        latents_std=codec.latents_std.tolist() if statistics else None,
+        latent_patch_size=codec.latent_patch_size,
+        fingerprint=weights_fingerprint(local_path(name), **where),
     )
 
 
@@ -96,7 +106,8 @@ class ContextAutoencoder(nn.Module):
     ``CtxAdapter`` between its encoder and decoder.
 
     Args:
-        autoencoder: ``AutoencoderKL`` or ``AutoencoderTiny``; frozen and kept in eval mode.
+        autoencoder: a diffusers image autoencoder (any family ``LatentCodec`` supports) or a
+            ``LatentCodec``; frozen and kept in eval mode.
         adapter: the context module; its ``latent_shape`` must be a latent of this autoencoder.
 
     Images given to ``reconstruct`` and ``counterfactual`` are PIL images (any mode; 16-bit
@@ -128,12 +139,21 @@ class ContextAutoencoder(nn.Module):
             )
         self.resolution = (height * factor, width * factor)
         recorded = adapter.config["base_model"] or {}
-        for key in ("scaling_factor", "shift_factor"):
+        for key in ("scaling_factor", "shift_factor", "latent_patch_size"):
             value = recorded.get(key)
             if value is not None and not math.isclose(value, getattr(self.codec, key)):
                 raise ValueError(
                     f"The adapter was trained on latents with {key}={value}, but this autoencoder "
                     f"has {key}={getattr(self.codec, key)}."
+                )
+        for key in ("latents_mean", "latents_std"):
+            value, own = recorded.get(key), getattr(self.codec, key)
+            if value is not None and (
+                own is None or not torch.allclose(torch.tensor(value), own, rtol=1e-4, atol=1e-6)
+            ):
+                raise ValueError(
+                    f"The adapter was trained on latents normalised with {key}={value}, but this "
+                    f"autoencoder has {key}={None if own is None else own.tolist()}."
                 )
 
     @property
@@ -442,6 +462,7 @@ class ContextAutoencoder(nn.Module):
         pretrained_model_name_or_path,
         autoencoder=None,
         torch_dtype: torch.dtype | None = None,
+        check_base: bool = True,
         **hub_kwargs,
     ) -> ContextAutoencoder:
         """Load an adapter (local folder or Hub id) and the base autoencoder its config records.
@@ -450,6 +471,8 @@ class ContextAutoencoder(nn.Module):
             pretrained_model_name_or_path: the adapter's folder or Hub repository id.
             autoencoder: an already-loaded autoencoder to use instead of the recorded one.
             torch_dtype: dtype to load the base autoencoder in (the adapter stays float32).
+            check_base: refuse a recorded base whose weights files do not have the fingerprint
+                the adapter records (``ctxadapter.pinning``); ``False`` skips the check.
             hub_kwargs: ``revision``, ``token``, ``cache_dir``, ``local_files_only``... for the
                 adapter; all but ``revision`` go to the base autoencoder too (whose revision
                 is the one the adapter records).
@@ -462,14 +485,14 @@ class ContextAutoencoder(nn.Module):
                     f"The adapter {str(pretrained_model_name_or_path)!r} records no base "
                     f"autoencoder; pass one with autoencoder=."
                 )
+            name = local_path(base["pretrained_model_name_or_path"])
+            where = dict(
+                revision=base.get("revision"),
+                subfolder=base.get("subfolder"),
+                **{k: v for k, v in hub_kwargs.items() if k in BASE_HUB_KWARGS},
+            )
             try:
-                autoencoder = load_autoencoder(
-                    base["pretrained_model_name_or_path"],
-                    revision=base.get("revision"),
-                    subfolder=base.get("subfolder"),
-                    torch_dtype=torch_dtype,
-                    **{k: v for k, v in hub_kwargs.items() if k in BASE_HUB_KWARGS},
-                )
+                autoencoder = load_autoencoder(name, torch_dtype=torch_dtype, **where)
             except OSError as error:
                 raise OSError(
                     f"Could not load the base autoencoder this adapter records, "
@@ -481,6 +504,14 @@ class ContextAutoencoder(nn.Module):
                     f"The adapter records a base autoencoder of class {base['class_name']!r}, "
                     f"but {base['pretrained_model_name_or_path']!r} holds a "
                     f"{type(autoencoder).__name__}; pass the right one with autoencoder=."
+                )
+            recorded = base.get("fingerprint") if check_base else None
+            if recorded and recorded != (found := weights_fingerprint(name, **where)):
+                raise ValueError(
+                    f"The base autoencoder {base['pretrained_model_name_or_path']!r} has other "
+                    f"weights than the one this adapter was trained on: weights fingerprint "
+                    f"{found} where the adapter records {recorded}. Load the right one (pass it "
+                    f"with autoencoder=), or pass check_base=False to use it anyway."
                 )
         model = cls(autoencoder, adapter)
         lora = adapter.config["decoder_lora"]

@@ -142,3 +142,61 @@ def test_hub_arguments_reach_the_base_autoencoder(tiny_kl_path, tmp_path, monkey
     assert model.generate("a", num_samples=1).shape == (1, 3, 32, 32)
     with pytest.raises(OSError, match="Could not load the base autoencoder"):
         ContextAutoencoder.from_pretrained(str(tmp_path / "adapter"), cache_dir=tmp_path / "empty")
+
+
+# ---------------------------------------------------------------------------------- pinning
+
+
+def test_the_base_is_pinned_by_commit_and_fingerprint(tiny_kl_path, tmp_path, monkeypatch):
+    from ctxadapter.pinning import weights_fingerprint
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    cache = tmp_path / "hub-cache"
+    put_in_hub_cache(cache, "org/vae", Path(tiny_kl_path))
+    vae = AutoencoderKL.from_pretrained(tiny_kl_path)
+    hub = base_model_record(vae, "org/vae", cache_dir=cache)
+    assert hub["revision"] == COMMIT  # the commit the files come from
+    local = base_model_record(vae, tiny_kl_path)
+    assert local["revision"] is None and Path(local["pretrained_model_name_or_path"]).is_absolute()
+    assert hub["fingerprint"] == local["fingerprint"] == weights_fingerprint(tiny_kl_path)
+
+
+def test_a_base_with_other_weights_is_refused(tiny_kl_path, tmp_path):
+    base = tmp_path / "vae"
+    shutil.copytree(tiny_kl_path, base)
+    vae = AutoencoderKL.from_pretrained(base)
+    adapter_for(vae, str(base)).save_pretrained(tmp_path / "adapter")
+    ContextAutoencoder.from_pretrained(tmp_path / "adapter")  # the same weights: fine
+    half = ContextAutoencoder.from_pretrained(tmp_path / "adapter", torch_dtype=torch.float16)
+    assert half.codec.dtype == torch.float16  # the fingerprint reads the files, not the module
+    with torch.no_grad():  # other weights, same config and scaling factors
+        vae.decoder.conv_out.weight.mul_(1.5)
+    vae.save_pretrained(base)
+    with pytest.raises(ValueError, match="has other weights .* fingerprint [0-9a-f]{16} where"):
+        ContextAutoencoder.from_pretrained(tmp_path / "adapter")
+    loaded = ContextAutoencoder.from_pretrained(tmp_path / "adapter", check_base=False)
+    assert loaded.generate("a", num_samples=1).shape == (1, 3, 32, 32)
+
+
+def test_the_shipped_autoencoder_is_recorded_by_name():
+    from ctxadapter.pinning import SHIPPED_AUTOENCODERS, local_path, portable_name
+    from ctxadapter.training import QUAD_AUTOENCODER
+
+    name = "ctxadapter:quad-autoencoder"
+    assert SHIPPED_AUTOENCODERS[name] == QUAD_AUTOENCODER
+    assert portable_name(str(QUAD_AUTOENCODER)) == name
+    assert local_path(name) == str(QUAD_AUTOENCODER) and local_path("org/vae") == "org/vae"
+    vae = AutoencoderKL.from_pretrained(QUAD_AUTOENCODER)
+    record = base_model_record(vae, str(QUAD_AUTOENCODER))
+    assert record["pretrained_model_name_or_path"] == name
+    assert record["latents_mean"] is None and record["latent_patch_size"] == 1
+
+
+def test_other_latent_statistics_are_refused(tiny_kl_path):
+    vae = AutoencoderKL.from_pretrained(tiny_kl_path)
+    adapter = adapter_for(vae, tiny_kl_path)
+    adapter.config["base_model"]["latents_mean"] = [0.1, 0.2, 0.3, 0.4]
+    adapter.config["base_model"]["latents_std"] = [1.0] * 4
+    with pytest.raises(ValueError, match="normalised with latents_mean=\\[0.1, 0.2, 0.3, 0.4\\]"):
+        ContextAutoencoder(vae, adapter)

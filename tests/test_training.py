@@ -222,7 +222,7 @@ def test_pixel_loss_with_decoder_lora(tiny_kl_path, tmp_path):
     [
         ("learning_rate", -1e-3, "--learning_rate must be > 0, got -0.001"),
         ("sample_matching", -1.0, "--sample_matching must be >= 0, got -1.0"),
-        ("heads", "conv", "--heads must be one of"),
+        ("heads", "transformer", "--heads must be one of"),
         ("exogenous_bias", "free", "--exogenous_bias must be one of"),
         ("preset", "best", "--preset must be one of"),
         ("beta", -0.5, "--beta must be >= 0, got -0.5"),

@@ -16,7 +16,6 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
-from diffusers import AutoencoderKL
 from PIL import Image
 
 from ..codec import LatentCodec
@@ -115,7 +114,7 @@ def cache_latents(
     )
     key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:24]
     cache_file = Path(cache_dir) / f"latents-{key}.arrow"
-    has_logvar = isinstance(codec.autoencoder, AutoencoderKL)
+    has_logvar = codec.has_posterior
     features = {
         "latents": datasets.Array3D(shape, "float32"),
         "context": datasets.Value("string"),

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 from transformers import HfArgumentParser, SchedulerType
@@ -21,9 +20,10 @@ from ..card import is_hub_id
 from ..heads import HEADS
 from ..layers import EXOGENOUS_BIASES
 from ..objective import Objective
+from ..pinning import SHIPPED_AUTOENCODERS
 from .flags import FlagGroup, check_at_least, flag
 
-QUAD_AUTOENCODER = Path(__file__).resolve().parents[1] / "assets" / "quad-autoencoder"
+QUAD_AUTOENCODER = SHIPPED_AUTOENCODERS["ctxadapter:quad-autoencoder"]
 """The small ``AutoencoderKL`` pretrained on quad that ships with the package (see its
 ``README.md``): the default ``--pretrained_model_name_or_path``."""
 
@@ -155,8 +155,9 @@ class AutoencoderArguments(FlagGroup):
     scaling and shift factors are read from its config."""
 
     pretrained_model_name_or_path: str | None = flag(
-        "The frozen autoencoder (diffusers AutoencoderKL or AutoencoderTiny): a Hub id or a "
-        "folder. Default: the small autoencoder pretrained on quad that ships with ctxadapter.",
+        "The frozen autoencoder (any diffusers image autoencoder, see docs/variants.md): a Hub "
+        "id or a folder. Default: the small autoencoder pretrained on quad that ships with "
+        "ctxadapter.",
         default=None,
     )
     revision: str | None = flag("Revision of the autoencoder on the Hub.", default=None)

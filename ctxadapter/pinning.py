@@ -1,0 +1,100 @@
+"""Pinning an adapter's base autoencoder: the Hub commit it was trained on, and a fingerprint of
+its weights, so that a base with other weights (a fine-tuned VAE with the same scaling
+factors, say) is refused rather than decoding wrong images.
+
+The fingerprint is read from the weights *files*, not from the loaded module, so it does not
+depend on the dtype the autoencoder is loaded in: a SHA-256 of every tensor's name, dtype and
+shape in the safetensors header and of 64 evenly spaced values of each tensor as stored."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+from huggingface_hub import hf_hub_download
+from safetensors import safe_open
+
+SHIPPED_AUTOENCODERS = {
+    "ctxadapter:quad-autoencoder": Path(__file__).resolve().parent / "assets" / "quad-autoencoder"
+}
+"""Autoencoders that ship inside the package, by the name an adapter records for them (so an
+adapter trained on one loads wherever ctxadapter is installed)."""
+
+
+def local_path(name_or_path: str) -> str:
+    """``name_or_path``, with the name of a shipped autoencoder replaced by its folder."""
+    return str(SHIPPED_AUTOENCODERS.get(name_or_path, name_or_path))
+
+
+def portable_name(name_or_path: str) -> str:
+    """The name to record for an autoencoder: a shipped one's name, a local folder made
+    absolute (so any working directory works), a Hub id as it is."""
+    if not os.path.isdir(name_or_path):
+        return name_or_path
+    folder = Path(name_or_path).resolve()
+    for name, path in SHIPPED_AUTOENCODERS.items():
+        if folder == path:
+            return name
+    return str(folder)
+
+
+WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
+WEIGHTS_INDEX = "diffusion_pytorch_model.safetensors.index.json"
+SAMPLES_PER_TENSOR = 64
+
+
+def _file(name_or_path: str, filename: str, revision, subfolder, **hub_kwargs) -> Path | None:
+    """The local path of ``filename`` of a folder or Hub repository (``None`` if absent)."""
+    if os.path.isdir(name_or_path):
+        path = Path(name_or_path, subfolder or "", filename)
+        return path if path.is_file() else None
+    try:
+        return Path(
+            hf_hub_download(
+                name_or_path, filename, revision=revision, subfolder=subfolder, **hub_kwargs
+            )
+        )
+    except Exception:  # not in the repository (e.g. an unsharded model has no index)
+        return None
+
+
+def resolved_commit(
+    name_or_path: str, revision: str | None = None, subfolder: str | None = None, **hub_kwargs
+) -> str | None:
+    """The commit hash a Hub autoencoder's files come from (``None`` for a local folder)."""
+    if os.path.isdir(name_or_path):
+        return None
+    config = _file(name_or_path, "config.json", revision, subfolder, **hub_kwargs)
+    match = re.search(r"snapshots[/\\\\]([0-9a-f]{40})[/\\\\]", str(config)) if config else None
+    return match.group(1) if match else None
+
+
+def weights_fingerprint(
+    name_or_path: str, revision: str | None = None, subfolder: str | None = None, **hub_kwargs
+) -> str | None:
+    """The fingerprint of an autoencoder's safetensors weights (sharded or not); ``None`` when
+    it has none (weights in another format are not fingerprinted)."""
+    index = _file(name_or_path, WEIGHTS_INDEX, revision, subfolder, **hub_kwargs)
+    if index is not None:
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    else:
+        shards = [WEIGHTS_FILE]
+    digest = hashlib.sha256()
+    for shard in shards:
+        path = _file(name_or_path, shard, revision, subfolder, **hub_kwargs)
+        if path is None:
+            return None
+        with safe_open(str(path), "pt") as weights:
+            for name in sorted(weights.keys()):
+                tensor = weights.get_slice(name)
+                shape, dtype = tensor.get_shape(), tensor.get_dtype()
+                digest.update(f"{name}:{dtype}:{shape}".encode())
+                values = weights.get_tensor(name).flatten()
+                step = max(1, values.numel() // SAMPLES_PER_TENSOR)
+                sample = values[::step].contiguous().view(torch.uint8)  # bytes as stored
+                digest.update(sample.numpy().tobytes())
+    return digest.hexdigest()[:16]
