@@ -184,19 +184,9 @@ def edit_image(
     scale: int = 1,
 ) -> list[tuple[Image.Image, str]]:
     """``edit_images`` as ``(picture, caption)`` pairs for a gallery, each picture enlarged
-    ``scale`` times (nearest neighbour). Captions: ``input``, ``obs (reconstruction)`` (or
-    ``obs`` for ``mode="decode"``), the concept names, and the ticked composition."""
+    ``scale`` times (nearest neighbour); the captions are the keys of ``edit_images``."""
     edits = edit_images(model, image, concepts_ticked, mode)
-    ticked = context_of(model, concepts_ticked)
-    pairs = []
-    for name, pixels in edits.items():
-        caption = name
-        if name == "obs":
-            caption = "obs (reconstruction)" if mode == "residual" else "obs (decoded)"
-        elif name == ticked:
-            caption = f"{name} (ticked)"
-        pairs.append((_to_pil(_enlarge(pixels, scale)), caption))
-    return pairs
+    return [(_to_pil(_enlarge(pixels, scale)), name) for name, pixels in edits.items()]
 
 
 def graph_picture(
@@ -303,6 +293,14 @@ def build_demo(model: ContextAutoencoder, name: str | None = None, examples=None
                     interactive=False,
                     elem_id="samples",
                 )
+                graph = gr.Image(
+                    graph_picture(model),
+                    label="Concept graph of the ticked context",
+                    type="pil",
+                    format="png",
+                    interactive=False,
+                    elem_id="graph",
+                )
         with gr.Row():
             with gr.Column(scale=1, min_width=240):
                 image = gr.Image(
@@ -310,6 +308,7 @@ def build_demo(model: ContextAutoencoder, name: str | None = None, examples=None
                     type="pil",
                     format="png",
                     sources=["upload", "clipboard"],
+                    height=200,
                     elem_id="image",
                 )
                 if examples:
@@ -328,22 +327,15 @@ def build_demo(model: ContextAutoencoder, name: str | None = None, examples=None
                 edit = gr.Button("Edit", variant="primary", elem_id="edit")
             with gr.Column(scale=3):
                 edits = gr.Gallery(
-                    label="Counterfactual edits: the same noise, another context",
+                    label="Counterfactual edits: the same noise, another context "
+                    "(obs: the reconstruction)",
                     format="png",
-                    columns=min(len(concept_names) + 3, 9),
+                    columns=math.ceil((len(concept_names) + 3) / 2),
                     height="auto",
                     object_fit="contain",
                     interactive=False,
                     elem_id="edits",
                 )
-        graph = gr.Image(
-            graph_picture(model),
-            label="Concept graph of the ticked context",
-            type="pil",
-            format="png",
-            interactive=False,
-            elem_id="graph",
-        )
         generate.click(on_generate, [ticked, num_samples, seed], samples, api_name="generate")
         edit.click(on_edit, [image, ticked, mode], edits, api_name="edit")
         ticked.change(on_ticks, ticked, [context, graph], api_name="graph")
