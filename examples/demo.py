@@ -34,6 +34,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 
+import ctxadapter  # noqa: E402
 from ctxadapter import ContextAutoencoder, context_name, parse_context  # noqa: E402
 from ctxadapter.images import preprocess_images  # noqa: E402
 from ctxadapter.model import eval_mode  # noqa: E402
@@ -224,6 +225,9 @@ def example_images(model: ContextAutoencoder, count: int = EXAMPLE_COUNT) -> lis
 def describe(model: ContextAutoencoder, name: str | None = None) -> str:
     """A Markdown header: the adapter, its base autoencoder, concepts and resolution."""
     base = (model.adapter.config.get("base_model") or {}).get("pretrained_model_name_or_path")
+    package = os.path.dirname(os.path.abspath(ctxadapter.__file__))
+    if base and os.path.isabs(base) and os.path.commonpath([base, package]) == package:
+        base = "ctxadapter/" + os.path.relpath(base, package).replace(os.sep, "/")  # built in
     concepts = ", ".join(f"`{c}`" for c in model.adapter.concepts)
     height, width = model.resolution
     return (
@@ -261,6 +265,7 @@ def build_demo(model: ContextAutoencoder, name: str | None = None, examples=None
     concept_names = list(model.adapter.concepts)
 
     def on_generate(ticked, num_samples, seed):
+        seed = 0 if seed is None else seed  # an emptied seed box
         return generate_grid(model, ticked, num_samples, seed, scale=scale)
 
     def on_edit(image, ticked, mode):

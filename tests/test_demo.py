@@ -228,6 +228,12 @@ def test_examples_are_heldout_quad_images_for_quad_adapters_only(model, tiny_kl_
     assert demo.example_images(other) == []
 
 
+def test_describe_names_the_adapter(model, tiny_kl_path):
+    header = demo.describe(model, "tiny")
+    assert header.startswith("# ctxadapter demo: `tiny`")
+    assert "`quad1`" in header and "32 x 32" in header and tiny_kl_path in header
+
+
 def test_build_demo_without_launching(model):
     blocks = demo.build_demo(model, name="tiny", examples=[])
     assert isinstance(blocks, gr.Blocks)
