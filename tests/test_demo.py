@@ -13,6 +13,7 @@ import importlib.util
 import io
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -60,6 +61,34 @@ def seeded(seed: int) -> torch.Generator:
 
 def pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
+
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def loopback_only():
+    """Every connection this process opens during these tests (gradio, gradio_client, urllib,
+    Selenium's commands to chromedriver) must go to this machine: any other is an error."""
+    connect, connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def check(address):
+        if isinstance(address, tuple) and address[0] not in LOOPBACK:
+            raise AssertionError(f"the demo tests tried to reach {address!r}")
+
+    def guarded_connect(self, address):
+        check(address)
+        return connect(self, address)
+
+    def guarded_connect_ex(self, address):
+        check(address)
+        return connect_ex(self, address)
+
+    socket.socket.connect, socket.socket.connect_ex = guarded_connect, guarded_connect_ex
+    try:
+        yield
+    finally:
+        socket.socket.connect, socket.socket.connect_ex = connect, connect_ex
 
 
 @pytest.fixture(scope="module")
