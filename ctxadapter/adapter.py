@@ -27,13 +27,14 @@ from safetensors import SafetensorError
 from torch import nn
 
 from . import __version__
+from .card import PAPER_URL, TAGS, model_card
 from .contexts import OBSERVATIONAL, context_mask
+from .heads import latent_head, posterior_head, resolve_heads
 from .layers import CausalLayer, ExogenousLayer, ExpressiveLayers, block_readout
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
-PAPER_URL = "https://arxiv.org/abs/2507.04754"
 
 
 @dataclass
@@ -75,27 +76,11 @@ def _positive_ints(name: str, value, length: int | None = None) -> list[int]:
     return values
 
 
-HEADS = ("linear", "mlp")
-
-
-def _head(kind: str, size_in: int, width: int, size_out: int) -> nn.Module:
-    """A posterior or latent head: one linear map (the paper's) or a two-hidden-layer GELU MLP."""
-    if kind == "linear":
-        return nn.Linear(size_in, size_out)
-    return nn.Sequential(
-        nn.Linear(size_in, width),
-        nn.GELU(),
-        nn.Linear(width, width),
-        nn.GELU(),
-        nn.Linear(width, size_out),
-    )
-
-
 class CtxAdapter(
     nn.Module,
     PyTorchModelHubMixin,
     library_name="ctxadapter",
-    tags=["ctxadapter", "causal-representation-learning", "autoencoder"],
+    tags=TAGS,
     paper_url=PAPER_URL,
 ):
     """The context module between a frozen encoder and a frozen decoder.
@@ -114,9 +99,12 @@ class CtxAdapter(
         exogenous_bias: ``"shared"`` (reference: one exogenous bias for every context) or
             ``"interventional"`` (intervened blocks take their own bias; see
             ``ctxadapter.layers.ExogenousLayer``).
-        heads: ``"linear"`` (the paper's: one linear map each way) or ``"mlp"`` (two hidden
-            GELU layers of ``head_width``) for the posterior head and the latent head.
-        head_width: hidden width of the MLP heads.
+        heads: the posterior and latent heads (``ctxadapter.heads``): ``"linear"`` (the
+            paper's: one linear map each way), ``"mlp"`` (two hidden GELU layers of
+            ``head_width``), ``"conv"`` (spatial heads for large latents) or ``"auto"``
+            (``"mlp"`` up to 4,096 latent values, ``"conv"`` above; the config records the
+            kind chosen).
+        head_width: hidden width of the MLP heads (and of the MLPs inside ``"conv"`` heads).
         base_model: where the frozen autoencoder comes from, recorded so that
             ``ContextAutoencoder.from_pretrained`` can load it: keys
             ``pretrained_model_name_or_path``, ``revision``, ``subfolder``, ``class_name``,
@@ -147,6 +135,8 @@ class CtxAdapter(
         _positive_ints("exogenous_width", exogenous_width)
         _positive_ints("concept_width", concept_width)
         _positive_ints("expressive_depth", expressive_depth)
+        _positive_ints("head_width", head_width)
+        heads = resolve_heads(heads, tuple(latent_shape))
         self.config: dict[str, Any] = dict(
             concepts=concepts,
             latent_shape=latent_shape,
@@ -166,16 +156,13 @@ class CtxAdapter(
         self.latent_shape = tuple(latent_shape)
         self.pooled = bool(pooled)
         k = len(concepts)
-        latent_size = latent_shape[0] * latent_shape[1] * latent_shape[2]
         self.noise_size = k * exogenous_width
-        if heads not in HEADS:
-            raise ValueError(f"heads must be one of {HEADS}, got {heads!r}")
-        _positive_ints("head_width", head_width)
-        self.posterior_head = _head(heads, latent_size, head_width, 2 * self.noise_size)
+        shape = self.latent_shape
+        self.posterior_head = posterior_head(heads, shape, head_width, 2 * self.noise_size)
         self.exogenous = ExogenousLayer(k, exogenous_width, observational_mixing, exogenous_bias)
         self.expressive = ExpressiveLayers(k, exogenous_width, concept_width, expressive_depth)
         self.causal = CausalLayer(k, concept_width, composition)
-        self.latent_head = _head(heads, k * concept_width, head_width, latent_size)
+        self.latent_head = latent_head(heads, k * concept_width, head_width, shape)
         # log standard deviation of the Gaussian likelihood of the latent loss (learned)
         self.latent_log_scale = nn.Parameter(torch.zeros(()))
 
@@ -283,7 +270,12 @@ class CtxAdapter(
 
     # ------------------------------------------------------------------ saving and loading
     def _save_pretrained(self, save_directory: Path) -> None:
-        safetensors.torch.save_model(self, str(Path(save_directory) / WEIGHTS_NAME))
+        # The latent shape goes into the weights' metadata too: the heads' weights only know
+        # the number of latent values, so an edited config with the same count is caught.
+        metadata = {"latent_shape": json.dumps(list(self.config["latent_shape"]))}
+        safetensors.torch.save_model(
+            self, str(Path(save_directory) / WEIGHTS_NAME), metadata=metadata
+        )
         config = {**self.config, "ctxadapter_version": __version__}
         (Path(save_directory) / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
 
@@ -318,11 +310,19 @@ class CtxAdapter(
         model = cls(**init)
         try:
             state_dict = safetensors.torch.load_file(weights_file, device=map_location)
+            with safetensors.safe_open(weights_file, "pt") as weights:
+                saved_shape = (weights.metadata() or {}).get("latent_shape")
         except (SafetensorError, OSError, ValueError) as error:
             raise ValueError(
                 f"Could not read adapter weights {weights_file}: the file is corrupted or "
                 f"truncated ({error})."
             ) from error
+        if saved_shape is not None and json.loads(saved_shape) != list(init["latent_shape"]):
+            raise ValueError(
+                f"The {CONFIG_NAME} of adapter {model_id!r} says latent_shape "
+                f"{list(init['latent_shape'])}, but its weights were saved for "
+                f"{json.loads(saved_shape)}: the config was edited."
+            )
         try:
             model.load_state_dict(state_dict, strict=True)
         except RuntimeError as error:
@@ -370,39 +370,7 @@ class CtxAdapter(
                 f"safetensors only and never unpickles .bin or .pt files."
             ) from error
 
-    def generate_model_card(self, *args, sample_grid: str | None = None, **kwargs) -> ModelCard:
-        """A model card naming the base autoencoder and the concepts, with a usage snippet and,
-        if given, the path of a sample grid inside the folder."""
-        base = (self.config["base_model"] or {}).get("pretrained_model_name_or_path")
-        concepts = ", ".join(f"`{c}`" for c in self.concepts)
-        header = ["---", "library_name: ctxadapter", "tags:"]
-        tags = ("ctxadapter", "causal-representation-learning", "autoencoder")
-        header += [f"- {t}" for t in tags]
-        if base and not os.path.isdir(base):
-            header.append(f"base_model: {base}")
-        header.append("---")
-        example = self.concepts[0] if len(self.concepts) < 2 else "+".join(self.concepts[:2])
-        body = [
-            "# ctxadapter context adapter",
-            "",
-            f"A context module ([paper]({PAPER_URL})) trained on top of the frozen autoencoder "
-            f"`{base or 'unknown'}`. Concepts: {concepts}. Latent shape: "
-            f"`{list(self.latent_shape)}`."
-            + (" Pooled ablation: contexts ignored." if self.pooled else ""),
-            "",
-        ]
-        if sample_grid:
-            body += [f"![samples]({sample_grid})", ""]
-        body += [
-            "## Usage",
-            "",
-            "```python",
-            "from ctxadapter import ContextAutoencoder",
-            "",
-            'model = ContextAutoencoder.from_pretrained("path/or/hub-id")',
-            f'images = model.generate("{self.concepts[0]}", num_samples=8)',
-            f'composed = model.generate("{example}", num_samples=8)',
-            "graph = model.adapter.concept_graph()",
-            "```",
-        ]
-        return ModelCard("\n".join(header + body) + "\n")
+    def generate_model_card(self, *args, **kwargs) -> ModelCard:
+        """The model card written by ``save_pretrained`` (``ctxadapter.card.model_card``;
+        ``model_card_kwargs`` of ``save_pretrained`` are its keyword arguments)."""
+        return model_card(self.config, **kwargs)

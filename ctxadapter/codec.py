@@ -1,32 +1,396 @@
 """Latent codec: a frozen diffusers autoencoder as a map between images and model-space latents.
 
 Images are ``(N, 3, H, W)`` tensors in ``[-1, 1]`` (the diffusers convention). Model-space latents
-are ``(N, C, H / f, W / f)`` float32 tensors, where ``f`` is the autoencoder's downsampling factor
-and the affine map from the raw autoencoder latents is the one diffusers pipelines use::
+are ``(N, C, H / f, W / f)`` float32 tensors, where ``f`` is the downsampling factor: the latents
+a diffusion model of that autoencoder sees, normalised as the family's diffusers pipelines do,
+before any packing into transformer tokens. For every supported family the map from the raw
+autoencoder latent (the posterior mean, or the encoder's deterministic latent) is::
 
-    model = (raw - shift_factor) * scaling_factor
-    raw = model / scaling_factor + shift_factor
+    model = ((patchify(raw) - latents_mean) / latents_std - shift_factor) * scaling_factor
+    raw = unpatchify((model / scaling_factor + shift_factor) * latents_std + latents_mean)
 
-with both factors read from ``autoencoder.config`` (``shift_factor`` missing or ``None`` -> 0).
-The same map is applied to ``AutoencoderKL`` (posterior mean) and ``AutoencoderTiny`` (whose
-``latents`` are a distilled approximation of the matching KL latents; ``scaling_factor`` is 1.0 and
-``shift_factor`` 0.0 for TAESD, 1.5305 / 0.0609 for TAESD3 / TAEF1).
+per channel, with ``scaling_factor`` and ``shift_factor`` read from the config (missing or
+``None``: 1 and 0), ``latents_mean`` / ``latents_std`` from the config's per-channel statistics
+(Qwen-Image, Wan, Playground-style SDXL VAEs) or, for ``AutoencoderKLFlux2``, from its latent
+batch-norm running statistics (``std = sqrt(running_var + batch_norm_eps)``), and ``patchify``
+the identity except for ``AutoencoderKLFlux2``, whose pipeline folds every 2 x 2 latent patch
+into channels before normalising (so its model space has ``4 x 32`` channels at ``f = 16``).
+
+Video autoencoders whose image pipelines encode single frames (``AutoencoderKLQwenImage``,
+``AutoencoderKLWan``, ``AutoencoderKLHunyuanImageRefiner``) are run on ``(N, C, 1, H, W)``
+tensors; their latent frame axis is dropped, so the rest of the library sees 4-D latents.
+
+``AUTOENCODER_FAMILIES`` says how each supported class is driven; ``UNSUPPORTED_AUTOENCODERS``
+why the other diffusers autoencoders are refused. ``docs/variants.md`` tabulates the families.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
+import diffusers
 import torch
-from diffusers import AutoencoderKL, AutoencoderTiny
 from diffusers.image_processor import PipelineImageInput, VaeImageProcessor
 
-__all__ = ["SUPPORTED_AUTOENCODERS", "LatentCodec", "load_autoencoder"]
+__all__ = [
+    "AUTOENCODER_FAMILIES",
+    "SUPPORTED_AUTOENCODERS",
+    "UNSUPPORTED_AUTOENCODERS",
+    "AutoencoderFamily",
+    "Geometry",
+    "LatentCodec",
+    "load_autoencoder",
+]
 
-SUPPORTED_AUTOENCODERS = (AutoencoderKL, AutoencoderTiny)
-"""The diffusers autoencoder classes a ``LatentCodec`` (and so a ``ContextAutoencoder``) wraps."""
+
+# -- the families --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What an autoencoder's config says about its shapes (raw latents, before any patchify)."""
+
+    image_channels: int
+    out_channels: int
+    latent_channels: int
+    downsample_factor: int
+
+
+@dataclass(frozen=True)
+class AutoencoderFamily:
+    """How ``LatentCodec`` drives one diffusers autoencoder class.
+
+    Attributes:
+        class_name: the diffusers class (``diffusers.<class_name>``).
+        encoder_output: the field of ``encode(x)`` used: ``"latent_dist"`` (its posterior mean,
+            and its log-variance for ``encode_distribution``), or the deterministic
+            ``"latents"`` / ``"latent"``.
+        frames: the autoencoder takes 5-D ``(B, C, T, H, W)`` video tensors; images go in as
+            ``T = 1`` and the single latent frame is squeezed out.
+        geometry: config -> ``Geometry``; raises ``ValueError`` for a config the family's code
+            cannot handle consistently (e.g. an encoder and decoder of different factors).
+        latent_patch: config -> ``p``: the pipeline folds ``p x p`` latent patches into channels
+            before normalising (``AutoencoderKLFlux2``: its ``patch_size``), 1 otherwise.
+        batch_norm_stats: ``latents_mean`` / ``latents_std`` are the running statistics of the
+            autoencoder's latent batch norm ``bn`` (``AutoencoderKLFlux2``) rather than config
+            entries.
+    """
+
+    class_name: str
+    encoder_output: Literal["latent_dist", "latents", "latent"]
+    geometry: Callable[[Mapping[str, Any]], Geometry]
+    frames: bool = False
+    latent_patch: Callable[[Mapping[str, Any]], int] = lambda config: 1
+    batch_norm_stats: bool = False
+
+
+def _power_of_two(class_name: str, key: str, value: int) -> int:
+    value = int(value)
+    if value < 1 or value & (value - 1):
+        raise ValueError(f"{class_name}: {key}={value} is not a power of two")
+    return value.bit_length() - 1
+
+
+def _kl_geometry(config: Mapping[str, Any]) -> Geometry:
+    # Every encoder block but the last halves the resolution (diffusers' vae_scale_factor).
+    return Geometry(
+        config["in_channels"],
+        config["out_channels"],
+        config["latent_channels"],
+        2 ** (len(config["block_out_channels"]) - 1),
+    )
+
+
+def _tiny_geometry(config: Mapping[str, Any]) -> Geometry:
+    # EncoderTiny: a stride-2 conv opens every block but the first. DecoderTiny: an upsample by
+    # `upsampling_scaling_factor` closes every block but the last.
+    # (AutoencoderTiny.spatial_scale_factor is 2 ** out_channels, not the resolution.)
+    down = 2 ** (len(config["encoder_block_out_channels"]) - 1)
+    up = config["upsampling_scaling_factor"] ** (len(config["decoder_block_out_channels"]) - 1)
+    if up != down:
+        raise ValueError(
+            f"AutoencoderTiny encoder downsamples by {down} but its decoder upsamples by {up}"
+        )
+    return Geometry(config["in_channels"], config["out_channels"], config["latent_channels"], down)
+
+
+def _dc_geometry(config: Mapping[str, Any]) -> Geometry:
+    # DC-AE: a down (up) block closes (opens) every stage with layers but the last; a first stage
+    # without layers has a downsampling conv_in (upsampling conv_out) instead.
+    def factor(layers: tuple[int, ...]) -> int:
+        steps = sum(1 for i, n in enumerate(layers[:-1]) if n > 0) + (layers[0] == 0)
+        return 2**steps
+
+    down = factor(tuple(config["encoder_layers_per_block"]))
+    up = factor(tuple(config["decoder_layers_per_block"]))
+    if up != down:
+        raise ValueError(f"AutoencoderDC encoder downsamples by {down} but its decoder by {up}")
+    return Geometry(config["in_channels"], config["in_channels"], config["latent_channels"], down)
+
+
+def _flux2_geometry(config: Mapping[str, Any]) -> Geometry:
+    decoder = config["decoder_block_out_channels"] or config["block_out_channels"]
+    if len(decoder) != len(config["block_out_channels"]):
+        raise ValueError(
+            f"AutoencoderKLFlux2 encoder has {len(config['block_out_channels'])} blocks but its "
+            f"decoder {len(decoder)}"
+        )
+    _flux2_patch(config)
+    return _kl_geometry(config)
+
+
+def _flux2_patch(config: Mapping[str, Any]) -> int:
+    height, width = config["patch_size"]
+    if height != width:
+        raise ValueError(f"AutoencoderKLFlux2: patch_size {tuple(config['patch_size'])} not square")
+    return int(height)
+
+
+def _qwen_geometry(config: Mapping[str, Any]) -> Geometry:
+    stages = len(config["dim_mult"]) - 1
+    if len(config["temperal_downsample"]) != stages:
+        raise ValueError(
+            f"AutoencoderKLQwenImage: {len(config['dim_mult'])} dim_mult entries need "
+            f"{stages} temperal_downsample entries, got {len(config['temperal_downsample'])}"
+        )
+    channels = config["input_channels"]
+    return Geometry(channels, channels, config["z_dim"], 2**stages)
+
+
+def _wan_geometry(config: Mapping[str, Any]) -> Geometry:
+    # The encoder halves the resolution after every stage but the last, after folding
+    # `patch_size` x `patch_size` pixel patches into channels (Wan 2.2).
+    patch = config["patch_size"] or 1
+    factor = 2 ** (len(config["dim_mult"]) - 1) * patch
+    declared = config["scale_factor_spatial"]
+    if declared is not None and declared != factor:
+        raise ValueError(
+            f"AutoencoderKLWan declares scale_factor_spatial={declared} but its encoder "
+            f"downsamples by {factor}"
+        )
+    channels = []
+    for key in ("in_channels", "out_channels"):
+        if config[key] % (patch * patch):
+            raise ValueError(f"AutoencoderKLWan: {key}={config[key]} with patch_size={patch}")
+        channels.append(config[key] // (patch * patch))
+    return Geometry(*channels, config["z_dim"], factor)
+
+
+def _hunyuan_geometry(config: Mapping[str, Any], class_name: str, blocks: int) -> Geometry:
+    ratio = config["spatial_compression_ratio"]
+    steps = _power_of_two(class_name, "spatial_compression_ratio", ratio)
+    if steps > blocks:
+        raise ValueError(
+            f"{class_name}: spatial_compression_ratio={ratio} needs more than "
+            f"{len(config['block_out_channels'])} blocks"
+        )
+    return Geometry(config["in_channels"], config["out_channels"], config["latent_channels"], ratio)
+
+
+def _asym_geometry(config: Mapping[str, Any]) -> Geometry:
+    down = 2 ** (len(config["down_block_out_channels"]) - 1)
+    up = 2 ** (len(config["up_block_out_channels"]) - 1)
+    if up != down:
+        raise ValueError(
+            f"AsymmetricAutoencoderKL encoder downsamples by {down} but its decoder upsamples by "
+            f"{up}"
+        )
+    return Geometry(config["in_channels"], config["out_channels"], config["latent_channels"], down)
+
+
+def _kvae_geometry(config: Mapping[str, Any]) -> Geometry:
+    if not config["double_z"]:
+        raise ValueError("AutoencoderKLKVAE with double_z=False has no posterior to encode to")
+    channels = config["in_channels"]
+    return Geometry(channels, channels, config["z_channels"], 2 ** (len(config["ch_mult"]) - 1))
+
+
+def _vq_geometry(config: Mapping[str, Any]) -> Geometry:
+    # `encode` returns the quant_conv output, with vq_embed_dim channels, which `decode` takes.
+    channels = config["vq_embed_dim"] or config["latent_channels"]
+    factor = 2 ** (len(config["block_out_channels"]) - 1)
+    return Geometry(config["in_channels"], config["out_channels"], channels, factor)
+
+
+_FAMILIES = (
+    AutoencoderFamily("AutoencoderKL", "latent_dist", _kl_geometry),
+    AutoencoderFamily("AutoencoderTiny", "latents", _tiny_geometry),
+    AutoencoderFamily("AutoencoderDC", "latent", _dc_geometry),
+    AutoencoderFamily(
+        "AutoencoderKLFlux2",
+        "latent_dist",
+        _flux2_geometry,
+        latent_patch=_flux2_patch,
+        batch_norm_stats=True,
+    ),
+    AutoencoderFamily("AutoencoderKLQwenImage", "latent_dist", _qwen_geometry, frames=True),
+    AutoencoderFamily("AutoencoderKLWan", "latent_dist", _wan_geometry, frames=True),
+    AutoencoderFamily(
+        "AutoencoderKLHunyuanImage",
+        "latent_dist",
+        # Encoder and decoder resample at every block but the last, up to the ratio.
+        lambda c: _hunyuan_geometry(
+            c, "AutoencoderKLHunyuanImage", len(c["block_out_channels"]) - 1
+        ),
+    ),
+    AutoencoderFamily(
+        "AutoencoderKLHunyuanImageRefiner",
+        "latent_dist",
+        lambda c: _hunyuan_geometry(
+            c, "AutoencoderKLHunyuanImageRefiner", len(c["block_out_channels"]) - 1
+        ),
+        frames=True,
+    ),
+    AutoencoderFamily("AsymmetricAutoencoderKL", "latent_dist", _asym_geometry),
+    AutoencoderFamily("AutoencoderKLKVAE", "latent_dist", _kvae_geometry),
+    AutoencoderFamily("VQModel", "latents", _vq_geometry),
+)
+
+AUTOENCODER_FAMILIES: dict[str, AutoencoderFamily] = {
+    family.class_name: family
+    for family in _FAMILIES
+    if getattr(diffusers, family.class_name, None) is not None
+}
+"""Class name -> ``AutoencoderFamily``, for every supported class this diffusers has: the single
+source of truth of ``LatentCodec`` and ``load_autoencoder``."""
+
+SUPPORTED_AUTOENCODERS: tuple[type, ...] = tuple(
+    getattr(diffusers, name) for name in AUTOENCODER_FAMILIES
+)
+"""The diffusers autoencoder classes a ``LatentCodec`` (and so a ``ContextAutoencoder``) wraps
+(derived from ``AUTOENCODER_FAMILIES``)."""
+
+_VIDEO = (
+    "it is a video autoencoder; ctxadapter works on images, and the only video autoencoders it "
+    "supports are those whose image pipelines encode single frames (AutoencoderKLQwenImage, "
+    "AutoencoderKLWan, AutoencoderKLHunyuanImageRefiner)"
+)
+_AUDIO = "it is an audio autoencoder or vocoder, not an image autoencoder"
+
+UNSUPPORTED_AUTOENCODERS: dict[str, str] = {
+    "AutoencoderKLQwenImage21": (
+        "it encodes 4-channel RGBA images (in_channels=4) and ctxadapter's images are RGB"
+    ),
+    "AutoencoderRAE": (
+        "its frozen vision encoder resizes every image to encoder_input_size and its decoder "
+        "outputs a fixed image_size, so its latents do not scale with the resolution"
+    ),
+    "ConsistencyDecoderVAE": (
+        "its decoder is a consistency-model sampler that draws random noise (decode takes a "
+        "generator and num_inference_steps), not a deterministic map from latents to images"
+    ),
+    "AutoencoderKLTemporalDecoder": (
+        "its decoder is temporal (Stable Video Diffusion): decode needs num_frames"
+    ),
+    "LTX2VideoDiffusionDecoderModel": "it is a video decoder only, with no encoder",
+    "AutoencoderKLMiniMaxH3": (
+        _VIDEO + "; it also takes ImageNet-normalised pixels rather than [-1, 1]"
+    ),
+    **dict.fromkeys(
+        (
+            "AutoencoderKLAllegro",
+            "AutoencoderKLCogVideoX",
+            "AutoencoderKLCosmos",
+            "AutoencoderKLHunyuanVideo",
+            "AutoencoderKLHunyuanVideo15",
+            "AutoencoderKLKVAEVideo",
+            "AutoencoderKLLTXVideo",
+            "AutoencoderKLLTX2Video",
+            "AutoencoderKLMagvit",
+            "AutoencoderKLMochi",
+            "AutoencoderVidTok",
+            "Kandinsky6SRVAE",
+        ),
+        _VIDEO,
+    ),
+    **dict.fromkeys(
+        (
+            "AutoencoderKLKVAEAudio",
+            "AutoencoderKLLTX2Audio",
+            "AutoencoderKLMiniMaxH3Audio",
+            "AutoencoderOobleck",
+            "AutoencoderSAME",
+            "Cosmos3AVAEAudioTokenizer",
+            "LongCatAudioDiTVae",
+            "MMAudioVAE",
+            "MMAudioVocoder",
+            "MiniMaxMusic3Vocoder",
+        ),
+        _AUDIO,
+    ),
+    "RFD4ProteinaAutoencoder": "it encodes protein structures, not images",
+}
+"""Class name -> why ``LatentCodec`` and ``load_autoencoder`` refuse that diffusers class."""
+
+
+def _refusal(class_name: str) -> str | None:
+    """Why ``class_name`` is refused (``None``: it is supported)."""
+    reason = UNSUPPORTED_AUTOENCODERS.get(class_name)
+    if reason is not None:
+        return f"{class_name} is not supported: {reason}"
+    if class_name not in AUTOENCODER_FAMILIES:
+        return f"supported: {list(AUTOENCODER_FAMILIES)}"
+    return None
+
+
+def _full_config(cls: type, config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` completed with the defaults of ``cls.__init__`` (a saved config may omit some)."""
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(cls.__init__).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+    return {**defaults, **{k: v for k, v in config.items() if not k.startswith("_")}}
+
+
+@dataclass(frozen=True)
+class _Normalisation:
+    scaling_factor: float
+    shift_factor: float
+    latents_mean: torch.Tensor | None
+    latents_std: torch.Tensor | None
+
+
+def _config_normalisation(class_name: str, config: Mapping[str, Any], channels: int):
+    """The scalar factors and per-channel statistics of ``config``, checked."""
+    scale = config.get("scaling_factor")
+    scale = 1.0 if scale is None else float(scale)
+    if not (scale > 0 and math.isfinite(scale)):
+        raise ValueError(f"{class_name}: scaling_factor must be positive, got {scale}")
+    shift = config.get("shift_factor")
+    shift = 0.0 if shift is None else float(shift)
+    mean, std = config.get("latents_mean"), config.get("latents_std")
+    if (mean is None) != (std is None):
+        raise ValueError(
+            f"{class_name}: latents_mean and latents_std must be given together "
+            f"(got only {'latents_mean' if std is None else 'latents_std'})"
+        )
+    if mean is not None:
+        if shift:
+            raise ValueError(
+                f"{class_name}: both shift_factor and latents_mean are set; diffusers pipelines "
+                f"use one or the other, so the latent normalisation is ambiguous"
+            )
+        mean, std = _statistics(class_name, "latents", mean, std, channels)
+    return _Normalisation(scale, shift, mean, std)
+
+
+def _statistics(class_name, what, mean, std, channels):
+    mean = torch.as_tensor(mean, dtype=torch.float32).detach().cpu().flatten()
+    std = torch.as_tensor(std, dtype=torch.float32).detach().cpu().flatten()
+    for name, values in ((f"{what}_mean", mean), (f"{what}_std", std)):
+        if values.numel() != channels:
+            raise ValueError(
+                f"{class_name}: {name} has {values.numel()} entries for {channels} latent channels"
+            )
+    if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
+        raise ValueError(f"{class_name}: {what}_std must be positive and the statistics finite")
+    return mean, std
 
 
 def load_autoencoder(
@@ -34,9 +398,11 @@ def load_autoencoder(
     revision: str | None = None,
     subfolder: str | None = None,
     **hub_kwargs,
-) -> AutoencoderKL | AutoencoderTiny:
-    """Load a diffusers ``AutoencoderKL`` or ``AutoencoderTiny`` named by its config's
-    ``_class_name`` (``AutoencoderKL`` when the config names none).
+):
+    """Load the diffusers autoencoder named by its config's ``_class_name`` (``AutoencoderKL``
+    when the config names none), if ``LatentCodec`` supports it.
+
+    The class and its config are checked before any weights are read.
 
     Args:
         name_or_path: a Hub repository id or a local folder.
@@ -47,19 +413,38 @@ def load_autoencoder(
             ``load_config``.
 
     Raises:
-        ValueError: if the config names a class outside ``SUPPORTED_AUTOENCODERS``.
+        ValueError: if the config names a class outside ``AUTOENCODER_FAMILIES`` (with the
+            reason for the diffusers autoencoders in ``UNSUPPORTED_AUTOENCODERS``), or a config
+            ``LatentCodec`` would refuse.
         OSError: if there is no such autoencoder (as ``from_pretrained`` raises).
     """
-    config = AutoencoderKL.load_config(
+    config = diffusers.AutoencoderKL.load_config(
         name_or_path, revision=revision, subfolder=subfolder, **hub_kwargs
     )
     class_name = config.get("_class_name", "AutoencoderKL")
-    supported = {c.__name__: c for c in SUPPORTED_AUTOENCODERS}
-    if class_name not in supported:
-        raise ValueError(f"{name_or_path!r} is a {class_name}; supported: {sorted(supported)}.")
-    return supported[class_name].from_pretrained(
-        name_or_path, revision=revision, subfolder=subfolder, **hub_kwargs
-    )
+    refusal = _refusal(class_name)
+    if refusal is not None:
+        raise ValueError(f"{str(name_or_path)!r} is a {class_name}; {refusal}.")
+    cls = getattr(diffusers, class_name)
+    family = AUTOENCODER_FAMILIES[class_name]
+    full = _full_config(cls, config)
+    geometry = family.geometry(full)
+    if not family.batch_norm_stats:
+        _config_normalisation(class_name, full, geometry.latent_channels)
+    return cls.from_pretrained(name_or_path, revision=revision, subfolder=subfolder, **hub_kwargs)
+
+
+def _family_of(autoencoder: Any) -> AutoencoderFamily:
+    """The family of ``autoencoder``'s class or of its nearest registered diffusers base class."""
+    for cls in type(autoencoder).__mro__:
+        if getattr(diffusers, cls.__name__, None) is not cls:
+            continue
+        if cls.__name__ in UNSUPPORTED_AUTOENCODERS:
+            raise ValueError(f"{_refusal(cls.__name__)}.")
+        if cls.__name__ in AUTOENCODER_FAMILIES:
+            return AUTOENCODER_FAMILIES[cls.__name__]
+    supported = ", ".join(AUTOENCODER_FAMILIES)
+    raise TypeError(f"LatentCodec supports {supported}; got {type(autoencoder).__name__}")
 
 
 def _pair(resolution: int | tuple[int, int]) -> tuple[int, int]:
@@ -69,63 +454,88 @@ def _pair(resolution: int | tuple[int, int]) -> tuple[int, int]:
     return int(height), int(width)
 
 
+def _patchify(latents: torch.Tensor, p: int) -> torch.Tensor:
+    """``(N, C, h, w)`` -> ``(N, C * p * p, h / p, w / p)``, channel ``c * p * p + i * p + j``
+    holding pixel ``(i, j)`` of each patch (``Flux2Pipeline._patchify_latents``)."""
+    if p == 1:
+        return latents
+    n, c, h, w = latents.shape
+    latents = latents.view(n, c, h // p, p, w // p, p).permute(0, 1, 3, 5, 2, 4)
+    return latents.reshape(n, c * p * p, h // p, w // p)
+
+
+def _unpatchify(latents: torch.Tensor, p: int) -> torch.Tensor:
+    """The inverse of ``_patchify`` (``Flux2Pipeline._unpatchify_latents``)."""
+    if p == 1:
+        return latents
+    n, c, h, w = latents.shape
+    latents = latents.reshape(n, c // (p * p), p, p, h, w).permute(0, 1, 4, 2, 5, 3)
+    return latents.reshape(n, c // (p * p), h * p, w * p)
+
+
 class LatentCodec(torch.nn.Module):
-    """A frozen ``AutoencoderKL`` or ``AutoencoderTiny``: images <-> model-space latents.
+    """A frozen diffusers image autoencoder: images <-> model-space latents.
 
     The autoencoder is registered as the submodule ``autoencoder``, its parameters are frozen
     (``requires_grad=False``) and it stays in eval mode whatever ``train()`` is called with.
     Moving the codec (``.to(device, dtype)``) moves the autoencoder; inputs are cast to the
     autoencoder's device and dtype, outputs are float32 on that device.
 
+    Attributes:
+        family: the ``AutoencoderFamily`` of the autoencoder's class.
+        scaling_factor, shift_factor: the config's scalar factors (1 and 0 where it has none).
+        latents_mean, latents_std: ``(C,)`` float32 per-channel statistics of model-space
+            channels (config or batch-norm statistics), or ``None``.
+        latent_patch_size: the side of the latent patches folded into channels (1 but for
+            ``AutoencoderKLFlux2``).
+        latent_channels, downsample_factor: of the model-space latents ``(C, H / f, W / f)``.
+        in_channels, out_channels: of the images.
+
     Args:
-        autoencoder: a diffusers ``AutoencoderKL`` (SD, SDXL, SD3, FLUX VAEs) or
-            ``AutoencoderTiny`` (TAESD family).
+        autoencoder: an instance of one of ``SUPPORTED_AUTOENCODERS`` (``AutoencoderKL``, the
+            SD / SDXL / SD3 / FLUX.1 VAEs; ``AutoencoderTiny``, TAESD; ``AutoencoderDC``, SANA;
+            ``AutoencoderKLFlux2``; ``AutoencoderKLQwenImage``; ``AutoencoderKLWan``;
+            ``AutoencoderKLHunyuanImage`` and its refiner's; ``AsymmetricAutoencoderKL``;
+            ``AutoencoderKLKVAE``; ``VQModel``) or of a subclass.
 
     Raises:
-        TypeError: if ``autoencoder`` is of any other class.
-        ValueError: if its config has per-channel ``latents_mean`` / ``latents_std`` (not
-            supported), a non-positive ``scaling_factor``, or (Tiny) encoder and decoder
-            resolutions that do not match.
+        TypeError: if ``autoencoder`` is of no known diffusers autoencoder class.
+        ValueError: if it is a diffusers autoencoder that cannot be supported (the message gives
+            the reason), or its config is inconsistent (e.g. a non-positive ``scaling_factor``,
+            statistics of the wrong length, encoder and decoder resolutions that do not match).
     """
 
-    def __init__(self, autoencoder: AutoencoderKL | AutoencoderTiny) -> None:
+    def __init__(self, autoencoder) -> None:
         super().__init__()
-        if not isinstance(autoencoder, SUPPORTED_AUTOENCODERS):
-            supported = ", ".join(cls.__name__ for cls in SUPPORTED_AUTOENCODERS)
-            raise TypeError(f"LatentCodec supports {supported}; got {type(autoencoder).__name__}")
+        self.family = _family_of(autoencoder)
+        class_name = self.family.class_name
         config = autoencoder.config
-        if getattr(config, "latents_mean", None) is not None or (
-            getattr(config, "latents_std", None) is not None
-        ):
-            raise ValueError(
-                "autoencoders with per-channel latents_mean/latents_std in their config are not "
-                "supported; only scalar scaling_factor and shift_factor are"
-            )
-        self.scaling_factor = float(config.scaling_factor)
-        if not self.scaling_factor > 0:
-            raise ValueError(f"scaling_factor must be positive, got {self.scaling_factor}")
-        shift = getattr(config, "shift_factor", None)
-        self.shift_factor = 0.0 if shift is None else float(shift)
-        self.latent_channels = int(config.latent_channels)
-        self.in_channels = int(config.in_channels)
-        self.out_channels = int(config.out_channels)
+        geometry = self.family.geometry(config)
+        self.latent_patch_size = p = self.family.latent_patch(config)
+        self.latent_channels = int(geometry.latent_channels) * p * p
+        self.downsample_factor = int(geometry.downsample_factor) * p
+        self.in_channels = int(geometry.image_channels)
+        self.out_channels = int(geometry.out_channels)
 
-        if isinstance(autoencoder, AutoencoderKL):
-            # Every encoder block but the last halves the resolution (diffusers' vae_scale_factor).
-            self.downsample_factor = 2 ** (len(config.block_out_channels) - 1)
-        else:
-            # EncoderTiny: a stride-2 conv opens every block but the first. DecoderTiny: an
-            # upsample by `upsampling_scaling_factor` closes every block but the last.
-            # (AutoencoderTiny.spatial_scale_factor is 2 ** out_channels, not the resolution.)
-            self.downsample_factor = 2 ** (len(config.encoder_block_out_channels) - 1)
-            upsample = config.upsampling_scaling_factor ** (
-                len(config.decoder_block_out_channels) - 1
+        norm = _config_normalisation(class_name, config, geometry.latent_channels)
+        mean, std = norm.latents_mean, norm.latents_std
+        if self.family.batch_norm_stats:
+            bn = autoencoder.bn
+            mean, std = _statistics(
+                class_name,
+                "bn.running",
+                bn.running_mean,
+                torch.sqrt(bn.running_var.float() + config.batch_norm_eps),
+                self.latent_channels,
             )
-            if upsample != self.downsample_factor:
-                raise ValueError(
-                    f"AutoencoderTiny encoder downsamples by {self.downsample_factor} but its "
-                    f"decoder upsamples by {upsample}"
-                )
+        self.scaling_factor = norm.scaling_factor
+        self.shift_factor = norm.shift_factor
+        self.latents_mean, self.latents_std = mean, std
+        # model = (raw - offset) * scale, per model-space channel.
+        mean = torch.zeros(self.latent_channels) if mean is None else mean
+        std = torch.ones(self.latent_channels) if std is None else std
+        self._offset = (mean + self.shift_factor * std).view(1, -1, 1, 1)
+        self._scale = (self.scaling_factor / std).view(1, -1, 1, 1)
 
         autoencoder.requires_grad_(False)
         autoencoder.eval()
@@ -156,6 +566,11 @@ class LatentCodec(torch.nn.Module):
     def device(self) -> torch.device:
         """The autoencoder's device (where inputs are moved to)."""
         return self.autoencoder.device
+
+    @property
+    def has_posterior(self) -> bool:
+        """Whether the encoder gives a posterior (``encode_distribution`` returns a logvar)."""
+        return self.family.encoder_output == "latent_dist"
 
     # -- shapes ---------------------------------------------------------------------------------
 
@@ -189,10 +604,16 @@ class LatentCodec(torch.nn.Module):
                 f"got {tuple(latents.shape)}"
             )
 
-    # -- encode / decode -------------------------------------------------------------------------
+    def _from_frames(self, tensor: torch.Tensor) -> torch.Tensor:
+        if not self.family.frames:
+            return tensor
+        if tensor.ndim != 5 or tensor.shape[2] != 1:
+            raise RuntimeError(
+                f"{self.family.class_name} returned {tuple(tensor.shape)} for a single frame"
+            )
+        return tensor[:, :, 0]
 
-    def _to_model_space(self, raw: torch.Tensor) -> torch.Tensor:
-        return ((raw.float() - self.shift_factor) * self.scaling_factor).contiguous()
+    # -- encode / decode -------------------------------------------------------------------------
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -203,8 +624,9 @@ class LatentCodec(torch.nn.Module):
                 ``downsample_factor``.
 
         Returns:
-            ``(N, C, H / f, W / f)`` float32: ``(mean - shift_factor) * scaling_factor`` with the
-            posterior mean (``AutoencoderKL``) or ``latents`` (``AutoencoderTiny``).
+            ``(N, C, H / f, W / f)`` float32: the normalised posterior mean (``latent_dist``
+            families) or deterministic latent (``AutoencoderTiny``, ``AutoencoderDC``,
+            ``VQModel``; before quantisation), as in the module docstring.
         """
         return self.encode_distribution(images)[0]
 
@@ -217,17 +639,27 @@ class LatentCodec(torch.nn.Module):
 
         Returns:
             ``mean``: ``(N, C, h, w)`` float32, as ``encode``. ``logvar``: ``(N, C, h, w)``
-            float32 log-variance of the scaled posterior, ``logvar + 2 * log(scaling_factor)``
-            (diffusers clamps the raw logvar to ``[-30, 20]``); ``None`` for ``AutoencoderTiny``,
-            whose encoder is deterministic.
+            float32 log-variance of the normalised posterior, ``patchify(logvar) + 2 * log(s)``
+            with ``s = scaling_factor / latents_std`` per channel (diffusers clamps the raw
+            logvar to ``[-30, 20]``); ``None`` where ``has_posterior`` is false (the encoder is
+            deterministic).
         """
         self._check_images(images)
         x = images.to(device=self.device, dtype=self.dtype)
-        if isinstance(self.autoencoder, AutoencoderTiny):
-            return self._to_model_space(self.autoencoder.encode(x).latents), None
-        posterior = self.autoencoder.encode(x).latent_dist
-        logvar = posterior.logvar.float() + 2.0 * math.log(self.scaling_factor)
-        return self._to_model_space(posterior.mean), logvar.contiguous()
+        if self.family.frames:
+            x = x.unsqueeze(2)
+        output = self.autoencoder.encode(x)
+        p = self.latent_patch_size
+        scale = self._scale.to(x.device)
+        if self.has_posterior:
+            posterior = output.latent_dist
+            raw, logvar = posterior.mean, posterior.logvar
+            logvar = _patchify(self._from_frames(logvar).float(), p) + 2.0 * torch.log(scale)
+            logvar = logvar.contiguous()
+        else:
+            raw, logvar = getattr(output, self.family.encoder_output), None
+        raw = _patchify(self._from_frames(raw).float(), p)
+        return ((raw - self._offset.to(x.device)) * scale).contiguous(), logvar
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Decode model-space latents to images; differentiable with respect to ``latents``.
@@ -236,13 +668,18 @@ class LatentCodec(torch.nn.Module):
             latents: ``(N, C, h, w)`` model-space latents (any float dtype).
 
         Returns:
-            ``(N, 3, h * f, w * f)`` float32, nominally in ``[-1, 1]``. This is the raw decoder
-            output, not clamped (as in diffusers); clamp or ``postprocess`` for display.
+            ``(N, 3, h * f, w * f)`` float32, nominally in ``[-1, 1]``. This is the autoencoder's
+            own decoder output, not clamped here (as in diffusers; the Qwen-Image and Wan
+            decoders clamp it themselves, and a ``VQModel`` quantises the latents first, as its
+            ``decode`` does); clamp or ``postprocess`` for display.
         """
         self._check_latents(latents)
-        raw = latents / self.scaling_factor + self.shift_factor
+        raw = latents / self._scale.to(latents.device) + self._offset.to(latents.device)
+        raw = _unpatchify(raw, self.latent_patch_size)
         raw = raw.to(device=self.device, dtype=self.dtype)
-        return self.autoencoder.decode(raw).sample.float()
+        if self.family.frames:
+            raw = raw.unsqueeze(2)
+        return self._from_frames(self.autoencoder.decode(raw).sample).float()
 
     # -- image I/O ---------------------------------------------------------------------------------
 

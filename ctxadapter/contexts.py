@@ -91,7 +91,9 @@ def parse_context(
         raise _invalid(context, concepts, f"{OBSERVATIONAL!r} cannot be combined with concepts")
     unknown = [name for name in names if name not in concepts]
     if unknown:
-        raise _invalid(context, concepts, f"unknown concept {unknown[0]!r}")
+        near = [c for c in [*concepts, OBSERVATIONAL] if c.casefold() == unknown[0].casefold()]
+        hint = f" (it differs only by case from {near[0]!r})" if near else ""
+        raise _invalid(context, concepts, f"unknown concept {unknown[0]!r}{hint}")
     if len(set(names)) != len(names) and not lenient:
         duplicate = next(name for name in names if names.count(name) > 1)
         raise _invalid(context, concepts, f"concept {duplicate!r} appears twice")

@@ -27,12 +27,14 @@ from torch import Tensor
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
+    "HIGH_BIT_DEPTH_MODES",
     "compute_dtype",
     "prepare_images",
     "preprocess_images",
     "signed_to_uint8",
     "signed_to_unit",
     "to_float",
+    "to_rgb",
     "unit_to_uint8",
 ]
 
@@ -93,6 +95,23 @@ def _processor() -> VaeImageProcessor:
     return VaeImageProcessor(vae_scale_factor=1, vae_latent_channels=0, do_convert_rgb=True)
 
 
+HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+"""PIL modes of 16-bit (and 32-bit integer) greyscale images, such as 16-bit PNGs."""
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """An 8-bit RGB copy of a PIL image of any mode.
+
+    16-bit greyscale images (the modes in ``HIGH_BIT_DEPTH_MODES``, as 16-bit PNGs load) are
+    scaled from ``[0, 65535]`` to ``[0, 255]`` first: PIL's own ``convert("RGB")`` clips them,
+    which turns most of such an image white. Palette and alpha images are converted by PIL
+    (alpha dropped)."""
+    if image.mode in HIGH_BIT_DEPTH_MODES:
+        values = np.asarray(image, dtype=np.float64) / 65535.0 * 255.0
+        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+    return image.convert("RGB")
+
+
 def preprocess_images(
     images: PipelineImageInput,
     resolution: int | tuple[int, int],
@@ -102,7 +121,8 @@ def preprocess_images(
 ) -> Tensor:
     """Images -> one batch ``(N, 3, H, W)`` at ``resolution``, as the training data is prepared.
 
-    PIL images are converted to RGB first, then resized with diffusers' ``VaeImageProcessor``:
+    PIL images are converted to 8-bit RGB first (``to_rgb``: 16-bit images are scaled, not
+    clipped), then resized with diffusers' ``VaeImageProcessor``:
     by default (``resize_mode="crop"``) the shorter side is scaled to fit and the rest is
     centre-cropped. Numpy arrays ``(N, H, W, 3)`` and tensors ``(N, 3, H, W)`` in ``[0, 1]``
     are resized as diffusers does (``"crop"`` and ``"fill"`` are for PIL images only).
@@ -127,7 +147,7 @@ def preprocess_images(
     elif not isinstance(images, (np.ndarray, Tensor)):
         images = list(images)  # e.g. a column of a datasets.Dataset
     if isinstance(images, list) and images and isinstance(images[0], Image.Image):
-        images = [image.convert("RGB") for image in images]
+        images = [to_rgb(image) for image in images]
     pixels = (
         _processor()
         .preprocess(images, height=int(height), width=int(width), resize_mode=resize_mode)

@@ -9,20 +9,33 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
 
 import diffusers
+import numpy as np
 import safetensors.torch
 import torch
 from huggingface_hub import HfApi, hf_hub_download
+from PIL import Image
 from torch import nn
 
 from .adapter import CtxAdapter
+from .card import is_hub_id
 from .codec import LatentCodec, load_autoencoder
+from .images import to_rgb
 from .objective import Objective
+
+DECODE_BATCH_SIZE = 64
+"""Latents decoded at once by ``generate``, ``reconstruct`` and ``counterfactual`` (each takes
+``decode_batch_size=`` to change it)."""
+
+BASE_HUB_KWARGS = ("cache_dir", "token", "local_files_only", "force_download", "proxies")
+"""Keyword arguments of ``ContextAutoencoder.from_pretrained`` passed on to the base
+autoencoder's ``from_pretrained`` as well as to the adapter's."""
 
 DECODER_LORA_NAME = "decoder_lora.safetensors"
 DECODER_LORA_TARGETS = [
@@ -86,10 +99,15 @@ class ContextAutoencoder(nn.Module):
         autoencoder: ``AutoencoderKL`` or ``AutoencoderTiny``; frozen and kept in eval mode.
         adapter: the context module; its ``latent_shape`` must be a latent of this autoencoder.
 
-    Images given to ``reconstruct`` and ``counterfactual`` may be anything diffusers'
-    ``VaeImageProcessor`` takes (PIL images, arrays or tensors in ``[0, 1]``, tensors in
-    ``[-1, 1]``) at the adapter's resolution. Images returned are ``(N, 3, H, W)`` floats in
-    ``[0, 1]`` by default, a list of PIL images with ``output_type="pil"``, as in diffusers.
+    Images given to ``reconstruct`` and ``counterfactual`` are PIL images (any mode; 16-bit
+    ones are scaled, not clipped), ``uint8`` tensors or arrays in ``[0, 255]``, or float
+    tensors ``(N, 3, H, W)`` in ``[0, 1]`` (or ``[-1, 1]``, as diffusers reads them), at the
+    adapter's resolution. Images returned are ``(N, 3, H, W)`` floats in ``[0, 1]`` by default,
+    a list of PIL images with ``output_type="pil"``, as in diffusers.
+
+    A context argument is one context for the whole batch (``"obs"``, ``"quad1"``, a
+    composition ``"quad1+size"`` or a tuple of names) or a *list* with one context per sample,
+    in every method alike (the diffusers habit for prompts).
     Generation and editing use the modules' current mode: call ``.eval()`` after training
     (``from_pretrained`` returns an eval-mode model).
     """
@@ -148,51 +166,134 @@ class ContextAutoencoder(nn.Module):
         return self(contexts, **kwargs)
 
     # ------------------------------------------------------------------ using a trained adapter
+    def _pixels(self, images) -> torch.Tensor:
+        """Images at the adapter's resolution -> ``(N, 3, H, W)`` float32 in ``[-1, 1]``."""
+        if isinstance(images, Image.Image):
+            images = [images]
+        if isinstance(images, (list, tuple)):
+            if not images:
+                raise ValueError("Got no images: pass at least one.")
+            images = [to_rgb(i) if isinstance(i, Image.Image) else i for i in images]
+        elif isinstance(images, np.ndarray):  # (N, H, W, 3), as diffusers reads arrays
+            if images.ndim != 4 or images.shape[0] == 0:
+                raise ValueError(
+                    f"Expected an array of images (N, H, W, 3) with N >= 1, got shape "
+                    f"{images.shape}."
+                )
+            if images.dtype == np.uint8:  # [0, 255]
+                images = images.astype(np.float32) / 255
+        elif isinstance(images, torch.Tensor):
+            if images.ndim != 4 or images.shape[0] == 0:
+                raise ValueError(
+                    f"Expected a batch of images (N, 3, H, W) with N >= 1, got shape "
+                    f"{tuple(images.shape)}."
+                )
+            if images.dtype == torch.uint8:  # [0, 255]
+                images = images.float() / 255
+            elif not images.is_floating_point():
+                raise TypeError(f"Images must be uint8 or floats, got {images.dtype}.")
+            lo, hi = float(images.min()), float(images.max())
+            if lo < -1 - 1e-3 or hi > 1 + 1e-3:
+                raise ValueError(
+                    f"Float images must be in [0, 1] (or [-1, 1]); got values in "
+                    f"[{lo:.3g}, {hi:.3g}]. uint8 images are read in [0, 255]."
+                )
+            self._check_resolution(images)
+            images = images.float().cpu()
+        return self.codec.preprocess(images, *self.resolution)
+
     def _encode(self, images) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images at the adapter's resolution -> their latents and posterior mean noise."""
-        self._check_resolution(images)
-        latents = self.codec.encode(self.codec.preprocess(images, *self.resolution))
+        """Images at the adapter's resolution -> their latents and posterior mean noise, in the
+        adapter's dtype."""
+        latents = self.codec.encode(self._pixels(images)).to(self.device, self.dtype)
         return latents, self.adapter.posterior(latents)[0]
 
-    def _check_resolution(self, images) -> None:
-        if isinstance(images, torch.Tensor) and images.ndim == 4:
-            if tuple(images.shape[-2:]) != self.resolution:
+    def _check_resolution(self, images: torch.Tensor) -> None:
+        if tuple(images.shape[-2:]) != self.resolution:
+            raise ValueError(
+                f"Images of size {tuple(images.shape[-2:])} given, but this adapter works at "
+                f"{self.resolution} (latent_shape {tuple(self.adapter.latent_shape)} times "
+                f"the downsampling factor {self.codec.downsample_factor})."
+            )
+
+    def _decode(self, latents: torch.Tensor, output_type: str, decode_batch_size: int) -> Any:
+        """Model-space latents -> images in ``output_type``, ``decode_batch_size`` at a time;
+        an fp16 autoencoder whose config says ``force_upcast`` decodes in float32, as diffusers
+        pipelines do. ``output_type="latent"`` returns the latents themselves."""
+        if output_type == "latent":
+            return latents
+        if output_type not in ("pt", "pil", "np"):
+            raise ValueError(
+                f"output_type must be 'pt', 'pil', 'np' or 'latent', got {output_type!r}"
+            )
+        if decode_batch_size < 1:
+            raise ValueError(f"decode_batch_size must be >= 1, got {decode_batch_size}")
+        vae = self.codec.autoencoder
+        upcast = self.codec.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+        if upcast:
+            vae.float()
+        try:
+            images = torch.cat(
+                [self.codec.decode(chunk) for chunk in latents.split(decode_batch_size)]
+            )
+        finally:
+            if upcast:
+                vae.half()
+        return self.codec.postprocess(images, output_type)
+
+    def _noise(self, num_samples: int, generator) -> torch.Tensor:
+        """Prior noise for ``num_samples`` samples: from one generator, or one per sample."""
+        if not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+        if isinstance(generator, list):
+            if len(generator) != num_samples:
                 raise ValueError(
-                    f"Images of size {tuple(images.shape[-2:])} given, but this adapter works at "
-                    f"{self.resolution} (latent_shape {tuple(self.adapter.latent_shape)} times "
-                    f"the downsampling factor {self.codec.downsample_factor})."
+                    f"Got {len(generator)} generators for {num_samples} samples: pass one "
+                    f"generator, or one per sample."
                 )
+            return torch.cat([self.adapter.sample_noise(1, generator=g) for g in generator])
+        return self.adapter.sample_noise(num_samples, generator=generator)
 
     @torch.no_grad()
     def generate(
         self,
         context,
         num_samples: int = 1,
-        generator: torch.Generator | None = None,
-        output_type: Literal["pt", "pil", "np"] = "pt",
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: Literal["pt", "pil", "np", "latent"] = "pt",
+        decode_batch_size: int = DECODE_BATCH_SIZE,
     ) -> Any:
-        """Sample images under one context: ``z ~ N(0, I)``, the layers under ``context``, the
-        latent head, the frozen decoder.
+        """Sample images: ``z ~ N(0, I)``, the layers under ``context``, the latent head, the
+        frozen decoder.
 
         Args:
-            context: ``"obs"``, a concept, or a composition (``"quad1+size"``, a tuple of names).
+            context: one context for every sample (``"obs"``, a concept, a composition
+                ``"quad1+size"`` or a tuple of names), or a list with one context per sample.
             num_samples: ``N``.
-            generator: a ``torch.Generator`` for reproducible noise.
-            output_type: ``"pt"`` (``(N, 3, H, W)`` in ``[0, 1]``), ``"np"`` or ``"pil"``.
+            generator: a ``torch.Generator`` for reproducible noise, or a list of ``N`` (sample
+                ``n`` then depends on generator ``n`` only, as in diffusers pipelines).
+            output_type: ``"pt"`` (``(N, 3, H, W)`` in ``[0, 1]``), ``"np"``, ``"pil"``, or
+                ``"latent"`` (the model-space latents ``(N, C, h, w)``, not decoded).
+            decode_batch_size: latents decoded at once (bounds the decoder's memory).
         """
-        if isinstance(context, list):
-            context = tuple(context)
-        z = self.adapter.sample_noise(num_samples, generator=generator)
+        z = self._noise(num_samples, generator)
         latents = self.adapter.latents_from_noise(z, context)
-        return self.codec.postprocess(self.codec.decode(latents), output_type)
+        return self._decode(latents, output_type, decode_batch_size)
 
     @torch.no_grad()
-    def reconstruct(self, images, contexts, output_type: Literal["pt", "pil", "np"] = "pt") -> Any:
+    def reconstruct(
+        self,
+        images,
+        contexts,
+        output_type: Literal["pt", "pil", "np", "latent"] = "pt",
+        decode_batch_size: int = DECODE_BATCH_SIZE,
+    ) -> Any:
         """Encode ``images``, take the posterior mean of the noise and decode it under
-        ``contexts`` (one for all, or one per image)."""
+        ``contexts`` (one for all, or a list with one per image)."""
         _, mean = self._encode(images)
-        decoded = self.codec.decode(self.adapter.latents_from_noise(mean, contexts))
-        return self.codec.postprocess(decoded, output_type)
+        return self._decode(
+            self.adapter.latents_from_noise(mean, contexts), output_type, decode_batch_size
+        )
 
     @torch.no_grad()
     def counterfactual(
@@ -201,34 +302,33 @@ class ContextAutoencoder(nn.Module):
         context,
         source_context="obs",
         mode: Literal["residual", "decode"] = "residual",
-        output_type: Literal["pt", "pil", "np"] = "pt",
+        output_type: Literal["pt", "pil", "np", "latent"] = "pt",
+        decode_batch_size: int = DECODE_BATCH_SIZE,
     ) -> Any:
         """Counterfactual edit: the same noise (the posterior mean of each image), another
         context.
 
         Args:
             images: the images to edit (see the class docstring).
-            context: the new context, one for all images (a list or tuple of names is one
-                composition).
-            source_context: the context the images come from (``"obs"`` for ordinary images).
+            context: the new context: one for all images (a composition is ``"a+b"`` or a
+                tuple of names), or a list with one per image.
+            source_context: the context the images come from (``"obs"`` for ordinary images);
+                one for all, or a list with one per image.
             mode: ``"residual"`` (default) adds to each image's own latent ``e`` only the change
                 that the new context makes, ``e + head(c_new) - head(c_source)``, so that the
                 edit keeps what the adapter does not model and an edit under ``source_context``
                 is the autoencoder's own reconstruction; ``"decode"`` decodes ``head(c_new)``
                 alone (the paper's edit: the reconstruction under the new context).
-            output_type: ``"pt"``, ``"np"`` or ``"pil"``.
+            output_type: ``"pt"``, ``"np"``, ``"pil"`` or ``"latent"``.
+            decode_batch_size: latents decoded at once.
         """
         if mode not in ("residual", "decode"):
             raise ValueError(f"mode must be 'residual' or 'decode', got {mode!r}")
-        if isinstance(context, list):
-            context = tuple(context)
-        if isinstance(source_context, list):
-            source_context = tuple(source_context)
         latents, mean = self._encode(images)
         edited = self.adapter.latents_from_noise(mean, context)
         if mode == "residual":
             edited = latents + edited - self.adapter.latents_from_noise(mean, source_context)
-        return self.codec.postprocess(self.codec.decode(edited), output_type)
+        return self._decode(edited, output_type, decode_batch_size)
 
     # ------------------------------------------------------------------ saving and loading
     # ------------------------------------------------------------------ decoder LoRA
@@ -285,13 +385,53 @@ class ContextAutoencoder(nn.Module):
         token: str | None = None,
         private: bool | None = None,
         commit_message: str = "Upload ctxadapter adapter",
+        base_model_id: str | None = None,
+        extra_files: Sequence[str | os.PathLike] = (),
+        model_card_kwargs: dict | None = None,
     ) -> str:
         """Save the adapter folder and upload it to the Hub repository ``repo_id`` (created if
-        needed) in one commit. Returns the commit's URL."""
+        needed) in one commit. Returns the commit's URL.
+
+        Args:
+            repo_id: the Hub repository.
+            token, private, commit_message: as for ``huggingface_hub``'s uploads.
+            base_model_id: the Hub id of the base autoencoder. Required when the adapter
+                records a local folder as its base (an adapter that names a folder of this
+                machine would load nowhere else); it is then recorded in the config.
+            extra_files: files uploaded beside the adapter, such as its sample pictures.
+            model_card_kwargs: arguments of ``ctxadapter.card.model_card`` (the card's usage
+                snippet names ``repo_id``).
+
+        Raises:
+            ValueError: for a local base without ``base_model_id``, before anything is sent.
+        """
+        base = self.adapter.config["base_model"]
+        if base_model_id:
+            if not is_hub_id(base_model_id):
+                raise ValueError(
+                    f"base_model_id must be a Hub repository id 'org/name', got {base_model_id!r}"
+                )
+            self.adapter.config["base_model"] = {
+                **(base or {}),
+                "pretrained_model_name_or_path": base_model_id,
+            }
+        elif base and not is_hub_id(base["pretrained_model_name_or_path"]):
+            raise ValueError(
+                f"This adapter's base autoencoder is the local folder "
+                f"{base['pretrained_model_name_or_path']!r}, which does not exist on the Hub: "
+                f"the pushed adapter would load nowhere else. Upload the autoencoder and pass "
+                f"its Hub id with base_model_id= (--hub_base_model_id in finetune.py)."
+            )
+        missing = [str(f) for f in extra_files if not os.path.isfile(f)]
+        if missing:
+            raise FileNotFoundError(f"extra_files not found: {missing}")
         api = HfApi(token=token)
         repo_id = api.create_repo(repo_id=repo_id, private=private, exist_ok=True).repo_id
         with tempfile.TemporaryDirectory() as folder:
-            self.save_pretrained(folder)
+            card = {"repo_id": repo_id} | (model_card_kwargs or {})
+            self.save_pretrained(folder, model_card_kwargs=card)
+            for file in extra_files:
+                shutil.copy(file, folder)
             return api.upload_folder(
                 repo_id=repo_id, folder_path=folder, commit_message=commit_message
             )
@@ -311,7 +451,8 @@ class ContextAutoencoder(nn.Module):
             autoencoder: an already-loaded autoencoder to use instead of the recorded one.
             torch_dtype: dtype to load the base autoencoder in (the adapter stays float32).
             hub_kwargs: ``revision``, ``token``, ``cache_dir``, ``local_files_only``... for the
-                adapter.
+                adapter; all but ``revision`` go to the base autoencoder too (whose revision
+                is the one the adapter records).
         """
         adapter = CtxAdapter.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
         if autoencoder is None:
@@ -327,6 +468,7 @@ class ContextAutoencoder(nn.Module):
                     revision=base.get("revision"),
                     subfolder=base.get("subfolder"),
                     torch_dtype=torch_dtype,
+                    **{k: v for k, v in hub_kwargs.items() if k in BASE_HUB_KWARGS},
                 )
             except OSError as error:
                 raise OSError(

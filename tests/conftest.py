@@ -9,7 +9,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, AutoencoderTiny
+from diffusers import (
+    AsymmetricAutoencoderKL,
+    AutoencoderDC,
+    AutoencoderKL,
+    AutoencoderKLFlux2,
+    AutoencoderKLHunyuanImage,
+    AutoencoderKLHunyuanImageRefiner,
+    AutoencoderKLKVAE,
+    AutoencoderKLQwenImage,
+    AutoencoderKLWan,
+    AutoencoderTiny,
+    VQModel,
+)
 
 _KL_BLOCKS = {
     "down_block_types": ("DownEncoderBlock2D",) * 4,
@@ -72,6 +84,187 @@ def tiny_taesd_path(tmp_path_factory: pytest.TempPathFactory) -> str:
         latent_channels=4,
     )
     return _save(vae, tmp_path_factory, "tiny_taesd")
+
+
+# Per-channel latent statistics for the 4-channel tiny Qwen-Image / Wan / SDXL-style configs.
+_LATENTS_MEAN = [0.3, -0.7, 0.1, 1.2]
+_LATENTS_STD = [1.5, 0.4, 2.2, 0.9]
+
+
+@pytest.fixture(scope="session")
+def tiny_kl_stats_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Playground-v2.5-like ``AutoencoderKL``: 8x, 4 channels, per-channel ``latents_mean`` /
+    ``latents_std`` and a scaling factor (the SDXL pipelines' ``(raw - mean) * s / std``)."""
+    torch.manual_seed(3)
+    vae = AutoencoderKL(
+        **_KL_BLOCKS,
+        latent_channels=4,
+        scaling_factor=0.5,
+        latents_mean=_LATENTS_MEAN,
+        latents_std=_LATENTS_STD,
+    )
+    return _save(vae, tmp_path_factory, "tiny_kl_stats")
+
+
+@pytest.fixture(scope="session")
+def tiny_dc_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """SANA-like ``AutoencoderDC``: 8x (four stages), 8 latent channels, ResBlocks then
+    EfficientViT blocks, scaling 0.41407."""
+    torch.manual_seed(4)
+    blocks = ("ResBlock", "ResBlock", "EfficientViTBlock", "EfficientViTBlock")
+    vae = AutoencoderDC(
+        latent_channels=8,
+        attention_head_dim=8,
+        encoder_block_types=blocks,
+        decoder_block_types=blocks,
+        encoder_block_out_channels=(8, 16, 16, 16),
+        decoder_block_out_channels=(8, 16, 16, 16),
+        encoder_layers_per_block=(1, 1, 1, 1),
+        decoder_layers_per_block=(1, 1, 1, 1),
+        encoder_qkv_multiscales=((), (), (5,), (5,)),
+        decoder_qkv_multiscales=((), (), (5,), (5,)),
+        scaling_factor=0.41407,
+    )
+    return _save(vae, tmp_path_factory, "tiny_dc")
+
+
+@pytest.fixture(scope="session")
+def tiny_flux2_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """FLUX.2-like ``AutoencoderKLFlux2``: 8x, 4 raw latent channels, 2 x 2 patches (16
+    model-space channels at 16x), latent batch-norm statistics set away from 0 / 1."""
+    torch.manual_seed(5)
+    vae = AutoencoderKLFlux2(
+        block_out_channels=(8, 16, 16, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=32,
+    )
+    generator = torch.Generator().manual_seed(5)
+    vae.bn.running_mean.copy_(torch.randn(16, generator=generator))
+    vae.bn.running_var.copy_(torch.rand(16, generator=generator) * 3 + 0.2)
+    return _save(vae, tmp_path_factory, "tiny_flux2")
+
+
+_WAN_LIKE = {
+    "base_dim": 8,
+    "z_dim": 4,
+    "dim_mult": [1, 2, 2, 2],
+    "num_res_blocks": 1,
+    "temperal_downsample": [False, True, True],
+    "latents_mean": _LATENTS_MEAN,
+    "latents_std": _LATENTS_STD,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_qwenimage_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Qwen-Image-like ``AutoencoderKLQwenImage`` (a causal video VAE): 8x, 4 channels,
+    per-channel statistics."""
+    torch.manual_seed(6)
+    return _save(AutoencoderKLQwenImage(**_WAN_LIKE), tmp_path_factory, "tiny_qwenimage")
+
+
+@pytest.fixture(scope="session")
+def tiny_wan_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Wan-2.1-like ``AutoencoderKLWan``: 8x, 4 channels, per-channel statistics."""
+    torch.manual_seed(7)
+    return _save(AutoencoderKLWan(**_WAN_LIKE), tmp_path_factory, "tiny_wan")
+
+
+@pytest.fixture(scope="session")
+def tiny_wan22_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Wan-2.2-like ``AutoencoderKLWan``: residual blocks, 2 x 2 pixel patches folded into 12
+    input channels, 16x, 4 channels."""
+    torch.manual_seed(8)
+    vae = AutoencoderKLWan(
+        **_WAN_LIKE,
+        decoder_base_dim=16,
+        is_residual=True,
+        in_channels=12,
+        out_channels=12,
+        patch_size=2,
+        scale_factor_spatial=16,
+    )
+    return _save(vae, tmp_path_factory, "tiny_wan22")
+
+
+@pytest.fixture(scope="session")
+def tiny_hunyuanimage_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """HunyuanImage-2.1-like ``AutoencoderKLHunyuanImage``: 8x, 8 channels, scaling 0.75289
+    (32-channel blocks: its output norm has 32 groups)."""
+    torch.manual_seed(9)
+    vae = AutoencoderKLHunyuanImage(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=8,
+        block_out_channels=(32, 32, 32, 32),
+        layers_per_block=1,
+        spatial_compression_ratio=8,
+        sample_size=32,
+        scaling_factor=0.75289,
+    )
+    return _save(vae, tmp_path_factory, "tiny_hunyuanimage")
+
+
+@pytest.fixture(scope="session")
+def tiny_hunyuanimage_refiner_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """HunyuanImage-2.1-refiner-like ``AutoencoderKLHunyuanImageRefiner`` (a causal video VAE):
+    8x, 8 channels, scaling 1.03682."""
+    torch.manual_seed(10)
+    vae = AutoencoderKLHunyuanImageRefiner(
+        latent_channels=8,
+        block_out_channels=(16, 16, 16, 16),
+        layers_per_block=1,
+        spatial_compression_ratio=8,
+        temporal_compression_ratio=4,
+        scaling_factor=1.03682,
+    )
+    return _save(vae, tmp_path_factory, "tiny_hunyuanimage_refiner")
+
+
+@pytest.fixture(scope="session")
+def tiny_asymmetric_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """``AsymmetricAutoencoderKL``: 8x, 4 channels, a wider decoder, scaling 0.18215."""
+    torch.manual_seed(11)
+    vae = AsymmetricAutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        down_block_out_channels=(8, 16, 16, 16),
+        up_block_out_channels=(16, 16, 32, 32),
+        layers_per_down_block=1,
+        layers_per_up_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+    )
+    return _save(vae, tmp_path_factory, "tiny_asymmetric")
+
+
+@pytest.fixture(scope="session")
+def tiny_kvae_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """``AutoencoderKLKVAE``: 8x, 4 channels, no normalisation (32-channel blocks: its norms
+    have 32 groups)."""
+    torch.manual_seed(12)
+    vae = AutoencoderKLKVAE(
+        channels=32, num_enc_blocks=1, num_dec_blocks=1, z_channels=4, ch_mult=(1, 1, 1, 1)
+    )
+    return _save(vae, tmp_path_factory, "tiny_kvae")
+
+
+@pytest.fixture(scope="session")
+def tiny_vq_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """LDM-like ``VQModel``: 8x, 4 channels, a 32-entry codebook, scaling 0.18215."""
+    torch.manual_seed(13)
+    vae = VQModel(
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 16, 16, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        num_vq_embeddings=32,
+    )
+    return _save(vae, tmp_path_factory, "tiny_vq")
 
 
 def _make_images(

@@ -202,8 +202,11 @@ def test_generate(case):
         z = torch.randn(3, model.adapter.noise_size, generator=seeded(0))
         decoded = model.codec.decode(model.adapter.latents_from_noise(z, "a+b"))
     assert_close(images, ((decoded + 1) / 2).clamp(0, 1), msg=name)
-    # A composition as a list of names is the same composition.
-    assert_close(model.generate(["b", "a"], num_samples=3, generator=seeded(0)), images)
+    # A composition as a tuple of names is the same composition; a list is one per sample.
+    assert_close(model.generate(("b", "a"), num_samples=3, generator=seeded(0)), images)
+    mixed = model.generate(["obs", "a+b", "a"], num_samples=3, generator=seeded(0))
+    assert_close(mixed[1], images[1])
+    assert_close(mixed[0], model.generate("obs", num_samples=3, generator=seeded(0))[0])
 
 
 def test_generate_pil(case):
@@ -482,3 +485,63 @@ def test_context_masks_reach_the_adapter(case, images):
         by_names = model.loss(["a", "b+c"], latents=latents, generator=seeded(0))
         by_mask = model.loss(mask, latents=latents, generator=seeded(0))
     assert_close(by_mask["loss"], by_names["loss"])
+
+
+# ---------------------------------------------------------------------------------- pipeline habits
+
+
+def test_a_list_of_generators_gives_one_per_sample(case):
+    _, model = case
+    model.eval()
+    together = model.generate("a", num_samples=3, generator=[seeded(5), seeded(6), seeded(7)])
+    alone = model.generate("a", num_samples=1, generator=seeded(6))
+    assert_close(together[1:2], alone)  # sample 1 depends on generator 1 only
+    with pytest.raises(ValueError, match="Got 2 generators for 3 samples"):
+        model.generate("a", num_samples=3, generator=[seeded(0), seeded(1)])
+
+
+def test_latent_output_and_chunked_decoding(case):
+    _, model = case
+    model.eval()
+    latents = model.generate("a+b", num_samples=5, generator=seeded(0), output_type="latent")
+    assert latents.shape == (5, *model.adapter.latent_shape)
+    with torch.no_grad():
+        z = torch.randn(5, model.adapter.noise_size, generator=seeded(0))
+        assert_close(latents, model.adapter.latents_from_noise(z, "a+b"))
+    whole = model.generate("a+b", num_samples=5, generator=seeded(0))
+    chunked = model.generate("a+b", num_samples=5, generator=seeded(0), decode_batch_size=2)
+    assert_close(chunked, whole, rtol=0, atol=1e-5)  # batch size changes float reductions
+    images = whole[:2]
+    edited = model.counterfactual(images, "a", output_type="latent")
+    assert edited.shape == (2, *model.adapter.latent_shape)
+    with pytest.raises(ValueError, match="output_type must be 'pt', 'pil', 'np' or 'latent'"):
+        model.generate("a", output_type="tensor")
+
+
+def test_a_list_of_contexts_is_one_per_image_in_every_method(case):
+    _, model = case
+    model.eval()
+    images = model.generate("obs", num_samples=2, generator=seeded(0))
+    edited = model.counterfactual(images, ["a", "b"])
+    assert_close(edited[0], model.counterfactual(images[:1], "a")[0], atol=1e-5, rtol=0)
+    assert_close(edited[1], model.counterfactual(images[1:], "b")[0], atol=1e-5, rtol=0)
+    composed = model.counterfactual(images, ("a", "b"))
+    assert_close(composed, model.counterfactual(images, "a+b"))
+    with pytest.raises(ValueError, match="Got 3 contexts for a batch of 2"):
+        model.reconstruct(images, ["a", "b", "obs"])
+
+
+def test_fp16_decoding_is_upcast_when_the_config_says_so(tiny_kl_path):
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(tiny_kl_path).half().float()  # fp16-exact weights
+    model = ContextAutoencoder(vae, make_adapter(vae)).eval()
+    reference = model.generate("a", num_samples=2, generator=seeded(0))  # decoded in float32
+    vae.half()
+    vae.register_to_config(force_upcast=False)
+    plain = model.generate("a", num_samples=2, generator=seeded(0))  # decoded in float16
+    vae.register_to_config(force_upcast=True)
+    upcast = model.generate("a", num_samples=2, generator=seeded(0))
+    assert vae.dtype == torch.float16  # back to fp16 after decoding
+    assert_close(upcast, reference, rtol=0, atol=1e-6)
+    assert not torch.equal(plain, reference)

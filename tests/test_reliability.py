@@ -236,3 +236,164 @@ def test_sigterm_saves_a_checkpoint_that_resumes_bit_identically(tiny, tiny_kl_p
     actual = safetensors.torch.load_file(str(output / "model.safetensors"))
     for key in expected:
         torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=0, msg=key)
+
+
+def test_a_truncated_checkpoint_is_named(tiny):
+    args = tiny()
+    finetune(args)
+    weights = Path(args.output_dir) / "checkpoint-4" / "trainable.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match="trainable.safetensors: the file is missing, corrupted"):
+        finetune(tiny(resume_from_checkpoint="checkpoint-4"))
+
+
+def _labelled(folder, contexts, image=None):
+    import datasets
+    from PIL import Image
+
+    image = image or Image.new("RGB", (32, 32))
+    features = None
+    if all(isinstance(c, str) for c in contexts):
+        features = datasets.Features(
+            {"image": datasets.Image(), "context": datasets.Value("string")}
+        )
+    rows = datasets.Dataset.from_dict(
+        {"image": [image] * len(contexts), "context": contexts}, features=features
+    )
+    datasets.DatasetDict({"train": rows}).save_to_disk(str(folder))
+    return str(folder)
+
+
+@pytest.mark.parametrize(
+    "contexts, message",
+    [
+        (["obs", "a", None, "a"] * 4, "Row 2 of the context column 'context' holds None"),
+        ([0, 1, 1, 0] * 4, "Row 0 of the context column 'context' holds 0 \\(int\\)"),
+        (["obs", "a", "A", "a"] * 4, "both 'A' and 'a', which differ only by case"),
+        (["obs", "a", "Obs", "a"] * 4, "both 'obs' and 'Obs'"),
+    ],
+)
+def test_bad_context_labels_are_named(tiny, tmp_path, contexts, message):
+    folder = _labelled(tmp_path / "data", contexts)
+    with pytest.raises(ValueError, match=message):
+        finetune(tiny(dataset_name=folder, train_batch_size=4))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_label_that_differs_from_a_concept_by_case_names_both(tiny, tmp_path):
+    folder = _labelled(tmp_path / "data", ["obs", "a", "A"] * 4)
+    with pytest.raises(ValueError, match="unknown concept 'A' \\(it differs only by case from 'a'"):
+        finetune(tiny(dataset_name=folder, concepts=["a"], train_batch_size=4))
+
+
+def test_spaces_around_labels_are_stripped(tmp_path):
+    import datasets
+
+    from ctxadapter.data import context_strings
+
+    rows = datasets.Dataset.from_dict({"context": ["a ", " a + b", "obs", " b"]})
+    assert context_strings(rows, "context") == ["a", "a+b", "obs", "b"]
+    lists = datasets.Dataset.from_dict({"context": [["a ", "b"], []]})
+    assert context_strings(lists, "context") == ["a+b", "obs"]
+
+
+def test_malformed_metadata_is_named_with_its_folder(tiny, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(3):
+        Image.new("RGB", (32, 32)).save(folder / f"{i}.png")
+    (folder / "metadata.jsonl").write_text(
+        '{"file_name": "0.png", "context": "obs"}\n{"file_name": "1.png", "context": "a"\n'
+    )
+    with pytest.raises(ValueError, match=f"--train_data_dir '{folder}' .*JSON parse error"):
+        finetune(tiny(train_data_dir=str(folder)))
+
+
+def test_a_truncated_image_is_named_with_its_row(tiny, tmp_path):
+    import io
+
+    import datasets
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(buffer, format="PNG")
+    good = buffer.getvalue()
+    values = [{"bytes": good, "path": None}] * 7 + [{"bytes": good[:60], "path": "broken.png"}]
+    rows = datasets.Dataset.from_dict(
+        {"image": values, "context": ["obs", "a"] * 4},
+        features=datasets.Features(
+            {"image": datasets.Image(), "context": datasets.Value("string")}
+        ),
+    )
+    folder = str(tmp_path / "data")
+    datasets.DatasetDict({"train": rows, "validation": rows.select(range(2))}).save_to_disk(folder)
+    with pytest.raises(ValueError, match="Row 7: the image 'broken.png' cannot be read"):
+        finetune(tiny(dataset_name=folder, train_batch_size=4))
+
+
+def test_16_bit_images_are_scaled_not_clipped():
+    import numpy as np
+    from PIL import Image
+
+    from ctxadapter.images import preprocess_images, to_rgb
+
+    values = np.array([[0, 32768], [65535, 16384]], dtype=np.uint16)
+    image = Image.fromarray(values)  # a 16-bit greyscale image, as a 16-bit PNG loads
+    assert image.mode.startswith("I")
+    rgb = np.asarray(to_rgb(image))
+    assert rgb[..., 0].tolist() == [[0, 128], [255, 64]]  # 65535 -> 255, 32768 -> 128
+    assert preprocess_images(image, 2, output="uint8")[0, 0].tolist() == [[0, 128], [255, 64]]
+
+
+@pytest.fixture
+def small_model(tiny_kl_path):
+    from ctxadapter import CtxAdapter
+    from ctxadapter.codec import load_autoencoder
+
+    torch.manual_seed(0)
+    adapter = CtxAdapter(["a", "b"], [4, 4, 4], exogenous_width=2, concept_width=2)
+    return ContextAutoencoder(load_autoencoder(tiny_kl_path), adapter).eval()
+
+
+def test_uint8_images_are_read_in_0_255(small_model):
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    expected = small_model.reconstruct(images.float() / 255, "obs")
+    torch.testing.assert_close(small_model.reconstruct(images, "obs"), expected)
+    torch.testing.assert_close(
+        small_model.counterfactual(images, "a"),
+        small_model.counterfactual(images.float() / 255, "a"),
+    )
+    with pytest.raises(ValueError, match="Float images must be in \\[0, 1\\].*\\[0, 255\\]"):
+        small_model.reconstruct(images.float(), "obs")
+
+
+def test_empty_inputs_are_refused(small_model):
+    with pytest.raises(ValueError, match="num_samples must be a positive integer, got 0"):
+        small_model.generate("obs", num_samples=0)
+    with pytest.raises(ValueError, match="N >= 1"):
+        small_model.reconstruct(torch.zeros(0, 3, 32, 32), "obs")
+    with pytest.raises(ValueError, match="Got no images"):
+        small_model.counterfactual([], "a")
+
+
+def test_a_bf16_model_edits_and_reconstructs(small_model):
+    images = torch.rand(2, 3, 32, 32)
+    reference = small_model.counterfactual(images, "a")
+    small_model.to(torch.bfloat16)
+    edited = small_model.counterfactual(images, "a")
+    assert edited.dtype == torch.float32 and edited.shape == reference.shape
+    assert (edited - reference).abs().max() < 0.1  # bf16 rounding only
+    assert small_model.reconstruct(images, "obs").shape == (2, 3, 32, 32)
+
+
+def test_an_edited_latent_shape_with_the_same_size_is_refused(small_model, tmp_path):
+    from ctxadapter import CtxAdapter
+
+    small_model.adapter.save_pretrained(tmp_path / "adapter")
+    config = json.loads((tmp_path / "adapter" / "config.json").read_text())
+    config["latent_shape"] = [4, 2, 8]  # 64 values, as [4, 4, 4]
+    (tmp_path / "adapter" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="says latent_shape \\[4, 2, 8\\], but its weights"):
+        CtxAdapter.from_pretrained(str(tmp_path / "adapter"))

@@ -191,3 +191,36 @@ def test_stratified_split_by_hand():
     assert stratified_split(contexts, 0.2, seed=0) == (train, validation)
     with pytest.raises(ValueError, match="Too few rows for a validation split: 2 rows"):
         stratified_split(["obs", "a"], 0.5, seed=0)
+
+
+def test_training_command_names_the_preset_and_the_changed_flags():
+    from ctxadapter.training.outputs import training_command
+
+    assert (
+        training_command(parse_finetune_arguments([])) == "accelerate launch examples/finetune.py"
+    )
+    args = parse_finetune_arguments(
+        ["--preset", "paper", "--seed", "2", "--concepts", "a", "b", "--pooled", "--hub_token", "s"]
+    )
+    lines = training_command(args).split(" \\\n    ")
+    assert lines == [
+        "accelerate launch examples/finetune.py",
+        "--preset paper",
+        "--concepts a b",
+        "--pooled",
+        "--seed 2",
+    ]  # never the token
+    assert parse_finetune_arguments(
+        lines[1].split() + lines[2].split() + ["--pooled", "--seed", "2"]
+    ) == parse_finetune_arguments(
+        ["--preset", "paper", "--seed", "2", "--concepts", "a", "b", "--pooled"]
+    )
+
+
+def test_push_to_hub_with_a_local_autoencoder_needs_its_hub_id():
+    with pytest.raises(
+        ValueError, match="--push_to_hub with the local autoencoder .*--hub_base_model_id"
+    ):
+        FinetuneArguments(push_to_hub=True)
+    assert FinetuneArguments(push_to_hub=True, hub_base_model_id="org/vae").push_to_hub
+    assert FinetuneArguments(push_to_hub=True, pretrained_model_name_or_path="org/vae").push_to_hub

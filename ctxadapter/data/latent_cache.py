@@ -17,6 +17,7 @@ import datasets
 import numpy as np
 import torch
 from diffusers import AutoencoderKL
+from PIL import Image
 
 from ..codec import LatentCodec
 from ..contexts import context_mask
@@ -47,6 +48,23 @@ def autoencoder_fingerprint(codec: LatentCodec) -> str:
         digest.update(name.encode())
         digest.update(values[:: max(1, values.numel() // 64)].float().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def decode_image(value, row: int) -> Image.Image:
+    """The PIL image of a ``datasets.Image`` value (a dict of ``bytes`` / ``path``, or already an
+    image), fully read; an image that cannot be read (truncated, not an image) raises a
+    ``ValueError`` naming ``row`` and its file."""
+    if isinstance(value, Image.Image):
+        return value
+    try:
+        image = datasets.Image().decode_example(value)
+        image.load()
+        return image
+    except Exception as error:  # PIL raises OSError, SyntaxError, ValueError... by format
+        where = value.get("path") if isinstance(value, dict) else None
+        raise ValueError(
+            f"Row {row}: the image{f' {where!r}' if where else ''} cannot be read ({error})."
+        ) from error
 
 
 def cache_latents(
@@ -107,8 +125,17 @@ def cache_latents(
     if keep_pixels:
         features["pixels"] = datasets.Array3D((3, resolution, resolution), "uint8")
 
+    # Decode the images here rather than in datasets, so that one that cannot be read is named.
+    image_feature = dataset.features.get(image_column)
+    if isinstance(image_feature, datasets.Image) and image_feature.decode:
+        dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+
     def encode(batch, indices):
-        pixels = preprocess_images(batch[image_column], resolution)
+        images = [
+            decode_image(value, row)
+            for value, row in zip(batch[image_column], indices, strict=True)
+        ]
+        pixels = preprocess_images(images, resolution)
         mean, logvar = codec.encode_distribution(pixels)
         out = {"latents": mean.numpy(), "context": [contexts[i] for i in indices]}
         if has_logvar:

@@ -11,6 +11,8 @@ import os
 from collections.abc import Sequence
 
 import datasets
+import pyarrow
+from datasets.exceptions import DatasetGenerationError
 
 from ..contexts import OBSERVATIONAL, context_name, parse_context
 
@@ -42,27 +44,34 @@ def load_image_dataset(
     """
     if dataset_name and train_data_dir:
         raise ValueError("Pass --dataset_name or --train_data_dir, not both.")
-    if dataset_name:
-        if os.path.isdir(dataset_name) and os.path.exists(
-            os.path.join(dataset_name, "dataset_dict.json")
-        ):
+    if train_data_dir and not os.path.isdir(train_data_dir):
+        raise FileNotFoundError(f"--train_data_dir {train_data_dir!r} is not a folder.")
+    try:
+        if dataset_name and os.path.exists(os.path.join(dataset_name, "dataset_dict.json")):
             loaded = datasets.load_from_disk(dataset_name)
-        else:
+        elif dataset_name:
             loaded = datasets.load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir)
-    elif train_data_dir:
-        if not os.path.isdir(train_data_dir):
-            raise FileNotFoundError(f"--train_data_dir {train_data_dir!r} is not a folder.")
-        loaded = datasets.load_dataset("imagefolder", data_dir=train_data_dir, cache_dir=cache_dir)
-    else:
-        from . import quad
+        elif train_data_dir:
+            loaded = datasets.load_dataset(
+                "imagefolder", data_dir=train_data_dir, cache_dir=cache_dir
+            )
+        else:
+            from . import quad
 
-        loaded = quad.build_dataset(
-            n_per_context=quad_images_per_context,
-            heldout_per_context=max(1, quad_images_per_context // 4),
-            seed=seed,
-            dependent=quad_dependent,
-            cache_dir=cache_dir,
+            loaded = quad.build_dataset(
+                n_per_context=quad_images_per_context,
+                heldout_per_context=max(1, quad_images_per_context // 4),
+                seed=seed,
+                dependent=quad_dependent,
+                cache_dir=cache_dir,
+            )
+    except (pyarrow.ArrowException, DatasetGenerationError) as error:  # malformed files
+        source = (
+            f"--dataset_name {dataset_name!r}"
+            if dataset_name
+            else f"--train_data_dir {train_data_dir!r} (its metadata.jsonl or images)"
         )
+        raise ValueError(f"Could not read the dataset of {source}: {error}") from error
     if isinstance(loaded, datasets.Dataset):
         loaded = datasets.DatasetDict({"train": loaded})
     if "train" not in loaded:
@@ -71,18 +80,48 @@ def load_image_dataset(
 
 
 def context_strings(dataset: datasets.Dataset, context_column: str) -> list[str]:
-    """The context column as strings: lists of names are joined with ``"+"`` (empty -> obs)."""
-    values = dataset[context_column]
-    return [
-        value if isinstance(value, str) else context_name(tuple(value)) if value else OBSERVATIONAL
-        for value in values
-    ]
+    """The context column as strings, normalised one way: a list of names is joined with
+    ``"+"`` (an empty list is ``"obs"``), and the white space around each name is stripped
+    (``" a + b "`` -> ``"a+b"``); the case of a name is kept.
+
+    Raises:
+        ValueError: for a row whose context is missing (``None``) or is not a string or a list
+            of strings, naming the row and the value.
+    """
+    strings = []
+    for row, value in enumerate(dataset[context_column]):
+        if isinstance(value, str):
+            names = value.split("+")
+        elif isinstance(value, (list, tuple)) and all(isinstance(n, str) for n in value):
+            names = list(value) or [OBSERVATIONAL]
+        else:
+            raise ValueError(
+                f"Row {row} of the context column {context_column!r} holds {value!r} "
+                f"({type(value).__name__}); expected {OBSERVATIONAL!r}, a concept name, names "
+                f"joined by '+', or a list of names."
+            )
+        strings.append("+".join(name.strip() for name in names))
+    return strings
 
 
 def infer_concepts(contexts: Sequence[str]) -> list[str]:
-    """The concept names used in ``contexts`` (strings such as ``"quad1+size"``), sorted."""
+    """The concept names used in ``contexts`` (strings such as ``"quad1+size"``), sorted.
+
+    Raises:
+        ValueError: when two names, or a name and ``"obs"``, differ only by case (``"A"`` and
+            ``"a"``, ``"Obs"``): almost always a labelling mistake, named with both spellings.
+    """
     singles = (context.split("+") for context in set(contexts) if context != OBSERVATIONAL)
-    return sorted({name for names in singles for name in names})
+    names = sorted({name for names in singles for name in names})
+    seen = {OBSERVATIONAL: OBSERVATIONAL}
+    for name in names:
+        other = seen.setdefault(name.casefold(), name)
+        if other != name:
+            raise ValueError(
+                f"The contexts name both {other!r} and {name!r}, which differ only by case: "
+                f"correct the labels (names are case-sensitive)."
+            )
+    return names
 
 
 def validate_dataset(

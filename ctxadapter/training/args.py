@@ -17,7 +17,8 @@ from typing import Literal
 
 from transformers import HfArgumentParser, SchedulerType
 
-from ..adapter import HEADS
+from ..card import is_hub_id
+from ..heads import HEADS
 from ..layers import EXOGENOUS_BIASES
 from ..objective import Objective
 from .flags import FlagGroup, check_at_least, flag
@@ -205,8 +206,10 @@ class AdapterArguments(FlagGroup):
         default="interventional",
     )
     heads: Literal[HEADS] = flag(
-        "Posterior and latent heads: 'mlp' (two hidden GELU layers) or 'linear' (the paper's).",
-        default="mlp",
+        "Posterior and latent heads: 'auto' ('mlp' up to 4,096 latent values, 'conv' above), "
+        "'mlp' (two hidden GELU layers), 'conv' (spatial heads for large latents) or 'linear' "
+        "(the paper's).",
+        default="auto",
     )
     head_width: int = flag("Hidden width of the MLP heads.", default=256)
     pooled: bool = flag("Ignore context labels: the 'CM pooled' ablation.", default=False)
@@ -334,6 +337,11 @@ class HubArguments(FlagGroup):
         "Hub repository (default: the output folder's name).", default=None
     )
     hub_token: str | None = flag("Hub token (default: the saved login).", default=None)
+    hub_base_model_id: str | None = flag(
+        "The Hub id of the base autoencoder, recorded in the pushed adapter; needed with "
+        "--push_to_hub when --pretrained_model_name_or_path is a local folder.",
+        default=None,
+    )
 
 
 # ------------------------------------------------------------------------- the two scripts
@@ -363,6 +371,12 @@ class FinetuneArguments(
 
     def validate(self) -> None:
         super().validate()
+        if self.push_to_hub and not (is_hub_id(self.autoencoder) or self.hub_base_model_id):
+            raise ValueError(
+                f"--push_to_hub with the local autoencoder {self.autoencoder!r}: the adapter "
+                f"would name a folder of this machine. Upload the autoencoder and pass its Hub "
+                f"id with --hub_base_model_id."
+            )
         if self.decoder_lora_rank and self.loss != "pixel":
             raise ValueError(
                 "--decoder_lora_rank needs --loss pixel: the latent loss never runs the decoder."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from accelerate import Accelerator
 
 from ..model import ContextAutoencoder
 from ..viz import concept_graph_image, write_report
-from .args import FinetuneArguments
+from .args import PRESETS, FinetuneArguments
 from .inputs import FinetuneInputs
 from .state import staged_folder, trainable_state
 from .tracking import log_image
@@ -52,9 +53,50 @@ def write_outputs(
         "validation_images": len(inputs.validation),
         "pictures": sorted(Path(p).name for p in files.values()),
     }
+    card = {
+        "sample_grid": "contexts.png",
+        "training_command": training_command(args),
+        "results": {
+            "optimizer steps": outcome["steps"],
+            "best validation loss": f"{outcome['best_validation_loss']:.5g}",
+            "training / validation images": f"{len(inputs.train)} / {len(inputs.validation)}",
+        },
+        "dataset": args.dataset_name,
+    }
     with staged_folder(output) as partial:
-        model.save_pretrained(partial, model_card_kwargs={"sample_grid": "contexts.png"})
+        model.save_pretrained(partial, model_card_kwargs=card)
         text = json.dumps(metrics, indent=2, allow_nan=False)
         (partial / "metrics.json").write_text(text + "\n")
     if args.push_to_hub:
-        model.push_to_hub(args.hub_model_id or output.name, token=args.hub_token)
+        model.push_to_hub(
+            args.hub_model_id or output.name,
+            token=args.hub_token,
+            base_model_id=args.hub_base_model_id,
+            extra_files=[output / Path(p).name for p in files.values()],
+            model_card_kwargs=card,
+        )
+
+
+NOT_IN_COMMAND = ("hub_token", "overwrite_output_dir", "resume_from_checkpoint")
+"""Flags left out of the training command of the model card (secret, or about this folder)."""
+
+
+def training_command(args: FinetuneArguments) -> str:
+    """The command that trains ``args``: ``accelerate launch examples/finetune.py``, its
+    ``--preset`` unless it is the default one, and each flag that differs from the preset's
+    default."""
+    defaults = FinetuneArguments(**PRESETS[args.preset])
+    parts = ["accelerate launch examples/finetune.py"]
+    if args.preset != FinetuneArguments.preset:
+        parts.append(f"--preset {args.preset}")
+    for f in dataclasses.fields(args):
+        value = getattr(args, f.name)
+        if f.name in NOT_IN_COMMAND + ("preset",) or value == getattr(defaults, f.name):
+            continue
+        if isinstance(value, bool):
+            parts.append(f"--{f.name}" if value else "")
+        elif isinstance(value, list):
+            parts.append(f"--{f.name} " + " ".join(map(str, value)))
+        else:
+            parts.append(f"--{f.name} {value}")
+    return " \\\n    ".join(p for p in parts if p)

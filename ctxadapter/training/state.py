@@ -30,6 +30,7 @@ from pathlib import Path
 import safetensors.torch
 import torch
 from accelerate import Accelerator
+from safetensors import SafetensorError
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 """Name of a checkpoint folder; group 1 is the optimizer step it was saved after."""
@@ -109,7 +110,13 @@ def register_checkpoint_hooks(accelerator: Accelerator, model) -> None:
         weights.clear()
 
     def load(models, input_dir):
-        state = safetensors.torch.load_file(os.path.join(input_dir, TRAINABLE_WEIGHTS_NAME))
+        path = os.path.join(input_dir, TRAINABLE_WEIGHTS_NAME)
+        try:
+            state = safetensors.torch.load_file(path)
+        except (SafetensorError, OSError) as error:
+            raise ValueError(
+                f"Could not read {path}: the file is missing, corrupted or truncated ({error})."
+            ) from error
         expected = set(trainable_state(model))
         if set(state) != expected:
             raise ValueError(

@@ -1,0 +1,79 @@
+"""The posterior and latent heads (ctxadapter.heads): shapes, sizes, the automatic choice."""
+
+import math
+
+import pytest
+import torch
+
+from ctxadapter import CtxAdapter
+from ctxadapter.heads import (
+    AUTO_CONV_SIZE,
+    conv_channels,
+    latent_head,
+    posterior_head,
+    resolve_heads,
+)
+
+
+def parameters(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_auto_heads_are_spatial_only_for_large_latents():
+    assert resolve_heads("auto", (4, 8, 8)) == "mlp"  # quad: 256 values
+    assert resolve_heads("auto", (4, 32, 32)) == "mlp"  # exactly AUTO_CONV_SIZE
+    assert math.prod((4, 32, 32)) == AUTO_CONV_SIZE
+    assert resolve_heads("auto", (4, 64, 64)) == "conv"
+    assert resolve_heads("linear", (16, 64, 64)) == "linear"
+    with pytest.raises(ValueError, match="heads must be one of"):
+        resolve_heads("transformer", (4, 8, 8))
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp", "conv"])
+@pytest.mark.parametrize("shape", [(4, 8, 8), (4, 32, 32), (16, 16, 12), (3, 5, 7)])
+def test_heads_map_flat_latents_both_ways(kind, shape):
+    torch.manual_seed(0)
+    size = math.prod(shape)
+    post = posterior_head(kind, shape, 32, 10)
+    head = latent_head(kind, 6, 32, shape)
+    assert post(torch.randn(3, size)).shape == (3, 10)
+    assert head(torch.randn(3, 6)).shape == (3, size)
+
+
+def test_conv_heads_hardly_grow_with_resolution():
+    def size(kind, shape):
+        post = posterior_head(kind, shape, 256, 384)
+        return parameters(post) + parameters(latent_head(kind, 48, 256, shape))
+
+    small, large = size("conv", (4, 32, 32)), size("conv", (4, 128, 128))
+    assert large < 1.25 * small  # 16 times the latent values
+    assert size("linear", (4, 128, 128)) > 15 * size("linear", (4, 32, 32))
+    assert size("conv", (4, 64, 64)) < size("linear", (4, 64, 64)) / 5
+    assert conv_channels(4) == [16, 32, 64, 64, 64]
+    # A latent of 4 x 32 x 32 is halved three times, down to 4 x 4, with channels 16 ... 64.
+    post = posterior_head("conv", (4, 32, 32), 8, 2)
+    convs = [m.out_channels for m in post.convs if isinstance(m, torch.nn.Conv2d)]
+    assert convs == [16, 32, 64, 64]
+    assert post.mlp[0].in_features == 64 * 4 * 4
+
+
+def test_conv_posterior_head_sees_space():
+    """The same spot at two places gives two different posteriors: the conv head keeps
+    where things are."""
+    torch.manual_seed(0)
+    post = posterior_head("conv", (4, 16, 16), 32, 8)
+    latents = torch.zeros(2, 4, 16, 16)
+    latents[0, :, 2, 2] = 1
+    latents[1, :, 12, 12] = 1
+    out = post(latents.flatten(1))
+    assert not torch.allclose(out[0], out[1])
+
+
+def test_an_adapter_records_the_head_chosen():
+    adapter = CtxAdapter(["a", "b"], [4, 64, 64], heads="auto", head_width=16)
+    assert adapter.config["heads"] == "conv"
+    z = adapter.sample_noise(2)
+    with torch.no_grad():
+        assert adapter.latents_from_noise(z, "a").shape == (2, 4, 64, 64)
+        mean, logvar = adapter.posterior(torch.randn(2, 4, 64, 64))
+    assert mean.shape == logvar.shape == (2, adapter.noise_size)

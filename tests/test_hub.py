@@ -1,0 +1,144 @@
+"""Hub habits of a whole model: the model card, ``push_to_hub`` with the base autoencoder it
+names, and Hub keyword arguments reaching the base. Uploads go to a fake ``HfApi``; downloads
+come from a local Hub cache under ``HF_HUB_OFFLINE=1``."""
+
+import shutil
+from pathlib import Path
+
+import huggingface_hub.constants
+import pytest
+import torch
+import yaml
+from diffusers import AutoencoderKL
+
+import ctxadapter.model
+from ctxadapter import ContextAutoencoder, CtxAdapter
+from ctxadapter.card import is_hub_id, model_card
+from ctxadapter.codec import LatentCodec
+from ctxadapter.model import base_model_record
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def adapter_for(vae, name_or_path: str) -> CtxAdapter:
+    torch.manual_seed(0)
+    shape = list(LatentCodec(vae).latent_shape(32))
+    record = base_model_record(vae, name_or_path)
+    return CtxAdapter(["a", "b"], shape, exogenous_width=4, concept_width=2, base_model=record)
+
+
+def card_metadata(text: str) -> dict:
+    return yaml.safe_load(text.split("---")[1])
+
+
+class FakeHfApi:
+    """Records the folder ``push_to_hub`` would upload."""
+
+    uploads: list = []
+
+    def __init__(self, token=None, **kwargs):
+        pass
+
+    def create_repo(self, repo_id, **kwargs):
+        return type("RepoUrl", (), {"repo_id": repo_id})()
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        copy = Path(FakeHfApi.destination) / f"upload-{len(FakeHfApi.uploads)}"
+        shutil.copytree(folder_path, copy)
+        FakeHfApi.uploads.append((repo_id, copy))
+        return "url"
+
+
+@pytest.fixture
+def fake_hub(monkeypatch, tmp_path):
+    monkeypatch.setattr(ctxadapter.model, "HfApi", FakeHfApi)
+    monkeypatch.setattr(FakeHfApi, "uploads", [])
+    monkeypatch.setattr(FakeHfApi, "destination", str(tmp_path), raising=False)
+    return FakeHfApi.uploads
+
+
+def test_is_hub_id(tmp_path):
+    assert is_hub_id("stabilityai/sd-vae-ft-mse")
+    assert not is_hub_id(str(tmp_path)) and not is_hub_id("model") and not is_hub_id(None)
+    assert not is_hub_id("a/b/c")
+
+
+def test_card_metadata_and_body():
+    config = {
+        "concepts": ["quad1", "size"],
+        "latent_shape": [4, 8, 8],
+        "base_model": {"pretrained_model_name_or_path": "org/vae"},
+    }
+    card = str(
+        model_card(
+            config,
+            repo_id="user/my-adapter",
+            sample_grid="contexts.png",
+            training_command="accelerate launch examples/finetune.py --seed 1",
+            results={"steps": 10},
+            dataset="user/images",
+        )
+    )
+    meta = card_metadata(card)
+    assert meta["library_name"] == "ctxadapter" and meta["license"] == "apache-2.0"
+    assert meta["base_model"] == "org/vae" and meta["base_model_relation"] == "adapter"
+    assert meta["datasets"] == ["user/images"] and "ctxadapter" in meta["tags"]
+    assert 'ContextAutoencoder.from_pretrained("user/my-adapter")' in card
+    assert "![Samples under each context](contexts.png)" in card
+    assert "accelerate launch examples/finetune.py --seed 1" in card and "| steps | 10 |" in card
+    assert "`quad1`, `size`" in card and 'generate("quad1+size"' in card
+    local = card_metadata(str(model_card({**config, "base_model": None}, dataset="/data/x")))
+    assert "base_model" not in local and "datasets" not in local
+
+
+def test_push_with_a_local_base_is_refused_unless_the_hub_id_is_named(
+    fake_hub, tiny_kl_path, tmp_path
+):
+    vae = AutoencoderKL.from_pretrained(tiny_kl_path)
+    model = ContextAutoencoder(vae, adapter_for(vae, tiny_kl_path))
+    with pytest.raises(ValueError, match="is the local folder .* base_model_id="):
+        model.push_to_hub("user/adapter")
+    assert fake_hub == []  # nothing sent
+    picture = tmp_path / "contexts.png"
+    picture.write_bytes(b"png")
+    model.push_to_hub(
+        "user/adapter",
+        base_model_id="org/vae",
+        extra_files=[picture],
+        model_card_kwargs={"sample_grid": "contexts.png"},
+    )
+    [(repo_id, folder)] = fake_hub
+    files = {p.name for p in folder.iterdir()}
+    assert files == {"config.json", "model.safetensors", "README.md", "contexts.png"}
+    card = (folder / "README.md").read_text()
+    assert card_metadata(card)["base_model"] == "org/vae"
+    assert 'from_pretrained("user/adapter")' in card and "contexts.png" in card
+    assert (
+        CtxAdapter.from_pretrained(folder).config["base_model"]["pretrained_model_name_or_path"]
+        == "org/vae"
+    )
+    with pytest.raises(ValueError, match="base_model_id must be a Hub repository id"):
+        model.push_to_hub("user/adapter", base_model_id=str(tmp_path))
+
+
+def put_in_hub_cache(cache: Path, repo_id: str, folder: Path) -> None:
+    """The layout ``hf_hub_download`` reads: refs/main -> commit, snapshots/<commit>/<files>."""
+    storage = cache / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(folder, storage / "snapshots" / COMMIT)
+    (storage / "refs").mkdir()
+    (storage / "refs" / "main").write_text(COMMIT)
+
+
+def test_hub_arguments_reach_the_base_autoencoder(tiny_kl_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    vae = AutoencoderKL.from_pretrained(tiny_kl_path)
+    adapter = adapter_for(vae, "org/vae")
+    adapter.save_pretrained(tmp_path / "adapter")
+    cache = tmp_path / "hub-cache"
+    put_in_hub_cache(cache, "org/vae", Path(tiny_kl_path))
+    put_in_hub_cache(cache, "user/adapter", tmp_path / "adapter")
+    model = ContextAutoencoder.from_pretrained("user/adapter", cache_dir=cache)
+    assert model.generate("a", num_samples=1).shape == (1, 3, 32, 32)
+    with pytest.raises(OSError, match="Could not load the base autoencoder"):
+        ContextAutoencoder.from_pretrained(str(tmp_path / "adapter"), cache_dir=tmp_path / "empty")
