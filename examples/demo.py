@@ -1,0 +1,409 @@
+"""An interactive demo of a trained context adapter, in the browser (Gradio), fully offline.
+
+    pip install -e ".[demo]"
+    python examples/demo.py                    # the default run's adapter, ctxadapter-quad/
+    python examples/demo.py my-adapter --port 7860
+    python examples/demo.py user/my-adapter    # a Hub id (downloaded once, then cached)
+
+Tick concepts to choose a context (none ticked: ``obs``; several: a composition such as
+``quad1+size``) and generate a grid of samples with a seed (the same seed gives the same
+images); upload an image (or pick a held-out quad image, for a quad adapter) and see its
+counterfactual edits under every single concept and under the ticked context; read the
+learned concept graph of the ticked context. The page is served on 127.0.0.1 only; nothing
+is downloaded (a Hub id needs the Hub, or its cached copy, once).
+
+The logic is in plain functions (``generate_grid``, ``edit_image``, ``graph_picture``,
+``example_images``) that ``build_demo`` wires into a ``gradio.Blocks``; they can be called
+without a browser (``tests/test_demo.py`` does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import socket
+import sys
+from collections.abc import Sequence
+
+# Gradio's usage statistics would try to reach the network: keep the demo offline.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import ctxadapter  # noqa: E402
+from ctxadapter import ContextAutoencoder, context_name, parse_context  # noqa: E402
+from ctxadapter.images import preprocess_images  # noqa: E402
+from ctxadapter.model import eval_mode  # noqa: E402
+from ctxadapter.viz import concept_graph_image, image_grid  # noqa: E402
+
+DEFAULT_ADAPTER = "ctxadapter-quad"
+"""What ``python examples/demo.py`` loads without an argument: the default run's output."""
+GRID_COLUMNS = 8
+"""Samples per row of the generated grid."""
+MAX_SAMPLES = 64
+DISPLAY_SIZE = 128
+"""Tiles are enlarged (nearest neighbour, by a whole factor) to at least this many pixels."""
+EXAMPLE_COUNT = 4
+"""Held-out quad images offered as examples to edit."""
+EDIT_MODES = ("residual", "decode")
+HOST = "127.0.0.1"
+CSS = "#samples img, #edits img, #graph img { image-rendering: pixelated; }"
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+class AdapterNotFoundError(SystemExit):
+    """The adapter to demo could not be found or loaded; its message says what to do."""
+
+
+def _how_to_get_one() -> str:
+    return (
+        "Run the default training first (`accelerate launch examples/finetune.py`, which "
+        f"writes {DEFAULT_ADAPTER}/), or pass an adapter folder or a Hub id: "
+        "`python examples/demo.py FOLDER_OR_HUB_ID`."
+    )
+
+
+def load_model(adapter: str = DEFAULT_ADAPTER, device: str = "cpu") -> ContextAutoencoder:
+    """``ContextAutoencoder.from_pretrained(adapter)`` in eval mode on ``device``, with a clear
+    message (an ``AdapterNotFoundError``, which exits the script) when there is no such adapter.
+
+    A name that is not a folder is tried on the Hub only if it looks like a Hub id
+    (``user/name``); the default ``ctxadapter-quad`` is never looked up there.
+    """
+    adapter = os.fspath(adapter)
+    if not os.path.isdir(adapter):
+        if adapter == DEFAULT_ADAPTER:
+            raise AdapterNotFoundError(
+                f"No adapter folder {DEFAULT_ADAPTER!r} in {os.getcwd()}. {_how_to_get_one()}"
+            )
+        if not HUB_ID.match(adapter) or os.path.exists(adapter):
+            raise AdapterNotFoundError(
+                f"{adapter!r} is neither an adapter folder nor a Hub id. {_how_to_get_one()}"
+            )
+    try:
+        model = ContextAutoencoder.from_pretrained(adapter)
+    except (OSError, ValueError) as error:
+        raise AdapterNotFoundError(
+            f"Could not load the adapter {adapter!r}: {error}\n{_how_to_get_one()}"
+        ) from error
+    return model.to(device).eval()
+
+
+# ---------------------------------------------------------------------------------- the logic
+def context_of(model: ContextAutoencoder, concepts_ticked: Sequence[str] | None) -> str:
+    """The context of the ticked concepts: ``"obs"`` for none, one name, or a composition
+    joined by ``+`` in the adapter's concept order (``["size", "quad1"]`` -> ``"quad1+size"``)."""
+    return context_name(parse_context(list(concepts_ticked or []), model.adapter.concepts))
+
+
+def _enlarge(images: torch.Tensor, scale: int) -> torch.Tensor:
+    return images if scale == 1 else F.interpolate(images, scale_factor=scale, mode="nearest")
+
+
+def display_scale(model: ContextAutoencoder, size: int = DISPLAY_SIZE) -> int:
+    """The whole factor that enlarges the model's images to at least ``size`` pixels."""
+    return max(1, math.ceil(size / min(model.resolution)))
+
+
+def generate_samples(
+    model: ContextAutoencoder,
+    concepts_ticked: Sequence[str] | None = (),
+    num_samples: int = 8,
+    seed: int = 0,
+) -> torch.Tensor:
+    """``model.generate(context_of(model, concepts_ticked), num_samples, generator)`` with a
+    generator seeded with ``seed`` (on the model's device): ``(N, 3, H, W)`` in ``[0, 1]``."""
+    context = context_of(model, concepts_ticked)
+    num_samples = int(num_samples)
+    if not 1 <= num_samples <= MAX_SAMPLES:
+        raise ValueError(f"num_samples must be between 1 and {MAX_SAMPLES}, got {num_samples}")
+    generator = torch.Generator(device=model.device).manual_seed(int(seed))
+    with eval_mode(model):
+        return model.generate(context, num_samples, generator=generator).cpu()
+
+
+def generate_grid(
+    model: ContextAutoencoder,
+    concepts_ticked: Sequence[str] | None = (),
+    num_samples: int = 8,
+    seed: int = 0,
+    columns: int = GRID_COLUMNS,
+    scale: int = 1,
+) -> Image.Image:
+    """The samples of ``generate_samples`` as one picture: rows of ``columns`` tiles (the last
+    row filled with white), each tile enlarged ``scale`` times, nearest neighbour."""
+    samples = _enlarge(generate_samples(model, concepts_ticked, num_samples, seed), scale)
+    columns = min(columns, len(samples))
+    rows = math.ceil(len(samples) / columns)
+    blank = torch.ones(rows * columns - len(samples), *samples.shape[1:])
+    return image_grid(torch.cat([samples, blank]), rows)
+
+
+def edit_contexts(model: ContextAutoencoder, concepts_ticked: Sequence[str] | None = ()):
+    """The contexts of the edits: ``obs`` (the image's own), every single concept, then the
+    ticked context if it is none of these (a composition)."""
+    contexts = ["obs", *model.adapter.concepts]
+    ticked = context_of(model, concepts_ticked)
+    return contexts if ticked in contexts else [*contexts, ticked]
+
+
+def edit_images(
+    model: ContextAutoencoder,
+    image: Image.Image,
+    concepts_ticked: Sequence[str] | None = (),
+    mode: str = "residual",
+) -> dict[str, torch.Tensor]:
+    """Counterfactual edits of one image, treated as observational: ``"input"`` (the image
+    centre-cropped and resized to the model's resolution, ``(1, 3, H, W)`` in ``[0, 1]``),
+    then ``model.counterfactual(input, context, mode=mode)`` for each of ``edit_contexts``
+    (under ``obs`` with ``mode="residual"``: the autoencoder's own reconstruction)."""
+    if image is None:
+        raise ValueError("Upload an image (or pick an example) to edit.")
+    if mode not in EDIT_MODES:
+        raise ValueError(f"mode must be one of {EDIT_MODES}, got {mode!r}")
+    pixels = preprocess_images(image.convert("RGB"), model.resolution, output="unit")
+    edits = {"input": pixels}
+    with eval_mode(model):
+        for context in edit_contexts(model, concepts_ticked):
+            edits[context] = model.counterfactual(pixels, context, mode=mode).cpu()
+    return edits
+
+
+def _to_pil(image: torch.Tensor) -> Image.Image:
+    return image_grid(image, 1, padding=0)
+
+
+def edit_image(
+    model: ContextAutoencoder,
+    image: Image.Image,
+    concepts_ticked: Sequence[str] | None = (),
+    mode: str = "residual",
+    scale: int = 1,
+) -> list[tuple[Image.Image, str]]:
+    """``edit_images`` as ``(picture, caption)`` pairs for a gallery, each picture enlarged
+    ``scale`` times (nearest neighbour); the captions are the keys of ``edit_images``."""
+    edits = edit_images(model, image, concepts_ticked, mode)
+    return [(_to_pil(_enlarge(pixels, scale)), name) for name, pixels in edits.items()]
+
+
+def graph_picture(
+    model: ContextAutoencoder, concepts_ticked: Sequence[str] | None = ()
+) -> Image.Image:
+    """``concept_graph_image`` of ``model.adapter.concept_graph(context)`` for the ticked
+    context (``obs`` by default: every learned effect; an intervention cuts the effects into
+    the intervened concepts)."""
+    context = context_of(model, concepts_ticked)
+    graph = model.adapter.concept_graph(context)
+    return concept_graph_image(
+        graph, model.adapter.concepts, title=f"Learned concept graph ({context})"
+    )
+
+
+def is_quad_adapter(model: ContextAutoencoder) -> bool:
+    """Whether the adapter's concepts are those of the built-in quad data."""
+    from ctxadapter.data import quad
+
+    return set(model.adapter.concepts) == set(quad.CONCEPTS)
+
+
+def example_images(model: ContextAutoencoder, count: int = EXAMPLE_COUNT) -> list[Image.Image]:
+    """Images to offer for editing: for a quad adapter, the first ``count`` held-out
+    observational quad images (the ``test`` split of ``ctxadapter.data.quad``, made here,
+    offline; never a training image); for any other adapter, none."""
+    if not is_quad_adapter(model):
+        return []
+    from ctxadapter.evaluation import heldout_quad_images
+
+    images = heldout_quad_images(count, contexts=["obs"])["obs"]
+    return [Image.fromarray(image.numpy()) for image in images]
+
+
+def describe(model: ContextAutoencoder, name: str | None = None) -> str:
+    """A Markdown header: the adapter, its base autoencoder, concepts and resolution."""
+    base = (model.adapter.config.get("base_model") or {}).get("pretrained_model_name_or_path")
+    package = os.path.dirname(os.path.abspath(ctxadapter.__file__))
+    if base and os.path.isabs(base) and os.path.commonpath([base, package]) == package:
+        base = "ctxadapter/" + os.path.relpath(base, package).replace(os.sep, "/")  # built in
+    concepts = ", ".join(f"`{c}`" for c in model.adapter.concepts)
+    height, width = model.resolution
+    return (
+        f"# ctxadapter demo{f': `{name}`' if name else ''}\n\n"
+        f"Concepts: {concepts}. Images: {height} x {width}. "
+        f"Base autoencoder: `{base or 'unknown'}`."
+    )
+
+
+# ---------------------------------------------------------------------------------- the page
+def _gradio():
+    try:
+        import gradio
+    except ImportError as error:
+        raise SystemExit(
+            'The demo needs Gradio: pip install -e ".[demo]" (or pip install gradio).'
+        ) from error
+    return gradio
+
+
+def build_demo(model: ContextAutoencoder, name: str | None = None, examples=None):
+    """The demo page of ``model`` as a ``gradio.Blocks`` (not launched; see ``launch``).
+
+    Args:
+        model: the adapter and its autoencoder, in eval mode.
+        name: the adapter's folder or Hub id, shown in the header.
+        examples: images offered for editing (default: ``example_images(model)``).
+
+    API endpoints (for ``gradio_client``): ``/generate`` (concepts, samples, seed -> grid),
+    ``/edit`` (image, concepts, mode -> gallery) and ``/graph`` (concepts -> context, graph).
+    """
+    gr = _gradio()
+    scale = display_scale(model)
+    examples = example_images(model) if examples is None else list(examples)
+    concept_names = list(model.adapter.concepts)
+
+    def on_generate(ticked, num_samples, seed):
+        seed = 0 if seed is None else seed  # an emptied seed box
+        return generate_grid(model, ticked, num_samples, seed, scale=scale)
+
+    def on_edit(image, ticked, mode):
+        if image is None:
+            raise gr.Error("Upload an image (or pick an example) to edit.")
+        return edit_image(model, image, ticked, mode, scale=scale)
+
+    def on_ticks(ticked):
+        return context_of(model, ticked), graph_picture(model, ticked)
+
+    with gr.Blocks(title="ctxadapter demo") as demo:
+        gr.Markdown(describe(model, name))
+        with gr.Row():
+            with gr.Column(scale=1, min_width=240):
+                ticked = gr.CheckboxGroup(
+                    concept_names,
+                    label="Concepts to intervene on",
+                    info="None ticked: obs. Several: a composition.",
+                    elem_id="concepts",
+                )
+                context = gr.Textbox("obs", label="Context", interactive=False, elem_id="context")
+                num_samples = gr.Slider(1, MAX_SAMPLES, value=GRID_COLUMNS, step=1, label="Samples")
+                seed = gr.Number(0, precision=0, label="Seed (same seed, same images)")
+                generate = gr.Button("Generate", variant="primary", elem_id="generate")
+            with gr.Column(scale=3):
+                samples = gr.Image(
+                    label="Samples under the ticked context",
+                    type="pil",
+                    format="png",
+                    interactive=False,
+                    elem_id="samples",
+                )
+                graph = gr.Image(
+                    graph_picture(model),
+                    label="Concept graph of the ticked context",
+                    type="pil",
+                    format="png",
+                    interactive=False,
+                    elem_id="graph",
+                )
+        with gr.Row():
+            with gr.Column(scale=1, min_width=240):
+                image = gr.Image(
+                    label="Image to edit (treated as obs)",
+                    type="pil",
+                    format="png",
+                    sources=["upload", "clipboard"],
+                    height=200,
+                    elem_id="image",
+                )
+                if examples:
+                    gr.Examples(
+                        [[example] for example in examples],
+                        inputs=image,
+                        label="Held-out quad images",
+                    )
+                mode = gr.Radio(
+                    list(EDIT_MODES),
+                    value="residual",
+                    label="Edit mode",
+                    info="residual keeps what the adapter does not model; decode is the "
+                    "paper's edit, through the adapter alone.",
+                )
+                edit = gr.Button("Edit", variant="primary", elem_id="edit")
+            with gr.Column(scale=3):
+                edits = gr.Gallery(
+                    label="Counterfactual edits: the same noise, another context "
+                    "(obs: the reconstruction)",
+                    format="png",
+                    columns=math.ceil((len(concept_names) + 3) / 2),
+                    height="auto",
+                    object_fit="contain",
+                    interactive=False,
+                    elem_id="edits",
+                )
+        generate.click(on_generate, [ticked, num_samples, seed], samples, api_name="generate")
+        edit.click(on_edit, [image, ticked, mode], edits, api_name="edit")
+        ticked.change(on_ticks, ticked, [context, graph], api_name="graph")
+    return demo
+
+
+def free_port(host: str = HOST) -> int:
+    """A TCP port nobody listens on at ``host`` now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def launch(demo, port: int | None = None, block: bool = True, quiet: bool = False):
+    """Serve ``demo`` on ``http://127.0.0.1:PORT/`` (a free port by default), never shared,
+    without server-side rendering or analytics. With ``block=False`` it returns at once
+    (``prevent_thread_lock``); call ``demo.close()`` when done. Returns the page's URL."""
+    gr = _gradio()
+    demo.launch(
+        server_name=HOST,
+        server_port=port or free_port(),
+        share=False,
+        prevent_thread_lock=not block,
+        quiet=quiet,
+        ssr_mode=False,
+        pwa=False,
+        mcp_server=False,
+        inbrowser=False,
+        theme=gr.themes.Default(),
+        css=CSS,
+    )
+    return demo.local_url
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "adapter",
+        nargs="?",
+        default=DEFAULT_ADAPTER,
+        help=f"Adapter folder or Hub id (default: {DEFAULT_ADAPTER}, the default run's output).",
+    )
+    parser.add_argument("--port", type=int, default=None, help="Port (default: a free one).")
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="Device to run on (default: cuda if available, else cpu).",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None, block: bool = True):
+    """Load the adapter, build the page and serve it on 127.0.0.1. With ``block=False`` (for
+    tests) returns the launched ``gradio.Blocks`` at once; close it with ``.close()``."""
+    args = parse_args(argv)
+    _gradio()  # fail early, before loading anything, if Gradio is missing
+    model = load_model(args.adapter, args.device)
+    demo = build_demo(model, name=args.adapter)
+    url = launch(demo, args.port, block=block, quiet=not block)
+    if not block:
+        print(f"ctxadapter demo of {args.adapter} at {url}", file=sys.stderr)
+    return demo
+
+
+if __name__ == "__main__":
+    main()
