@@ -69,10 +69,10 @@ def concepts(k: int) -> list[str]:
     return list(CONCEPTS[:k]) + [f"c{i}" for i in range(len(CONCEPTS), k)]
 
 
-def context_model(num_concepts: int = 6, latent_shape=(4, 8, 8), vae=None):
+def context_model(num_concepts: int = 6, latent_shape=(4, 8, 8), vae=None, heads=None):
     """A ``ContextAutoencoder`` in train mode: the adapter ``examples/finetune.py`` trains by
-    default (``WIDTHS``, and its heads, mixing and bias). ``vae=None`` uses a tiny stand-in
-    autoencoder: the latent loss never runs it."""
+    default (``WIDTHS``, and its heads, mixing and bias; ``heads`` overrides the kind of head).
+    ``vae=None`` uses a tiny stand-in autoencoder: the latent loss never runs it."""
     from ctxadapter import ContextAutoencoder, CtxAdapter
     from ctxadapter.training import FinetuneArguments
 
@@ -86,7 +86,7 @@ def context_model(num_concepts: int = 6, latent_shape=(4, 8, 8), vae=None):
         **WIDTHS,
         observational_mixing=defaults.observational_mixing,
         exogenous_bias=defaults.exogenous_bias,
-        heads=defaults.heads,
+        heads=heads or defaults.heads,
         head_width=defaults.head_width,
     )
     return ContextAutoencoder(vae, adapter).train()

@@ -20,6 +20,7 @@ SCRIPTS = [
     "bench_mixed_contexts",
     "bench_scaling_k",
     "bench_profile",
+    "bench_heads",
 ]
 
 

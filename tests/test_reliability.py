@@ -397,3 +397,16 @@ def test_an_edited_latent_shape_with_the_same_size_is_refused(small_model, tmp_p
     (tmp_path / "adapter" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="says latent_shape \\[4, 2, 8\\], but its weights"):
         CtxAdapter.from_pretrained(str(tmp_path / "adapter"))
+
+
+def test_encode_options_reach_the_autoencoder_and_report_the_rate(tiny, capsys):
+    from ctxadapter.training.inputs import resolve_inputs
+
+    args = tiny(autoencoder_dtype="bfloat16", channels_last=True, vae_slicing=True)
+    inputs = resolve_inputs(args)
+    vae = inputs.codec.autoencoder
+    assert vae.dtype == torch.bfloat16 and vae.use_slicing and not vae.use_tiling
+    weight = vae.encoder.conv_in.weight
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    finetune(tiny(vae_tiling=True, encode_batch_size=8, max_train_steps=1))
+    assert "images/s, batches of 8)" in capsys.readouterr().out

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -110,6 +111,7 @@ def cache_latents(
         dataset=dataset._fingerprint,
         image_column=image_column,
         keep_pixels=keep_pixels,
+        tiled=bool(getattr(codec.autoencoder, "use_tiling", False)),  # tiles change latents
         contexts=hashlib.sha256("\n".join(contexts).encode()).hexdigest(),
     )
     key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:24]
@@ -144,7 +146,8 @@ def cache_latents(
         return out
 
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    return dataset.map(
+    fresh, start = not cache_file.exists(), time.perf_counter()
+    cache = dataset.map(
         encode,
         with_indices=True,
         batched=True,
@@ -157,6 +160,14 @@ def cache_latents(
         writer_batch_size=batch_size * 4,
         desc="Caching latents",
     )
+    if fresh:  # what the encode pass cost: the one pass over the images a run makes
+        seconds = time.perf_counter() - start
+        print(
+            f"Encoded {len(cache)} images in {seconds:.1f} s ({len(cache) / seconds:.1f} "
+            f"images/s, batches of {batch_size}) into {cache_file}",
+            flush=True,
+        )
+    return cache
 
 
 def column_views(cache: datasets.Dataset, column: str) -> tuple[list, list[int]]:

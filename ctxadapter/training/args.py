@@ -170,6 +170,37 @@ class AutoencoderArguments(FlagGroup):
 
 
 @dataclass
+class EncodeArguments(FlagGroup):
+    """The encode pass: how the frozen autoencoder runs when every image is encoded once into
+    the latent cache (and when samples are decoded)."""
+
+    encode_batch_size: int = flag("Images per encoder pass while caching latents.", default=64)
+    autoencoder_dtype: Literal["float32", "float16", "bfloat16"] = flag(
+        "The dtype the frozen autoencoder is loaded in (the adapter trains in float32).",
+        default="float32",
+    )
+    channels_last: bool = flag(
+        "Run the autoencoder in channels_last memory format (faster convolutions on many "
+        "GPUs and CPUs).",
+        default=False,
+    )
+    vae_slicing: bool = flag(
+        "Encode and decode a batch one image at a time (diffusers' enable_slicing: less "
+        "memory, the same latents).",
+        default=False,
+    )
+    vae_tiling: bool = flag(
+        "Encode and decode large images tile by tiles (diffusers' enable_tiling: much less "
+        "memory at high resolution, latents differ slightly at the seams).",
+        default=False,
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        check_at_least(self, 1, "encode_batch_size")
+
+
+@dataclass
 class ContextArguments(FlagGroup):
     """Contexts: which column holds each image's context, and the concepts' names."""
 
@@ -362,6 +393,7 @@ class FinetuneArguments(
     AdapterArguments,
     ContextArguments,
     ImageDataArguments,
+    EncodeArguments,
     AutoencoderArguments,
 ):
     """Flags of ``examples/finetune.py``: train a context adapter on a frozen autoencoder.

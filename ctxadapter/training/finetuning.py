@@ -61,8 +61,9 @@ def finetune(args: FinetuneArguments) -> Path:
         args, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)]
     )
 
-    # 3. Encode every image once into the latent cache (the main process first, so that the
-    #    others reuse its files), and wrap the frozen autoencoder and the adapter in one model.
+    # 3. Encode every image once into the latent cache on the accelerator (the main process
+    #    first, so that the others reuse its files); wrap the autoencoder and adapter together.
+    inputs.codec.to(accelerator.device)
     with accelerator.main_process_first():
         train_data, validation_data = (
             cached_latents(args, inputs, rows, contexts)
@@ -263,6 +264,7 @@ def cached_latents(
         args.image_column,
         inputs.resolution,
         cache_root,
+        batch_size=args.encode_batch_size,
         keep_pixels=args.loss == "pixel",
     )
     return CachedLatents(cache, inputs.concepts)

@@ -136,6 +136,18 @@ def check_batches(args: FinetuneArguments, contexts: list[str]) -> None:
         )
 
 
+def configure_encoding(autoencoder, args: FinetuneArguments) -> None:
+    """Apply ``--channels_last``, ``--vae_slicing`` and ``--vae_tiling`` to ``autoencoder``;
+    an autoencoder without slicing or tiling is an error naming its class."""
+    if args.channels_last:
+        autoencoder.to(memory_format=torch.channels_last)
+    for flag_name, method in (("vae_slicing", "enable_slicing"), ("vae_tiling", "enable_tiling")):
+        if getattr(args, flag_name):
+            if not hasattr(autoencoder, method):
+                raise ValueError(f"--{flag_name}: {type(autoencoder).__name__} has no {method}().")
+            getattr(autoencoder, method)()
+
+
 def default_compositions(concepts: list[str], uses_quad: bool) -> list[str]:
     """The compositions shown in sample grids by default: quad's held-out ones, or the first
     12 pairs of concepts."""
@@ -163,7 +175,13 @@ def resolve_inputs(args: FinetuneArguments) -> FinetuneInputs:
     train, validation, concepts, train_contexts, validation_contexts = load_splits(
         args, args.seed, args.context_column, concepts
     )
-    autoencoder = load_autoencoder(args.autoencoder, args.revision, args.subfolder)
+    autoencoder = load_autoencoder(
+        args.autoencoder,
+        args.revision,
+        args.subfolder,
+        torch_dtype=getattr(torch, args.autoencoder_dtype),
+    )
+    configure_encoding(autoencoder, args)
     codec = LatentCodec(autoencoder)
     resolution = args.resolution or getattr(autoencoder.config, "sample_size", None)
     if resolution is None:
