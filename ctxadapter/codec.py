@@ -27,8 +27,10 @@ here with ``load_autoencoder``). ``docs/variants.md`` tabulates the families.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 
+import diffusers
 import torch
 from diffusers.image_processor import PipelineImageInput, VaeImageProcessor
 
@@ -41,7 +43,8 @@ from .families import (
     channel_statistics,
     config_normalisation,
     family_of,
-    load_autoencoder,
+    full_config,
+    refusal,
 )
 
 __all__ = [
@@ -53,6 +56,47 @@ __all__ = [
     "LatentCodec",
     "load_autoencoder",
 ]
+
+
+def load_autoencoder(
+    name_or_path: str | os.PathLike,
+    revision: str | None = None,
+    subfolder: str | None = None,
+    **hub_kwargs,
+):
+    """Load the diffusers autoencoder named by its config's ``_class_name`` (``AutoencoderKL``
+    when the config names none), if ``LatentCodec`` supports it.
+
+    The class and its config are checked before any weights are read.
+
+    Args:
+        name_or_path: a Hub repository id or a local folder.
+        revision: the Hub revision.
+        subfolder: the folder of the autoencoder inside the repository (e.g. ``"vae"``).
+        hub_kwargs: passed on to ``from_pretrained`` (``torch_dtype``, ``token``,
+            ``cache_dir``, ``local_files_only``...); the download options also to
+            ``load_config``.
+
+    Raises:
+        ValueError: if the config names a class outside ``AUTOENCODER_FAMILIES`` (with the
+            reason for the diffusers autoencoders in ``UNSUPPORTED_AUTOENCODERS``), or a config
+            ``LatentCodec`` would refuse.
+        OSError: if there is no such autoencoder (as ``from_pretrained`` raises).
+    """
+    config = diffusers.AutoencoderKL.load_config(
+        name_or_path, revision=revision, subfolder=subfolder, **hub_kwargs
+    )
+    class_name = config.get("_class_name", "AutoencoderKL")
+    reason = refusal(class_name)
+    if reason is not None:
+        raise ValueError(f"{str(name_or_path)!r} is a {class_name}; {reason}.")
+    cls = getattr(diffusers, class_name)
+    family = AUTOENCODER_FAMILIES[class_name]
+    full = full_config(cls, config)
+    geometry = family.geometry(full)
+    if not family.batch_norm_stats:
+        config_normalisation(class_name, full, geometry.latent_channels)
+    return cls.from_pretrained(name_or_path, revision=revision, subfolder=subfolder, **hub_kwargs)
 
 
 def _pair(resolution: int | tuple[int, int]) -> tuple[int, int]:

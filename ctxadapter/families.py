@@ -1,7 +1,7 @@
 """Which diffusers autoencoders ``LatentCodec`` drives, and how: the registry
 ``AUTOENCODER_FAMILIES`` (class name -> geometry, encoder output, normalisation),
 ``UNSUPPORTED_AUTOENCODERS`` (class name -> why it is refused), the checks of a config's latent
-statistics, and ``load_autoencoder``, which refuses an unsupported class from its
+statistics, used by ``ctxadapter.codec.load_autoencoder`` to refuse an unsupported class from its
 ``config.json`` alone, before any weights are read. The latent normalisation itself is
 described in ``ctxadapter.codec``; ``docs/variants.md`` tabulates the families."""
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -26,7 +25,8 @@ __all__ = [
     "channel_statistics",
     "config_normalisation",
     "family_of",
-    "load_autoencoder",
+    "full_config",
+    "refusal",
 ]
 
 
@@ -310,7 +310,7 @@ UNSUPPORTED_AUTOENCODERS: dict[str, str] = {
 """Class name -> why ``LatentCodec`` and ``load_autoencoder`` refuse that diffusers class."""
 
 
-def _refusal(class_name: str) -> str | None:
+def refusal(class_name: str) -> str | None:
     """Why ``class_name`` is refused (``None``: it is supported)."""
     reason = UNSUPPORTED_AUTOENCODERS.get(class_name)
     if reason is not None:
@@ -320,7 +320,7 @@ def _refusal(class_name: str) -> str | None:
     return None
 
 
-def _full_config(cls: type, config: Mapping[str, Any]) -> dict[str, Any]:
+def full_config(cls: type, config: Mapping[str, Any]) -> dict[str, Any]:
     """``config`` completed with the defaults of ``cls.__init__`` (a saved config may omit some)."""
     defaults = {
         name: parameter.default
@@ -380,54 +380,13 @@ def channel_statistics(class_name: str, what: str, mean, std, channels: int):
     return mean, std
 
 
-def load_autoencoder(
-    name_or_path: str | os.PathLike,
-    revision: str | None = None,
-    subfolder: str | None = None,
-    **hub_kwargs,
-):
-    """Load the diffusers autoencoder named by its config's ``_class_name`` (``AutoencoderKL``
-    when the config names none), if ``LatentCodec`` supports it.
-
-    The class and its config are checked before any weights are read.
-
-    Args:
-        name_or_path: a Hub repository id or a local folder.
-        revision: the Hub revision.
-        subfolder: the folder of the autoencoder inside the repository (e.g. ``"vae"``).
-        hub_kwargs: passed on to ``from_pretrained`` (``torch_dtype``, ``token``,
-            ``cache_dir``, ``local_files_only``...); the download options also to
-            ``load_config``.
-
-    Raises:
-        ValueError: if the config names a class outside ``AUTOENCODER_FAMILIES`` (with the
-            reason for the diffusers autoencoders in ``UNSUPPORTED_AUTOENCODERS``), or a config
-            ``LatentCodec`` would refuse.
-        OSError: if there is no such autoencoder (as ``from_pretrained`` raises).
-    """
-    config = diffusers.AutoencoderKL.load_config(
-        name_or_path, revision=revision, subfolder=subfolder, **hub_kwargs
-    )
-    class_name = config.get("_class_name", "AutoencoderKL")
-    refusal = _refusal(class_name)
-    if refusal is not None:
-        raise ValueError(f"{str(name_or_path)!r} is a {class_name}; {refusal}.")
-    cls = getattr(diffusers, class_name)
-    family = AUTOENCODER_FAMILIES[class_name]
-    full = _full_config(cls, config)
-    geometry = family.geometry(full)
-    if not family.batch_norm_stats:
-        config_normalisation(class_name, full, geometry.latent_channels)
-    return cls.from_pretrained(name_or_path, revision=revision, subfolder=subfolder, **hub_kwargs)
-
-
 def family_of(autoencoder: Any) -> AutoencoderFamily:
     """The family of ``autoencoder``'s class or of its nearest registered diffusers base class."""
     for cls in type(autoencoder).__mro__:
         if getattr(diffusers, cls.__name__, None) is not cls:
             continue
         if cls.__name__ in UNSUPPORTED_AUTOENCODERS:
-            raise ValueError(f"{_refusal(cls.__name__)}.")
+            raise ValueError(f"{refusal(cls.__name__)}.")
         if cls.__name__ in AUTOENCODER_FAMILIES:
             return AUTOENCODER_FAMILIES[cls.__name__]
     supported = ", ".join(AUTOENCODER_FAMILIES)

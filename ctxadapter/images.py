@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_BATCH_SIZE",
     "HIGH_BIT_DEPTH_MODES",
     "compute_dtype",
+    "model_input",
     "prepare_images",
     "preprocess_images",
     "signed_to_uint8",
@@ -215,3 +216,48 @@ def prepare_images(images: Tensor, resolution: tuple[int, int]) -> Tensor:
         pil = [Image.fromarray(image.permute(1, 2, 0).numpy()) for image in chunk]
         out.append(preprocess_images(pil, tuple(resolution), output="unit"))
     return torch.cat(out)
+
+
+def model_input(images, resolution: tuple[int, int]):
+    """Images given to a model's ``reconstruct`` / ``counterfactual``, checked and put in a form
+    ``VaeImageProcessor`` reads the same whatever they were: PIL images (any mode, through
+    ``to_rgb``), ``uint8`` arrays ``(N, H, W, 3)`` or tensors ``(N, 3, H, W)`` in ``[0, 255]``
+    (scaled to ``[0, 1]``), float tensors in ``[0, 1]`` (or ``[-1, 1]``, as diffusers reads
+    them) of size ``resolution``.
+
+    Raises:
+        ValueError: for no images, a wrong shape or size, or floats outside ``[-1, 1]``.
+        TypeError: for tensors that are neither ``uint8`` nor floating point.
+    """
+    if isinstance(images, Image.Image):
+        images = [images]
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise ValueError("Got no images: pass at least one.")
+        return [to_rgb(i) if isinstance(i, Image.Image) else i for i in images]
+    if isinstance(images, np.ndarray):  # (N, H, W, 3), as diffusers reads arrays
+        if images.ndim != 4 or images.shape[0] == 0:
+            raise ValueError(
+                f"Expected an array of images (N, H, W, 3) with N >= 1, got shape {images.shape}."
+            )
+        return images.astype(np.float32) / 255 if images.dtype == np.uint8 else images
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise ValueError(
+            f"Expected a batch of images (N, 3, H, W) with N >= 1, got shape {tuple(images.shape)}."
+        )
+    if images.dtype == torch.uint8:  # [0, 255]
+        images = images.float() / 255
+    elif not images.is_floating_point():
+        raise TypeError(f"Images must be uint8 or floats, got {images.dtype}.")
+    lo, hi = float(images.min()), float(images.max())
+    if lo < -1 - 1e-3 or hi > 1 + 1e-3:
+        raise ValueError(
+            f"Float images must be in [0, 1] (or [-1, 1]); got values in [{lo:.3g}, {hi:.3g}]. "
+            f"uint8 images are read in [0, 255]."
+        )
+    if tuple(images.shape[-2:]) != tuple(resolution):
+        raise ValueError(
+            f"Images of size {tuple(images.shape[-2:])} given, but this adapter works at "
+            f"{tuple(resolution)}."
+        )
+    return images.float().cpu()

@@ -15,20 +15,17 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
 
-import diffusers
-import numpy as np
-import safetensors.torch
 import torch
-from huggingface_hub import HfApi, hf_hub_download
-from PIL import Image
+from huggingface_hub import HfApi
 from torch import nn
 
 from .adapter import CtxAdapter
 from .card import is_hub_id
 from .codec import LatentCodec, load_autoencoder
-from .images import to_rgb
+from .images import model_input
+from .lora import add_decoder_lora, load_decoder_lora, save_decoder_lora
 from .objective import Objective
-from .pinning import local_path, portable_name, resolved_commit, weights_fingerprint
+from .pinning import local_path, weights_fingerprint
 
 DECODE_BATCH_SIZE = 64
 """Latents decoded at once by ``generate``, ``reconstruct`` and ``counterfactual`` (each takes
@@ -37,20 +34,6 @@ DECODE_BATCH_SIZE = 64
 BASE_HUB_KWARGS = ("cache_dir", "token", "local_files_only", "force_download", "proxies")
 """Keyword arguments of ``ContextAutoencoder.from_pretrained`` passed on to the base
 autoencoder's ``from_pretrained`` as well as to the adapter's."""
-
-DECODER_LORA_NAME = "decoder_lora.safetensors"
-DECODER_LORA_TARGETS = [
-    "conv1",
-    "conv2",
-    "conv_shortcut",
-    "conv_in",
-    "conv_out",
-    "to_q",
-    "to_k",
-    "to_v",
-    "to_out.0",
-]
-"""Decoder modules adapted by default by ``ContextAutoencoder.add_decoder_lora``."""
 
 
 @contextmanager
@@ -69,36 +52,6 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
     finally:
         for module, training in modes:
             module.training = training
-
-
-def base_model_record(
-    autoencoder,
-    pretrained_model_name_or_path: str,
-    revision: str | None = None,
-    subfolder: str | None = None,
-    **hub_kwargs,
-) -> dict:
-    """What an adapter's config records about its base autoencoder (see ``CtxAdapter``): where
-    it comes from (a Hub id with the commit its files come from as ``revision``, a shipped
-    autoencoder's name, or an absolute folder), its class, its latent normalisation and the
-    fingerprint of its weights files (``ctxadapter.pinning``). ``hub_kwargs`` (``cache_dir``,
-    ``token``...) are those it was loaded with."""
-    codec = LatentCodec(autoencoder)
-    name = str(pretrained_model_name_or_path)
-    where = dict(revision=revision, subfolder=subfolder, **hub_kwargs)
-    statistics = codec.latents_mean is not None
-    return dict(
-        pretrained_model_name_or_path=portable_name(name),
-        revision=resolved_commit(local_path(name), **where) or revision,
-        subfolder=subfolder,
-        class_name=type(autoencoder).__name__,
-        scaling_factor=codec.scaling_factor,
-        shift_factor=codec.shift_factor,
-        latents_mean=codec.latents_mean.tolist() if statistics else None,
-        latents_std=codec.latents_std.tolist() if statistics else None,
-        latent_patch_size=codec.latent_patch_size,
-        fingerprint=weights_fingerprint(local_path(name), **where),
-    )
 
 
 class ContextAutoencoder(nn.Module):
@@ -188,53 +141,13 @@ class ContextAutoencoder(nn.Module):
     # ------------------------------------------------------------------ using a trained adapter
     def _pixels(self, images) -> torch.Tensor:
         """Images at the adapter's resolution -> ``(N, 3, H, W)`` float32 in ``[-1, 1]``."""
-        if isinstance(images, Image.Image):
-            images = [images]
-        if isinstance(images, (list, tuple)):
-            if not images:
-                raise ValueError("Got no images: pass at least one.")
-            images = [to_rgb(i) if isinstance(i, Image.Image) else i for i in images]
-        elif isinstance(images, np.ndarray):  # (N, H, W, 3), as diffusers reads arrays
-            if images.ndim != 4 or images.shape[0] == 0:
-                raise ValueError(
-                    f"Expected an array of images (N, H, W, 3) with N >= 1, got shape "
-                    f"{images.shape}."
-                )
-            if images.dtype == np.uint8:  # [0, 255]
-                images = images.astype(np.float32) / 255
-        elif isinstance(images, torch.Tensor):
-            if images.ndim != 4 or images.shape[0] == 0:
-                raise ValueError(
-                    f"Expected a batch of images (N, 3, H, W) with N >= 1, got shape "
-                    f"{tuple(images.shape)}."
-                )
-            if images.dtype == torch.uint8:  # [0, 255]
-                images = images.float() / 255
-            elif not images.is_floating_point():
-                raise TypeError(f"Images must be uint8 or floats, got {images.dtype}.")
-            lo, hi = float(images.min()), float(images.max())
-            if lo < -1 - 1e-3 or hi > 1 + 1e-3:
-                raise ValueError(
-                    f"Float images must be in [0, 1] (or [-1, 1]); got values in "
-                    f"[{lo:.3g}, {hi:.3g}]. uint8 images are read in [0, 255]."
-                )
-            self._check_resolution(images)
-            images = images.float().cpu()
-        return self.codec.preprocess(images, *self.resolution)
+        return self.codec.preprocess(model_input(images, self.resolution), *self.resolution)
 
     def _encode(self, images) -> tuple[torch.Tensor, torch.Tensor]:
         """Images at the adapter's resolution -> their latents and posterior mean noise, in the
         adapter's dtype."""
         latents = self.codec.encode(self._pixels(images)).to(self.device, self.dtype)
         return latents, self.adapter.posterior(latents)[0]
-
-    def _check_resolution(self, images: torch.Tensor) -> None:
-        if tuple(images.shape[-2:]) != self.resolution:
-            raise ValueError(
-                f"Images of size {tuple(images.shape[-2:])} given, but this adapter works at "
-                f"{self.resolution} (latent_shape {tuple(self.adapter.latent_shape)} times "
-                f"the downsampling factor {self.codec.downsample_factor})."
-            )
 
     def _decode(self, latents: torch.Tensor, output_type: str, decode_batch_size: int) -> Any:
         """Model-space latents -> images in ``output_type``, ``decode_batch_size`` at a time;
@@ -350,45 +263,16 @@ class ContextAutoencoder(nn.Module):
             edited = latents + edited - self.adapter.latents_from_noise(mean, source_context)
         return self._decode(edited, output_type, decode_batch_size)
 
-    # ------------------------------------------------------------------ saving and loading
     # ------------------------------------------------------------------ decoder LoRA
     def add_decoder_lora(
         self, rank: int, alpha: float | None = None, target_modules: list[str] | None = None
     ) -> None:
         """Add a LoRA (peft) to the frozen decoder: the paper's fine-tune variant, trained with
-        ``pixel`` loss. Only the LoRA weights train; they are saved beside the adapter
-        (``decoder_lora.safetensors``) and recorded in its config. ``AutoencoderKL`` only.
-
-        Args:
-            rank: the LoRA rank.
-            alpha: the LoRA scale numerator (default: ``rank``).
-            target_modules: decoder module names to adapt (default: the ResNet and attention
-                convolutions and projections, the input and output convolutions).
-        """
-        from peft import LoraConfig, inject_adapter_in_model
-
-        if not isinstance(rank, int) or rank < 1:
-            raise ValueError(f"The decoder LoRA rank must be a positive integer, got {rank!r}")
-        if not isinstance(self.codec.autoencoder, diffusers.AutoencoderKL):
-            raise ValueError(
-                f"A decoder LoRA needs an AutoencoderKL, not a "
-                f"{type(self.codec.autoencoder).__name__}."
-            )
-        settings = {
-            "rank": rank,
-            "alpha": alpha or rank,
-            "target_modules": list(target_modules or DECODER_LORA_TARGETS),
-        }
-        config = LoraConfig(
-            r=rank, lora_alpha=settings["alpha"], target_modules=settings["target_modules"]
-        )
-        inject_adapter_in_model(config, self.codec.autoencoder.decoder)
+        ``pixel`` loss (``ctxadapter.lora.add_decoder_lora``). Only the LoRA weights train;
+        they are saved beside the adapter (``decoder_lora.safetensors``) and recorded in its
+        config. ``AutoencoderKL`` only."""
+        settings = add_decoder_lora(self.codec.autoencoder, rank, alpha, target_modules)
         self.adapter.config["decoder_lora"] = settings
-
-    def _decoder_lora_state(self) -> dict[str, torch.Tensor]:
-        from peft import get_peft_model_state_dict
-
-        return get_peft_model_state_dict(self.codec.autoencoder.decoder)
 
     # ------------------------------------------------------------------ saving and loading
     def save_pretrained(self, save_directory, **kwargs) -> None:
@@ -396,8 +280,7 @@ class ContextAutoencoder(nn.Module):
         ``CtxAdapter.save_pretrained``) and, if there is one, the decoder LoRA's weights."""
         self.adapter.save_pretrained(save_directory, **kwargs)
         if self.adapter.config["decoder_lora"]:
-            state = {k: v.contiguous() for k, v in self._decoder_lora_state().items()}
-            safetensors.torch.save_file(state, os.path.join(save_directory, DECODER_LORA_NAME))
+            save_decoder_lora(self.codec.autoencoder, save_directory)
 
     def push_to_hub(
         self,
@@ -514,19 +397,11 @@ class ContextAutoencoder(nn.Module):
                     f"with autoencoder=), or pass check_base=False to use it anyway."
                 )
         model = cls(autoencoder, adapter)
-        lora = adapter.config["decoder_lora"]
-        if lora:
-            from peft import set_peft_model_state_dict
-
-            model.add_decoder_lora(lora["rank"], lora["alpha"], lora["target_modules"])
-            path = str(pretrained_model_name_or_path)
-            file = (
-                os.path.join(path, DECODER_LORA_NAME)
-                if os.path.isdir(path)
-                else hf_hub_download(path, DECODER_LORA_NAME, **hub_kwargs)
+        if adapter.config["decoder_lora"]:
+            load_decoder_lora(
+                model.codec.autoencoder,
+                adapter.config["decoder_lora"],
+                pretrained_model_name_or_path,
+                **hub_kwargs,
             )
-            state = safetensors.torch.load_file(file)
-            result = set_peft_model_state_dict(model.codec.autoencoder.decoder, state)
-            if result.unexpected_keys:
-                raise ValueError(f"{file} holds unexpected keys {result.unexpected_keys}.")
         return model.eval()

@@ -18,6 +18,8 @@ import torch
 from huggingface_hub import hf_hub_download
 from safetensors import safe_open
 
+from .codec import LatentCodec
+
 SHIPPED_AUTOENCODERS = {
     "ctxadapter:quad-autoencoder": Path(__file__).resolve().parent / "assets" / "quad-autoencoder"
 }
@@ -98,3 +100,33 @@ def weights_fingerprint(
                 sample = values[::step].contiguous().view(torch.uint8)  # bytes as stored
                 digest.update(sample.numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def base_model_record(
+    autoencoder,
+    pretrained_model_name_or_path: str,
+    revision: str | None = None,
+    subfolder: str | None = None,
+    **hub_kwargs,
+) -> dict:
+    """What an adapter's config records about its base autoencoder (see ``CtxAdapter``): where
+    it comes from (a Hub id with the commit its files come from as ``revision``, a shipped
+    autoencoder's name, or an absolute folder), its class, its latent normalisation and the
+    fingerprint of its weights files (``ctxadapter.pinning``). ``hub_kwargs`` (``cache_dir``,
+    ``token``...) are those it was loaded with."""
+    codec = LatentCodec(autoencoder)
+    name = str(pretrained_model_name_or_path)
+    where = dict(revision=revision, subfolder=subfolder, **hub_kwargs)
+    statistics = codec.latents_mean is not None
+    return dict(
+        pretrained_model_name_or_path=portable_name(name),
+        revision=resolved_commit(local_path(name), **where) or revision,
+        subfolder=subfolder,
+        class_name=type(autoencoder).__name__,
+        scaling_factor=codec.scaling_factor,
+        shift_factor=codec.shift_factor,
+        latents_mean=codec.latents_mean.tolist() if statistics else None,
+        latents_std=codec.latents_std.tolist() if statistics else None,
+        latent_patch_size=codec.latent_patch_size,
+        fingerprint=weights_fingerprint(local_path(name), **where),
+    )

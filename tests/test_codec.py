@@ -672,7 +672,7 @@ def test_family_through_context_autoencoder(family, tmp_path, images):
     """The rest of the library sees 4-D model-space latents: train a step, save the adapter,
     load it back with its recorded base autoencoder, generate and reconstruct."""
     from ctxadapter import ContextAutoencoder, CtxAdapter
-    from ctxadapter.model import base_model_record
+    from ctxadapter.pinning import base_model_record
 
     name, vae, codec = family
     folder = tmp_path / "vae"

@@ -29,7 +29,7 @@ from PIL import Image
 from ctxadapter import ContextAutoencoder, CtxAdapter
 from ctxadapter.data import quad
 from ctxadapter.images import preprocess_images
-from ctxadapter.model import base_model_record
+from ctxadapter.pinning import base_model_record
 from ctxadapter.viz import concept_graph_image, image_grid
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")

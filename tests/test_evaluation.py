@@ -23,8 +23,8 @@ from ctxadapter.evaluation import (
 )
 from ctxadapter.images import prepare_images
 from ctxadapter.metrics import recon_bits_per_pixel
-from ctxadapter.model import base_model_record
 from ctxadapter.objective import PIXEL_EPS, gaussian_kl
+from ctxadapter.pinning import base_model_record
 from ctxadapter.wasserstein import sliced_wasserstein
 
 REPO = Path(__file__).resolve().parent.parent

@@ -15,7 +15,7 @@ import ctxadapter.model
 from ctxadapter import ContextAutoencoder, CtxAdapter
 from ctxadapter.card import is_hub_id, model_card
 from ctxadapter.codec import LatentCodec
-from ctxadapter.model import base_model_record
+from ctxadapter.pinning import base_model_record
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

@@ -5,8 +5,9 @@ import torch
 from diffusers import AutoencoderKL, AutoencoderTiny
 
 from ctxadapter import ContextAutoencoder, CtxAdapter
-from ctxadapter.model import DECODER_LORA_NAME, base_model_record
+from ctxadapter.lora import DECODER_LORA_NAME
 from ctxadapter.objective import Objective
+from ctxadapter.pinning import base_model_record
 
 
 @pytest.fixture

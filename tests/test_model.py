@@ -19,8 +19,9 @@ import ctxadapter.model
 from ctxadapter import ContextAutoencoder, CtxAdapter
 from ctxadapter.codec import LatentCodec
 from ctxadapter.contexts import context_mask
-from ctxadapter.model import base_model_record, eval_mode
+from ctxadapter.model import eval_mode
 from ctxadapter.objective import Objective, gaussian_kl
+from ctxadapter.pinning import base_model_record
 
 CONCEPTS = ["a", "b", "c"]
 RESOLUTION = 32

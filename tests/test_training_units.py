@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ctxadapter.training import PRESETS, FinetuneArguments, PretrainArguments
-from ctxadapter.training.args import parse_finetune_arguments
+from ctxadapter.training.finetune_args import parse_finetune_arguments
 from ctxadapter.training.inputs import default_compositions, load_splits
 from ctxadapter.training.state import (
     EarlyStopping,

@@ -14,7 +14,7 @@ from diffusers import AutoencoderKL
 from PIL import Image
 
 from ctxadapter import ContextAutoencoder, CtxAdapter
-from ctxadapter.model import base_model_record
+from ctxadapter.pinning import base_model_record
 from ctxadapter.viz import (
     DARK_BLUE,
     DIAGONAL_GREY,

@@ -1,8 +1,9 @@
 """Training with Accelerate: the two loops behind ``examples/finetune.py`` and
 ``examples/pretrain_autoencoder.py``, and their flags.
 
-- ``args``, ``flags``: the flag groups and ``FinetuneArguments`` (read by transformers'
-  ``HfArgumentParser``; ``--preset paper`` through ``parse_finetune_arguments``);
+- ``args`` (shared), ``finetune_args`` and ``flags``: the flag groups and
+  ``FinetuneArguments`` (read by transformers' ``HfArgumentParser``; ``--preset paper``
+  through ``parse_finetune_arguments``);
 - ``inputs``: what a run loads and checks before it writes anything;
 - ``finetuning``: the fine-tuning loop, top to bottom, and ``outputs``: its output folder;
 - ``pretraining``: ``PretrainArguments`` and the autoencoder pretraining loop;
@@ -10,7 +11,8 @@
 - ``optimization``, ``tracking``: the optimizer and schedule, the ``Accelerator``.
 """
 
-from .args import PRESETS, QUAD_AUTOENCODER, FinetuneArguments, parse_finetune_arguments
+from .args import QUAD_AUTOENCODER
+from .finetune_args import PRESETS, FinetuneArguments, parse_finetune_arguments
 from .finetuning import finetune
 from .optimization import make_optimizer
 from .pretraining import PretrainArguments, pretrain_autoencoder

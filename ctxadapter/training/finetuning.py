@@ -22,10 +22,11 @@ from tqdm.auto import tqdm
 from ..adapter import CtxAdapter
 from ..data import CachedLatents, ContextBatchSampler, cache_latents, collate_batch
 from ..data import steps_per_epoch as count_steps
-from ..model import ContextAutoencoder, base_model_record
+from ..model import ContextAutoencoder
 from ..objective import Objective
+from ..pinning import base_model_record
 from ..viz import context_grid
-from .args import FinetuneArguments
+from .finetune_args import FinetuneArguments
 from .inputs import FinetuneInputs, check_batches, resolve_inputs
 from .optimization import make_optimizer, make_scheduler
 from .outputs import write_outputs

@@ -13,7 +13,8 @@ import torch
 from ..codec import LatentCodec, load_autoencoder
 from ..contexts import all_pairs, context_name, parse_context
 from ..data import ContextBatchSampler, context_strings, load_image_dataset, validate_dataset
-from .args import FinetuneArguments, ImageDataArguments
+from .args import ImageDataArguments
+from .finetune_args import FinetuneArguments
 from .state import check_output_dir, check_resumable, resolve_checkpoint
 
 

@@ -11,7 +11,7 @@ from accelerate import Accelerator
 
 from ..model import ContextAutoencoder
 from ..viz import concept_graph_image, write_report
-from .args import PRESETS, FinetuneArguments
+from .finetune_args import PRESETS, FinetuneArguments
 from .inputs import FinetuneInputs
 from .state import staged_folder, trainable_state
 from .tracking import log_image
