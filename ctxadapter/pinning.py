@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 import torch
-from huggingface_hub import hf_hub_download
+from huggingface_hub import try_to_load_from_cache
 from safetensors import safe_open
 
 from .codec import LatentCodec
@@ -50,18 +50,19 @@ SAMPLES_PER_TENSOR = 64
 
 
 def _file(name_or_path: str, filename: str, revision, subfolder, **hub_kwargs) -> Path | None:
-    """The local path of ``filename`` of a folder or Hub repository (``None`` if absent)."""
+    """The local path of ``filename`` of a folder, or of a Hub repository in the local Hub
+    cache (never the network: the autoencoder was just loaded, so its files are cached);
+    ``None`` if absent."""
     if os.path.isdir(name_or_path):
         path = Path(name_or_path, subfolder or "", filename)
         return path if path.is_file() else None
-    try:
-        return Path(
-            hf_hub_download(
-                name_or_path, filename, revision=revision, subfolder=subfolder, **hub_kwargs
-            )
-        )
-    except Exception:  # not in the repository (e.g. an unsharded model has no index)
-        return None
+    found = try_to_load_from_cache(
+        name_or_path,
+        f"{subfolder}/{filename}" if subfolder else filename,
+        cache_dir=hub_kwargs.get("cache_dir"),
+        revision=revision,
+    )
+    return Path(found) if isinstance(found, str) else None
 
 
 def resolved_commit(
