@@ -4,13 +4,12 @@ The context layers between them keep their exact semantics; the heads are ours t
 
 - ``"linear"``: one linear map each way (the paper's);
 - ``"mlp"``: two hidden GELU layers of ``width`` each way;
-- ``"conv"``: spatial heads for large latents. The posterior head is a convolution followed by
-  stride-2 convolutions down to a grid of at most ``CONV_GRID`` x ``CONV_GRID``, then a GELU
-  MLP; the latent head mirrors it (an MLP to that grid, then nearest-neighbour upsampling and
-  convolutions). Channels double at each halving (``conv_channels``), from
-  ``CONV_MIN_CHANNELS`` at the latent's resolution to at most ``CONV_MAX_CHANNELS``, so the
-  work per latent value stays small and the number of weights hardly grows with height and
-  width;
+- ``"conv"``: spatial heads for large latents. The posterior head cuts the latent into
+  ``P x P`` patches with a strided convolution (``P`` the power of two that leaves a grid of at
+  most ``CONV_GRID`` x ``CONV_GRID``), mixes neighbouring patches with a 3 x 3 convolution, then
+  a GELU MLP; the latent head mirrors it (an MLP to the grid, a 3 x 3 convolution, a transposed
+  convolution back to the patches, a 3 x 3 convolution that smooths the patch borders). Their
+  weights and their work grow far slower than the latent's height and width;
 - ``"auto"``: ``"mlp"`` for latents of at most ``AUTO_CONV_SIZE`` values, ``"conv"`` above.
 
 Every head takes and returns flat vectors: ``(N, C*h*w)`` in, or out, so that all kinds share
@@ -30,14 +29,11 @@ HEADS = ("linear", "mlp", "conv", "auto")
 AUTO_CONV_SIZE = 4096
 """``"auto"`` heads are spatial above this many latent values (SD's 4 x 32 x 32 at 256 px)."""
 
-CONV_MIN_CHANNELS = 16
-"""Channels of ``"conv"`` heads at the latent's own resolution."""
+CONV_CHANNELS = 32
+"""Channels of ``"conv"`` heads on their grid of patches."""
 
-CONV_MAX_CHANNELS = 64
-"""The most channels of ``"conv"`` heads (at their coarsest grids)."""
-
-CONV_GRID = 4
-"""The coarsest grid of ``"conv"`` heads (the latent is halved down to at most this)."""
+CONV_GRID = 8
+"""The largest side of the grid of patches of ``"conv"`` heads."""
 
 
 def resolve_heads(kind: str, latent_shape: tuple[int, int, int]) -> str:
@@ -59,35 +55,36 @@ def _mlp(size_in: int, width: int, size_out: int) -> nn.Sequential:
     )
 
 
-def conv_channels(steps: int) -> list[int]:
-    """Channels of ``"conv"`` heads at each of ``steps + 1`` resolutions, finest first."""
-    return [min(CONV_MAX_CHANNELS, CONV_MIN_CHANNELS * 2**i) for i in range(steps + 1)]
-
-
-def _halvings(latent_shape: tuple[int, int, int]) -> int:
-    """How many times ``"conv"`` heads halve the latent's height and width."""
+def patch_size(latent_shape: tuple[int, int, int]) -> int:
+    """The side ``P`` of the patches of ``"conv"`` heads: the smallest power of two that leaves a
+    grid of at most ``CONV_GRID`` patches each way and divides the latent's height and width."""
     _, height, width = latent_shape
-    steps = 0
-    while max(height, width) > CONV_GRID and height % 2 == 0 and width % 2 == 0:
-        height, width, steps = height // 2, width // 2, steps + 1
-    return steps
+    size = 1
+    while (
+        max(height, width) // size > CONV_GRID
+        and height % (2 * size) == 0
+        and width % (2 * size) == 0
+    ):
+        size *= 2
+    return size
 
 
 class ConvPosteriorHead(nn.Module):
-    """Flat latents ``(N, C*h*w)`` -> ``(N, size_out)`` through convolutions (see the module
-    docstring)."""
+    """Flat latents ``(N, C*h*w)`` -> ``(N, size_out)``: patches, a 3 x 3 convolution over
+    them, an MLP (see the module docstring)."""
 
     def __init__(self, latent_shape: tuple[int, int, int], width: int, size_out: int):
         super().__init__()
         self.latent_shape = tuple(latent_shape)
         channels, height, width_px = latent_shape
-        steps = _halvings(self.latent_shape)
-        ch = conv_channels(steps)
-        layers: list[nn.Module] = [nn.Conv2d(channels, ch[0], 3, padding=1), nn.GELU()]
-        for i in range(steps):
-            layers += [nn.Conv2d(ch[i], ch[i + 1], 4, stride=2, padding=1), nn.GELU()]
-        self.convs = nn.Sequential(*layers)
-        self.mlp = _mlp(ch[-1] * (height >> steps) * (width_px >> steps), width, size_out)
+        p = patch_size(self.latent_shape)
+        self.convs = nn.Sequential(
+            nn.Conv2d(channels, CONV_CHANNELS, p, stride=p),
+            nn.GELU(),
+            nn.Conv2d(CONV_CHANNELS, CONV_CHANNELS, 3, padding=1),
+            nn.GELU(),
+        )
+        self.mlp = _mlp(CONV_CHANNELS * (height // p) * (width_px // p), width, size_out)
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         spatial = latents.view(-1, *self.latent_shape)
@@ -101,19 +98,16 @@ class ConvLatentHead(nn.Module):
     def __init__(self, size_in: int, width: int, latent_shape: tuple[int, int, int]):
         super().__init__()
         channels, height, width_px = latent_shape
-        steps = _halvings(tuple(latent_shape))
-        ch = conv_channels(steps)
-        self.grid = (ch[-1], height >> steps, width_px >> steps)
+        p = patch_size(tuple(latent_shape))
+        self.grid = (CONV_CHANNELS, height // p, width_px // p)
         self.mlp = _mlp(size_in, width, math.prod(self.grid))
-        layers: list[nn.Module] = [nn.GELU()]
-        for i in reversed(range(steps)):
-            layers += [
-                nn.Upsample(scale_factor=2, mode="nearest"),
-                nn.Conv2d(ch[i + 1], ch[i], 3, padding=1),
-                nn.GELU(),
-            ]
-        layers.append(nn.Conv2d(ch[0], channels, 3, padding=1))
-        self.convs = nn.Sequential(*layers)
+        self.convs = nn.Sequential(
+            nn.GELU(),
+            nn.Conv2d(CONV_CHANNELS, CONV_CHANNELS, 3, padding=1),
+            nn.GELU(),
+            nn.ConvTranspose2d(CONV_CHANNELS, channels, p, stride=p),
+            nn.Conv2d(channels, channels, 3, padding=1),
+        )
 
     def forward(self, concepts: torch.Tensor) -> torch.Tensor:
         return self.convs(self.mlp(concepts).view(-1, *self.grid)).flatten(1)
