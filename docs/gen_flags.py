@@ -84,7 +84,8 @@ def groups(cls: type) -> list[tuple[str, str, list[str]]]:
     for group in reversed(cls.__mro__):
         if group in (object, FlagGroup, cls) or not dataclasses.is_dataclass(group):
             continue
-        title, _, blurb = " ".join(group.__doc__.split()).rstrip(".").partition(": ")
+        doc = " ".join(group.__doc__.split()).replace("``", "`")
+        title, _, blurb = doc.rstrip(".").partition(": ")
         blurb = blurb[:1].upper() + blurb[1:] + ("." if blurb else "")
         blurb = " ".join([blurb, SEE_ALSO.get(group.__name__, "")])
         found.append((title, blurb.strip(), list(vars(group)["__annotations__"])))

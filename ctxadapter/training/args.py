@@ -126,7 +126,8 @@ class OptimizationArguments(FlagGroup):
 
 @dataclass
 class RunArguments(FlagGroup):
-    """Outputs and logging."""
+    """Outputs and logging: where the results go, whether an earlier run there may be
+    replaced, and where training is logged."""
 
     output_dir: str = flag("Where the results are written.", default="ctxadapter-quad")
     overwrite_output_dir: bool = flag(

@@ -180,7 +180,8 @@ class DecoderLoraArguments(FlagGroup):
 
 @dataclass
 class ValidationArguments(FlagGroup):
-    """Validation, early stopping and sample grids."""
+    """Validation, early stopping and sample grids: how often the validation loss (which
+    drives early stopping) and the sample pictures are made."""
 
     validation_epochs: int = flag(
         "Validation loss (for early stopping) every this many epochs.", default=1
@@ -232,7 +233,7 @@ class CheckpointArguments(FlagGroup):
 
 @dataclass
 class HubArguments(FlagGroup):
-    """Sharing on the Hub."""
+    """Sharing on the Hub: where the adapter is pushed at the end, and the Hub id of its base."""
 
     push_to_hub: bool = flag("Push the adapter folder to the Hub at the end.", default=False)
     hub_model_id: str | None = flag(
