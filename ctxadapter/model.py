@@ -331,7 +331,7 @@ class ContextAutoencoder(nn.Module):
         api = HfApi(token=token)
         repo_id = api.create_repo(repo_id=repo_id, private=private, exist_ok=True).repo_id
         with tempfile.TemporaryDirectory() as folder:
-            card = {"repo_id": repo_id} | (model_card_kwargs or {})
+            card = (model_card_kwargs or {}) | {"repo_id": repo_id}
             self.save_pretrained(folder, model_card_kwargs=card)
             for file in extra_files:
                 shutil.copy(file, folder)

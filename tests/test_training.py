@@ -127,6 +127,8 @@ def test_output_folder_holds_exactly_the_expected_files(run):
     assert len(metrics["validation_history"]) == 2  # end of epoch 1 (7 batches) and the end
     card = (output / "README.md").read_text()
     assert "contexts.png" in card and "quad1" in card
+    assert f'ContextAutoencoder.from_pretrained("{output}")' in card  # where it was saved
+    assert "--max_train_steps 8" in card and "| optimizer steps | 8 |" in card
 
 
 def test_output_loads_with_context_autoencoder(run):

@@ -54,6 +54,7 @@ def write_outputs(
         "pictures": sorted(Path(p).name for p in files.values()),
     }
     card = {
+        "repo_id": args.output_dir,  # push_to_hub names the Hub repository instead
         "sample_grid": "contexts.png",
         "training_command": training_command(args),
         "results": {
