@@ -107,7 +107,7 @@ def test_an_earlier_run_is_not_replaced_unless_asked(tiny):
 
 
 def test_resuming_with_other_flags_is_refused_and_a_finished_run_is_left_alone(tiny):
-    args = tiny()
+    args = tiny(hub_token="hf_secret")
     finetune(args)
     output = Path(args.output_dir)
     before = {n: (output / n).read_bytes() for n in ("model.safetensors", "metrics.json")}
@@ -119,6 +119,7 @@ def test_resuming_with_other_flags_is_refused_and_a_finished_run_is_left_alone(t
     assert {n: (output / n).read_bytes() for n in before} == before
     saved = json.loads((output / "checkpoint-4" / TRAINING_ARGS_NAME).read_text())
     assert saved["learning_rate"] == 1e-3 and saved["max_train_steps"] == 4
+    assert "hub_token" not in saved  # a secret is never written
 
 
 def test_a_failed_final_save_leaves_the_previous_adapter_loadable(tiny, monkeypatch):

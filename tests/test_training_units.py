@@ -224,3 +224,12 @@ def test_push_to_hub_with_a_local_autoencoder_needs_its_hub_id():
         FinetuneArguments(push_to_hub=True)
     assert FinetuneArguments(push_to_hub=True, hub_base_model_id="org/vae").push_to_hub
     assert FinetuneArguments(push_to_hub=True, pretrained_model_name_or_path="org/vae").push_to_hub
+
+
+def test_the_hub_token_is_never_written():
+    from ctxadapter.training.flags import public_flags
+    from ctxadapter.training.tracking import tracker_config
+
+    args = FinetuneArguments(hub_token="hf_secret", seed=3)
+    assert "hub_token" not in public_flags(args) and public_flags(args)["seed"] == 3
+    assert "hf_secret" not in str(tracker_config(args))

@@ -12,6 +12,7 @@ from accelerate import Accelerator
 from ..model import ContextAutoencoder
 from ..viz import concept_graph_image, write_report
 from .finetune_args import PRESETS, FinetuneArguments
+from .flags import SECRET_FLAGS
 from .inputs import FinetuneInputs
 from .state import staged_folder, trainable_state
 from .tracking import log_image
@@ -78,7 +79,7 @@ def write_outputs(
         )
 
 
-NOT_IN_COMMAND = ("hub_token", "overwrite_output_dir", "resume_from_checkpoint")
+NOT_IN_COMMAND = (*SECRET_FLAGS, "overwrite_output_dir", "resume_from_checkpoint")
 """Flags left out of the training command of the model card (secret, or about this folder)."""
 
 

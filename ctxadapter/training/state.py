@@ -24,13 +24,14 @@ import shutil
 import signal
 import threading
 from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
 
 import safetensors.torch
 import torch
 from accelerate import Accelerator
 from safetensors import SafetensorError
+
+from .flags import public_flags
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 """Name of a checkpoint folder; group 1 is the optimizer step it was saved after."""
@@ -194,7 +195,7 @@ def save_checkpoint(accelerator: Accelerator, args, step: int) -> Path:
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))
     if accelerator.is_main_process:
-        (partial / TRAINING_ARGS_NAME).write_text(json.dumps(asdict(args), indent=2) + "\n")
+        (partial / TRAINING_ARGS_NAME).write_text(json.dumps(public_flags(args), indent=2) + "\n")
         if final.exists():
             shutil.rmtree(final)
         os.replace(partial, final)
@@ -213,7 +214,7 @@ def check_resumable(checkpoint: Path, args) -> None:
             f"ctxadapter's finetune, so it cannot be resumed safely."
         )
     saved = json.loads(path.read_text())
-    current = json.loads(json.dumps(asdict(args)))  # the same JSON types as the saved flags
+    current = json.loads(json.dumps(public_flags(args)))  # the JSON types of the saved flags
     changed = [
         f"--{name} {saved.get(name)!r} -> {current.get(name)!r}"
         for name in sorted(set(saved) | set(current))

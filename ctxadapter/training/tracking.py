@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
 
 import numpy as np
 from accelerate import Accelerator
@@ -11,6 +10,7 @@ from accelerate.utils import ProjectConfiguration
 from PIL import Image
 
 from .args import OptimizationArguments, RunArguments
+from .flags import public_flags
 
 
 def make_accelerator(args: RunArguments | OptimizationArguments, **kwargs) -> Accelerator:
@@ -30,9 +30,10 @@ def make_accelerator(args: RunArguments | OptimizationArguments, **kwargs) -> Ac
 
 def tracker_config(args) -> dict:
     """A flags dataclass as a flat dict of scalars for the trackers (tensorboard takes no
-    lists)."""
+    lists), without its secrets (the Hub token)."""
     return {
-        k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in asdict(args).items()
+        k: v if isinstance(v, (int, float, str, bool)) else str(v)
+        for k, v in public_flags(args).items()
     }
 
 
