@@ -113,25 +113,26 @@ class ConvLatentHead(nn.Module):
         return self.convs(self.mlp(concepts).view(-1, *self.grid)).flatten(1)
 
 
-def posterior_head(
-    kind: str, latent_shape: tuple[int, int, int], width: int, size_out: int
-) -> nn.Module:
-    """The posterior head of ``kind`` (resolved): flat latents -> ``(N, size_out)``."""
-    size_in = math.prod(latent_shape)
+def _head(kind: str, size_in: int, width: int, size_out: int, conv) -> nn.Module:
+    """A linear map, an MLP, or ``conv()`` (the spatial head), by ``kind``."""
     if kind == "linear":
         return nn.Linear(size_in, size_out)
     if kind == "mlp":
         return _mlp(size_in, width, size_out)
-    return ConvPosteriorHead(latent_shape, width, size_out)
+    return conv()
+
+
+def posterior_head(
+    kind: str, latent_shape: tuple[int, int, int], width: int, size_out: int
+) -> nn.Module:
+    """The posterior head of ``kind`` (resolved): flat latents -> ``(N, size_out)``."""
+    spatial = lambda: ConvPosteriorHead(latent_shape, width, size_out)  # noqa: E731
+    return _head(kind, math.prod(latent_shape), width, size_out, spatial)
 
 
 def latent_head(
     kind: str, size_in: int, width: int, latent_shape: tuple[int, int, int]
 ) -> nn.Module:
     """The latent head of ``kind`` (resolved): ``(N, size_in)`` -> flat latents."""
-    size_out = math.prod(latent_shape)
-    if kind == "linear":
-        return nn.Linear(size_in, size_out)
-    if kind == "mlp":
-        return _mlp(size_in, width, size_out)
-    return ConvLatentHead(size_in, width, latent_shape)
+    spatial = lambda: ConvLatentHead(size_in, width, latent_shape)  # noqa: E731
+    return _head(kind, size_in, width, math.prod(latent_shape), spatial)
