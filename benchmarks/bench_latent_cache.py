@@ -1,7 +1,7 @@
-"""Latent cache: images/s of ``ctxadapter.data.cache_latents`` against the bare encoder's forward
-throughput, and the peak resident memory of the caching process at 10k, 50k and 100k quad
-images (64x64, quad autoencoder). Memory must stay flat: images are encoded and written to the
-Arrow file in batches.
+"""Latent cache: the encode pass of ``ctxadapter.data.cache_latents`` against the bare encoder
+on the same images (the overhead of reading, preprocessing and writing), and the peak resident
+memory of the caching process at 10k, 50k and 100k quad images (64x64, quad autoencoder).
+Memory must stay flat: images are encoded and written to the Arrow file in batches.
 
 The input is built once (the largest size) with ``datasets.Dataset.from_generator`` from
 ``ctxadapter.data.quad`` images, chunk by chunk, so building it never holds all images in memory.
@@ -13,6 +13,7 @@ drop them at any time.
 
     python benchmarks/bench_latent_cache.py                   # ~45 min on one core
     python benchmarks/bench_latent_cache.py --sizes 10000 50000
+    python benchmarks/bench_latent_cache.py --sizes           # the overhead section only
     python benchmarks/bench_latent_cache.py --smoke
 """
 
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import torch
 from common import autoencoder
-from harness import measure, parser, per_second, report, setup
+from harness import measure_interleaved, parser, per_second, report, setup
 
 BATCH = 64  # cache_latents' default batch size
 
@@ -66,7 +67,7 @@ def build_input(n: int, folder: str) -> str:
     return dataset.cache_files[0]["filename"]
 
 
-def child(arrow_file: str, size: int, smoke: bool, result_file: str, repeats: int = 5) -> None:
+def child(arrow_file: str, size: int, smoke: bool, result_file: str) -> None:
     """Cache the first ``size`` rows and write the timing and memory to ``result_file``."""
     import datasets
 
@@ -77,11 +78,6 @@ def child(arrow_file: str, size: int, smoke: bool, result_file: str, repeats: in
     codec = LatentCodec(autoencoder("quad", smoke))
     dataset = datasets.Dataset.from_file(arrow_file).select(range(size))
     contexts = dataset["context"]
-    pixels = codec.preprocess(
-        [image.convert("RGB") for image in dataset[:BATCH]["image"]], 64, 64, resize_mode="crop"
-    )
-    with torch.no_grad():  # the bare encoder, in this process, just before caching
-        encoder = measure(lambda: codec.encode_distribution(pixels), repeats, warmup=1)
     peak_anon, done = [status_kb("RssAnon")], threading.Event()
 
     def sample() -> None:
@@ -103,8 +99,6 @@ def child(arrow_file: str, size: int, smoke: bool, result_file: str, repeats: in
         seconds=seconds,
         images_per_s=size / seconds,
         images_per_cpu_s=size / cpu_seconds,
-        encoder_images_per_s=BATCH / encoder["wall"],
-        encoder_images_per_cpu_s=BATCH / encoder["cpu"],
         rss_before_mb=rss_before / 1024,
         peak_rss_mb=status_kb("VmHWM") / 1024,
         peak_anon_mb=peak_anon[0] / 1024,
@@ -112,55 +106,83 @@ def child(arrow_file: str, size: int, smoke: bool, result_file: str, repeats: in
     Path(result_file).write_text(json.dumps(result))
 
 
-def encoder_throughput(smoke: bool, repeats: int) -> list[dict]:
-    """Bare encoder forward (random images already in [-1, 1]) and ``codec.preprocess`` of PIL
-    images, both at the cache's batch size."""
-    from ctxadapter.codec import LatentCodec
+def encode_overhead(arrow_file: str, size: int, smoke: bool, repeats: int) -> list[dict]:
+    """The encode pass against the encoder alone on the same ``size`` images, runs interleaved:
+    the bare encoder over the already preprocessed batches; reading, preprocessing and encoding
+    one batch after the other (no overlap); and ``cache_latents`` into a fresh folder."""
+    import datasets
 
+    from ctxadapter.codec import LatentCodec
+    from ctxadapter.data import cache_latents
+    from ctxadapter.data.latent_cache import decode_image
+    from ctxadapter.images import preprocess_images
+
+    datasets.disable_progress_bars()
     codec = LatentCodec(autoencoder("quad", smoke))
-    pixels = torch.rand(BATCH, 3, 64, 64) * 2 - 1
-    with torch.no_grad():
-        encode = measure(lambda: codec.encode_distribution(pixels), repeats, warmup=1)
-    codec.autoencoder.to(memory_format=torch.channels_last)  # candidate change, see the docs
-    last = pixels.contiguous(memory_format=torch.channels_last)
-    with torch.no_grad():
-        channels_last = measure(lambda: codec.encode_distribution(last), repeats, warmup=1)
-        same = torch.allclose(
-            codec.encode_distribution(last)[0], codec.encode_distribution(pixels)[0], atol=1e-4
-        )
-    images = [row["image"] for _, row in zip(range(BATCH), quad_rows(BATCH), strict=False)]
-    preprocess = measure(
-        lambda: codec.preprocess([im.convert("RGB") for im in images], 64, 64, resize_mode="crop"),
-        repeats,
-        warmup=1,
-    )
-    section = "encoder and preprocessing alone, batches of 64"
-    timings = {
-        "bare encoder forward (encode_distribution)": encode,
-        "proposed: encoder in channels_last" + ("" if same else " (DIFFERS)"): channels_last,
-        "preprocess only (PIL -> tensor)": preprocess,
+    dataset = datasets.Dataset.from_file(arrow_file).select(range(size))
+    contexts = dataset["context"]
+    raw = dataset.cast_column("image", datasets.Image(decode=False))["image"]
+    starts = range(0, size, BATCH)
+
+    def load(start: int) -> torch.Tensor:
+        rows = range(start, min(start + BATCH, size))
+        return preprocess_images([decode_image(raw[row], row) for row in rows], 64)
+
+    batches = [load(start) for start in starts]
+
+    def cache() -> None:
+        with tempfile.TemporaryDirectory() as cache_dir:
+            cache_latents(dataset, codec, contexts, "image", 64, cache_dir, batch_size=BATCH)
+
+    runs = {
+        "bare encoder forward (encode_distribution), preprocessed batches": lambda: [
+            codec.encode_distribution(batch) for batch in batches
+        ],
+        "read + preprocess + encode, one batch after the other": lambda: [
+            codec.encode_distribution(load(start)) for start in starts
+        ],
+        "cache_latents (reading overlaps the encoder)": cache,
     }
+    timings = measure_interleaved(runs, repeats, warmup=1)
+    encoder = timings[next(iter(runs))]["median"]
+    section = f"encode pass against the encoder alone, {size} images, batches of {BATCH}"
     return [
-        dict(section=section, what=what, images=BATCH, **per_second(timing, BATCH, "images_per_s"))
+        dict(
+            section=section,
+            what=what,
+            images=size,
+            **per_second(timing, size, "images_per_s"),
+            vs_bare_encoder=encoder / timing["median"],
+        )
         for what, timing in timings.items()
     ]
 
 
 def main(argv=None) -> dict:
     p = parser(__doc__)
-    p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000, 100_000])
+    p.add_argument(
+        "--sizes",
+        type=int,
+        nargs="*",
+        default=[10_000, 50_000, 100_000],
+        help="Sizes of the memory runs (none: only the overhead section).",
+    )
+    p.add_argument(
+        "--overhead_images", type=int, default=2_000, help="Images of the overhead section."
+    )
     p.add_argument("--child", nargs=3, metavar=("ARROW", "SIZE", "RESULT"), help=argparse.SUPPRESS)
     args = setup(p.parse_args(argv), repeats=5)
     if args.child:
         child(args.child[0], int(args.child[1]), args.smoke, args.child[2])
         return {}
     sizes = [128] if args.smoke else sorted(args.sizes)
-    rows = encoder_throughput(args.smoke, args.repeats)
-    print(rows, flush=True)
+    overhead_images = 128 if args.smoke else args.overhead_images
     with tempfile.TemporaryDirectory() as folder:
-        start = time.perf_counter()
-        arrow_file = build_input(max(sizes), folder)
-        print(f"built {max(sizes)} quad images in {time.perf_counter() - start:.1f} s", flush=True)
+        start, largest = time.perf_counter(), max([*sizes, overhead_images])
+        arrow_file = build_input(largest, folder)
+        print(f"built {largest} quad images in {time.perf_counter() - start:.1f} s", flush=True)
+        rows = encode_overhead(arrow_file, overhead_images, args.smoke, args.repeats)
+        print(rows, flush=True)
         script = str(Path(__file__).resolve())
         env = dict(os.environ)
         if args.threads:
@@ -178,7 +200,7 @@ def main(argv=None) -> dict:
                 args.clock,
             ]
             if args.smoke:  # CI: the same child code, in this process (no second import)
-                child(arrow_file, size, True, result_file, repeats=args.repeats)
+                child(arrow_file, size, True, result_file)
             else:
                 subprocess.run(command, check=True, env=env)
             result = json.loads(Path(result_file).read_text())
@@ -187,7 +209,6 @@ def main(argv=None) -> dict:
     cached = [r for r in rows if r["section"].startswith("cache")]
     for row in cached:
         row["peak_vs_smallest"] = row["peak_rss_mb"] / cached[0]["peak_rss_mb"]
-        row["vs_bare_encoder"] = row["images_per_cpu_s"] / row["encoder_images_per_cpu_s"]
     settings = dict(
         autoencoder="quad" + (" (tiny, smoke)" if args.smoke else ""),
         image="64x64",
@@ -196,11 +217,10 @@ def main(argv=None) -> dict:
         keep_pixels=False,
     )
     notes = [
-        "cache rows: one run per size (the child's wall time, and images per CPU-second "
-        "of the child); encoder rows: median of repeats, min/max over them",
-        "vs_bare_encoder: the cache's images per CPU-second over the bare encoder's, both "
-        "measured in the same subprocess (encoder_images_per_*: batches of 64 of the same "
-        "images, 5 runs)",
+        "overhead rows: one process, the three runs interleaved, median of repeats (min/max "
+        "over them) on the --clock; vs_bare_encoder: the bare encoder's time over the row's",
+        "memory rows (cache_latents, one subprocess per size): one run per size, the child's "
+        "wall time and images per CPU-second",
         "peak_rss_mb: VmHWM of the caching subprocess (imports and model included); "
         "rss_before_mb: its RSS just before caching; peak_anon_mb: peak anonymous RSS",
     ]

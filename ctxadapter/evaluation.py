@@ -37,7 +37,7 @@ from torch import Tensor
 
 from .contexts import context_name, is_composition, parse_context
 from .images import DEFAULT_BATCH_SIZE, prepare_images, signed_to_unit, to_float
-from .metrics import concept_compo_scores, recon_bits_per_pixel
+from .metrics import concept_compo_scores, psnr, recon_bits_per_pixel
 from .model import eval_mode
 from .objective import PIXEL_EPS, gaussian_kl
 from .quad_scores import counterfactual_shifts, graph_auroc
@@ -45,6 +45,7 @@ from .quad_scores import counterfactual_shifts, graph_auroc
 __all__ = [
     "DEFAULT_BATCH_SIZE",
     "counterfactual_shifts",
+    "edit_scores",
     "evaluate",
     "format_table",
     "generation_seed",
@@ -283,6 +284,61 @@ def evaluate(
 # --------------------------------------------------------------------------------------------
 # display
 # --------------------------------------------------------------------------------------------
+
+
+def edit_scores(
+    model,
+    images,
+    contexts: Sequence[str] | None = None,
+    source_context: str = "obs",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> dict:
+    """How counterfactual edits keep and change held-out images of any data.
+
+    Every image (from ``source_context``) is edited under ``source_context`` itself (the
+    identity edit) and under each of ``contexts`` (default: every concept, one intervention
+    each), in both modes of ``ContextAutoencoder.counterfactual``.
+
+    Args:
+        model: a ``ContextAutoencoder``.
+        images: ``(N, H, W, 3)`` / ``(N, 3, H, W)`` ``uint8`` or ``(N, 3, H, W)`` floats in
+            ``[0, 1]`` (``prepare_images``).
+        contexts: the edits to score.
+        source_context: the context the images come from.
+        batch_size: images edited at once.
+
+    Returns:
+        ``{"images": N, "identity_psnr": dB, "edits": {context: {"psnr", "decode_psnr",
+        "mean_abs_change"}}}``: ``identity_psnr`` is the PSNR of the residual identity edit
+        against the input (the base autoencoder's own reconstruction); per context, ``psnr``
+        and ``decode_psnr`` are the residual and the decode-mode edit against the input, and
+        ``mean_abs_change`` the mean absolute difference, on ``[0, 1]``, between the residual
+        edit and the identity edit: how much the intervention changes the picture. PSNRs are
+        per-image means.
+    """
+    images = to_float(prepare_images(images, model.resolution))
+    contexts = list(model.adapter.concepts if contexts is None else contexts)
+    sums = {"identity": 0.0} | {c: dict(psnr=0.0, decode_psnr=0.0, change=0.0) for c in contexts}
+    with eval_mode(model):
+        for start in range(0, len(images), batch_size):
+            target = images[start : start + batch_size].to(model.device)
+            identity = model.counterfactual(target, source_context, source_context)
+            sums["identity"] += psnr(identity, target).item() * len(target)
+            for context in contexts:
+                edit = model.counterfactual(target, context, source_context)
+                decoded = model.counterfactual(target, context, source_context, mode="decode")
+                sums[context]["psnr"] += psnr(edit, target).item() * len(target)
+                sums[context]["decode_psnr"] += psnr(decoded, target).item() * len(target)
+                sums[context]["change"] += (edit - identity).abs().flatten(1).mean(1).sum().item()
+    n = len(images)
+    edits = {
+        context: dict(
+            psnr=v["psnr"] / n, decode_psnr=v["decode_psnr"] / n, mean_abs_change=v["change"] / n
+        )
+        for context, v in sums.items()
+        if context != "identity"
+    }
+    return {"images": n, "identity_psnr": sums["identity"] / n, "edits": edits}
 
 
 def _fmt(value, digits: int = 4) -> str:

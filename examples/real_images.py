@@ -17,18 +17,25 @@ Steps (see docs/real-images.md):
    exactly as ``examples/finetune.py --dataset_name <data_dir>`` would;
 3. the pictures are written into ``--pictures_dir`` with the prefix ``--prefix``: the data
    (``data.png``), samples per context and per composition, the learned concept graph and
-   counterfactual edits of held-out photographs' crops.
+   counterfactual edits of held-out photographs' crops;
+4. ``ctxadapter.evaluation.edit_scores`` scores the edits of ``--num_edit_images`` held-out
+   crops (PSNR against the input, how much each concept changes them) into
+   ``<output_dir>/edit_scores.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ctxadapter import ContextAutoencoder
 from ctxadapter.data import photos
+from ctxadapter.evaluation import edit_scores
+from ctxadapter.heads import HEADS
 from ctxadapter.training import (
     QUAD_AUTOENCODER,
     FinetuneArguments,
@@ -67,6 +74,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--pretrain_batch_size", type=int, default=32, help="Batch size of that pretraining."
     )
+    parser.add_argument(
+        "--pretrain_block_out_channels",
+        type=int,
+        nargs="+",
+        default=[16, 32, 64, 64],
+        help="Channels per level of that autoencoder; n levels downsample by 2**(n-1).",
+    )
+    parser.add_argument(
+        "--heads",
+        default="auto",
+        choices=list(HEADS),
+        help="The adapter's heads, as finetune.py's --heads.",
+    )
     parser.add_argument("--train_batch_size", type=int, default=256, help="Batch size.")
     parser.add_argument(
         "--max_train_steps", type=int, default=None, help="Optimizer steps (default: epochs)."
@@ -78,6 +98,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--prefix", default="real_", help="File-name prefix of the PNGs.")
     parser.add_argument("--num_samples", type=int, default=8, help="Images per grid row.")
+    parser.add_argument(
+        "--num_edit_images",
+        type=int,
+        default=200,
+        help="Held-out observational crops whose edits are scored (edit_scores.json).",
+    )
     parser.add_argument("--report_to", default="none", help="As in finetune.py.")
     return parser.parse_args(argv)
 
@@ -114,6 +140,7 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
                 output_dir=autoencoder,
                 max_train_steps=args.pretrain_steps,
                 train_batch_size=args.pretrain_batch_size,
+                block_out_channels=args.pretrain_block_out_channels,
                 seed=args.seed,
                 report_to=args.report_to,
             )
@@ -124,6 +151,7 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
             dataset_name=data_dir,
             resolution=args.resolution,
             concepts=list(photos.CONCEPTS),
+            heads=args.heads,
             output_dir=args.output_dir,
             train_batch_size=args.train_batch_size,
             max_train_steps=args.max_train_steps,
@@ -162,6 +190,13 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
     paths["data"] = str(target)
     for path in paths.values():
         print(path)
+
+    # How the edits keep and change held-out photographs, written beside the adapter
+    observational = [i for i, c in enumerate(test["context"]) if c == "obs"]
+    crops = test.select(observational[: args.num_edit_images])["image"]
+    scores = edit_scores(model, np.stack([np.asarray(image.convert("RGB")) for image in crops]))
+    Path(args.output_dir, "edit_scores.json").write_text(json.dumps(scores, indent=2))
+    print(json.dumps(scores, indent=2))
     return paths
 
 

@@ -16,6 +16,7 @@ from diffusers import AutoencoderKL
 from ctxadapter import ContextAutoencoder, CtxAdapter
 from ctxadapter.data import quad
 from ctxadapter.evaluation import (
+    edit_scores,
     evaluate,
     format_table,
     generation_seed,
@@ -199,6 +200,54 @@ def test_prepare_images_resizes_like_training(model):
         [Image.fromarray(im.numpy()) for im in images], 32, 32, resize_mode="crop"
     )
     torch.testing.assert_close(small, ((expected + 1) / 2).clamp(0, 1))
+
+
+# ------------------------------------------------------------------------------ edits
+
+
+def test_edit_scores_by_hand(model):
+    images = random_real(["obs"], n=7, uint8=True)["obs"]  # (7, 32, 32, 3) uint8
+    scores = edit_scores(model, images, contexts=["quad1", "quad2+size"], batch_size=3)
+    assert scores["images"] == 7 and list(scores["edits"]) == ["quad1", "quad2+size"]
+    x = images.permute(0, 3, 1, 2).float() / 255
+
+    def per_image_psnr(y):
+        return (10 * torch.log10(1 / (y - x).square().flatten(1).mean(1))).mean().item()
+
+    with torch.no_grad():
+        own = ((model.codec.decode(model.codec.encode(x * 2 - 1)) + 1) / 2).clamp(0, 1)
+        identity = model.counterfactual(x, "obs")
+        edit = model.counterfactual(x, "quad1")
+        decoded = model.counterfactual(x, "quad1", mode="decode")
+    # The identity edit is the autoencoder's own reconstruction.
+    assert scores["identity_psnr"] == pytest.approx(per_image_psnr(own), abs=1e-3)
+    quad1 = scores["edits"]["quad1"]
+    assert quad1["psnr"] == pytest.approx(per_image_psnr(edit), abs=1e-3)
+    assert quad1["decode_psnr"] == pytest.approx(per_image_psnr(decoded), abs=1e-3)
+    change = (edit - identity).abs().flatten(1).mean(1).mean().item()
+    assert change > 0 and quad1["mean_abs_change"] == pytest.approx(change, rel=1e-5)
+
+
+def test_edit_scores_of_an_adapter_whose_latents_ignore_the_context(model):
+    """A latent head that always outputs 0: every residual edit is the identity edit (no
+    change, the same PSNR) and every decode edit decodes the zero latent."""
+
+    class Zero(torch.nn.Module):
+        def forward(self, concepts):
+            return concepts.new_zeros(concepts.shape[0], 4 * 4 * 4)
+
+    model.adapter.latent_head = Zero()
+    images = random_real(["obs"], n=4)["obs"]
+    scores = edit_scores(model, images)
+    assert list(scores["edits"]) == CONCEPTS
+    with torch.no_grad():
+        zero = ((model.codec.decode(torch.zeros(1, 4, 4, 4)) + 1) / 2).clamp(0, 1)
+    zero_psnr = (10 * torch.log10(1 / (zero - images).square().flatten(1).mean(1))).mean()
+    for concept in CONCEPTS:
+        edit = scores["edits"][concept]
+        assert edit["mean_abs_change"] == 0
+        assert edit["psnr"] == pytest.approx(scores["identity_psnr"], abs=1e-6)
+        assert edit["decode_psnr"] == pytest.approx(zero_psnr.item(), abs=1e-3)
 
 
 # ------------------------------------------------------------------------------ quad data

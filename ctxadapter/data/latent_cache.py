@@ -12,6 +12,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import datasets
@@ -35,6 +36,10 @@ __all__ = [
 
 CACHE_FORMAT = 1
 """Bumped whenever the latent cache's content changes meaning, so old caches are not reused."""
+
+LOADS_AHEAD = 8
+"""Encoder batches per ``datasets.map`` batch: within one, reading and preprocessing the next
+encoder batch overlaps the encoder's pass over the current one."""
 
 
 def autoencoder_fingerprint(codec: LatentCodec) -> str:
@@ -83,7 +88,8 @@ def cache_latents(
     it: the autoencoder (``autoencoder_fingerprint``), ``resolution``, the dataset's
     fingerprint, the contexts and ``keep_pixels``. A later run with the same key reuses it
     without running the encoder. Images are encoded and written in batches, so memory does not
-    grow with the dataset.
+    grow with the dataset. A background thread reads and preprocesses the next batch while the
+    encoder runs, so on a CPU the encode pass costs little more than the encoder itself.
 
     Args:
         dataset: rows with images in ``image_column``.
@@ -131,35 +137,53 @@ def cache_latents(
     if isinstance(image_feature, datasets.Image) and image_feature.decode:
         dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
 
-    def encode(batch, indices):
-        images = [
-            decode_image(value, row)
-            for value, row in zip(batch[image_column], indices, strict=True)
-        ]
-        pixels = preprocess_images(images, resolution)
-        mean, logvar = codec.encode_distribution(pixels)
-        out = {"latents": mean.numpy(), "context": [contexts[i] for i in indices]}
+    def load(values, rows) -> torch.Tensor:
+        """Read and preprocess one encoder batch: ``(B, 3, H, W)`` in ``[-1, 1]``."""
+        images = [decode_image(value, row) for value, row in zip(values, rows, strict=True)]
+        return preprocess_images(images, resolution)
+
+    def encode(batch, indices, loader: ThreadPoolExecutor):
+        # One map batch holds LOADS_AHEAD encoder batches: the loader thread reads and
+        # preprocesses batch k + 1 (PIL and torch release the GIL) while the encoder runs on k.
+        values, parts = batch[image_column], []
+        starts = range(0, len(indices), batch_size)
+        pending = loader.submit(load, values[:batch_size], indices[:batch_size])
+        for start in starts:
+            pixels, after = pending.result(), start + batch_size
+            if after < len(indices):
+                rows = slice(after, after + batch_size)
+                pending = loader.submit(load, values[rows], indices[rows])
+            mean, logvar = codec.encode_distribution(pixels)
+            parts.append({"latents": mean, "logvar": logvar})
+            if keep_pixels:
+                parts[-1]["pixels"] = signed_to_uint8(pixels)
+        out = {
+            "latents": torch.cat([part["latents"] for part in parts]).numpy(),
+            "context": [contexts[i] for i in indices],
+        }
         if has_logvar:
-            out["logvar"] = logvar.numpy()
+            out["logvar"] = torch.cat([part["logvar"] for part in parts]).numpy()
         if keep_pixels:
-            out["pixels"] = signed_to_uint8(pixels).numpy()
+            out["pixels"] = torch.cat([part["pixels"] for part in parts]).numpy()
         return out
 
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
     fresh, start = not cache_file.exists(), time.perf_counter()
-    cache = dataset.map(
-        encode,
-        with_indices=True,
-        batched=True,
-        batch_size=batch_size,
-        remove_columns=dataset.column_names,
-        features=datasets.Features(features),
-        cache_file_name=str(cache_file),
-        load_from_cache_file=True,
-        new_fingerprint=key,
-        writer_batch_size=batch_size * 4,
-        desc="Caching latents",
-    )
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctxadapter-load") as loader:
+        cache = dataset.map(
+            encode,
+            with_indices=True,
+            batched=True,
+            batch_size=batch_size * LOADS_AHEAD,
+            fn_kwargs={"loader": loader},
+            remove_columns=dataset.column_names,
+            features=datasets.Features(features),
+            cache_file_name=str(cache_file),
+            load_from_cache_file=True,
+            new_fingerprint=key,
+            writer_batch_size=batch_size * LOADS_AHEAD,
+            desc="Caching latents",
+        )
     if fresh:  # what the encode pass cost: the one pass over the images a run makes
         seconds = time.perf_counter() - start
         print(
