@@ -235,6 +235,7 @@ class ContextAutoencoder(nn.Module):
         context,
         source_context="obs",
         mode: Literal["residual", "decode"] = "residual",
+        strength: float = 1.0,
         output_type: Literal["pt", "pil", "np", "latent"] = "pt",
         decode_batch_size: int = DECODE_BATCH_SIZE,
     ) -> Any:
@@ -252,16 +253,25 @@ class ContextAutoencoder(nn.Module):
                 edit keeps what the adapter does not model and an edit under ``source_context``
                 is the autoencoder's own reconstruction; ``"decode"`` decodes ``head(c_new)``
                 alone (the paper's edit: the reconstruction under the new context).
+            strength: how far the edit goes along the change the new context makes: the latent
+                is ``start + strength * (head(c_new) - head(c_source))``, where ``start`` is
+                ``e`` (``"residual"``) or ``head(c_source)`` (``"decode"``). ``1`` is the
+                adapter's own edit, ``0`` no edit; above ``1`` exaggerates it (for faint
+                edits), at the cost of fidelity. A finite number at least 0.
             output_type: ``"pt"``, ``"np"``, ``"pil"`` or ``"latent"``.
             decode_batch_size: latents decoded at once.
         """
         if mode not in ("residual", "decode"):
             raise ValueError(f"mode must be 'residual' or 'decode', got {mode!r}")
+        if not (isinstance(strength, (int, float)) and 0 <= strength < math.inf):
+            raise ValueError(f"strength must be a finite number at least 0, got {strength!r}")
         latents, mean = self._encode(images)
-        edited = self.adapter.latents_from_noise(mean, context)
-        if mode == "residual":
-            edited = latents + edited - self.adapter.latents_from_noise(mean, source_context)
-        return self._decode(edited, output_type, decode_batch_size)
+        target = self.adapter.latents_from_noise(mean, context)
+        if strength == 1 and mode == "decode":  # the paper's edit, exactly
+            return self._decode(target, output_type, decode_batch_size)
+        source = self.adapter.latents_from_noise(mean, source_context)
+        start = latents if mode == "residual" else source
+        return self._decode(start + strength * (target - source), output_type, decode_batch_size)
 
     # ------------------------------------------------------------------ decoder LoRA
     def add_decoder_lora(

@@ -50,6 +50,7 @@ DISPLAY_SIZE = 128
 EXAMPLE_COUNT = 4
 """Held-out quad images offered as examples to edit."""
 EDIT_MODES = ("residual", "decode")
+MAX_STRENGTH = 4  # the edit-strength slider's top
 HOST = "127.0.0.1"
 CSS = "#samples img, #edits img, #graph img { image-rendering: pixelated; }"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
@@ -156,11 +157,13 @@ def edit_images(
     image: Image.Image,
     concepts_ticked: Sequence[str] | None = (),
     mode: str = "residual",
+    strength: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """Counterfactual edits of one image, treated as observational: ``"input"`` (the image
     centre-cropped and resized to the model's resolution, ``(1, 3, H, W)`` in ``[0, 1]``),
-    then ``model.counterfactual(input, context, mode=mode)`` for each of ``edit_contexts``
-    (under ``obs`` with ``mode="residual"``: the autoencoder's own reconstruction)."""
+    then ``model.counterfactual(input, context, mode=mode, strength=strength)`` for each of
+    ``edit_contexts`` (under ``obs`` with ``mode="residual"``: the autoencoder's own
+    reconstruction)."""
     if image is None:
         raise ValueError("Upload an image (or pick an example) to edit.")
     if mode not in EDIT_MODES:
@@ -169,7 +172,9 @@ def edit_images(
     edits = {"input": pixels}
     with eval_mode(model):
         for context in edit_contexts(model, concepts_ticked):
-            edits[context] = model.counterfactual(pixels, context, mode=mode).cpu()
+            edits[context] = model.counterfactual(
+                pixels, context, mode=mode, strength=strength
+            ).cpu()
     return edits
 
 
@@ -182,11 +187,12 @@ def edit_image(
     image: Image.Image,
     concepts_ticked: Sequence[str] | None = (),
     mode: str = "residual",
+    strength: float = 1.0,
     scale: int = 1,
 ) -> list[tuple[Image.Image, str]]:
     """``edit_images`` as ``(picture, caption)`` pairs for a gallery, each picture enlarged
     ``scale`` times (nearest neighbour); the captions are the keys of ``edit_images``."""
-    edits = edit_images(model, image, concepts_ticked, mode)
+    edits = edit_images(model, image, concepts_ticked, mode, strength)
     return [(_to_pil(_enlarge(pixels, scale)), name) for name, pixels in edits.items()]
 
 
@@ -257,7 +263,8 @@ def build_demo(model: ContextAutoencoder, name: str | None = None, examples=None
         examples: images offered for editing (default: ``example_images(model)``).
 
     API endpoints (for ``gradio_client``): ``/generate`` (concepts, samples, seed -> grid),
-    ``/edit`` (image, concepts, mode -> gallery) and ``/graph`` (concepts -> context, graph).
+    ``/edit`` (image, concepts, mode, strength -> gallery) and ``/graph`` (concepts ->
+    context, graph).
     """
     gr = _gradio()
     scale = display_scale(model)
@@ -268,10 +275,10 @@ def build_demo(model: ContextAutoencoder, name: str | None = None, examples=None
         seed = 0 if seed is None else seed  # an emptied seed box
         return generate_grid(model, ticked, num_samples, seed, scale=scale)
 
-    def on_edit(image, ticked, mode):
+    def on_edit(image, ticked, mode, strength):
         if image is None:
             raise gr.Error("Upload an image (or pick an example) to edit.")
-        return edit_image(model, image, ticked, mode, scale=scale)
+        return edit_image(model, image, ticked, mode, float(strength), scale=scale)
 
     def on_ticks(ticked):
         return context_of(model, ticked), graph_picture(model, ticked)
@@ -329,6 +336,14 @@ def build_demo(model: ContextAutoencoder, name: str | None = None, examples=None
                     info="residual keeps what the adapter does not model; decode is the "
                     "paper's edit, through the adapter alone.",
                 )
+                strength = gr.Slider(
+                    0,
+                    MAX_STRENGTH,
+                    value=1,
+                    step=0.25,
+                    label="Edit strength",
+                    info="1: the adapter's edit; above 1 exaggerates a faint one.",
+                )
                 edit = gr.Button("Edit", variant="primary", elem_id="edit")
             with gr.Column(scale=3):
                 edits = gr.Gallery(
@@ -342,7 +357,7 @@ def build_demo(model: ContextAutoencoder, name: str | None = None, examples=None
                     elem_id="edits",
                 )
         generate.click(on_generate, [ticked, num_samples, seed], samples, api_name="generate")
-        edit.click(on_edit, [image, ticked, mode], edits, api_name="edit")
+        edit.click(on_edit, [image, ticked, mode, strength], edits, api_name="edit")
         ticked.change(on_ticks, ticked, [context, graph], api_name="graph")
     return demo
 

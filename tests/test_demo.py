@@ -234,6 +234,9 @@ def test_edit_image_captions_and_pictures(model):
     assert [caption for _, caption in decoded] == ["input", "obs", *CONCEPTS]
     expected = image_grid(model.counterfactual(edits["input"], "size", mode="decode"), 1, padding=0)
     assert np.array_equal(pixels(decoded[6][0]), pixels(expected))
+    stronger = demo.edit_image(model, image, ["size"], strength=3)
+    expected = image_grid(model.counterfactual(edits["input"], "size", strength=3), 1, padding=0)
+    assert np.array_equal(pixels(stronger[6][0]), pixels(expected))
 
 
 def test_graph_picture_is_the_concept_graph_of_the_ticked_context(model):
@@ -292,10 +295,10 @@ def test_app_through_gradio_client(served, model, tmp_path):
     example = demo.example_images(model)[0]
     example.save(tmp_path / "example.png")
     gallery = client.predict(
-        handle_file(str(tmp_path / "example.png")), ["quad3"], "residual", api_name="/edit"
+        handle_file(str(tmp_path / "example.png")), ["quad3"], "residual", 2.5, api_name="/edit"
     )
     assert [item["caption"] for item in gallery] == ["input", "obs", *CONCEPTS]
-    expected = demo.edit_image(model, example, ["quad3"], scale=scale)
+    expected = demo.edit_image(model, example, ["quad3"], strength=2.5, scale=scale)
     for item, (picture, _) in zip(gallery, expected, strict=True):
         with Image.open(item["image"]) as received:
             assert np.array_equal(pixels(received), pixels(picture)), item["caption"]

@@ -267,6 +267,33 @@ def test_residual_counterfactual_keeps_the_image(case, images):
         model.counterfactual(photos, "a", mode="both")
 
 
+def test_counterfactual_strength(case, images):
+    _, model = case
+    model.eval()
+    photos = (images + 1) / 2
+    with torch.no_grad():
+        latents = model.codec.encode(images)
+        mean, _ = model.adapter.posterior(latents)
+        change = model.adapter.latents_from_noise(mean, "a") - model.adapter.latents_from_noise(
+            mean, "obs"
+        )
+        twice = ((model.codec.decode(latents + 2 * change) + 1) / 2).clamp(0, 1)
+    # 0: no edit (the autoencoder's reconstruction; in decode mode, the source reconstruction).
+    own = model.counterfactual(photos, "obs")
+    assert_close(model.counterfactual(photos, "a", strength=0), own, rtol=1e-5, atol=1e-5)
+    assert_close(
+        model.counterfactual(photos, "a", mode="decode", strength=0.0),
+        model.reconstruct(photos, "obs"),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    # 2: twice the change the new context makes, from the image's own latent.
+    assert_close(model.counterfactual(photos, "a", strength=2), twice, rtol=1e-4, atol=1e-4)
+    for bad in (-0.5, float("nan"), float("inf"), "2"):
+        with pytest.raises(ValueError, match=f"strength must be .* got {bad!r}"):
+            model.counterfactual(photos, "a", strength=bad)
+
+
 # ---------------------------------------------------------------------------------- mismatches
 
 
