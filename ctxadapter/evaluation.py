@@ -291,6 +291,7 @@ def edit_scores(
     images,
     contexts: Sequence[str] | None = None,
     source_context: str = "obs",
+    strength: float = 1.0,
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> dict:
     """How counterfactual edits keep and change held-out images of any data.
@@ -305,12 +306,15 @@ def edit_scores(
             ``[0, 1]`` (``prepare_images``).
         contexts: the edits to score.
         source_context: the context the images come from.
+        strength: the edits' ``strength`` (``ContextAutoencoder.counterfactual``).
         batch_size: images edited at once.
 
     Returns:
-        ``{"images": N, "identity_psnr": dB, "edits": {context: {"psnr", "decode_psnr",
-        "mean_abs_change"}}}``: ``identity_psnr`` is the PSNR of the residual identity edit
-        against the input (the base autoencoder's own reconstruction); per context, ``psnr``
+        ``{"images": N, "identity_psnr": dB, "reconstruction_psnr": dB, "edits": {context:
+        {"psnr", "decode_psnr", "mean_abs_change"}}}``: ``identity_psnr`` is the PSNR of the
+        residual identity edit against the input (the base autoencoder's own reconstruction),
+        ``reconstruction_psnr`` that of the adapter's reconstruction (``reconstruct`` under
+        ``source_context``, through the adapter's heads); per context, ``psnr``
         and ``decode_psnr`` are the residual and the decode-mode edit against the input, and
         ``mean_abs_change`` the mean absolute difference, on ``[0, 1]``, between the residual
         edit and the identity edit: how much the intervention changes the picture. PSNRs are
@@ -318,15 +322,20 @@ def edit_scores(
     """
     images = to_float(prepare_images(images, model.resolution))
     contexts = list(model.adapter.concepts if contexts is None else contexts)
-    sums = {"identity": 0.0} | {c: dict(psnr=0.0, decode_psnr=0.0, change=0.0) for c in contexts}
+    sums = {"identity": 0.0, "reconstruction": 0.0}
+    sums |= {c: dict(psnr=0.0, decode_psnr=0.0, change=0.0) for c in contexts}
     with eval_mode(model):
         for start in range(0, len(images), batch_size):
             target = images[start : start + batch_size].to(model.device)
             identity = model.counterfactual(target, source_context, source_context)
             sums["identity"] += psnr(identity, target).item() * len(target)
+            reconstruction = model.reconstruct(target, source_context)
+            sums["reconstruction"] += psnr(reconstruction, target).item() * len(target)
             for context in contexts:
-                edit = model.counterfactual(target, context, source_context)
-                decoded = model.counterfactual(target, context, source_context, mode="decode")
+                edit = model.counterfactual(target, context, source_context, strength=strength)
+                decoded = model.counterfactual(
+                    target, context, source_context, mode="decode", strength=strength
+                )
                 sums[context]["psnr"] += psnr(edit, target).item() * len(target)
                 sums[context]["decode_psnr"] += psnr(decoded, target).item() * len(target)
                 sums[context]["change"] += (edit - identity).abs().flatten(1).mean(1).sum().item()
@@ -336,9 +345,14 @@ def edit_scores(
             psnr=v["psnr"] / n, decode_psnr=v["decode_psnr"] / n, mean_abs_change=v["change"] / n
         )
         for context, v in sums.items()
-        if context != "identity"
+        if context in contexts
     }
-    return {"images": n, "identity_psnr": sums["identity"] / n, "edits": edits}
+    return {
+        "images": n,
+        "identity_psnr": sums["identity"] / n,
+        "reconstruction_psnr": sums["reconstruction"] / n,
+        "edits": edits,
+    }
 
 
 def _fmt(value, digits: int = 4) -> str:

@@ -221,11 +221,17 @@ def test_edit_scores_by_hand(model):
         decoded = model.counterfactual(x, "quad1", mode="decode")
     # The identity edit is the autoencoder's own reconstruction.
     assert scores["identity_psnr"] == pytest.approx(per_image_psnr(own), abs=1e-3)
+    adapter_own = model.reconstruct(x, "obs")
+    assert scores["reconstruction_psnr"] == pytest.approx(per_image_psnr(adapter_own), abs=1e-3)
     quad1 = scores["edits"]["quad1"]
     assert quad1["psnr"] == pytest.approx(per_image_psnr(edit), abs=1e-3)
     assert quad1["decode_psnr"] == pytest.approx(per_image_psnr(decoded), abs=1e-3)
     change = (edit - identity).abs().flatten(1).mean(1).mean().item()
     assert change > 0 and quad1["mean_abs_change"] == pytest.approx(change, rel=1e-5)
+    # strength 0: no edit at all
+    none = edit_scores(model, images, contexts=["quad1"], strength=0)["edits"]["quad1"]
+    assert none["mean_abs_change"] == 0
+    assert none["psnr"] == pytest.approx(scores["identity_psnr"], abs=1e-6)
 
 
 def test_edit_scores_of_an_adapter_whose_latents_ignore_the_context(model):
