@@ -1,6 +1,6 @@
 """The heads at real latent sizes: parameters, file size and the cached-latent training step of
-each kind of head (``linear``, ``mlp``, ``conv``; ``auto`` picks ``mlp`` up to 4,096 latent
-values and ``conv`` above) for the latents of a 256 px and a 512 px Stable Diffusion image
+each kind of head (``linear``, ``mlp``, ``conv``; ``auto`` picks ``mlp`` below 4,096 latent
+values and ``conv`` from there) for the latents of a 256 px and a 512 px Stable Diffusion image
 (4 x 32 x 32, 4 x 64 x 64) and of a 512 px SD3 / FLUX.1 image (16 x 64 x 64).
 
 The step's FLOPs are counted by ``torch.utils.flop_counter`` (forward and backward of the

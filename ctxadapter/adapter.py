@@ -102,7 +102,7 @@ class CtxAdapter(
         heads: the posterior and latent heads (``ctxadapter.heads``): ``"linear"`` (the
             paper's: one linear map each way), ``"mlp"`` (two hidden GELU layers of
             ``head_width``), ``"conv"`` (spatial heads for large latents) or ``"auto"``
-            (``"mlp"`` up to 4,096 latent values, ``"conv"`` above; the config records the
+            (``"mlp"`` below 4,096 latent values, ``"conv"`` from 4,096; the config records the
             kind chosen).
         head_width: hidden width of the MLP heads (and of the MLPs inside ``"conv"`` heads).
         base_model: where the frozen autoencoder comes from, recorded so that

@@ -10,7 +10,8 @@ The context layers between them keep their exact semantics; the heads are ours t
   a GELU MLP; the latent head mirrors it (an MLP to the grid, a 3 x 3 convolution, a transposed
   convolution back to the patches, a 3 x 3 convolution that smooths the patch borders). Their
   weights and their work grow far slower than the latent's height and width;
-- ``"auto"``: ``"mlp"`` for latents of at most ``AUTO_CONV_SIZE`` values, ``"conv"`` above.
+- ``"auto"``: ``"mlp"`` for latents of fewer than ``AUTO_CONV_SIZE`` values, ``"conv"`` from
+  there.
 
 Every head takes and returns flat vectors: ``(N, C*h*w)`` in, or out, so that all kinds share
 the adapter's code and the linear and MLP heads keep the state-dict keys they always had.
@@ -27,7 +28,8 @@ HEADS = ("linear", "mlp", "conv", "auto")
 """The kinds of head (``"auto"`` is resolved to one of the others by ``resolve_heads``)."""
 
 AUTO_CONV_SIZE = 4096
-"""``"auto"`` heads are spatial above this many latent values (SD's 4 x 32 x 32 at 256 px)."""
+"""``"auto"`` heads are spatial from this many latent values (SD's 4 x 32 x 32 at 256 px):
+there they beat the MLP heads on photographs (docs/real-images.md)."""
 
 CONV_CHANNELS = 32
 """Channels of ``"conv"`` heads on their grid of patches."""
@@ -42,7 +44,7 @@ def resolve_heads(kind: str, latent_shape: tuple[int, int, int]) -> str:
         raise ValueError(f"heads must be one of {HEADS}, got {kind!r}")
     if kind != "auto":
         return kind
-    return "conv" if math.prod(latent_shape) > AUTO_CONV_SIZE else "mlp"
+    return "conv" if math.prod(latent_shape) >= AUTO_CONV_SIZE else "mlp"
 
 
 def _mlp(size_in: int, width: int, size_out: int) -> nn.Sequential:

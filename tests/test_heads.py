@@ -22,7 +22,9 @@ def parameters(module: torch.nn.Module) -> int:
 
 def test_auto_heads_are_spatial_only_for_large_latents():
     assert resolve_heads("auto", (4, 8, 8)) == "mlp"  # quad: 256 values
-    assert resolve_heads("auto", (4, 32, 32)) == "mlp"  # exactly AUTO_CONV_SIZE
+    assert resolve_heads("auto", (4, 16, 16)) == "mlp"
+    assert resolve_heads("auto", (4, 32, 31)) == "mlp"  # one column short of AUTO_CONV_SIZE
+    assert resolve_heads("auto", (4, 32, 32)) == "conv"  # exactly AUTO_CONV_SIZE
     assert math.prod((4, 32, 32)) == AUTO_CONV_SIZE
     assert resolve_heads("auto", (4, 64, 64)) == "conv"
     assert resolve_heads("linear", (16, 64, 64)) == "linear"

@@ -108,7 +108,7 @@ class AdapterArguments(FlagGroup):
         default="interventional",
     )
     heads: Literal[HEADS] = flag(
-        "Posterior and latent heads: 'auto' ('mlp' up to 4,096 latent values, 'conv' above), "
+        "Posterior and latent heads: 'auto' ('mlp' below 4,096 latent values, 'conv' from 4,096), "
         "'mlp' (two hidden GELU layers), 'conv' (spatial heads for large latents) or 'linear' "
         "(the paper's).",
         default="auto",
