@@ -181,7 +181,10 @@ def context_grid(model, contexts: list[str], num_samples: int = 8, seed: int = 0
 
 
 def counterfactual_grid(
-    model, images: torch.Tensor | Sequence[Image.Image], contexts: list[str] | None = None
+    model,
+    images: torch.Tensor | Sequence[Image.Image],
+    contexts: list[str] | None = None,
+    strength: float = 1.0,
 ) -> Image.Image:
     """Counterfactual edits of real images: one column per image.
 
@@ -197,6 +200,8 @@ def counterfactual_grid(
         images: ``N`` images in any form ``model.reconstruct`` takes: ``(N, 3, H, W)`` tensor in
             ``[0, 1]``, list of PIL images... resized to ``model.resolution``.
         contexts: the contexts of the edit rows; default: every single concept.
+        strength: the edits' ``strength`` (``ContextAutoencoder.counterfactual``); other
+            than 1, the edit rows' labels say it (``"hue x3"``).
 
     Returns:
         An ``image_grid`` of ``2 + len(contexts)`` rows and ``N`` columns.
@@ -209,8 +214,9 @@ def counterfactual_grid(
     rows = [pixels]
     with eval_mode(model):
         for context in [(), *canonical]:
-            rows.append(model.counterfactual(pixels, context).cpu())
-    labels = ["input"] + [context_name(c) for c in [(), *canonical]]
+            rows.append(model.counterfactual(pixels, context, strength=strength).cpu())
+    suffix = "" if strength == 1 else f" x{strength:g}"
+    labels = ["input", context_name(())] + [context_name(c) + suffix for c in canonical]
     return image_grid(torch.cat(rows), len(rows), labels)
 
 

@@ -17,7 +17,8 @@ Steps (see docs/real-images.md):
    exactly as ``examples/finetune.py --dataset_name <data_dir>`` would;
 3. the pictures are written into ``--pictures_dir`` with the prefix ``--prefix``: the data
    (``data.png``), samples per context and per composition, the learned concept graph and
-   counterfactual edits of held-out photographs' crops;
+   counterfactual edits of held-out photographs' crops, as the adapter makes them and
+   exaggerated three times (``strength=3``);
 4. ``ctxadapter.evaluation.edit_scores`` scores the edits of ``--num_edit_images`` held-out
    crops (PSNR against the input, how much each concept changes them) into
    ``<output_dir>/edit_scores.json``.
@@ -43,9 +44,11 @@ from ctxadapter.training import (
     finetune,
     pretrain_autoencoder,
 )
-from ctxadapter.viz import image_grid, write_report
+from ctxadapter.viz import counterfactual_grid, image_grid, write_report
 
 ROOT = Path(__file__).resolve().parent.parent
+EXAGGERATED = 3
+"""The ``strength`` of the second counterfactual picture."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -188,6 +191,10 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
     target = pictures_dir / f"{args.prefix}data.png"
     data_picture(data, args.num_samples).save(target)
     paths["data"] = str(target)
+    # The same edits, exaggerated: what each concept governs, easier to see
+    target = pictures_dir / f"{args.prefix}counterfactuals_x{EXAGGERATED}.png"
+    counterfactual_grid(model, held_out, strength=EXAGGERATED).save(target)
+    paths[f"counterfactuals_x{EXAGGERATED}"] = str(target)
     for path in paths.values():
         print(path)
 

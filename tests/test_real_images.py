@@ -188,6 +188,6 @@ def test_worked_example_end_to_end_with_a_pretrained_photo_autoencoder(tmp_path,
     assert (autoencoder / "config.json").is_file()
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["base_model"]["pretrained_model_name_or_path"] == str(autoencoder)
-    assert set(paths) >= {"contexts", "compositions", "concept_graph", "data"}
+    assert set(paths) >= {"contexts", "compositions", "concept_graph", "data", "counterfactuals_x3"}
     for picture in paths.values():
         assert (tmp_path / picture).is_file() and Path(picture).parent == Path("pictures")

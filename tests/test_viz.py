@@ -155,6 +155,13 @@ def test_counterfactual_grid_rows(model, images):
     grid = counterfactual_grid(model, pixels, contexts=["a+c"])
     assert grid.size[1] == grid_height(3)
 
+    # strength 2: the edit rows are twice the change; obs stays the reconstruction
+    twice = to_uint8(model.counterfactual(pixels, "b", strength=2))
+    grid = counterfactual_grid(model, pixels, strength=2)
+    assert np.abs(tile(grid, 3, 0, 2) - twice[0]).max() <= 1
+    assert np.abs(tile(grid, 1, 1, 2) - unedited[1]).max() <= 1
+    assert not np.array_equal(twice, edited)
+
 
 # ---------------------------------------------------------------------------------- concept graph
 
