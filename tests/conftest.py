@@ -34,11 +34,13 @@ _KL_BLOCKS = {
 
 
 @pytest.fixture(autouse=True)
-def single_thread():
+def single_thread(monkeypatch):
     """The tensors in these tests are tiny: intra-op threads only add overhead, and on a busy
-    2-core machine thread oversubscription makes tests many times slower."""
+    2-core machine thread oversubscription makes tests many times slower. In-process training
+    runs count one available core, so they keep one thread too."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    monkeypatch.setattr("ctxadapter.training.tracking.available_cores", lambda: 1)
     yield
     torch.set_num_threads(threads)
 

@@ -233,3 +233,24 @@ def test_the_hub_token_is_never_written():
     args = FinetuneArguments(hub_token="hf_secret", seed=3)
     assert "hub_token" not in public_flags(args) and public_flags(args)["seed"] == 3
     assert "hf_secret" not in str(tracker_config(args))
+
+
+# ------------------------------------------------------------------------------ CPU threads
+
+
+def test_cpu_threads_per_process(tmp_path, monkeypatch):
+    """On a CPU the Accelerator's process runs --cpu_threads torch threads, by default the
+    available cores (whatever OMP_NUM_THREADS accelerate launch set); a bad value is refused."""
+    from ctxadapter.training import tracking
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what accelerate launch sets by default
+    monkeypatch.setattr(tracking, "available_cores", lambda: 2)
+    tracking.make_accelerator(FinetuneArguments(output_dir=str(tmp_path), report_to="none"))
+    assert torch.get_num_threads() == 2
+    args = FinetuneArguments(output_dir=str(tmp_path), report_to="none", cpu_threads=1)
+    tracking.make_accelerator(args)
+    assert torch.get_num_threads() == 1
+    with pytest.raises(ValueError, match="--cpu_threads must be >= 1, got 0"):
+        FinetuneArguments(cpu_threads=0)
+    with pytest.raises(ValueError, match="--cpu_threads"):
+        PretrainArguments(cpu_threads=-2)

@@ -101,9 +101,11 @@ class OptimizationArguments(FlagGroup):
     mixed_precision: Literal["no", "fp16", "bf16"] | None = flag(
         "'no', 'fp16' or 'bf16' (default: accelerate config).", default=None
     )
-
-    mixed_precision: Literal["no", "fp16", "bf16"] | None = flag(
-        "'no', 'fp16' or 'bf16' (default: accelerate config).", default=None
+    cpu_threads: int | None = flag(
+        "torch threads per process when training on the CPU (default: the available cores "
+        "shared among the processes; OMP_NUM_THREADS is not used, because accelerate launch "
+        "sets it to 1).",
+        default=None,
     )
 
     def validate(self) -> None:
@@ -111,6 +113,8 @@ class OptimizationArguments(FlagGroup):
         check_at_least(self, 1, "train_batch_size", "gradient_accumulation_steps")
         check_at_least(self, 1, "num_train_epochs")
         check_at_least(self, 0, "lr_warmup_steps", "min_learning_rate")
+        if self.cpu_threads is not None:
+            check_at_least(self, 1, "cpu_threads")
         if self.max_train_steps is not None:
             check_at_least(self, 1, "max_train_steps")
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
 from PIL import Image
@@ -13,19 +14,37 @@ from .args import OptimizationArguments, RunArguments
 from .flags import public_flags
 
 
+def available_cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def make_accelerator(args: RunArguments | OptimizationArguments, **kwargs) -> Accelerator:
     """An ``Accelerator`` with the run's mixed precision and gradient accumulation, logging to
-    ``args.report_to`` under ``output_dir/logs``. ``kwargs`` go to ``Accelerator``."""
+    ``args.report_to`` under ``output_dir/logs``. ``kwargs`` go to ``Accelerator``.
+
+    On a CPU, torch then runs ``args.cpu_threads`` threads per process (default: the available
+    cores shared among the processes on this machine). ``accelerate launch`` without
+    ``--num_cpu_threads_per_process`` sets ``OMP_NUM_THREADS=1``, which would leave one core of
+    a multi-core machine working (the default quad run: 3 min 43 s on one thread, 2 min 38 s on
+    two)."""
     project = ProjectConfiguration(
         project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")
     )
-    return Accelerator(
+    accelerator = Accelerator(
         mixed_precision=args.mixed_precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=None if args.report_to == "none" else args.report_to,
         project_config=project,
         **kwargs,
     )
+    if accelerator.device.type == "cpu":
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))  # torchrun's
+        torch.set_num_threads(args.cpu_threads or max(1, available_cores() // local))
+    return accelerator
 
 
 def tracker_config(args) -> dict:
