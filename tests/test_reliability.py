@@ -208,12 +208,11 @@ def test_sigterm_saves_a_checkpoint_that_resumes_bit_identically(tiny, tiny_kl_p
         f"--{k}={v}"
         for k, v in vars(interrupted).items()
         if v is not None and not isinstance(v, (bool, list))
-    ]
+    ] + ["--cpu_threads=1"]  # as in this process: the same float reductions
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     # SIGTERM as soon as the run prints that it is training: the first step boundary saves
     script = (
         "import os, signal, sys, torch\n"
-        "torch.set_num_threads(1)  # as in this process: the same float reductions\n"
         "from ctxadapter.training import finetune, parse_finetune_arguments\n"
         "from ctxadapter.training.state import Interruption\n"
         "real = Interruption.__enter__\n"

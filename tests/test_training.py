@@ -49,6 +49,8 @@ def flags(output_dir, autoencoder, cache_dir, *extra) -> list[str]:
         "2",
         "--report_to",
         "none",
+        "--cpu_threads",  # launched or in process: the same single-threaded arithmetic
+        "1",
         *extra,
     ]
 

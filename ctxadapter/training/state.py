@@ -168,6 +168,7 @@ RESUME_MAY_CHANGE = frozenset(
         "resume_from_checkpoint",
         "report_to",
         "cache_dir",
+        "cpu_threads",
         "checkpointing_steps",
         "checkpoints_total_limit",
         "validation_steps",
