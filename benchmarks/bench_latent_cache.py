@@ -114,8 +114,7 @@ def encode_overhead(arrow_file: str, size: int, smoke: bool, repeats: int) -> li
 
     from ctxadapter.codec import LatentCodec
     from ctxadapter.data import cache_latents
-    from ctxadapter.data.latent_cache import decode_image
-    from ctxadapter.images import preprocess_images
+    from ctxadapter.data.latent_cache import read_batch
 
     datasets.disable_progress_bars()
     codec = LatentCodec(autoencoder("quad", smoke))
@@ -125,8 +124,7 @@ def encode_overhead(arrow_file: str, size: int, smoke: bool, repeats: int) -> li
     starts = range(0, size, BATCH)
 
     def load(start: int) -> torch.Tensor:
-        rows = range(start, min(start + BATCH, size))
-        return preprocess_images([decode_image(raw[row], row) for row in rows], 64)
+        return read_batch(raw[start : start + BATCH], range(start, min(start + BATCH, size)), 64)
 
     batches = [load(start) for start in starts]
 

@@ -322,36 +322,45 @@ def edit_scores(
     """
     images = to_float(prepare_images(images, model.resolution))
     contexts = list(model.adapter.concepts if contexts is None else contexts)
-    sums = {"identity": 0.0, "reconstruction": 0.0}
-    sums |= {c: dict(psnr=0.0, decode_psnr=0.0, change=0.0) for c in contexts}
+    keys = ("psnr", "decode_psnr", "mean_abs_change")
+    totals: dict = {}  # sums over the images
+
+    def add(key, batch_mean: Tensor, count: int) -> None:
+        totals[key] = totals.get(key, 0.0) + batch_mean.item() * count
+
+    def decode(latents: Tensor) -> Tensor:
+        return model.codec.postprocess(model.codec.decode(latents), "pt")
+
     with eval_mode(model):
         for start in range(0, len(images), batch_size):
             target = images[start : start + batch_size].to(model.device)
-            identity = model.counterfactual(target, source_context, source_context)
-            sums["identity"] += psnr(identity, target).item() * len(target)
-            reconstruction = model.reconstruct(target, source_context)
-            sums["reconstruction"] += psnr(reconstruction, target).item() * len(target)
+            count = len(target)
+            # Encode once; every edit below starts from these latents.
+            latents = model.codec.encode(target * 2 - 1).to(model.device, model.dtype)
+            identity = decode(model.edit_latents(latents, source_context, source_context))
+            add("identity", psnr(identity, target), count)
+            own = decode(model.edit_latents(latents, source_context, source_context, "decode"))
+            add("reconstruction", psnr(own, target), count)
             for context in contexts:
-                edit = model.counterfactual(target, context, source_context, strength=strength)
-                decoded = model.counterfactual(
-                    target, context, source_context, mode="decode", strength=strength
+                edit = decode(
+                    model.edit_latents(latents, context, source_context, "residual", strength)
                 )
-                sums[context]["psnr"] += psnr(edit, target).item() * len(target)
-                sums[context]["decode_psnr"] += psnr(decoded, target).item() * len(target)
-                sums[context]["change"] += (edit - identity).abs().flatten(1).mean(1).sum().item()
+                decoded = decode(
+                    model.edit_latents(latents, context, source_context, "decode", strength)
+                )
+                add((context, "psnr"), psnr(edit, target), count)
+                add((context, "decode_psnr"), psnr(decoded, target), count)
+                add(
+                    (context, "mean_abs_change"),
+                    (edit - identity).abs().flatten(1).mean(1).mean(),
+                    count,
+                )
     n = len(images)
-    edits = {
-        context: dict(
-            psnr=v["psnr"] / n, decode_psnr=v["decode_psnr"] / n, mean_abs_change=v["change"] / n
-        )
-        for context, v in sums.items()
-        if context in contexts
-    }
     return {
         "images": n,
-        "identity_psnr": sums["identity"] / n,
-        "reconstruction_psnr": sums["reconstruction"] / n,
-        "edits": edits,
+        "identity_psnr": totals["identity"] / n,
+        "reconstruction_psnr": totals["reconstruction"] / n,
+        "edits": {c: {key: totals[(c, key)] / n for key in keys} for c in contexts},
     }
 
 

@@ -36,6 +36,15 @@ BASE_HUB_KWARGS = ("cache_dir", "token", "local_files_only", "force_download", "
 autoencoder's ``from_pretrained`` as well as to the adapter's."""
 
 
+def _check_edit(mode: str, strength: float) -> None:
+    """Refuse an unknown counterfactual ``mode`` or a ``strength`` that is not a finite number
+    at least 0, naming the value."""
+    if mode not in ("residual", "decode"):
+        raise ValueError(f"mode must be 'residual' or 'decode', got {mode!r}")
+    if not (isinstance(strength, (int, float)) and 0 <= strength < math.inf):
+        raise ValueError(f"strength must be a finite number at least 0, got {strength!r}")
+
+
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[None]:
     """Put ``model`` in eval mode and disable gradients for the ``with`` block; restore every
@@ -261,17 +270,29 @@ class ContextAutoencoder(nn.Module):
             output_type: ``"pt"``, ``"np"``, ``"pil"`` or ``"latent"``.
             decode_batch_size: latents decoded at once.
         """
-        if mode not in ("residual", "decode"):
-            raise ValueError(f"mode must be 'residual' or 'decode', got {mode!r}")
-        if not (isinstance(strength, (int, float)) and 0 <= strength < math.inf):
-            raise ValueError(f"strength must be a finite number at least 0, got {strength!r}")
-        latents, mean = self._encode(images)
+        _check_edit(mode, strength)
+        latents = self._encode(images)[0]
+        edited = self.edit_latents(latents, context, source_context, mode, strength)
+        return self._decode(edited, output_type, decode_batch_size)
+
+    def edit_latents(
+        self,
+        latents: torch.Tensor,
+        context,
+        source_context="obs",
+        mode: Literal["residual", "decode"] = "residual",
+        strength: float = 1.0,
+    ) -> torch.Tensor:
+        """``counterfactual`` on model-space latents ``(B, C, h, w)`` (``codec.encode``'s),
+        returning the edited latents: encode once, edit under many contexts."""
+        _check_edit(mode, strength)
+        mean = self.adapter.posterior(latents)[0]
         target = self.adapter.latents_from_noise(mean, context)
         if strength == 1 and mode == "decode":  # the paper's edit, exactly
-            return self._decode(target, output_type, decode_batch_size)
+            return target
         source = self.adapter.latents_from_noise(mean, source_context)
         start = latents if mode == "residual" else source
-        return self._decode(start + strength * (target - source), output_type, decode_batch_size)
+        return start + strength * (target - source)
 
     # ------------------------------------------------------------------ decoder LoRA
     def add_decoder_lora(

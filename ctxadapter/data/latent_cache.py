@@ -32,6 +32,7 @@ __all__ = [
     "collate_batch",
     "column_views",
     "gather_rows",
+    "read_batch",
 ]
 
 CACHE_FORMAT = 1
@@ -70,6 +71,13 @@ def decode_image(value, row: int) -> Image.Image:
         raise ValueError(
             f"Row {row}: the image{f' {where!r}' if where else ''} cannot be read ({error})."
         ) from error
+
+
+def read_batch(values: Sequence, rows: Sequence[int], resolution: int) -> torch.Tensor:
+    """``datasets.Image`` values (rows ``rows``, for error messages) read and preprocessed as
+    the encoder takes them: ``(B, 3, resolution, resolution)`` in ``[-1, 1]``."""
+    images = [decode_image(value, row) for value, row in zip(values, rows, strict=True)]
+    return preprocess_images(images, resolution)
 
 
 def cache_latents(
@@ -137,34 +145,24 @@ def cache_latents(
     if isinstance(image_feature, datasets.Image) and image_feature.decode:
         dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
 
-    def load(values, rows) -> torch.Tensor:
-        """Read and preprocess one encoder batch: ``(B, 3, H, W)`` in ``[-1, 1]``."""
-        images = [decode_image(value, row) for value, row in zip(values, rows, strict=True)]
-        return preprocess_images(images, resolution)
-
     def encode(batch, indices, loader: ThreadPoolExecutor):
         # One map batch holds LOADS_AHEAD encoder batches: the loader thread reads and
         # preprocesses batch k + 1 (PIL and torch release the GIL) while the encoder runs on k.
-        values, parts = batch[image_column], []
-        starts = range(0, len(indices), batch_size)
-        pending = loader.submit(load, values[:batch_size], indices[:batch_size])
-        for start in starts:
+        values, columns = batch[image_column], {"latents": [], "logvar": [], "pixels": []}
+        pending = loader.submit(read_batch, values[:batch_size], indices[:batch_size], resolution)
+        for start in range(0, len(indices), batch_size):
             pixels, after = pending.result(), start + batch_size
             if after < len(indices):
                 rows = slice(after, after + batch_size)
-                pending = loader.submit(load, values[rows], indices[rows])
+                pending = loader.submit(read_batch, values[rows], indices[rows], resolution)
             mean, logvar = codec.encode_distribution(pixels)
-            parts.append({"latents": mean, "logvar": logvar})
-            if keep_pixels:
-                parts[-1]["pixels"] = signed_to_uint8(pixels)
+            columns["latents"].append(mean)
+            columns["logvar"].append(logvar)
+            columns["pixels"].append(signed_to_uint8(pixels) if keep_pixels else None)
         out = {
-            "latents": torch.cat([part["latents"] for part in parts]).numpy(),
-            "context": [contexts[i] for i in indices],
+            name: torch.cat(parts).numpy() for name, parts in columns.items() if name in features
         }
-        if has_logvar:
-            out["logvar"] = torch.cat([part["logvar"] for part in parts]).numpy()
-        if keep_pixels:
-            out["pixels"] = torch.cat([part["pixels"] for part in parts]).numpy()
+        out["context"] = [contexts[i] for i in indices]
         return out
 
     Path(cache_dir).mkdir(parents=True, exist_ok=True)

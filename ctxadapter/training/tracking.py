@@ -29,8 +29,7 @@ def make_accelerator(args: RunArguments | OptimizationArguments, **kwargs) -> Ac
     On a CPU, torch then runs ``args.cpu_threads`` threads per process (default: the available
     cores shared among the processes on this machine). ``accelerate launch`` without
     ``--num_cpu_threads_per_process`` sets ``OMP_NUM_THREADS=1``, which would leave one core of
-    a multi-core machine working (the default quad run: 3 min 43 s on one thread, 2 min 38 s on
-    two)."""
+    a multi-core machine working (the README's timings compare the default run both ways)."""
     project = ProjectConfiguration(
         project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")
     )
