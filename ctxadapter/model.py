@@ -21,11 +21,11 @@ from torch import nn
 
 from .adapter import CtxAdapter
 from .card import is_hub_id
-from .codec import LatentCodec, load_autoencoder
+from .codec import LatentCodec
 from .images import model_input
 from .lora import add_decoder_lora, load_decoder_lora, save_decoder_lora
 from .objective import Objective
-from .pinning import local_path, weights_fingerprint
+from .pinning import check_base_record, load_base_model
 
 DECODE_BATCH_SIZE = 64
 """Latents decoded at once by ``generate``, ``reconstruct`` and ``counterfactual`` (each takes
@@ -100,23 +100,7 @@ class ContextAutoencoder(nn.Module):
                 f"W/{factor})."
             )
         self.resolution = (height * factor, width * factor)
-        recorded = adapter.config["base_model"] or {}
-        for key in ("scaling_factor", "shift_factor", "latent_patch_size"):
-            value = recorded.get(key)
-            if value is not None and not math.isclose(value, getattr(self.codec, key)):
-                raise ValueError(
-                    f"The adapter was trained on latents with {key}={value}, but this autoencoder "
-                    f"has {key}={getattr(self.codec, key)}."
-                )
-        for key in ("latents_mean", "latents_std"):
-            value, own = recorded.get(key), getattr(self.codec, key)
-            if value is not None and (
-                own is None or not torch.allclose(torch.tensor(value), own, rtol=1e-4, atol=1e-6)
-            ):
-                raise ValueError(
-                    f"The adapter was trained on latents normalised with {key}={value}, but this "
-                    f"autoencoder has {key}={None if own is None else own.tolist()}."
-                )
+        check_base_record(adapter.config["base_model"], self.codec)
 
     @property
     def device(self) -> torch.device:
@@ -399,34 +383,8 @@ class ContextAutoencoder(nn.Module):
                     f"The adapter {str(pretrained_model_name_or_path)!r} records no base "
                     f"autoencoder; pass one with autoencoder=."
                 )
-            name = local_path(base["pretrained_model_name_or_path"])
-            where = dict(
-                revision=base.get("revision"),
-                subfolder=base.get("subfolder"),
-                **{k: v for k, v in hub_kwargs.items() if k in BASE_HUB_KWARGS},
-            )
-            try:
-                autoencoder = load_autoencoder(name, torch_dtype=torch_dtype, **where)
-            except OSError as error:
-                raise OSError(
-                    f"Could not load the base autoencoder this adapter records, "
-                    f"{base['pretrained_model_name_or_path']!r} ({base['class_name']}): {error} "
-                    f"Load it yourself and pass it with autoencoder=."
-                ) from error
-            if type(autoencoder).__name__ != base["class_name"]:
-                raise ValueError(
-                    f"The adapter records a base autoencoder of class {base['class_name']!r}, "
-                    f"but {base['pretrained_model_name_or_path']!r} holds a "
-                    f"{type(autoencoder).__name__}; pass the right one with autoencoder=."
-                )
-            recorded = base.get("fingerprint") if check_base else None
-            if recorded and recorded != (found := weights_fingerprint(name, **where)):
-                raise ValueError(
-                    f"The base autoencoder {base['pretrained_model_name_or_path']!r} has other "
-                    f"weights than the one this adapter was trained on: weights fingerprint "
-                    f"{found} where the adapter records {recorded}. Load the right one (pass it "
-                    f"with autoencoder=), or pass check_base=False to use it anyway."
-                )
+            base_kwargs = {k: v for k, v in hub_kwargs.items() if k in BASE_HUB_KWARGS}
+            autoencoder = load_base_model(base, torch_dtype, check_base, **base_kwargs)
         model = cls(autoencoder, adapter)
         if adapter.config["decoder_lora"]:
             load_decoder_lora(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -19,7 +20,7 @@ import torch
 from huggingface_hub import try_to_load_from_cache
 from safetensors import safe_open
 
-from .codec import LatentCodec
+from .codec import LatentCodec, load_autoencoder
 
 SHIPPED_AUTOENCODERS = {
     "ctxadapter:quad-autoencoder": Path(__file__).resolve().parent / "assets" / "quad-autoencoder"
@@ -147,3 +148,59 @@ def base_model_record(
         latent_patch_size=codec.latent_patch_size,
         fingerprint=weights_fingerprint(local_path(name), **where),
     )
+
+
+def check_base_record(record: dict | None, codec: LatentCodec) -> None:
+    """Refuse an autoencoder (``codec``) whose latent normalisation differs from the one an
+    adapter's ``base_model`` ``record`` was trained on, naming both values."""
+    record = record or {}
+    for key in ("scaling_factor", "shift_factor", "latent_patch_size"):
+        value = record.get(key)
+        if value is not None and not math.isclose(value, getattr(codec, key)):
+            raise ValueError(
+                f"The adapter was trained on latents with {key}={value}, but this autoencoder "
+                f"has {key}={getattr(codec, key)}."
+            )
+    for key in ("latents_mean", "latents_std"):
+        value, own = record.get(key), getattr(codec, key)
+        if value is not None and (
+            own is None or not torch.allclose(torch.tensor(value), own, rtol=1e-4, atol=1e-6)
+        ):
+            raise ValueError(
+                f"The adapter was trained on latents normalised with {key}={value}, but this "
+                f"autoencoder has {key}={None if own is None else own.tolist()}."
+            )
+
+
+def load_base_model(
+    record: dict, torch_dtype: torch.dtype | None = None, check: bool = True, **hub_kwargs
+):
+    """Load the base autoencoder an adapter's ``base_model`` ``record`` names, at the revision
+    and subfolder it records; refuse one of another class, or (``check``) one whose weights
+    files lack the recorded fingerprint. ``hub_kwargs`` (``cache_dir``, ``token``...) go to
+    its ``from_pretrained``."""
+    name = local_path(record["pretrained_model_name_or_path"])
+    where = dict(revision=record.get("revision"), subfolder=record.get("subfolder"), **hub_kwargs)
+    try:
+        autoencoder = load_autoencoder(name, torch_dtype=torch_dtype, **where)
+    except OSError as error:
+        raise OSError(
+            f"Could not load the base autoencoder this adapter records, "
+            f"{record['pretrained_model_name_or_path']!r} ({record['class_name']}): {error} "
+            f"Load it yourself and pass it with autoencoder=."
+        ) from error
+    if type(autoencoder).__name__ != record["class_name"]:
+        raise ValueError(
+            f"The adapter records a base autoencoder of class {record['class_name']!r}, "
+            f"but {record['pretrained_model_name_or_path']!r} holds a "
+            f"{type(autoencoder).__name__}; pass the right one with autoencoder=."
+        )
+    recorded = record.get("fingerprint") if check else None
+    if recorded and recorded != (found := weights_fingerprint(name, **where)):
+        raise ValueError(
+            f"The base autoencoder {record['pretrained_model_name_or_path']!r} has other "
+            f"weights than the one this adapter was trained on: weights fingerprint "
+            f"{found} where the adapter records {recorded}. Load the right one (pass it "
+            f"with autoencoder=), or pass check_base=False to use it anyway."
+        )
+    return autoencoder
