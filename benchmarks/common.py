@@ -158,23 +158,25 @@ def _linear_shapes(module) -> list[tuple[int, int]]:
     return [(m.in_features, m.out_features) for m in module.modules() if hasattr(m, "in_features")]
 
 
-def step_flops(adapter, contexts: torch.Tensor, sample_matching: bool | None = None) -> float:
+def step_flops(adapter, contexts: torch.Tensor, matching: bool | None = None) -> float:
     """Matrix-product FLOPs per sample of one training step (forward + backward) of ``adapter``
     with the ``latent`` loss on a batch with the ``(N, K)`` context masks ``contexts``, counted
     from the layer shapes as the library computes them. The heads: each of their linear maps.
     The exogenous layer: one dense product if every row is observational (dense mixing);
     otherwise one batched product over the K diagonal blocks of both weights for every row,
     plus, with dense mixing, the dense product on the observational rows. The causal layer: one
-    masked dense product, two if any row is intervened. With ``sample_matching`` (default: as
-    ``examples/finetune.py`` trains), the generator (context layers and latent head) runs once
-    more per row and both sides are projected on the objective's directions. Backward costs 2x
+    masked dense product, two if any row is intervened. With ``matching`` (default: the matching
+    terms ``examples/finetune.py`` trains with), sample matching runs the generator (context
+    layers and latent head) once more per row and projects both sides on the objective's
+    directions; prior matching projects the posterior noise and as many prior draws on
+    directions of the noise space. Backward costs 2x
     forward, except where the input needs no gradient (the latents). Elementwise work (GELU,
     BatchNorm, masks, sorting, Adam) is not counted."""
     from ctxadapter.training import FinetuneArguments
 
     objective = FinetuneArguments().objective()
-    if sample_matching is None:
-        sample_matching = objective.sample_matching > 0
+    sample_matching = objective.sample_matching > 0 if matching is None else matching
+    prior_matching = objective.prior_matching > 0 if matching is None else matching
     k = len(adapter.concepts)
     noise, concept = adapter.noise_size, adapter.causal.weight_obs.shape[0]
     latent = adapter.latent_shape[0] * adapter.latent_shape[1] * adapter.latent_shape[2]
@@ -197,6 +199,9 @@ def step_flops(adapter, contexts: torch.Tensor, sample_matching: bool | None = N
     if sample_matching:
         products += generator + [(latent, objective.num_projections, False, 1.0)]
         products += [(latent, objective.num_projections, True, 1.0)]
+    if prior_matching:
+        products += [(noise, objective.num_projections, False, 1.0)]
+        products += [(noise, objective.num_projections, True, 1.0)]
     return sum(2 * i * o * (2 + grad) * rows for i, o, grad, rows in products)
 
 

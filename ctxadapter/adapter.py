@@ -45,11 +45,13 @@ class AdapterOutput:
         latents: reconstructed model-space latents ``(N, C, h, w)``.
         mean: posterior mean of the noise ``(N, K*w_in)``.
         logvar: posterior log-variance of the noise ``(N, K*w_in)``.
+        noise: the posterior sample ``z`` that was decoded ``(N, K*w_in)``.
     """
 
     latents: torch.Tensor
     mean: torch.Tensor
     logvar: torch.Tensor
+    noise: torch.Tensor
 
 
 def _check_concepts(concepts) -> list[str]:
@@ -220,7 +222,7 @@ class CtxAdapter(
         mean, logvar = self.posterior(latents)
         noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         z = mean + torch.exp(0.5 * logvar) * noise
-        return AdapterOutput(self.latents_from_noise(z, contexts), mean, logvar)
+        return AdapterOutput(self.latents_from_noise(z, contexts), mean, logvar, z)
 
     # ------------------------------------------------------------------ causal layer
     @torch.no_grad()

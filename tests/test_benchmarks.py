@@ -71,7 +71,7 @@ def test_step_flops_counts_the_paper_adapter(bench_path):
     # causal 48->48, latent head 48->256; forward 2*in*out, backward twice that.
     products = [(256, 384, 2), (192, 192, 3), (192, 48, 3), (48, 48, 3), (48, 256, 3)]
     observational = torch.zeros(7, 6, dtype=torch.bool)
-    obs_flops = common.step_flops(adapter, observational, sample_matching=False)
+    obs_flops = common.step_flops(adapter, observational, matching=False)
     assert obs_flops == sum(2 * i * o * m for i, o, m in products)
     # obs and the 6 single interventions: the exogenous layer's dense product runs on 1 row in 7
     # and a batched product over the 6 diagonal blocks of both weights (192 -> 2 * 32) on all;
@@ -79,7 +79,7 @@ def test_step_flops_counts_the_paper_adapter(bench_path):
     mixed = torch.cat([observational[:1], torch.eye(6, dtype=torch.bool)])
     dense = 2 * 192 * 192 * 3
     expected = obs_flops - dense + dense / 7 + 2 * 192 * 64 * 3 + 2 * 48 * 48 * 3
-    assert common.step_flops(adapter, mixed, sample_matching=False) == pytest.approx(expected)
+    assert common.step_flops(adapter, mixed, matching=False) == pytest.approx(expected)
 
 
 def test_step_flops_counts_the_default_adapter(bench_path):
@@ -90,11 +90,13 @@ def test_step_flops_counts_the_default_adapter(bench_path):
     # block mixing: the batched product over the diagonal blocks even for observational rows
     generator = 2 * 192 * 64 * 3 + 2 * 48 * 48 * 3 + 2 * 192 * 48 * 3
     generator += 2 * 48 * 256 * 3 + 2 * 256 * 256 * 3 + 2 * 256 * 256 * 3
-    plain = common.step_flops(adapter, observational, sample_matching=False)
+    plain = common.step_flops(adapter, observational, matching=False)
     assert plain == posterior + generator
-    # sample matching: the generator once more, and 64 projections of both sides of 256 values
+    # sample matching: the generator once more, and 64 projections of both sides of 256 values;
+    # prior matching: 64 projections of the 192 posterior noise values and of as many draws
     matched = common.step_flops(adapter, observational)
-    assert matched == plain + generator + 2 * 256 * 64 * 2 + 2 * 256 * 64 * 3
+    sample = generator + 2 * 256 * 64 * 2 + 2 * 256 * 64 * 3
+    assert matched == plain + sample + 2 * 192 * 64 * 2 + 2 * 192 * 64 * 3
 
 
 def test_table_and_measure(bench_path):

@@ -101,6 +101,7 @@ def test_loss_trains_only_the_adapter(case, images, reconstruction):
         assert out[key].ndim == 0, key
         assert torch.isfinite(out[key]), key
     assert out["sample_matching"].item() == 0  # off by default
+    assert out["prior_matching"].item() == 0
     assert out["loss"].item() == pytest.approx(
         (out["reconstruction"] + out["kl"] + out["causal_penalty"]).item(), rel=1e-5
     )

@@ -1,4 +1,4 @@
-"""The objective's sample-matching term and its grouped sliced Wasserstein-2
+"""The objective's sample- and prior-matching terms and their grouped sliced Wasserstein-2
 (``ctxadapter.wasserstein``), by hand."""
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ def test_grouped_sliced_wasserstein_averages_directions():
     [
         ({"beta": -1.0}, "beta"),
         ({"sample_matching": float("nan")}, "sample_matching"),
+        ({"prior_matching": -0.5}, "prior_matching"),
         ({"group_sparsity": "1"}, "group_sparsity"),
         ({"num_projections": 0}, "num_projections"),
         ({"reconstruction": "both"}, "reconstruction"),
@@ -87,3 +88,43 @@ def test_sample_matching_by_hand(tiny_kl_path):
     assert out["sample_matching"].item() > 0
     assert_close(out["reconstruction"], plain["reconstruction"])
     assert_close(out["loss"], plain["loss"] + 2.0 * expected, rtol=1e-4, atol=1e-4)
+
+
+def test_prior_matching_by_hand(tiny_kl_path):
+    vae = AutoencoderKL.from_pretrained(tiny_kl_path)
+    torch.manual_seed(0)
+    shape = list(LatentCodec(vae).latent_shape(32))
+    adapter = CtxAdapter(["a", "b"], latent_shape=shape, exogenous_width=4, concept_width=2)
+    model = ContextAutoencoder(vae, adapter).eval()
+    latents = torch.randn(5, *shape)
+    contexts = ["a", "obs", "a", "b", "obs"]
+    objective = Objective(prior_matching=3.0, num_projections=4)
+    with torch.no_grad():
+        plain = model(contexts, latents=latents, generator=torch.Generator().manual_seed(1))
+        out = model(
+            contexts,
+            latents=latents,
+            objective=objective,
+            generator=torch.Generator().manual_seed(1),
+        )
+        # The same draws by hand: the posterior sample z, the prior draws, the directions.
+        g = torch.Generator().manual_seed(1)
+        z = adapter(latents, contexts, generator=g).noise
+        mean, logvar = adapter.posterior(latents)
+        prior = adapter.sample_noise(5, generator=g)
+        directions = torch.randn(z.shape[1], 4, generator=g)
+        directions = directions / directions.norm(dim=0)
+    # z is the posterior sample the reconstruction decodes: mean + std * standard noise.
+    noise = torch.randn(mean.shape, generator=torch.Generator().manual_seed(1))
+    assert_close(z, mean + torch.exp(0.5 * logvar) * noise)
+    total = 0.0
+    for rows in ([0, 2], [1, 4], [3]):  # the contexts a, obs and b
+        p = (z[rows] @ directions).sort(dim=0).values
+        q = (prior[rows] @ directions).sort(dim=0).values
+        total += (p - q).pow(2).sum()
+    expected = total / (5 * 4) * z.shape[1]
+    assert_close(out["prior_matching"], expected, rtol=1e-4, atol=1e-5)
+    assert out["prior_matching"].item() > 0
+    assert out["sample_matching"].item() == 0
+    assert_close(out["reconstruction"], plain["reconstruction"])
+    assert_close(out["loss"], plain["loss"] + 3.0 * expected, rtol=1e-4, atol=1e-4)

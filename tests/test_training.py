@@ -244,6 +244,7 @@ def test_pixel_loss_with_decoder_lora(tiny_kl_path, tmp_path):
     [
         ("learning_rate", -1e-3, "--learning_rate must be > 0, got -0.001"),
         ("sample_matching", -1.0, "--sample_matching must be >= 0, got -1.0"),
+        ("prior_matching", -2.0, "--prior_matching must be >= 0, got -2.0"),
         ("heads", "transformer", "--heads must be one of"),
         ("exogenous_bias", "free", "--exogenous_bias must be one of"),
         ("preset", "best", "--preset must be one of"),
@@ -306,7 +307,8 @@ def test_paper_preset_sets_defaults_and_explicit_flags_win():
         "pixel",
         "context_pure",
     )
-    assert paper.sample_matching == 0 and paper.group_sparsity == 0 and paper.beta == 1
+    assert paper.sample_matching == 0 and paper.prior_matching == 0 and paper.beta == 1
+    assert paper.group_sparsity == 0
     assert paper.exogenous_bias == "shared"
     mixed = parse_finetune_arguments(["--beta", "2", "--preset", "paper", "--heads", "mlp"])
     assert (mixed.beta, mixed.heads, mixed.loss) == (2.0, "mlp", "pixel")

@@ -77,9 +77,12 @@ def test_preset_is_applied_before_the_checks():
 
 
 def test_objective_carries_the_weights():
-    objective = FinetuneArguments(beta=0.5, sample_matching=2.0, group_sparsity=1.0).objective()
+    objective = FinetuneArguments(
+        beta=0.5, sample_matching=2.0, prior_matching=3.0, group_sparsity=1.0
+    ).objective()
     assert (objective.reconstruction, objective.beta) == ("latent", 0.5)
-    assert (objective.sample_matching, objective.group_sparsity) == (2.0, 1.0)
+    assert (objective.sample_matching, objective.prior_matching) == (2.0, 3.0)
+    assert objective.group_sparsity == 1.0
 
 
 def test_early_stopping_counts_rounds_without_improvement_and_keeps_the_best():

@@ -136,6 +136,12 @@ class ObjectiveArguments(FlagGroup):
         "paper; 0: off).",
         default=4.0,
     )
+    prior_matching: float = flag(
+        "Weight of the per-context sliced-Wasserstein term that fits each context's posterior "
+        "samples in the batch to the N(0, I) prior they are generated from (ctxadapter.objective; "
+        "not in the paper; 0: off).",
+        default=4.0,
+    )
     group_sparsity: float = flag("Weight of the causal-layer group-sparsity penalty.", default=3.0)
     sampler: Literal["mixed", "context_pure"] = flag(
         "'mixed' batches or 'context_pure' batches (one context each).", default="mixed"
@@ -143,7 +149,7 @@ class ObjectiveArguments(FlagGroup):
 
     def validate(self) -> None:
         super().validate()
-        check_at_least(self, 0, "beta", "sample_matching", "group_sparsity")
+        check_at_least(self, 0, "beta", "sample_matching", "prior_matching", "group_sparsity")
 
     def objective(self) -> Objective:
         """The one objective of a run: trained and validated (early stopping) alike."""
@@ -151,6 +157,7 @@ class ObjectiveArguments(FlagGroup):
             reconstruction=self.loss,
             beta=self.beta,
             sample_matching=self.sample_matching,
+            prior_matching=self.prior_matching,
             group_sparsity=self.group_sparsity,
         )
 
@@ -298,6 +305,7 @@ PRESETS: dict[str, dict] = {
         sampler="context_pure",
         beta=1.0,
         sample_matching=0.0,
+        prior_matching=0.0,
         group_sparsity=0.0,
     ),
 }
