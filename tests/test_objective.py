@@ -53,7 +53,9 @@ def test_objective_rejects_bad_values(kwargs, bad):
         Objective(**kwargs)
 
 
-def test_sample_matching_by_hand(tiny_kl_path):
+@pytest.fixture
+def tiny_batch(tiny_kl_path):
+    """A two-concept model on the tiny autoencoder and 5 latents with their contexts."""
     vae = AutoencoderKL.from_pretrained(tiny_kl_path)
     torch.manual_seed(0)
     shape = list(LatentCodec(vae).latent_shape(32))
@@ -61,6 +63,11 @@ def test_sample_matching_by_hand(tiny_kl_path):
     model = ContextAutoencoder(vae, adapter).eval()
     latents = torch.randn(5, *shape)
     contexts = ["a", "obs", "a", "b", "obs"]
+    return model, adapter, latents, contexts
+
+
+def test_sample_matching_by_hand(tiny_batch):
+    model, adapter, latents, contexts = tiny_batch
     objective = Objective(sample_matching=2.0, num_projections=3)
     with torch.no_grad():
         plain = model(contexts, latents=latents, generator=torch.Generator().manual_seed(1))
@@ -90,14 +97,8 @@ def test_sample_matching_by_hand(tiny_kl_path):
     assert_close(out["loss"], plain["loss"] + 2.0 * expected, rtol=1e-4, atol=1e-4)
 
 
-def test_prior_matching_by_hand(tiny_kl_path):
-    vae = AutoencoderKL.from_pretrained(tiny_kl_path)
-    torch.manual_seed(0)
-    shape = list(LatentCodec(vae).latent_shape(32))
-    adapter = CtxAdapter(["a", "b"], latent_shape=shape, exogenous_width=4, concept_width=2)
-    model = ContextAutoencoder(vae, adapter).eval()
-    latents = torch.randn(5, *shape)
-    contexts = ["a", "obs", "a", "b", "obs"]
+def test_prior_matching_by_hand(tiny_batch):
+    model, adapter, latents, contexts = tiny_batch
     objective = Objective(prior_matching=3.0, num_projections=4)
     with torch.no_grad():
         plain = model(contexts, latents=latents, generator=torch.Generator().manual_seed(1))
