@@ -28,7 +28,7 @@ from torch import nn
 
 from . import __version__
 from .card import PAPER_URL, TAGS, model_card
-from .contexts import OBSERVATIONAL, context_mask
+from .contexts import OBSERVATIONAL, context_mask, distinct_contexts
 from .heads import latent_head, posterior_head, resolve_heads
 from .layers import CausalLayer, ExogenousLayer, ExpressiveLayers, block_readout
 
@@ -261,7 +261,7 @@ class CtxAdapter(
         zero = self.latent_log_scale.new_zeros(())
         if group_sparsity == 0 and l2 == 0:
             return zero
-        distinct, counts = torch.unique(contexts, dim=0, return_counts=True)
+        distinct, _, counts = distinct_contexts(contexts)
         weights = self.causal.effective_weight(distinct)
         k = len(self.concepts)
         norms = block_readout(weights, k, "norm")

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .contexts import distinct_contexts
 from .images import signed_to_unit
 from .wasserstein import grouped_sliced_wasserstein
 
@@ -141,7 +142,7 @@ class Objective:
             nll = nn.functional.binary_cross_entropy(probs, target_pixels, reduction="none")
             nll = nll.flatten(1).sum(dim=1)
         recon, kl = nll.mean(), gaussian_kl(out.mean, out.logvar).mean()
-        _, groups = torch.unique(mask, dim=0, return_inverse=True)
+        groups = distinct_contexts(mask)[1]
         matching = prior = recon.new_zeros(())
         if self.sample_matching:
             noise = adapter.sample_noise(latents.shape[0], generator=generator)

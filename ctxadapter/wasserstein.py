@@ -310,8 +310,10 @@ def grouped_sliced_wasserstein(
     # Sort by (group, value): adding group * span keeps the groups apart and in order.
     span = torch.cat([projected_real, projected_fake]).detach().abs().amax().mul(2).add(1)
     offset = groups.to(real.dtype).unsqueeze(1) * span
-    sorted_real = (projected_real + offset).sort(dim=0).values
-    sorted_fake = (projected_fake + offset).sort(dim=0).values
+    # Both sides in one sort (columns are sorted independently): on the CPU a sort call costs
+    # about the same for 64 columns as for 128.
+    both = torch.cat([projected_real, projected_fake], dim=1) + offset
+    sorted_real, sorted_fake = both.sort(dim=0).values.chunk(2, dim=1)
     # Equal group sizes on both sides: rank n of one side meets rank n of the other (the
     # equal-size case of _wasserstein_pp_sorted, reduced over rows and directions at once).
     return (sorted_real - sorted_fake).pow(2).mean()

@@ -6,6 +6,7 @@ from ctxadapter.contexts import (
     all_pairs,
     context_mask,
     context_name,
+    distinct_contexts,
     is_composition,
     parse_context,
 )
@@ -133,3 +134,27 @@ def test_context_mask_errors():
 def test_context_mask_passes_masks_through():
     given = torch.tensor([[1, 0, 0], [0, 1, 1]], dtype=torch.uint8)
     assert context_mask(given, CONCEPTS, 2).tolist() == [[True, False, False], [False, True, True]]
+
+
+def test_distinct_contexts_by_hand():
+    """Rows [obs, a, a+c, obs, a]: three contexts; bit k of a row's code is column k, so the
+    distinct rows come out in the order obs (0), a (1), a+c (5)."""
+    mask = torch.tensor([[0, 0, 0], [1, 0, 0], [1, 0, 1], [0, 0, 0], [1, 0, 0]], dtype=torch.bool)
+    distinct, inverse, counts = distinct_contexts(mask)
+    assert distinct.tolist() == [[False] * 3, [True, False, False], [True, False, True]]
+    assert inverse.tolist() == [0, 1, 2, 0, 1]
+    assert counts.tolist() == [2, 2, 1]
+
+
+@pytest.mark.parametrize("k", [5, 63, 70])
+def test_distinct_contexts_matches_torch_unique_over_rows(k):
+    """The same rows, groups and counts as ``torch.unique(mask, dim=0)``, up to the order of
+    the distinct rows; above 62 concepts (no room in an int64 code) it is that function."""
+    generator = torch.Generator().manual_seed(k)
+    mask = torch.rand(40, k, generator=generator) < 0.1
+    mask[::3] = mask[0]  # repeated rows
+    distinct, inverse, counts = distinct_contexts(mask)
+    assert torch.equal(distinct[inverse], mask)
+    assert torch.equal(counts, torch.bincount(inverse, minlength=len(distinct)))
+    expected = torch.unique(mask, dim=0)
+    assert sorted(map(tuple, distinct.tolist())) == sorted(map(tuple, expected.tolist()))
