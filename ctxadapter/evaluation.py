@@ -22,8 +22,9 @@ with the same noise size evaluated with the same ``seed`` start from the same no
     results = evaluate(model, heldout_quad_images(400, dependent=True))
     print(format_table(results))
 
-Also here: ``graph_auroc`` and ``counterfactual_shifts`` of ``ctxadapter.quad_scores``, and
-``prepare_images`` and ``DEFAULT_BATCH_SIZE`` of ``ctxadapter.images``.
+Also here: ``graph_auroc`` and ``counterfactual_shifts`` of ``ctxadapter.quad_scores``,
+``edit_scores`` of ``ctxadapter.edit_scores``, and ``prepare_images`` and
+``DEFAULT_BATCH_SIZE`` of ``ctxadapter.images``.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ import torch
 from torch import Tensor
 
 from .contexts import context_name, is_composition, parse_context
+from .edit_scores import edit_scores
 from .images import DEFAULT_BATCH_SIZE, prepare_images, signed_to_unit, to_float
-from .metrics import concept_compo_scores, psnr, recon_bits_per_pixel
+from .metrics import concept_compo_scores, recon_bits_per_pixel
 from .model import eval_mode
 from .objective import PIXEL_EPS, gaussian_kl
 from .quad_scores import counterfactual_shifts, graph_auroc
@@ -284,84 +286,6 @@ def evaluate(
 # --------------------------------------------------------------------------------------------
 # display
 # --------------------------------------------------------------------------------------------
-
-
-def edit_scores(
-    model,
-    images,
-    contexts: Sequence[str] | None = None,
-    source_context: str = "obs",
-    strength: float = 1.0,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-) -> dict:
-    """How counterfactual edits keep and change held-out images of any data.
-
-    Every image (from ``source_context``) is edited under ``source_context`` itself (the
-    identity edit) and under each of ``contexts`` (default: every concept, one intervention
-    each), in both modes of ``ContextAutoencoder.counterfactual``.
-
-    Args:
-        model: a ``ContextAutoencoder``.
-        images: ``(N, H, W, 3)`` / ``(N, 3, H, W)`` ``uint8`` or ``(N, 3, H, W)`` floats in
-            ``[0, 1]`` (``prepare_images``).
-        contexts: the edits to score.
-        source_context: the context the images come from.
-        strength: the edits' ``strength`` (``ContextAutoencoder.counterfactual``).
-        batch_size: images edited at once.
-
-    Returns:
-        ``{"images": N, "identity_psnr": dB, "reconstruction_psnr": dB, "edits": {context:
-        {"psnr", "decode_psnr", "mean_abs_change"}}}``: ``identity_psnr`` is the PSNR of the
-        residual identity edit against the input (the base autoencoder's own reconstruction),
-        ``reconstruction_psnr`` that of the adapter's reconstruction (``reconstruct`` under
-        ``source_context``, through the adapter's heads); per context, ``psnr``
-        and ``decode_psnr`` are the residual and the decode-mode edit against the input, and
-        ``mean_abs_change`` the mean absolute difference, on ``[0, 1]``, between the residual
-        edit and the identity edit: how much the intervention changes the picture. PSNRs are
-        per-image means.
-    """
-    images = to_float(prepare_images(images, model.resolution))
-    contexts = list(model.adapter.concepts if contexts is None else contexts)
-    keys = ("psnr", "decode_psnr", "mean_abs_change")
-    totals: dict = {}  # sums over the images
-
-    def add(key, batch_mean: Tensor, count: int) -> None:
-        totals[key] = totals.get(key, 0.0) + batch_mean.item() * count
-
-    def decode(latents: Tensor) -> Tensor:
-        return model.codec.postprocess(model.codec.decode(latents), "pt")
-
-    with eval_mode(model):
-        for start in range(0, len(images), batch_size):
-            target = images[start : start + batch_size].to(model.device)
-            count = len(target)
-            # Encode once; every edit below starts from these latents.
-            latents = model.codec.encode(target * 2 - 1).to(model.device, model.dtype)
-            identity = decode(model.edit_latents(latents, source_context, source_context))
-            add("identity", psnr(identity, target), count)
-            own = decode(model.edit_latents(latents, source_context, source_context, "decode"))
-            add("reconstruction", psnr(own, target), count)
-            for context in contexts:
-                edit = decode(
-                    model.edit_latents(latents, context, source_context, "residual", strength)
-                )
-                decoded = decode(
-                    model.edit_latents(latents, context, source_context, "decode", strength)
-                )
-                add((context, "psnr"), psnr(edit, target), count)
-                add((context, "decode_psnr"), psnr(decoded, target), count)
-                add(
-                    (context, "mean_abs_change"),
-                    (edit - identity).abs().flatten(1).mean(1).mean(),
-                    count,
-                )
-    n = len(images)
-    return {
-        "images": n,
-        "identity_psnr": totals["identity"] / n,
-        "reconstruction_psnr": totals["reconstruction"] / n,
-        "edits": {c: {key: totals[(c, key)] / n for key in keys} for c in contexts},
-    }
 
 
 def _fmt(value, digits: int = 4) -> str:
