@@ -46,12 +46,15 @@ class AdapterOutput:
         mean: posterior mean of the noise ``(N, K*w_in)``.
         logvar: posterior log-variance of the noise ``(N, K*w_in)``.
         noise: the posterior sample ``z`` that was decoded ``(N, K*w_in)``.
+        generated: latents ``(N, C, h, w)`` decoded from one prior draw per row under the
+            row's context (``forward(..., prior_samples=True)``), else ``None``.
     """
 
     latents: torch.Tensor
     mean: torch.Tensor
     logvar: torch.Tensor
     noise: torch.Tensor
+    generated: torch.Tensor | None = None
 
 
 def _check_concepts(concepts) -> list[str]:
@@ -215,14 +218,29 @@ class CtxAdapter(
         )
 
     def forward(
-        self, latents: torch.Tensor, contexts, generator: torch.Generator | None = None
+        self,
+        latents: torch.Tensor,
+        contexts,
+        generator: torch.Generator | None = None,
+        prior_samples: bool = False,
     ) -> AdapterOutput:
         """Encode to the posterior, draw ``z`` with the reparameterisation trick, decode to
-        latents under ``contexts``. ``latents`` ``(N, C, h, w)`` -> ``AdapterOutput``."""
+        latents under ``contexts``. ``latents`` ``(N, C, h, w)`` -> ``AdapterOutput``.
+
+        With ``prior_samples`` (the training objective's sample matching), one prior draw
+        ``N(0, I)`` per row (drawn after the posterior noise) is decoded under that row's
+        context too, in the same pass as ``z``: one pass of ``2N`` rows costs about a quarter
+        less than two of ``N`` on the CPU. In training mode the BatchNorm statistics of the
+        expressive layers are then those of both kinds of rows."""
         mean, logvar = self.posterior(latents)
         noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         z = mean + torch.exp(0.5 * logvar) * noise
-        return AdapterOutput(self.latents_from_noise(z, contexts), mean, logvar, z)
+        if not prior_samples:
+            return AdapterOutput(self.latents_from_noise(z, contexts), mean, logvar, z)
+        both = torch.cat([z, self.sample_noise(len(z), generator=generator)])
+        mask = self.context_mask(contexts, len(z)).repeat(2, 1)
+        decoded, generated = self.latents_from_noise(both, mask).chunk(2)
+        return AdapterOutput(decoded, mean, logvar, z, generated)
 
     # ------------------------------------------------------------------ causal layer
     @torch.no_grad()

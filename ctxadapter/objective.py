@@ -129,7 +129,10 @@ class Objective:
             raise ValueError("reconstruction='pixel' needs pixel_values, the target images.")
         adapter = model.adapter
         mask = adapter.context_mask(contexts, latents.shape[0])
-        out = adapter(latents, mask, generator=generator)
+        # Sample matching: every row also gets a prior sample generated under its own
+        # context, decoded in the same pass as the posterior sample.
+        prior_samples = bool(self.sample_matching)
+        out = adapter(latents, mask, generator=generator, prior_samples=prior_samples)
         target = latents.to(out.latents.dtype)
         if self.reconstruction == "latent":
             log_scale = adapter.latent_log_scale
@@ -145,8 +148,7 @@ class Objective:
         groups = distinct_contexts(mask)[1]
         matching = prior = recon.new_zeros(())
         if self.sample_matching:
-            noise = adapter.sample_noise(latents.shape[0], generator=generator)
-            generated = adapter.latents_from_noise(noise, mask).flatten(1)
+            generated = out.generated.flatten(1)
             matching = self._matched_distance(target.flatten(1), generated, groups, generator)
         if self.prior_matching:
             noise = adapter.sample_noise(latents.shape[0], generator=generator)
