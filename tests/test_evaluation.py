@@ -443,3 +443,33 @@ def test_sw2_sources(tiny_kl_path, tmp_path):
         )
     expected = sliced_wasserstein(x, at_zero, projections=projections).item()
     assert row["posterior_mean"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_diagnose_quad_by_hand(tiny_kl_path):
+    diagnose = load_script("diagnose_quad", REPO / "benchmarks" / "diagnose_quad.py")
+    model = make_model(tiny_kl_path)
+    adapter = model.adapter
+    width = adapter.latent_head.in_features // len(CONCEPTS)
+    with torch.no_grad():
+        # quad1's block reaches no latent entry: swapping it changes no pixel.
+        adapter.latent_head.weight[:, :width] = 0
+        # A posterior that ignores the image: mean 0 and log-variance 0 for every image.
+        adapter.posterior_head.weight.zero_()
+        adapter.posterior_head.bias.zero_()
+    table = diagnose.block_influence(model, num_samples=16)
+    assert list(table) == CONCEPTS
+    assert table["quad1"] == [0.0, 0.0, 0.0, 0.0]
+    assert all(len(row) == 4 and min(row) >= 0 for row in table.values())
+    assert max(table["quad2"]) > 0
+
+    images = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    stats = diagnose.posterior_stats(model, images)
+    assert stats["kl"] == [0.0] * 6  # KL(N(0, 1) || N(0, 1))
+    assert stats["mean_variance"] == [0.0] * 6
+    assert stats["posterior_variance"] == [1.0] * 6
+    with torch.no_grad():
+        latents = model.codec.encode(images * 2 - 1)
+        constant = adapter.latents_from_noise(torch.zeros(1, adapter.noise_size), "obs")
+    expected = (constant.view(1, *adapter.latent_shape) - latents).pow(2).mean().item()
+    assert stats["latent_mse"] == pytest.approx(expected)
+    assert stats["latent_variance"] == pytest.approx(latents.var(0).mean().item())

@@ -1,0 +1,110 @@
+"""Where a trained quad adapter keeps each concept: two tables that explain its edit and graph
+scores (``docs/results.md``).
+
+1. **Which concept block paints which quadrant.** Prior samples are drawn under ``obs``; for
+   each concept, its block of concept values (after the causal layer) is swapped between
+   samples and the images decoded again. The table gives the mean absolute change of each
+   quadrant's corner colour (``ctxadapter.quad_scores.corner_masks``; RGB in ``[0, 1]``). A
+   block that only paints its own quadrant has one large entry in its row; a row with large
+   entries elsewhere means the latent head, not the causal layer, carries that concept's
+   effects on the others (the concept graph then stays empty).
+2. **How much the posterior knows.** On held-out observational images: per concept block, the
+   KL of the posterior to ``N(0, I)`` (nats per image), the variance of the posterior means
+   and the mean posterior variance (an uninformative posterior: variances near 1, means near
+   0), and the adapter's latent reconstruction error against the latents' variance.
+
+    python benchmarks/diagnose_quad.py path/to/adapter [--dependent] [--num_images 400]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from ctxadapter import ContextAutoencoder
+from ctxadapter.evaluation import heldout_quad_images
+from ctxadapter.images import prepare_images, to_float
+from ctxadapter.quad_scores import QUADRANTS, corner_masks
+
+
+def corner_colours(images: torch.Tensor, masks: dict) -> torch.Tensor:
+    """``(N, 3, H, W)`` images -> ``(N, 4, 3)`` mean RGB of each quadrant's corner."""
+    return torch.stack([images[:, :, mask].mean(-1) for mask in masks.values()], dim=1)
+
+
+@torch.no_grad()
+def block_influence(model, num_samples: int, seed: int = 0) -> dict[str, list[float]]:
+    """Concept -> mean |change| of each quadrant's corner colour when its block is swapped."""
+    adapter, generator = model.adapter, torch.Generator().manual_seed(seed)
+    masks = corner_masks(model.resolution)
+    concepts = adapter.concepts_from_noise(adapter.sample_noise(num_samples, generator), "obs")
+    width = concepts.shape[1] // len(adapter.concepts)
+
+    def colours(values: torch.Tensor) -> torch.Tensor:
+        latents = adapter.latent_head(values).view(-1, *adapter.latent_shape)
+        return corner_colours(model.codec.postprocess(model.codec.decode(latents), "pt"), masks)
+
+    before, order = colours(concepts), torch.randperm(num_samples, generator=generator)
+    table = {}
+    for k, name in enumerate(adapter.concepts):
+        swapped = concepts.clone()
+        block = slice(k * width, (k + 1) * width)
+        swapped[:, block] = concepts[order, block]
+        table[name] = (colours(swapped) - before).abs().mean(dim=(0, 2)).tolist()
+    return table
+
+
+@torch.no_grad()
+def posterior_stats(model, images: torch.Tensor) -> dict:
+    """Per-block KL, posterior-mean variance and posterior variance; latent MSE and variance."""
+    adapter = model.adapter
+    latents = model.codec.encode(images * 2 - 1)
+    mean, logvar = adapter.posterior(latents)
+    blocks = len(adapter.concepts)
+    kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar)
+    decoded = adapter.latents_from_noise(mean, "obs").view_as(latents)
+    return dict(
+        kl=kl.view(len(mean), blocks, -1).sum(-1).mean(0).tolist(),
+        mean_variance=mean.view(len(mean), blocks, -1).var(0).mean(-1).tolist(),
+        posterior_variance=logvar.exp().view(len(mean), blocks, -1).mean((0, 2)).tolist(),
+        latent_mse=(decoded - latents).pow(2).mean().item(),
+        latent_variance=latents.var(0).mean().item(),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("adapter", help="a trained quad adapter's folder")
+    parser.add_argument("--dependent", action="store_true", help="held-out dependent quad")
+    parser.add_argument("--num_images", type=int, default=400)
+    parser.add_argument("--split", default="validation", choices=["validation", "test"])
+    args = parser.parse_args()
+
+    model = ContextAutoencoder.from_pretrained(args.adapter).eval()
+    names = model.adapter.concepts
+    print("## Mean |change| of each quadrant's corner colour when a block is swapped\n")
+    print("| block | " + " | ".join(QUADRANTS) + " |")
+    print("|---" * (len(QUADRANTS) + 1) + "|")
+    for name, row in block_influence(model, args.num_images).items():
+        print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+
+    held = heldout_quad_images(args.num_images, args.dependent, contexts=["obs"], split=args.split)
+    images = to_float(prepare_images(held["obs"], model.resolution))
+    stats = posterior_stats(model, images)
+    print(f"\n## The posterior on {len(images)} held-out observational images\n")
+    print("| block | KL (nats) | variance of the means | mean posterior variance |")
+    print("|---|---|---|---|")
+    for k, name in enumerate(names):
+        print(
+            f"| {name} | {stats['kl'][k]:.2f} | {stats['mean_variance'][k]:.3f} | "
+            f"{stats['posterior_variance'][k]:.3f} |"
+        )
+    print(
+        f"\nLatent reconstruction MSE {stats['latent_mse']:.4f} "
+        f"(the latents' variance: {stats['latent_variance']:.4f})"
+    )
+
+
+if __name__ == "__main__":
+    main()
