@@ -143,11 +143,11 @@ def update(model, optimizer, loss: torch.Tensor) -> None:
 
 
 def adam(model, **kwargs) -> torch.optim.Optimizer:
-    """Adam as ``finetune`` builds it (``ctxadapter.training.make_optimizer``, ``lr=1e-3``);
-    ``kwargs`` override."""
-    from ctxadapter.training import make_optimizer
+    """Adam as ``finetune`` builds it (``ctxadapter.training.make_optimizer``, the default
+    learning rate); ``kwargs`` override."""
+    from ctxadapter.training import FinetuneArguments, make_optimizer
 
-    return make_optimizer(model, 1e-3, **kwargs)
+    return make_optimizer(model, FinetuneArguments().learning_rate, **kwargs)
 
 
 # ---------------------------------------------------------------------------- arithmetic

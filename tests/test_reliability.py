@@ -111,14 +111,14 @@ def test_resuming_with_other_flags_is_refused_and_a_finished_run_is_left_alone(t
     finetune(args)
     output = Path(args.output_dir)
     before = {n: (output / n).read_bytes() for n in ("model.safetensors", "metrics.json")}
-    with pytest.raises(ValueError, match="--learning_rate 0.001 -> 0.01"):
+    with pytest.raises(ValueError, match="--learning_rate 0.004 -> 0.01"):
         finetune(tiny(resume_from_checkpoint="latest", learning_rate=1e-2))
     with pytest.raises(ValueError, match="--train_batch_size 16 -> 8"):
         finetune(tiny(resume_from_checkpoint="latest", train_batch_size=8))
     finetune(tiny(resume_from_checkpoint="latest", report_to="none"))  # finished: nothing to do
     assert {n: (output / n).read_bytes() for n in before} == before
     saved = json.loads((output / "checkpoint-4" / TRAINING_ARGS_NAME).read_text())
-    assert saved["learning_rate"] == 1e-3 and saved["max_train_steps"] == 4
+    assert saved["learning_rate"] == 4e-3 and saved["max_train_steps"] == 4
     assert "hub_token" not in saved  # a secret is never written
 
 

@@ -310,6 +310,7 @@ def test_paper_preset_sets_defaults_and_explicit_flags_win():
     assert paper.sample_matching == 0 and paper.prior_matching == 0 and paper.beta == 1
     assert paper.group_sparsity == 0
     assert paper.exogenous_bias == "shared"
+    assert (default.learning_rate, paper.learning_rate) == (4e-3, 1e-3)
     mixed = parse_finetune_arguments(["--beta", "2", "--preset", "paper", "--heads", "mlp"])
     assert (mixed.beta, mixed.heads, mixed.loss) == (2.0, "mlp", "pixel")
     with pytest.raises(SystemExit):  # argparse: invalid choice

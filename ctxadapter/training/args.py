@@ -90,7 +90,9 @@ class OptimizationArguments(FlagGroup):
     )
     num_train_epochs: int = flag("Epochs, when --max_train_steps is not given.", default=100)
     gradient_accumulation_steps: int = flag("Batches accumulated per optimizer step.", default=1)
-    learning_rate: float = flag("Peak learning rate (Adam).", default=1e-3)
+    learning_rate: float = flag(
+        "Peak learning rate (Adam); the paper's is 1e-3 (--preset paper).", default=4e-3
+    )
     lr_scheduler: str = flag(
         "A transformers schedule name; the default warms up linearly, then follows a cosine to "
         "--min_learning_rate.",

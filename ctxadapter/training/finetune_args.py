@@ -91,7 +91,7 @@ class AdapterArguments(FlagGroup):
     preset: Literal["ctxadapter", "paper"] = flag(
         "'ctxadapter' (the defaults listed here) or 'paper': the paper's exact setup (linear "
         "heads, the reference context layers, the Bernoulli pixel loss, one context per batch, "
-        "no sample matching or sparsity) as the defaults of those flags.",
+        "no sample matching or sparsity, learning rate 1e-3) as the defaults of those flags.",
         default="ctxadapter",
     )
     exogenous_width: int = flag("Noise dimensions per concept.", default=32)
@@ -307,6 +307,7 @@ PRESETS: dict[str, dict] = {
         sample_matching=0.0,
         prior_matching=0.0,
         group_sparsity=0.0,
+        learning_rate=1e-3,
     ),
 }
 """Preset name -> the ``FinetuneArguments`` defaults it replaces."""
