@@ -25,6 +25,7 @@ import torch
 from ctxadapter import ContextAutoencoder
 from ctxadapter.evaluation import heldout_quad_images
 from ctxadapter.images import prepare_images, to_float
+from ctxadapter.objective import gaussian_kl
 from ctxadapter.quad_scores import QUADRANTS, corner_masks
 
 
@@ -61,11 +62,11 @@ def posterior_stats(model, images: torch.Tensor) -> dict:
     adapter = model.adapter
     latents = model.codec.encode(images * 2 - 1)
     mean, logvar = adapter.posterior(latents)
-    blocks = len(adapter.concepts)
-    kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar)
+    blocks, width = len(adapter.concepts), mean.shape[1] // len(adapter.concepts)
+    kl = gaussian_kl(mean.reshape(-1, width), logvar.reshape(-1, width))  # per image and block
     decoded = adapter.latents_from_noise(mean, "obs").view_as(latents)
     return dict(
-        kl=kl.view(len(mean), blocks, -1).sum(-1).mean(0).tolist(),
+        kl=kl.view(len(mean), blocks).mean(0).tolist(),
         mean_variance=mean.view(len(mean), blocks, -1).var(0).mean(-1).tolist(),
         posterior_variance=logvar.exp().view(len(mean), blocks, -1).mean((0, 2)).tolist(),
         latent_mse=(decoded - latents).pow(2).mean().item(),
