@@ -48,6 +48,9 @@ class AdapterOutput:
         noise: the posterior sample ``z`` that was decoded ``(N, K*w_in)``.
         generated: latents ``(N, C, h, w)`` decoded from one prior draw per row under the
             row's context (``forward(..., prior_samples=True)``), else ``None``.
+        counterfactuals: latents ``(N, C, h, w)`` decoded, under each row's context, from the
+            posterior sample of another row of the batch (``forward(..., prior_samples=True)``),
+            else ``None``.
     """
 
     latents: torch.Tensor
@@ -55,6 +58,7 @@ class AdapterOutput:
     logvar: torch.Tensor
     noise: torch.Tensor
     generated: torch.Tensor | None = None
+    counterfactuals: torch.Tensor | None = None
 
 
 def _check_concepts(concepts) -> list[str]:
@@ -227,20 +231,26 @@ class CtxAdapter(
         """Encode to the posterior, draw ``z`` with the reparameterisation trick, decode to
         latents under ``contexts``. ``latents`` ``(N, C, h, w)`` -> ``AdapterOutput``.
 
-        With ``prior_samples`` (the training objective's sample matching), one prior draw
-        ``N(0, I)`` per row (drawn after the posterior noise) is decoded under that row's
-        context too, in the same pass as ``z``: one pass of ``2N`` rows costs about a quarter
-        less than two of ``N`` on the CPU. In training mode the BatchNorm statistics of the
-        expressive layers are then those of both kinds of rows."""
+        With ``prior_samples`` (the training objective's sample matching), every row is also
+        decoded under its own context from two more kinds of noise: one prior draw ``N(0, I)``
+        (``generated``) and the posterior sample ``z`` of another row of the batch, a random
+        permutation (``counterfactuals``: a counterfactual of a real image, which is what an
+        edit feeds the context layers). The permutation is drawn after the posterior noise and
+        before the prior draws. All three go through the layers in one pass of ``3N`` rows
+        (cheaper on the CPU than three of ``N``); in training mode the BatchNorm statistics of
+        the expressive layers are then those of every kind of row."""
         mean, logvar = self.posterior(latents)
         noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         z = mean + torch.exp(0.5 * logvar) * noise
         if not prior_samples:
             return AdapterOutput(self.latents_from_noise(z, contexts), mean, logvar, z)
-        both = torch.cat([z, self.sample_noise(len(z), generator=generator)])
-        mask = self.context_mask(contexts, len(z)).repeat(2, 1)
-        decoded, generated = self.latents_from_noise(both, mask).chunk(2)
-        return AdapterOutput(decoded, mean, logvar, z, generated)
+        others = torch.randperm(len(z), generator=generator, device=z.device)
+        drawn = self.sample_noise(len(z), generator=generator)
+        mask = self.context_mask(contexts, len(z)).repeat(3, 1)
+        decoded, counterfactuals, generated = self.latents_from_noise(
+            torch.cat([z, z[others], drawn]), mask
+        ).chunk(3)
+        return AdapterOutput(decoded, mean, logvar, z, generated, counterfactuals)
 
     # ------------------------------------------------------------------ causal layer
     @torch.no_grad()

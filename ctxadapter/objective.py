@@ -3,7 +3,8 @@
 Per sample, for a batch of latents ``e`` with their contexts::
 
     loss = reconstruction NLL + beta * KL(q(z | e) || N(0, I))
-         + sample_matching * SW2(prior samples of each context, that context's latents)
+         + sample_matching * [SW2(counterfactuals under each context, its latents)
+                              + SW2(prior samples of each context, its latents)]
          + prior_matching * SW2(that context's posterior samples, N(0, I) samples)
          + causal penalty
 
@@ -14,13 +15,19 @@ Per sample, for a batch of latents ``e`` with their contexts::
   NLL (binary cross-entropy summed over pixels and channels, images in ``[0, 1]``), as in the
   paper.
 - ``sample_matching`` (ctxadapter's, not in the paper): generation draws ``z ~ N(0, I)`` under
-  every context, but the ELBO trains the generator only on posterior samples, and an
-  intervention that shifts a concept is then learned by the posterior rather than by the context
-  layers (``docs/results.md``). This term trains the generative path directly: every row of
-  the batch gets a prior sample generated under the row's own context, and within each context
-  the generated latents are compared with the batch's real latents by the squared sliced
-  Wasserstein-2 distance along ``num_projections`` random directions (per latent entry,
-  summed over entries, so that it is on the scale of the reconstruction term).
+  every context and a counterfactual edit decodes the noise of a real image under another
+  context, but the ELBO trains the context layers only to reconstruct each image under its
+  own context, so an intervention that shifts a concept is learned by the posterior rather
+  than by the context layers (``docs/results.md``). This term trains both other uses
+  directly. Every row of the batch is also decoded under its own context from a prior draw
+  and from the posterior sample of another row (a random permutation of the batch: a
+  counterfactual of a real image), and within each context each kind is compared with the
+  batch's real latents of that context by the squared sliced Wasserstein-2 distance along
+  ``num_projections`` random directions (per latent entry, summed over entries, so that it is
+  on the scale of the reconstruction term); the term is the sum of the two distances. Prior
+  draws alone left the edits behind: the noise of a real image is informative in a few of
+  each concept's dimensions, and the interventional weights learned to read the others,
+  which only prior draws fill.
 - ``prior_matching`` (ctxadapter's, not in the paper): the other half of the same gap. Within
   each context of the batch, the posterior samples ``z`` the reconstruction decodes are
   compared with as many ``N(0, I)`` draws by the same kind of sliced-Wasserstein distance (in
@@ -129,8 +136,8 @@ class Objective:
             raise ValueError("reconstruction='pixel' needs pixel_values, the target images.")
         adapter = model.adapter
         mask = adapter.context_mask(contexts, latents.shape[0])
-        # Sample matching: every row also gets a prior sample generated under its own
-        # context, decoded in the same pass as the posterior sample.
+        # Sample matching: every row is also decoded under its own context from a prior draw
+        # and from another row's posterior sample, in the same pass as its own.
         prior_samples = bool(self.sample_matching)
         out = adapter(latents, mask, generator=generator, prior_samples=prior_samples)
         target = latents.to(out.latents.dtype)
@@ -148,8 +155,10 @@ class Objective:
         groups = distinct_contexts(mask)[1]
         matching = prior = recon.new_zeros(())
         if self.sample_matching:
-            generated = out.generated.flatten(1)
-            matching = self._matched_distance(target.flatten(1), generated, groups, generator)
+            real = target.flatten(1)
+            matching = self._matched_distance(
+                real, out.counterfactuals.flatten(1), groups, generator
+            ) + self._matched_distance(real, out.generated.flatten(1), groups, generator)
         if self.prior_matching:
             noise = adapter.sample_noise(latents.shape[0], generator=generator)
             prior = self._matched_distance(out.noise, noise, groups, generator)

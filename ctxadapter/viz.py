@@ -248,8 +248,9 @@ def concept_graph_image(
         An RGB image: optional title; column labels (source concepts, rotated to read upwards
         when wider than a cell); row labels (target concepts) in a left margin; ``K x K`` cells
         of ``cell`` pixels, white for 0 to dark blue for the largest absolute off-diagonal value,
-        the diagonal (the fixed identity) in light grey, each cell showing its value with two
-        decimals; and the caption ``"row i <- column j: effect of j on i"`` with the colour scale.
+        the diagonal (the fixed identity) in light grey, each cell showing its value to two
+        significant digits (``0.0036``, not ``0.00``); and the caption
+        ``"row i <- column j: effect of j on i"`` with the colour scale.
         Width and height grow by ``cell`` per concept.
 
     Raises:
@@ -281,7 +282,7 @@ def concept_graph_image(
     ) + 2 * MARGIN
     caption = [
         "row i <- column j: effect of j on i",
-        f"white = 0, dark blue = {scale:.2f} (max |off-diagonal|), grey = identity",
+        f"white = 0, dark blue = {scale:.2g} (max |off-diagonal|), grey = identity",
     ]
     line_height = _text_size("Hg", font)[1] + MARGIN
     title_height = line_height + MARGIN if title else 0
@@ -324,7 +325,7 @@ def concept_graph_image(
             ink = BACKGROUND if strength > 0.5 else TEXT
         x0, y0 = left + j * cell, top + i * cell
         draw.rectangle((x0, y0, x0 + cell - 1, y0 + cell - 1), fill=fill, outline=DIAGONAL_GREY)
-        text = f"{value:.2f}"
+        text = f"{value:.2g}"
         text_width, text_height = _text_size(text, value_font)
         draw.text(
             (x0 + (cell - text_width) // 2, y0 + (cell - text_height) // 2),

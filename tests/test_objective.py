@@ -77,24 +77,48 @@ def test_sample_matching_by_hand(tiny_batch):
             objective=objective,
             generator=torch.Generator().manual_seed(1),
         )
-        # The same draws by hand: posterior noise, prior noise, directions.
+        # The same draws by hand: posterior noise, the permutation of the rows, prior noise,
+        # then the directions of each of the two distances.
         g = torch.Generator().manual_seed(1)
-        adapter(latents, contexts, generator=g)
+        z = adapter(latents, contexts, generator=g).noise
+        others = torch.randperm(5, generator=g)
         noise = adapter.sample_noise(5, generator=g)
+        # each row decoded under its own context from another row's noise, and from a prior draw
+        counterfactuals = adapter.latents_from_noise(z[others], contexts).flatten(1)
         generated = adapter.latents_from_noise(noise, contexts).flatten(1)
-        directions = torch.randn(generated.shape[1], 3, generator=g)
-        directions = directions / directions.norm(dim=0)
-    real = latents.flatten(1)
-    total = 0.0
-    for rows in ([0, 2], [1, 4], [3]):  # the contexts a, obs and b
-        r = (real[rows] @ directions).sort(dim=0).values
-        f = (generated[rows] @ directions).sort(dim=0).values
-        total += (r - f).pow(2).sum()
-    expected = total / (5 * 3) * real.shape[1]
+        real = latents.flatten(1)
+        expected = 0.0
+        for fake in (counterfactuals, generated):
+            directions = torch.randn(real.shape[1], 3, generator=g)
+            directions = directions / directions.norm(dim=0)
+            total = 0.0
+            for rows in ([0, 2], [1, 4], [3]):  # the contexts a, obs and b
+                r = (real[rows] @ directions).sort(dim=0).values
+                f = (fake[rows] @ directions).sort(dim=0).values
+                total += (r - f).pow(2).sum()
+            expected += total / (5 * 3) * real.shape[1]
     assert_close(out["sample_matching"], expected, rtol=1e-4, atol=1e-5)
     assert out["sample_matching"].item() > 0
     assert_close(out["reconstruction"], plain["reconstruction"])
     assert_close(out["loss"], plain["loss"] + 2.0 * expected, rtol=1e-4, atol=1e-4)
+
+
+def test_counterfactuals_decode_other_rows_noise(tiny_batch):
+    """Under one context for every row, the counterfactuals are the batch's reconstructions,
+    shuffled: row i decodes row others[i]'s posterior sample."""
+    _, adapter, latents, _ = tiny_batch
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(4)
+        out = adapter(latents, "obs", generator=g, prior_samples=True)
+        g = torch.Generator().manual_seed(4)
+        torch.randn(out.mean.shape, generator=g)  # the posterior noise
+        others = torch.randperm(5, generator=g)
+        drawn = adapter.sample_noise(5, generator=g)
+        assert_close(out.generated, adapter.latents_from_noise(drawn, "obs"))
+    assert sorted(others.tolist()) == [0, 1, 2, 3, 4]
+    assert_close(out.counterfactuals, out.latents[others])
+    plain = adapter(latents, "obs")
+    assert plain.generated is None and plain.counterfactuals is None
 
 
 def test_prior_matching_by_hand(tiny_batch):

@@ -131,9 +131,9 @@ class ObjectiveArguments(FlagGroup):
     )
     beta: float = flag("Weight of the KL term.", default=1.0)
     sample_matching: float = flag(
-        "Weight of the per-context sliced-Wasserstein term that fits prior samples of each "
-        "context to that context's latents in the batch (ctxadapter.objective; not in the "
-        "paper; 0: off).",
+        "Weight of the per-context sliced-Wasserstein terms that fit prior samples of each "
+        "context, and counterfactuals under it (other images' noise decoded under it), to that "
+        "context's latents in the batch (ctxadapter.objective; not in the paper; 0: off).",
         default=4.0,
     )
     prior_matching: float = flag(
