@@ -47,9 +47,9 @@ class AdapterOutput:
         logvar: posterior log-variance of the noise ``(N, K*w_in)``.
         noise: the posterior sample ``z`` that was decoded ``(N, K*w_in)``.
         generated: latents ``(N, C, h, w)`` decoded from one prior draw per row under the
-            row's context (``forward(..., prior_samples=True)``), else ``None``.
+            row's context (``forward(..., sample_matching=True)``), else ``None``.
         counterfactuals: latents ``(N, C, h, w)`` decoded, under each row's context, from the
-            posterior sample of another row of the batch (``forward(..., prior_samples=True)``),
+            posterior sample of another row of the batch (``forward(..., sample_matching=True)``),
             else ``None``.
     """
 
@@ -226,13 +226,13 @@ class CtxAdapter(
         latents: torch.Tensor,
         contexts,
         generator: torch.Generator | None = None,
-        prior_samples: bool = False,
+        sample_matching: bool = False,
     ) -> AdapterOutput:
         """Encode to the posterior, draw ``z`` with the reparameterisation trick, decode to
         latents under ``contexts``. ``latents`` ``(N, C, h, w)`` -> ``AdapterOutput``.
 
-        With ``prior_samples`` (the training objective's sample matching), every row is also
-        decoded under its own context from two more kinds of noise: one prior draw ``N(0, I)``
+        With ``sample_matching`` (for the training objective's term of that name), every row is
+        also decoded under its own context from two more kinds of noise: one prior draw ``N(0, I)``
         (``generated``) and the posterior sample ``z`` of another row of the batch, a random
         permutation (``counterfactuals``: a counterfactual of a real image, which is what an
         edit feeds the context layers). The permutation is drawn after the posterior noise and
@@ -242,7 +242,7 @@ class CtxAdapter(
         mean, logvar = self.posterior(latents)
         noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         z = mean + torch.exp(0.5 * logvar) * noise
-        if not prior_samples:
+        if not sample_matching:
             return AdapterOutput(self.latents_from_noise(z, contexts), mean, logvar, z)
         others = torch.randperm(len(z), generator=generator, device=z.device)
         drawn = self.sample_noise(len(z), generator=generator)

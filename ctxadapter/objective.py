@@ -138,8 +138,9 @@ class Objective:
         mask = adapter.context_mask(contexts, latents.shape[0])
         # Sample matching: every row is also decoded under its own context from a prior draw
         # and from another row's posterior sample, in the same pass as its own.
-        prior_samples = bool(self.sample_matching)
-        out = adapter(latents, mask, generator=generator, prior_samples=prior_samples)
+        out = adapter(
+            latents, mask, generator=generator, sample_matching=bool(self.sample_matching)
+        )
         target = latents.to(out.latents.dtype)
         if self.reconstruction == "latent":
             log_scale = adapter.latent_log_scale
