@@ -20,11 +20,16 @@ from __future__ import annotations
 
 import argparse
 
+import numpy as np
 import torch
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from ctxadapter import ContextAutoencoder
+from ctxadapter.data import quad
 from ctxadapter.evaluation import heldout_quad_images
+from ctxadapter.heads import latent_head, posterior_head
 from ctxadapter.images import prepare_images, to_float
+from ctxadapter.metrics import psnr
 from ctxadapter.objective import gaussian_kl
 from ctxadapter.quad_scores import QUADRANTS, corner_masks
 
@@ -74,12 +79,73 @@ def posterior_stats(model, images: torch.Tensor) -> dict:
     )
 
 
+def head_ceiling(
+    model, train_latents: torch.Tensor, steps: int, batch_size: int = 512, seed: int = 0
+) -> torch.nn.Sequential:
+    """A deterministic autoencoder of ``(N, C, h, w)`` latents with the heads of ``model``'s
+    adapter (kind, width, bottleneck ``K * w_out``), trained by MSE; returns it in eval mode
+    (flat latents in and out)."""
+    config = model.adapter.config
+    shape = tuple(config["latent_shape"])
+    size = len(config["concepts"]) * config["concept_width"]
+    torch.manual_seed(seed)
+    autoencoder = torch.nn.Sequential(
+        posterior_head(config["heads"], shape, config["head_width"], size),
+        latent_head(config["heads"], size, config["head_width"], shape),
+    )
+    optimizer = torch.optim.Adam(autoencoder.parameters(), lr=4e-3)
+    schedule = get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer, min(200, steps // 10), steps, min_lr=1e-5
+    )
+    flat, generator = train_latents.flatten(1), torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        batch = flat[torch.randint(len(flat), (batch_size,), generator=generator)]
+        loss = (autoencoder(batch) - batch).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    return autoencoder.eval()
+
+
+@torch.no_grad()
+def encode(model, images, batch_size: int = 256) -> torch.Tensor:
+    """Quad images (``uint8`` ``(N, 64, 64, 3)``) -> model-space latents, ``batch_size`` at a
+    time."""
+    images = torch.as_tensor(images)
+    parts = [
+        to_float(prepare_images(images[i : i + batch_size], model.resolution))
+        for i in range(0, len(images), batch_size)
+    ]
+    return torch.cat([model.codec.encode(part * 2 - 1) for part in parts])
+
+
+@torch.no_grad()
+def ceiling_psnr(model, autoencoder, images, batch_size: int = 256) -> dict[str, float]:
+    """Mean per-image PSNR (dB) on quad images (``uint8`` ``(N, 64, 64, 3)``) of the base
+    autoencoder and of its latents passed through ``autoencoder`` (``head_ceiling``)."""
+    codec, images = model.codec, torch.as_tensor(images)
+    scores = dict(base=[], heads=[])
+    for i in range(0, len(images), batch_size):
+        target = to_float(prepare_images(images[i : i + batch_size], model.resolution))
+        latents = codec.encode(target * 2 - 1)
+        through = autoencoder(latents.flatten(1)).view_as(latents)
+        for name, z in (("base", latents), ("heads", through)):
+            decoded = codec.postprocess(codec.decode(z), "pt")
+            scores[name].append(psnr(decoded, target).item() * len(target))
+    return {name: sum(values) / len(images) for name, values in scores.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("adapter", help="a trained quad adapter's folder")
     parser.add_argument("--dependent", action="store_true", help="held-out dependent quad")
     parser.add_argument("--num_images", type=int, default=400)
     parser.add_argument("--split", default="validation", choices=["validation", "test"])
+    parser.add_argument(
+        "--ceiling_steps", type=int, default=0, help="train the heads' ceiling (0: skip)"
+    )
+    parser.add_argument("--train_images_per_context", type=int, default=2000)
     args = parser.parse_args()
 
     model = ContextAutoencoder.from_pretrained(args.adapter).eval()
@@ -105,6 +171,20 @@ def main() -> None:
         f"\nLatent reconstruction MSE {stats['latent_mse']:.4f} "
         f"(the latents' variance: {stats['latent_variance']:.4f})"
     )
+    if args.ceiling_steps:
+        n, dependent = args.train_images_per_context, args.dependent
+        train = [quad.sample(c, n, dependent=dependent)[0] for c in quad.TRAIN_CONTEXTS]
+        autoencoder = head_ceiling(model, encode(model, np.concatenate(train)), args.ceiling_steps)
+        held = heldout_quad_images(
+            args.num_images, dependent, contexts=quad.TRAIN_CONTEXTS, split=args.split
+        )
+        images = torch.cat(list(held.values()))
+        scores = ceiling_psnr(model, autoencoder, images)
+        print(
+            f"\n## The heads alone ({args.ceiling_steps} steps), on {len(images)} held-out "
+            f"images\n\nThe base autoencoder {scores['base']:.2f} dB; the adapter's heads as a "
+            f"deterministic autoencoder of its latents {scores['heads']:.2f} dB"
+        )
 
 
 if __name__ == "__main__":

@@ -22,8 +22,8 @@ from ctxadapter.evaluation import (
     generation_seed,
     heldout_quad_images,
 )
-from ctxadapter.images import prepare_images
-from ctxadapter.metrics import recon_bits_per_pixel
+from ctxadapter.images import prepare_images, to_float
+from ctxadapter.metrics import psnr, recon_bits_per_pixel
 from ctxadapter.objective import PIXEL_EPS, gaussian_kl
 from ctxadapter.pinning import base_model_record
 from ctxadapter.wasserstein import sliced_wasserstein
@@ -473,3 +473,32 @@ def test_diagnose_quad_by_hand(tiny_kl_path):
     expected = (constant.view(1, *adapter.latent_shape) - latents).pow(2).mean().item()
     assert stats["latent_mse"] == pytest.approx(expected)
     assert stats["latent_variance"] == pytest.approx(latents.var(0).mean().item())
+
+
+def test_diagnose_quad_head_ceiling(tiny_kl_path):
+    """The heads' ceiling: the adapter's two heads back to back, with its concept values'
+    size in between, trained by MSE; an identity in their place scores the base autoencoder."""
+    diagnose = load_script("diagnose_quad", REPO / "benchmarks" / "diagnose_quad.py")
+    model = make_model(tiny_kl_path)
+    adapter = model.adapter
+    latents = torch.randn(8, *adapter.latent_shape, generator=torch.Generator().manual_seed(0))
+    flat = latents.flatten(1)
+    untrained = diagnose.head_ceiling(model, latents, steps=0)
+    assert [layer.out_features for layer in untrained] == [6 * 2, flat.shape[1]]
+    trained = diagnose.head_ceiling(model, latents, steps=60, batch_size=8)
+    with torch.no_grad():
+        before = (untrained(flat) - flat).pow(2).mean()
+        after = (trained(flat) - flat).pow(2).mean()
+    assert after < 0.5 * before
+
+    images = torch.randint(0, 256, (5, 64, 64, 3), dtype=torch.uint8)
+    scores = diagnose.ceiling_psnr(model, torch.nn.Identity(), images, batch_size=2)
+    assert scores["heads"] == pytest.approx(scores["base"])
+    zero = diagnose.ceiling_psnr(model, lambda z: torch.zeros_like(z), images, batch_size=2)
+    target = to_float(prepare_images(images, model.resolution))
+    with torch.no_grad():
+        decoded = model.codec.postprocess(
+            model.codec.decode(torch.zeros(5, *adapter.latent_shape)), "pt"
+        )
+    assert zero["heads"] == pytest.approx(psnr(decoded, target).item(), rel=1e-5)
+    assert zero["base"] == pytest.approx(scores["base"])
