@@ -167,11 +167,11 @@ def step_flops(adapter, contexts: torch.Tensor, matching: bool | None = None) ->
     plus, with dense mixing, the dense product on the observational rows. The causal layer: one
     masked dense product, two if any row is intervened. With ``matching`` (default: the matching
     terms ``examples/finetune.py`` trains with), sample matching runs the generator (context
-    layers and latent head) once more per row and projects both sides on the objective's
-    directions; prior matching projects the posterior noise and as many prior draws on
-    directions of the noise space. Backward costs 2x
-    forward, except where the input needs no gradient (the latents). Elementwise work (GELU,
-    BatchNorm, masks, sorting, Adam) is not counted."""
+    layers and latent head) twice more per row (a prior draw and a counterfactual) and
+    projects both sides of each of its two distances on their own directions; prior matching
+    projects the posterior noise and as many prior draws on directions of the noise space.
+    Backward costs 2x forward, except where the input needs no gradient (the latents).
+    Elementwise work (GELU, BatchNorm, masks, sorting, Adam) is not counted."""
     from ctxadapter.training import FinetuneArguments
 
     objective = FinetuneArguments().objective()
@@ -197,8 +197,9 @@ def step_flops(adapter, contexts: torch.Tensor, matching: bool | None = None) ->
     generator += [(i, o, True, 1.0) for i, o in _linear_shapes(adapter.latent_head)]
     products = posterior + generator
     if sample_matching:
-        products += generator + [(latent, objective.num_projections, False, 1.0)]
-        products += [(latent, objective.num_projections, True, 1.0)]
+        for _ in ("generated", "counterfactuals"):
+            products += generator + [(latent, objective.num_projections, False, 1.0)]
+            products += [(latent, objective.num_projections, True, 1.0)]
     if prior_matching:
         products += [(noise, objective.num_projections, False, 1.0)]
         products += [(noise, objective.num_projections, True, 1.0)]

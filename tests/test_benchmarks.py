@@ -92,10 +92,11 @@ def test_step_flops_counts_the_default_adapter(bench_path):
     generator += 2 * 48 * 256 * 3 + 2 * 256 * 256 * 3 + 2 * 256 * 256 * 3
     plain = common.step_flops(adapter, observational, matching=False)
     assert plain == posterior + generator
-    # sample matching: the generator once more, and 64 projections of both sides of 256 values;
-    # prior matching: 64 projections of the 192 posterior noise values and of as many draws
+    # sample matching: the generator twice more (prior draws, counterfactuals), and for each of
+    # its two distances 64 projections of both sides of 256 values; prior matching: 64
+    # projections of the 192 posterior noise values and of as many draws
     matched = common.step_flops(adapter, observational)
-    sample = generator + 2 * 256 * 64 * 2 + 2 * 256 * 64 * 3
+    sample = 2 * (generator + 2 * 256 * 64 * 2 + 2 * 256 * 64 * 3)
     assert matched == plain + sample + 2 * 192 * 64 * 2 + 2 * 192 * 64 * 3
 
 
