@@ -1,5 +1,5 @@
-"""Where a trained quad adapter keeps each concept: two tables that explain its edit and graph
-scores (``docs/results.md``).
+"""Where a trained quad adapter keeps each concept, and what its heads alone reconstruct: the
+tables that explain its edit, graph and reconstruction scores (``docs/results.md``).
 
 1. **Which concept block paints which quadrant.** Prior samples are drawn under ``obs``; for
    each concept, its block of concept values (after the causal layer) is swapped between
@@ -12,17 +12,25 @@ scores (``docs/results.md``).
    KL of the posterior to ``N(0, I)`` (nats per image), the variance of the posterior means
    and the mean posterior variance (an uninformative posterior: variances near 1, means near
    0), and the adapter's latent reconstruction error against the latents' variance.
+3. **What the heads alone reconstruct** (``--ceiling_steps N``). A deterministic autoencoder
+   of the latents made of a posterior head and a latent head of the adapter's kind and width,
+   with a bottleneck the size of its concept values (``K * w_out``) and nothing between them
+   (no noise, no context layers), trained by mean squared error on the quad training images'
+   latents for ``N`` steps of batch 512 with the default optimizer and schedule. Its held-out
+   PSNR beside the base autoencoder's says how much of the adapter's reconstruction gap the
+   heads and the budget leave, before the method's terms.
 
-    python benchmarks/diagnose_quad.py path/to/adapter [--dependent] [--num_images 400]
+    python benchmarks/diagnose_quad.py path/to/adapter [--dependent] [--num_images 400] \
+        [--ceiling_steps 2700]
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 
 import numpy as np
 import torch
-from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from ctxadapter import ContextAutoencoder
 from ctxadapter.data import quad
@@ -32,6 +40,8 @@ from ctxadapter.images import prepare_images, to_float
 from ctxadapter.metrics import psnr
 from ctxadapter.objective import gaussian_kl
 from ctxadapter.quad_scores import QUADRANTS, corner_masks
+from ctxadapter.training import FinetuneArguments, make_optimizer
+from ctxadapter.training.optimization import make_scheduler
 
 
 def corner_colours(images: torch.Tensor, masks: dict) -> torch.Tensor:
@@ -83,9 +93,10 @@ def head_ceiling(
     model, train_latents: torch.Tensor, steps: int, batch_size: int = 512, seed: int = 0
 ) -> torch.nn.Sequential:
     """A deterministic autoencoder of ``(N, C, h, w)`` latents with the heads of ``model``'s
-    adapter (kind, width, bottleneck ``K * w_out``), trained by MSE; returns it in eval mode
+    adapter (kind, width, bottleneck ``K * w_out``), trained by MSE with the optimizer and the
+    learning-rate schedule of ``examples/finetune.py``'s defaults; returns it in eval mode
     (flat latents in and out)."""
-    config = model.adapter.config
+    config, defaults = model.adapter.config, FinetuneArguments()
     shape = tuple(config["latent_shape"])
     size = len(config["concepts"]) * config["concept_width"]
     torch.manual_seed(seed)
@@ -93,10 +104,8 @@ def head_ceiling(
         posterior_head(config["heads"], shape, config["head_width"], size),
         latent_head(config["heads"], size, config["head_width"], shape),
     )
-    optimizer = torch.optim.Adam(autoencoder.parameters(), lr=4e-3)
-    schedule = get_cosine_with_min_lr_schedule_with_warmup(
-        optimizer, min(200, steps // 10), steps, min_lr=1e-5
-    )
+    optimizer = make_optimizer(autoencoder, defaults.learning_rate)
+    schedule = make_scheduler(defaults, optimizer, steps)
     flat, generator = train_latents.flatten(1), torch.Generator().manual_seed(seed)
     for _ in range(steps):
         batch = flat[torch.randint(len(flat), (batch_size,), generator=generator)]
@@ -108,26 +117,28 @@ def head_ceiling(
     return autoencoder.eval()
 
 
+def unit_images(model, images, batch_size: int) -> Iterator[torch.Tensor]:
+    """Quad images (``uint8`` ``(N, 64, 64, 3)``) as ``(n, 3, H, W)`` floats in ``[0, 1]`` at
+    the model's resolution, ``batch_size`` at a time."""
+    images = torch.as_tensor(images)
+    for i in range(0, len(images), batch_size):
+        yield to_float(prepare_images(images[i : i + batch_size], model.resolution))
+
+
 @torch.no_grad()
 def encode(model, images, batch_size: int = 256) -> torch.Tensor:
-    """Quad images (``uint8`` ``(N, 64, 64, 3)``) -> model-space latents, ``batch_size`` at a
-    time."""
-    images = torch.as_tensor(images)
-    parts = [
-        to_float(prepare_images(images[i : i + batch_size], model.resolution))
-        for i in range(0, len(images), batch_size)
-    ]
-    return torch.cat([model.codec.encode(part * 2 - 1) for part in parts])
+    """Quad images (``uint8`` ``(N, 64, 64, 3)``) -> model-space latents."""
+    return torch.cat(
+        [model.codec.encode(x * 2 - 1) for x in unit_images(model, images, batch_size)]
+    )
 
 
 @torch.no_grad()
 def ceiling_psnr(model, autoencoder, images, batch_size: int = 256) -> dict[str, float]:
     """Mean per-image PSNR (dB) on quad images (``uint8`` ``(N, 64, 64, 3)``) of the base
     autoencoder and of its latents passed through ``autoencoder`` (``head_ceiling``)."""
-    codec, images = model.codec, torch.as_tensor(images)
-    scores = dict(base=[], heads=[])
-    for i in range(0, len(images), batch_size):
-        target = to_float(prepare_images(images[i : i + batch_size], model.resolution))
+    codec, scores = model.codec, dict(base=[], heads=[])
+    for target in unit_images(model, images, batch_size):
         latents = codec.encode(target * 2 - 1)
         through = autoencoder(latents.flatten(1)).view_as(latents)
         for name, z in (("base", latents), ("heads", through)):

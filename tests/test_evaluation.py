@@ -485,7 +485,7 @@ def test_diagnose_quad_head_ceiling(tiny_kl_path):
     flat = latents.flatten(1)
     untrained = diagnose.head_ceiling(model, latents, steps=0)
     assert [layer.out_features for layer in untrained] == [6 * 2, flat.shape[1]]
-    trained = diagnose.head_ceiling(model, latents, steps=60, batch_size=8)
+    trained = diagnose.head_ceiling(model, latents, steps=300, batch_size=8)
     with torch.no_grad():
         before = (untrained(flat) - flat).pow(2).mean()
         after = (trained(flat) - flat).pow(2).mean()
