@@ -190,6 +190,7 @@ def counterfactual_grid(
     images: torch.Tensor | Sequence[Image.Image],
     contexts: list[str] | None = None,
     strength: float = 1.0,
+    truths: dict[str, torch.Tensor] | None = None,
 ) -> Image.Image:
     """Counterfactual edits of real images: one column per image.
 
@@ -207,21 +208,30 @@ def counterfactual_grid(
         contexts: the contexts of the edit rows; default: every single concept.
         strength: the edits' ``strength`` (``ContextAutoencoder.counterfactual``); other
             than 1, the edit rows' labels say it (``"hue x3"``).
+        truths: where the data's true counterfactuals are known (quad: ``quad.
+            counterfactual_latents``), context name -> the ``N`` true counterfactual images
+            ``(N, 3, H, W)`` in ``[0, 1]`` at the model's resolution; each is drawn in a row
+            ``"true <context>"`` right below that context's edits.
 
     Returns:
-        An ``image_grid`` of ``2 + len(contexts)`` rows and ``N`` columns.
+        An ``image_grid`` of ``2 + len(contexts)`` rows (and one per entry of ``truths``) and
+        ``N`` columns.
     """
     concepts = model.adapter.concepts
     canonical = [parse_context(c, concepts) for c in (concepts if contexts is None else contexts)]
     # Preprocess once; hand the model [0, 1] tensors, which diffusers' preprocessing reads
     # unambiguously (a [-1, 1] tensor with no negative value would be normalised twice).
     pixels = signed_to_unit(model.codec.preprocess(images, *model.resolution))
-    rows = [pixels]
+    suffix = "" if strength == 1 else f" x{strength:g}"
+    rows, labels = [pixels], ["input"]
     with eval_mode(model):
         for context in [(), *canonical]:
             rows.append(model.counterfactual(pixels, context, strength=strength).cpu())
-    suffix = "" if strength == 1 else f" x{strength:g}"
-    labels = ["input", context_name(())] + [context_name(c) + suffix for c in canonical]
+            labels.append(context_name(context) + (suffix if context else ""))
+            truth = (truths or {}).get(context_name(context))
+            if context and truth is not None:
+                rows.append(truth.float().cpu())
+                labels.append(f"true {context_name(context)}")
     return image_grid(torch.cat(rows), len(rows), labels)
 
 
@@ -377,6 +387,8 @@ def write_report(
     seed: int = 0,
     compositions: list[str] | None = None,
     images: torch.Tensor | Sequence[Image.Image] | None = None,
+    truths: dict[str, torch.Tensor] | None = None,
+    true_graph: torch.Tensor | None = None,
 ) -> dict[str, str]:
     """Write the standard pictures of an adapter into ``output_dir`` (created if missing).
 
@@ -384,8 +396,10 @@ def write_report(
         - ``contexts.png``: ``context_grid`` over ``"obs"`` and every single concept;
         - ``compositions.png``: ``context_grid`` over ``compositions`` (default
           ``ctxadapter.contexts.all_pairs``; not written when there is none, e.g. with one concept);
-        - ``concept_graph.png``: ``concept_graph_image`` of the observational graph;
-        - ``counterfactuals.png``: ``counterfactual_grid`` of ``images``, if given.
+        - ``concept_graph.png``: ``concept_graph_image`` of the observational graph (with the
+          true relations ``true_graph`` framed, where the data knows them);
+        - ``counterfactuals.png``: ``counterfactual_grid`` of ``images`` (with the true
+          counterfactuals ``truths`` below the edits, where known), if given.
 
     Returns:
         ``{name: path}`` of the files written, ``name`` being the file name without ``.png``
@@ -403,9 +417,10 @@ def write_report(
         model.adapter.concept_graph(OBSERVATIONAL),
         concepts,
         title="Learned concept graph (observational)",
+        truth=true_graph,
     )
     if images is not None:
-        pictures["counterfactuals"] = counterfactual_grid(model, images)
+        pictures["counterfactuals"] = counterfactual_grid(model, images, truths=truths)
     paths = {}
     for name, picture in pictures.items():
         path = os.path.join(os.fspath(output_dir), f"{name}.png")

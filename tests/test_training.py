@@ -118,6 +118,7 @@ def test_output_folder_holds_exactly_the_expected_files(run):
         "concept_graph.png",
         "config.json",
         "contexts.png",
+        "counterfactuals.png",
         "metrics.json",
         "model.safetensors",
         "samples-4.png",

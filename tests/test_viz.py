@@ -162,6 +162,13 @@ def test_counterfactual_grid_rows(model, images):
     assert np.abs(tile(grid, 1, 1, 2) - unedited[1]).max() <= 1
     assert not np.array_equal(twice, edited)
 
+    # true counterfactuals, where known, go in a row right below their context's edits
+    truth = torch.rand(len(pixels), 3, SIZE, SIZE)
+    grid = counterfactual_grid(model, pixels, truths={"b": truth, "obs": truth})
+    assert grid.size[1] == grid_height(rows + 1)  # only single contexts get a truth row
+    assert np.abs(tile(grid, 4, 1, 2) - to_uint8(truth)[1]).max() <= 1  # below "b"
+    assert np.abs(tile(grid, 5, 0, 2) - to_uint8(model.counterfactual(pixels, "c"))[0]).max() <= 1
+
 
 # ---------------------------------------------------------------------------------- concept graph
 

@@ -39,6 +39,7 @@ __all__ = [
     "ancestral_relation",
     "build_dataset",
     "concept_values",
+    "counterfactual_examples",
     "counterfactual_latents",
     "latents_to_images",
     "obs_mean_std",
@@ -234,6 +235,24 @@ def counterfactual_latents(
     for j in _TOPO_ORDER:
         out[:, j] = out @ weights[:, j] + noise[:, j]
     return out.astype(np.float32)
+
+
+def counterfactual_examples(
+    n: int,
+    concepts: Sequence[str] = CONCEPTS,
+    seed: int = 0,
+    dependent: bool = True,
+    split: str = "test",
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``n`` observational images of ``split`` and their true counterfactual images under each
+    single intervention of ``concepts`` (``counterfactual_latents``): uint8 ``[n, 64, 64, 3]``
+    and ``{concept: uint8 [n, 64, 64, 3]}``."""
+    images, latents = sample("obs", n, seed=seed, dependent=dependent, split=split)
+    truths = {
+        name: latents_to_images(counterfactual_latents(latents, name, dependent), dependent)
+        for name in concepts
+    }
+    return images, truths
 
 
 def latents_to_images(latents: np.ndarray, dependent: bool = True) -> np.ndarray:

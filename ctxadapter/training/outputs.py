@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
+from ..images import prepare_images, to_float
 from ..model import ContextAutoencoder
 from ..viz import concept_graph_image, write_report
 from .finetune_args import PRESETS, FinetuneArguments
@@ -16,6 +17,33 @@ from .flags import SECRET_FLAGS
 from .inputs import FinetuneInputs
 from .state import staged_folder, trainable_state
 from .tracking import log_image
+
+EDIT_EXAMPLES = 8
+"""Held-out images edited in ``counterfactuals.png`` of a run on quad."""
+
+
+def quad_references(args: FinetuneArguments, model: ContextAutoencoder, concepts) -> dict:
+    """For the built-in quad data, what the pictures can show beside the adapter's own:
+    ``EDIT_EXAMPLES`` held-out observational images to edit, their true counterfactuals under
+    each concept, and the true ancestral relation among the concepts (``write_report``'s
+    ``images``, ``truths`` and ``true_graph``); nothing for other data."""
+    if not args.uses_quad:
+        return {}
+    from ..data import quad
+
+    dependent = args.quad_variant == "dependent"
+    images, truths = quad.counterfactual_examples(
+        EDIT_EXAMPLES, concepts, seed=args.seed, dependent=dependent
+    )
+
+    def pixels(batch) -> torch.Tensor:
+        return to_float(prepare_images(torch.from_numpy(batch), model.resolution))
+
+    return {
+        "images": pixels(images),
+        "truths": {name: pixels(batch) for name, batch in truths.items()},
+        "true_graph": quad.ancestral_relation(concepts, dependent),
+    }
 
 
 def write_outputs(
@@ -45,6 +73,7 @@ def write_outputs(
         num_samples=args.num_validation_images,
         seed=args.seed,
         compositions=inputs.compositions,
+        **quad_references(args, model, inputs.concepts),
     )
     graph = concept_graph_image(model.adapter.concept_graph(), inputs.concepts)
     log_image(accelerator, "concept_graph", graph, outcome["steps"])
