@@ -25,7 +25,7 @@ from .codec import LatentCodec
 from .images import model_input
 from .lora import add_decoder_lora, load_decoder_lora, save_decoder_lora
 from .objective import Objective
-from .pinning import check_base_record, load_base_model
+from .pinning import check_base_record, check_given_autoencoder, load_base_model
 
 DECODE_BATCH_SIZE = 64
 """Latents decoded at once by ``generate``, ``reconstruct`` and ``counterfactual`` (each takes
@@ -374,10 +374,13 @@ class ContextAutoencoder(nn.Module):
 
         Args:
             pretrained_model_name_or_path: the adapter's folder or Hub repository id.
-            autoencoder: an already-loaded autoencoder to use instead of the recorded one.
+            autoencoder: an already-loaded autoencoder to use instead of the recorded one; its
+                weights (or the files it was loaded from) must have the fingerprint the adapter
+                records (``check_base``).
             torch_dtype: dtype to load the base autoencoder in (the adapter stays float32).
-            check_base: refuse a recorded base whose weights files do not have the fingerprint
-                the adapter records (``ctxadapter.pinning``); ``False`` skips the check.
+            check_base: refuse a recorded base whose weights files, or an ``autoencoder``
+                whose weights, do not have the fingerprint the adapter records
+                (``ctxadapter.pinning``); ``False`` skips the check.
             hub_kwargs: ``revision``, ``token``, ``cache_dir``, ``local_files_only``... for the
                 adapter; all but ``revision`` go to the base autoencoder too (whose revision
                 is the one the adapter records).
@@ -392,7 +395,11 @@ class ContextAutoencoder(nn.Module):
                 )
             base_kwargs = {k: v for k, v in hub_kwargs.items() if k in BASE_HUB_KWARGS}
             autoencoder = load_base_model(base, torch_dtype, check_base, **base_kwargs)
-        model = cls(autoencoder, adapter)
+            model = cls(autoencoder, adapter)
+        else:
+            model = cls(autoencoder, adapter)
+            if check_base:
+                check_given_autoencoder(adapter.config["base_model"], model.codec.autoencoder)
         if adapter.config["decoder_lora"]:
             load_decoder_lora(
                 model.codec.autoencoder,
