@@ -16,12 +16,8 @@ import torch
 
 from ctxadapter import ContextAutoencoder
 from ctxadapter.training import FinetuneArguments, finetune
-from ctxadapter.training.state import (
-    TRAINING_ARGS_NAME,
-    list_checkpoints,
-    resolve_checkpoint,
-    staged_folder,
-)
+from ctxadapter.training.output_dir import staged_folder
+from ctxadapter.training.state import TRAINING_ARGS_NAME, list_checkpoints, resolve_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

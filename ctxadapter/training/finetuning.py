@@ -16,6 +16,7 @@ from pathlib import Path
 
 import datasets
 import torch
+from accelerate import PartialState
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from tqdm.auto import tqdm
 
@@ -29,6 +30,7 @@ from ..viz import context_grid
 from .finetune_args import FinetuneArguments
 from .inputs import FinetuneInputs, check_batches, resolve_inputs
 from .optimization import make_optimizer, make_scheduler
+from .output_dir import check_not_base, output_lock
 from .outputs import write_outputs
 from .state import (
     EarlyStopping,
@@ -46,11 +48,21 @@ from .tracking import log_image, make_accelerator, tracker_config
 def finetune(args: FinetuneArguments) -> Path:
     """Train a context adapter on a frozen autoencoder and write the output folder.
 
-    Everything is validated before anything is written: the flags, the data (columns,
-    contexts), the autoencoder and the resolution. Returns the output folder, which holds the
-    adapter (``config.json``, ``model.safetensors``, ``README.md``), the sample grids, the
-    concept-graph picture, ``metrics.json``, ``logs/`` and ``checkpoint-<step>/`` folders.
+    Everything is validated before anything is written: the flags, the output folder (not the
+    base autoencoder's, writable, and locked for this run: a second run into it is refused at
+    once), the data (columns, contexts), the autoencoder and the resolution. Returns the
+    output folder, which holds the adapter (``config.json``, ``model.safetensors``,
+    ``README.md``), the sample grids, the concept-graph picture, ``metrics.json``, ``logs/``
+    and ``checkpoint-<step>/`` folders.
     """
+    args.validate()
+    check_not_base(args.output_dir, args.autoencoder)
+    with output_lock(args.output_dir, enabled=PartialState().is_main_process):
+        return train(args)
+
+
+def train(args: FinetuneArguments) -> Path:
+    """The body of ``finetune``, once the output folder is locked."""
     # 1. Check the flags, the data and the autoencoder; nothing is written before this passes.
     inputs = resolve_inputs(args)
     check_batches(args, inputs.train_contexts)

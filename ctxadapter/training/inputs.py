@@ -15,7 +15,8 @@ from ..contexts import all_pairs, context_name, parse_context
 from ..data import ContextBatchSampler, context_strings, load_image_dataset, validate_dataset
 from .args import ImageDataArguments
 from .finetune_args import FinetuneArguments
-from .state import check_output_dir, check_resumable, resolve_checkpoint
+from .output_dir import check_output_dir
+from .state import check_resumable, resolve_checkpoint
 
 
 def load_splits(

@@ -20,7 +20,7 @@ from .args import ImageDataArguments, OptimizationArguments, RunArguments
 from .flags import check_at_least, flag
 from .inputs import load_splits
 from .optimization import make_scheduler
-from .state import check_output_dir, staged_folder
+from .output_dir import check_output_dir, staged_folder
 from .tracking import make_accelerator, tracker_config
 
 logger = logging.getLogger(__name__)

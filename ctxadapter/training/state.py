@@ -9,13 +9,11 @@ themselves, and the output folder's safety rules.
 - ``save_checkpoint``, ``list_checkpoints``, ``prune_checkpoints``, ``resolve_checkpoint``: the
   ``checkpoint-<step>`` folders of an output folder, written atomically, with the run's flags
   (``training_args.json``) checked on resume by ``check_resumable``;
-- ``check_output_dir``: an output folder holding earlier results is not reused by accident;
 - ``Interruption``: SIGTERM and Ctrl-C become a request, honoured between optimizer steps.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -23,7 +21,6 @@ import re
 import shutil
 import signal
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import safetensors.torch
@@ -251,27 +248,6 @@ def resolve_checkpoint(
     return path
 
 
-PREVIOUS_RESULTS = ("config.json", "model.safetensors", "diffusion_pytorch_model.safetensors")
-"""Files whose presence means that an output folder already holds a saved model."""
-
-
-def check_output_dir(output_dir: str | os.PathLike, overwrite: bool, resuming: bool) -> None:
-    """Refuse to start a new run in a folder that holds a saved model or checkpoints of an
-    earlier run, unless ``overwrite`` (``--overwrite_output_dir``) is set; resuming a
-    checkpoint of that folder (``resuming``) continues the earlier run and is allowed."""
-    output = Path(output_dir)
-    if resuming or overwrite or not output.is_dir():
-        return
-    found = [name for name in PREVIOUS_RESULTS if (output / name).exists()]
-    found += [p.name for p in list_checkpoints(output)]
-    if found:
-        raise FileExistsError(
-            f"--output_dir {str(output)!r} already holds the results of an earlier run "
-            f"({', '.join(found)}). Pass --overwrite_output_dir to replace them, "
-            f"--resume_from_checkpoint latest to continue that run, or choose another folder."
-        )
-
-
 class Interruption:
     """While active (``with Interruption() as interruption:``), SIGTERM and SIGINT (Ctrl-C)
     do not stop the process: they set ``signal_number``, which the training loop checks between
@@ -306,19 +282,3 @@ class Interruption:
             flag_tensor = torch.tensor([int(flag)], device=accelerator.device)
             flag = bool(accelerator.reduce(flag_tensor, reduction="sum").item())
         return flag
-
-
-@contextlib.contextmanager
-def staged_folder(output: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty folder ``<output>/.partial`` to write files into; when the block ends
-    without an error, move them into ``output`` (``config.json`` last, so a reader never sees a
-    new config beside old weights) and remove the folder. A write that fails (a full disk)
-    leaves ``output``'s previous files as they were."""
-    output = Path(output)
-    partial = output / ".partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    yield partial
-    for file in sorted(partial.iterdir(), key=lambda f: f.name == "config.json"):
-        os.replace(file, output / file.name)
-    partial.rmdir()
