@@ -79,10 +79,10 @@ def train(args: FinetuneArguments) -> Path:
     inputs.codec.to(accelerator.device)
     with accelerator.main_process_first():
         train_data, validation_data = (
-            cached_latents(args, inputs, rows, contexts)
-            for rows, contexts in (
-                (inputs.train, inputs.train_contexts),
-                (inputs.validation, inputs.validation_contexts),
+            cached_latents(args, inputs, rows, contexts, inputs.fingerprints[split])
+            for rows, contexts, split in (
+                (inputs.train, inputs.train_contexts, "train_images"),
+                (inputs.validation, inputs.validation_contexts, "validation_images"),
             )
         )
     if accelerator.is_main_process:
@@ -198,13 +198,13 @@ def train(args: FinetuneArguments) -> Path:
                 progress.set_postfix(loss=f"{logs['loss']:.4g}")
                 accelerator.log(logs, step=global_step)
                 if interruption.requested(accelerator):
-                    saved = save_checkpoint(accelerator, args, global_step)
+                    saved = save_checkpoint(accelerator, args, global_step, inputs.fingerprints)
                     accelerator.print(f"Interrupted: saved {saved}; resume it with the same flags")
                     accelerator.print("and --resume_from_checkpoint latest.")
                     accelerator.end_training()
                     raise SystemExit(128 + (interruption.signal_number or signal.SIGTERM))
                 if global_step % args.checkpointing_steps == 0:
-                    save_checkpoint(accelerator, args, global_step)
+                    save_checkpoint(accelerator, args, global_step, inputs.fingerprints)
                 if global_step % args.validation_steps == 0 and accelerator.is_main_process:
                     grid = context_grid(
                         unwrapped, grid_contexts, args.num_validation_images, seed=args.seed
@@ -263,7 +263,11 @@ def build_adapter(args: FinetuneArguments, inputs: FinetuneInputs) -> CtxAdapter
 
 
 def cached_latents(
-    args: FinetuneArguments, inputs: FinetuneInputs, rows: datasets.Dataset, contexts: list[str]
+    args: FinetuneArguments,
+    inputs: FinetuneInputs,
+    rows: datasets.Dataset,
+    contexts: list[str],
+    images_fingerprint: str,
 ) -> CachedLatents:
     """``rows`` as a ``CachedLatents`` dataset. Their latents (and, for ``--loss pixel``, their
     pixels) are encoded once into the latent cache under ``--cache_dir``."""
@@ -279,6 +283,7 @@ def cached_latents(
         cache_root,
         batch_size=args.encode_batch_size,
         keep_pixels=args.loss == "pixel",
+        images_fingerprint=images_fingerprint,
     )
     return CachedLatents(cache, inputs.concepts)
 

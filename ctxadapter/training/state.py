@@ -8,7 +8,8 @@ themselves, and the output folder's safety rules.
   weights (``trainable.safetensors``), never the frozen autoencoder;
 - ``save_checkpoint``, ``list_checkpoints``, ``prune_checkpoints``, ``resolve_checkpoint``: the
   ``checkpoint-<step>`` folders of an output folder, written atomically, with the run's flags
-  (``training_args.json``) checked on resume by ``check_resumable``;
+  (``training_args.json``) checked on resume by ``check_resumable``, and the fingerprints of
+  its data and base autoencoder (``fingerprints.json``) checked by ``check_same_inputs``;
 - ``Interruption``: SIGTERM and Ctrl-C become a request, honoured between optimizer steps.
 """
 
@@ -158,6 +159,10 @@ def prune_checkpoints(output_dir: str | os.PathLike, keep: int | None) -> None:
 TRAINING_ARGS_NAME = "training_args.json"
 """The file of a checkpoint folder that holds the flags of the run that saved it."""
 
+FINGERPRINTS_NAME = "fingerprints.json"
+"""The file of a checkpoint folder that holds the fingerprints of the run's inputs: its
+images' content, their contexts and the base autoencoder's weights."""
+
 RESUME_MAY_CHANGE = frozenset(
     {
         "output_dir",
@@ -179,9 +184,12 @@ RESUME_MAY_CHANGE = frozenset(
 how often they are written, not what is trained."""
 
 
-def save_checkpoint(accelerator: Accelerator, args, step: int) -> Path:
-    """Save ``accelerator``'s state and the run's flags ``args`` as
-    ``<output_dir>/checkpoint-<step>``, then prune to ``args.checkpoints_total_limit``.
+def save_checkpoint(
+    accelerator: Accelerator, args, step: int, fingerprints: dict[str, str]
+) -> Path:
+    """Save ``accelerator``'s state, the run's flags ``args`` and the ``fingerprints`` of its
+    inputs as ``<output_dir>/checkpoint-<step>``, then prune to
+    ``args.checkpoints_total_limit``.
 
     The state is written to ``.checkpoint-<step>.partial`` beside it and renamed once complete,
     so a failed or interrupted save never leaves a folder that ``latest`` would pick, and no
@@ -194,6 +202,7 @@ def save_checkpoint(accelerator: Accelerator, args, step: int) -> Path:
     accelerator.save_state(str(partial))
     if accelerator.is_main_process:
         (partial / TRAINING_ARGS_NAME).write_text(json.dumps(public_flags(args), indent=2) + "\n")
+        (partial / FINGERPRINTS_NAME).write_text(json.dumps(fingerprints, indent=2) + "\n")
         if final.exists():
             shutil.rmtree(final)
         os.replace(partial, final)
@@ -223,6 +232,28 @@ def check_resumable(checkpoint: Path, args) -> None:
             f"Cannot resume from {checkpoint}: it was trained with other flags "
             f"({'; '.join(changed)}). Resume with the same flags, or start a new run in "
             f"another --output_dir."
+        )
+
+
+def check_same_inputs(checkpoint: Path, fingerprints: dict[str, str]) -> None:
+    """Raise ``ValueError`` when the inputs of the run to resume (their ``fingerprints``)
+    differ from those ``checkpoint`` recorded, naming each with both values: data or a base
+    autoencoder changed in place at the same path. A checkpoint saved before fingerprints were
+    recorded is not checked."""
+    path = checkpoint / FINGERPRINTS_NAME
+    if not path.is_file():
+        return
+    saved = json.loads(path.read_text())
+    changed = [
+        f"{name} {saved.get(name)} -> {fingerprints.get(name)}"
+        for name in sorted(set(saved) | set(fingerprints))
+        if saved.get(name) != fingerprints.get(name)
+    ]
+    if changed:
+        raise ValueError(
+            f"Cannot resume from {checkpoint}: its inputs changed since it was saved, at the "
+            f"same paths ({'; '.join(changed)}). Restore them, or start a new run in another "
+            f"--output_dir."
         )
 
 
