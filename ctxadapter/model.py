@@ -73,10 +73,12 @@ class ContextAutoencoder(nn.Module):
         adapter: the context module; its ``latent_shape`` must be a latent of this autoencoder.
 
     Images given to ``reconstruct`` and ``counterfactual`` are PIL images (any mode; 16-bit
-    ones are scaled, not clipped), ``uint8`` tensors or arrays in ``[0, 255]``, or float
-    tensors ``(N, 3, H, W)`` in ``[0, 1]`` (or ``[-1, 1]``, as diffusers reads them), at the
-    adapter's resolution. Images returned are ``(N, 3, H, W)`` floats in ``[0, 1]`` by default,
-    a list of PIL images with ``output_type="pil"``, as in diffusers.
+    ones are scaled, not clipped), ``uint8`` tensors or arrays in ``[0, 255]``, or finite
+    float tensors ``(N, 3, H, W)`` or arrays ``(N, H, W, 3)`` in ``[0, 1]`` (or ``[-1, 1]``, as
+    diffusers reads them); all go through ``ctxadapter.images.model_input``, so images of
+    another size are resized and centre-cropped as the training data is. Images returned are
+    ``(N, 3, H, W)`` floats in ``[0, 1]`` by default, a list of PIL images with
+    ``output_type="pil"``, as in diffusers.
 
     A context argument is one context for the whole batch (``"obs"``, ``"quad1"``, a
     composition ``"quad1+size"`` or a tuple of names) or a *list* with one context per sample,
@@ -133,12 +135,13 @@ class ContextAutoencoder(nn.Module):
 
     # ------------------------------------------------------------------ using a trained adapter
     def _pixels(self, images) -> torch.Tensor:
-        """Images at the adapter's resolution -> ``(N, 3, H, W)`` float32 in ``[-1, 1]``."""
+        """Images (``model_input``) -> ``(N, 3, H, W)`` float32 in ``[-1, 1]`` at the adapter's
+        resolution."""
         return self.codec.preprocess(model_input(images, self.resolution), *self.resolution)
 
     def _encode(self, images) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images at the adapter's resolution -> their latents and posterior mean noise, in the
-        adapter's dtype."""
+        """Images (``model_input``) -> their latents and posterior mean noise, in the adapter's
+        dtype."""
         latents = self.codec.encode(self._pixels(images)).to(self.device, self.dtype)
         return latents, self.adapter.posterior(latents)[0]
 
