@@ -18,33 +18,18 @@ from PIL import Image
 from ctxadapter.codec import LatentCodec
 from ctxadapter.data import cache_latents
 from ctxadapter.data.quad import build_dataset, write_imagefolder
-from ctxadapter.training import FinetuneArguments, finetune
+from ctxadapter.training import finetune
 from ctxadapter.training.output_dir import LOCK_NAME, OWNER_NAME, output_lock
 from ctxadapter.training.state import FINGERPRINTS_NAME, check_same_inputs
 
 
 @pytest.fixture
-def tiny(tiny_kl_path, tmp_path):
-    """``tiny(**flags)``: the flags of a run of a few seconds in ``tmp_path / "out"``."""
+def small_run(tiny):
+    """``small_run(**flags)``: ``tiny``'s flags for a run of 2 steps, a checkpoint after each."""
 
-    def make(**flags) -> FinetuneArguments:
-        base = dict(
-            pretrained_model_name_or_path=tiny_kl_path,
-            output_dir=str(tmp_path / "out"),
-            cache_dir=str(tmp_path / "cache"),
-            quad_images_per_context=8,
-            resolution=32,
-            train_batch_size=8,
-            max_train_steps=2,
-            exogenous_width=2,
-            concept_width=2,
-            head_width=8,
-            lr_warmup_steps=1,
-            checkpointing_steps=1,
-            num_validation_images=1,
-            report_to="none",
-        )
-        return FinetuneArguments(**(base | flags))
+    def make(**flags):
+        base = dict(quad_images_per_context=8, train_batch_size=8, max_train_steps=2)
+        return tiny(**(base | {"checkpointing_steps": 1} | flags))
 
     return make
 
@@ -52,12 +37,12 @@ def tiny(tiny_kl_path, tmp_path):
 # ---------------------------------------------------------------- the output folder
 
 
-def test_a_second_run_into_a_locked_folder_is_refused_naming_the_first(tiny, tmp_path):
+def test_a_second_run_into_a_locked_folder_is_refused_naming_the_first(small_run, tmp_path):
     with output_lock(tmp_path / "out"):
         owner = json.loads((tmp_path / "out" / OWNER_NAME).read_text())
         assert owner["pid"] == os.getpid() and owner["host"] == socket.gethostname()
         with pytest.raises(RuntimeError, match="in use by another run") as error:
-            finetune(tiny())
+            finetune(small_run())
         assert f"pid {os.getpid()} on {socket.gethostname()}, started {owner['started']}" in str(
             error.value
         )
@@ -83,22 +68,23 @@ def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("inside", [False, True], ids=["the_base", "inside_the_base"])
-def test_the_base_folder_is_never_an_output_folder(tiny, tiny_kl_path, inside):
+def test_the_base_folder_is_never_an_output_folder(small_run, tiny_kl_path, inside):
     output = Path(tiny_kl_path) / "adapter" if inside else Path(tiny_kl_path)
     before = {p.name: p.read_bytes() for p in Path(tiny_kl_path).iterdir() if p.is_file()}
     with pytest.raises(ValueError, match="the base autoencoder's folder") as error:
-        finetune(tiny(output_dir=str(output), overwrite_output_dir=True))
+        finetune(small_run(output_dir=str(output), overwrite_output_dir=True))
     assert "--overwrite_output_dir does not change this" in str(error.value)
     after = {p.name: p.read_bytes() for p in Path(tiny_kl_path).iterdir() if p.is_file()}
     assert after == before and not (Path(tiny_kl_path) / "adapter").exists()
 
 
-def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(tiny, tmp_path):
+def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(small_run, tmp_path):
     (tmp_path / "file").write_text("not a folder")
+    cache = tmp_path / "cache"
     with pytest.raises(PermissionError, match="cannot be written") as error:
-        finetune(tiny(output_dir=str(tmp_path / "file" / "out")))
+        finetune(small_run(output_dir=str(tmp_path / "file" / "out"), cache_dir=str(cache)))
     assert str(tmp_path / "file" / "out") in str(error.value)
-    assert not (tmp_path / "cache").exists()  # nothing was loaded or encoded
+    assert not cache.exists()  # nothing was loaded or encoded
 
 
 # ---------------------------------------------------------------- the latent cache
@@ -178,14 +164,18 @@ def test_a_damaged_cache_file_is_encoded_again(tmp_path, tiny_kl_path, capsys):
 # ---------------------------------------------------------------- resuming
 
 
-def test_resuming_after_the_images_changed_in_place_is_refused_with_both_values(tiny, tmp_path):
+def test_resuming_after_the_images_changed_in_place_is_refused_with_both_values(
+    small_run, tmp_path
+):
     write_imagefolder(build_dataset(n_per_context=4, heldout_per_context=1), tmp_path / "data")
-    args = tiny(train_data_dir=str(tmp_path / "data" / "train"))
+    args = small_run(train_data_dir=str(tmp_path / "data" / "train"))
     finetune(args)
     checkpoint = Path(args.output_dir) / "checkpoint-2"
     saved = json.loads((checkpoint / FINGERPRINTS_NAME).read_text())
     rewrite_keeping_times(sorted((tmp_path / "data" / "train").glob("*.png"))[0], (0, 0, 90))
-    resumed = tiny(train_data_dir=str(tmp_path / "data" / "train"), resume_from_checkpoint="latest")
+    resumed = small_run(
+        train_data_dir=str(tmp_path / "data" / "train"), resume_from_checkpoint="latest"
+    )
     with pytest.raises(ValueError, match="inputs changed since it was saved") as error:
         finetune(resumed)
     assert f"train_images {saved['train_images']} -> " in str(error.value)
