@@ -389,7 +389,8 @@ class ContextAutoencoder(nn.Module):
                 is the one the adapter records).
         """
         adapter = CtxAdapter.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
-        if autoencoder is None:
+        given = autoencoder is not None
+        if not given:
             base = adapter.config["base_model"]
             if not base:
                 raise ValueError(
@@ -398,11 +399,9 @@ class ContextAutoencoder(nn.Module):
                 )
             base_kwargs = {k: v for k, v in hub_kwargs.items() if k in BASE_HUB_KWARGS}
             autoencoder = load_base_model(base, torch_dtype, check_base, **base_kwargs)
-            model = cls(autoencoder, adapter)
-        else:
-            model = cls(autoencoder, adapter)
-            if check_base:
-                check_given_autoencoder(adapter.config["base_model"], model.codec.autoencoder)
+        model = cls(autoencoder, adapter)
+        if given and check_base:
+            check_given_autoencoder(adapter.config["base_model"], model.codec.autoencoder)
         if adapter.config["decoder_lora"]:
             load_decoder_lora(
                 model.codec.autoencoder,

@@ -58,11 +58,12 @@ def finetune(args: FinetuneArguments) -> Path:
     args.validate()
     check_not_base(args.output_dir, args.autoencoder)
     with output_lock(args.output_dir, enabled=PartialState().is_main_process):
-        return train(args)
+        return finetune_locked(args)
 
 
-def train(args: FinetuneArguments) -> Path:
-    """The body of ``finetune``, once the output folder is locked."""
+def finetune_locked(args: FinetuneArguments) -> Path:
+    """The body of ``finetune``, once the output folder is locked
+    (``ctxadapter.training.output_dir.output_lock``)."""
     # 1. Check the flags, the data and the autoencoder; nothing is written before this passes.
     inputs = resolve_inputs(args)
     check_batches(args, inputs.train_contexts)
