@@ -155,6 +155,36 @@ def check_config(config: Mapping, where: str, parameters: Mapping) -> None:
             raise _refuse(where, key, config[key], "an object or null")
     if not isinstance(config.get("ctxadapter_version", ""), str):
         raise _refuse(where, "ctxadapter_version", config["ctxadapter_version"], "a string")
+    _check_base_model(config.get("base_model") or {}, where)
+
+
+BASE_MODEL_TYPES = {
+    "pretrained_model_name_or_path": (str,),
+    "class_name": (str,),
+    "revision": (str, type(None)),
+    "subfolder": (str, type(None)),
+    "fingerprint": (str, type(None)),
+    "scaling_factor": (int, float, type(None)),
+    "shift_factor": (int, float, type(None)),
+    "latent_patch_size": (int, type(None)),
+    "latents_mean": (list, type(None)),
+    "latents_std": (list, type(None)),
+}
+"""The types of the values of a config's ``base_model`` (``ctxadapter.pinning``)."""
+
+
+def _check_base_model(base: Mapping, where: str) -> None:
+    """Refuse a ``base_model`` value of the wrong type (numbers in its lists included)."""
+    for key, types in BASE_MODEL_TYPES.items():
+        if key not in base:
+            continue
+        value = base[key]
+        numbers = not isinstance(value, list) or all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+        )
+        if not isinstance(value, types) or isinstance(value, bool) or not numbers:
+            kinds = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise _refuse(where, f"base_model.{key}", value, kinds)
 
 
 def config_digest(config: Mapping) -> str:

@@ -55,6 +55,8 @@ def test_a_config_that_is_not_a_json_object_is_named(tmp_path, text, named):
         ("pooled", "yes", "true or false"),
         ("heads", 3, "a string"),
         ("base_model", [], "an object or null"),
+        ("base_model.scaling_factor", "0.18", "int or float or null"),
+        ("base_model.latents_mean", [0.1, "x"], "list or null"),
     ],
 )
 def test_a_config_value_of_the_wrong_type_or_size_names_the_file_and_key(
@@ -62,7 +64,11 @@ def test_a_config_value_of_the_wrong_type_or_size_names_the_file_and_key(
 ):
     folder = save(tmp_path)
     config = json.loads((folder / "config.json").read_text())
-    edit_config(folder, json.dumps(config | {key: value}))
+    if key.startswith("base_model."):
+        config["base_model"] = {"pretrained_model_name_or_path": "org/vae", key[11:]: value}
+    else:
+        config[key] = value
+    edit_config(folder, json.dumps(config))
     with pytest.raises(ValueError, match=expected) as error:
         CtxAdapter.from_pretrained(folder)
     assert f"key {key!r}" in str(error.value) and str(folder / "config.json") in str(error.value)

@@ -17,6 +17,7 @@ from PIL import Image
 
 from ctxadapter.codec import LatentCodec
 from ctxadapter.data import cache_latents
+from ctxadapter.data.latent_cache import STAGING_PREFIX
 from ctxadapter.data.quad import build_dataset, write_imagefolder
 from ctxadapter.training import finetune
 from ctxadapter.training.output_dir import LOCK_NAME, OWNER_NAME, output_lock
@@ -32,6 +33,12 @@ def small_run(tiny):
         return tiny(**(base | {"checkpointing_steps": 1} | flags))
 
     return make
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended."""
+    code = "import os; print(os.getpid())"
+    return int(subprocess.run([sys.executable, "-c", code], text=True, capture_output=True).stdout)
 
 
 # ---------------------------------------------------------------- the output folder
@@ -52,14 +59,9 @@ def test_a_second_run_into_a_locked_folder_is_refused_naming_the_first(small_run
 def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, capsys):
     output = tmp_path / "out"
     output.mkdir()
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        text=True,
-        capture_output=True,
-        check=True,
-    )
+    dead = dead_pid()
     (output / LOCK_NAME).write_text("")  # the OS released the lock when the process ended
-    stale = {"pid": int(dead.stdout), "host": "old-host", "started": "2026-01-01T00:00:00Z"}
+    stale = {"pid": dead, "host": "old-host", "started": "2026-01-01T00:00:00Z"}
     (output / OWNER_NAME).write_text(json.dumps(stale))
     with output_lock(output):
         assert json.loads((output / OWNER_NAME).read_text())["pid"] == os.getpid()
@@ -147,6 +149,27 @@ def test_a_full_disk_while_caching_leaves_no_partial_file_and_names_it(
     monkeypatch.undo()
     cache = cache_latents(data, codec, ["obs", "a"], "image", 32, tmp_path / "cache")
     assert len(cache) == 2
+
+
+def test_the_partial_file_of_a_killed_caching_run_is_removed(tmp_path, tiny_kl_path):
+    codec = LatentCodec(AutoencoderKL.from_pretrained(tiny_kl_path))
+    data = image_files(tmp_path / "images", [10, 200])
+    host, cache = socket.gethostname(), tmp_path / "cache"
+    dead = dead_pid()
+    folders = {
+        "killed": cache / f"{STAGING_PREFIX}{host}-{dead}-abc",
+        "running": cache / f"{STAGING_PREFIX}{host}-{os.getpid()}-abc",
+        "elsewhere": cache / f"{STAGING_PREFIX}other-host-{dead}-abc",
+    }
+    for folder in folders.values():
+        folder.mkdir(parents=True)
+        (folder / "tmp-partial.arrow").write_bytes(b"half")
+    cache_latents(data, codec, ["obs", "a"], "image", 32, cache)
+    assert {name: folder.exists() for name, folder in folders.items()} == {
+        "killed": False,
+        "running": True,
+        "elsewhere": True,
+    }
 
 
 def test_a_damaged_cache_file_is_encoded_again(tmp_path, tiny_kl_path, capsys):

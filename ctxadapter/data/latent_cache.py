@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Sequence
@@ -43,6 +45,10 @@ CACHE_FORMAT = 2
 
 PREPROCESSING = "to_rgb, VaeImageProcessor resize_mode=crop, [-1, 1]"
 """How images are prepared for the encoder (``read_batch``); part of the cache key."""
+
+STAGING_PREFIX = ".latents-partial-"
+"""A cache file is written in a folder ``<prefix><host>-<pid>-<random>`` of the cache folder
+and moved out when complete."""
 
 LOADS_AHEAD = 8
 """Encoder batches per ``datasets.map`` batch: within one, reading and preprocessing the next
@@ -185,8 +191,10 @@ def cache_latents(
     if cached is not None:
         return cached
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    remove_abandoned(Path(cache_dir))
     start = time.perf_counter()
-    staging = Path(tempfile.mkdtemp(prefix=".latents-partial-", dir=cache_dir))
+    prefix = f"{STAGING_PREFIX}{socket.gethostname()}-{os.getpid()}-"
+    staging = Path(tempfile.mkdtemp(prefix=prefix, dir=cache_dir))
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctxadapter-load") as loader:
             dataset.map(
@@ -220,6 +228,23 @@ def cache_latents(
         flush=True,
     )
     return cache
+
+
+def remove_abandoned(cache_dir: Path) -> None:
+    """Remove the temporary folders of runs of this host that were killed while caching (their
+    process is gone), so that a partial file does not outlive its run. Folders of live runs,
+    or of other hosts sharing the folder, are left alone."""
+    host = socket.gethostname()
+    for folder in cache_dir.glob(f"{STAGING_PREFIX}*"):
+        match = re.fullmatch(rf"{re.escape(STAGING_PREFIX)}(.+)-(\d+)-[^-]+", folder.name)
+        if match is None or match.group(1) != host:
+            continue
+        try:
+            os.kill(int(match.group(2)), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            pass
 
 
 def reusable_cache(
