@@ -7,6 +7,7 @@ whole batches from it (with ``collate_batch`` as the loader's ``collate_fn``) an
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -213,9 +214,10 @@ def cache_latents(
             )
         os.replace(staging / cache_file.name, cache_file)
     except OSError as error:
+        full = error.errno in (errno.ENOSPC, errno.EDQUOT)
         message = (
-            f"Could not write the latent cache {cache_file} ({error}); the partial file was "
-            f"removed. Free some space or choose another --cache_dir."
+            f"Caching latents into {cache_file} failed ({error}); the partial file was removed."
+            + (" Free some space or choose another --cache_dir." if full else "")
         )
         raise OSError(error.errno, message) if error.errno else OSError(message) from error
     finally:
