@@ -89,6 +89,15 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(smal
     assert not cache.exists()  # nothing was loaded or encoded
 
 
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into any folder")
+def test_a_read_only_output_folder_is_refused_before_any_work(small_run, tmp_path):
+    output, cache = tmp_path / "out", tmp_path / "cache"
+    output.mkdir(mode=0o500)
+    with pytest.raises(PermissionError, match="cannot be written"):
+        finetune(small_run(cache_dir=str(cache)))
+    assert not cache.exists()
+
+
 # ---------------------------------------------------------------- the latent cache
 
 
