@@ -286,4 +286,4 @@ def model_input(images, resolution: tuple[int, int]) -> Tensor:
         images = (images.clamp(-1, 1) + 1) / 2 if lo < 0 else images.clamp(0, 1)
     if tuple(images.shape[-2:]) != tuple(resolution):
         return prepare_images(images, tuple(resolution))
-    return images.float() / 255 if images.dtype == torch.uint8 else images.contiguous()
+    return images.float() / 255 if images.dtype == torch.uint8 else images
