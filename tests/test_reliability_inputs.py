@@ -77,3 +77,21 @@ def test_one_file_listed_under_two_contexts_is_refused_naming_it(tmp_path):
     message = str(error.value)
     assert str(tmp_path / "x.png") in message
     assert "row 0 says 'a' and row 2 says 'b'" in message
+
+
+def test_a_validation_split_listing_one_file_under_two_contexts_is_named(tiny, tmp_path):
+    from ctxadapter.training.inputs import load_splits
+
+    splits = {
+        "train": [("t0.png", "obs"), ("t1.png", "a"), ("t2.png", "obs"), ("t3.png", "a")],
+        "validation": [("v0.png", "obs"), ("v0.png", "a")],
+    }
+    for split, rows in splits.items():
+        (tmp_path / "data" / split).mkdir(parents=True)
+        for name, _ in rows:
+            Image.new("RGB", (8, 8)).save(tmp_path / "data" / split / name)
+        lines = [json.dumps({"file_name": n, "context": c}) + "\n" for n, c in rows]
+        (tmp_path / "data" / split / "metadata.jsonl").write_text("".join(lines))
+    args = tiny(train_data_dir=str(tmp_path / "data"), cache_dir=str(tmp_path / "hf"))
+    with pytest.raises(ValueError, match="The dataset's 'validation' split: The image .*v0.png"):
+        load_splits(args, 0, "context")

@@ -20,7 +20,7 @@ from ..data import (
     load_image_dataset,
     validate_dataset,
 )
-from ..data.content import content_fingerprint
+from ..data.content import check_conflicting_files, content_fingerprint
 from .args import ImageDataArguments
 from .finetune_args import FinetuneArguments
 from .output_dir import check_output_dir
@@ -79,9 +79,11 @@ def load_splits(
             raise ValueError(f"it has no column {context_column!r}")
         raw = context_strings(given, context_column)
         canonical = {value: context_name(parse_context(value, concepts)) for value in set(raw)}
+        validation_contexts = [canonical[value] for value in raw]
+        check_conflicting_files(given, args.image_column, validation_contexts)
     except ValueError as error:
         raise ValueError(f"The dataset's 'validation' split: {error}") from None
-    return train, given, concepts, contexts, [canonical[value] for value in raw]
+    return train, given, concepts, contexts, validation_contexts
 
 
 def stratified_split(
