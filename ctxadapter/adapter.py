@@ -21,12 +21,24 @@ from typing import Any
 
 import safetensors.torch
 import torch
-from huggingface_hub import ModelCard, PyTorchModelHubMixin, hf_hub_download
-from huggingface_hub.errors import EntryNotFoundError
+from huggingface_hub import ModelCard, PyTorchModelHubMixin
 from safetensors import SafetensorError
 from torch import nn
 
 from . import __version__
+from .adapter_files import (
+    CONFIG_DIGEST_KEY,
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    check_config,
+    check_finite,
+    check_location,
+    check_weights,
+    config_digest,
+    describe,
+    read_config,
+    weights_file,
+)
 from .card import PAPER_URL, TAGS, model_card
 from .contexts import OBSERVATIONAL, context_mask, distinct_contexts
 from .heads import latent_head, posterior_head, resolve_heads
@@ -37,9 +49,6 @@ GRAPH_READOUTS = ("direct", "total")
 EDGE_THRESHOLD = 0.1
 """An entry of ``CtxAdapter.concept_graph`` above this is read as an edge: the source
 contributes more than a tenth of the target concept's variance."""
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 
 @dataclass
@@ -340,14 +349,34 @@ class CtxAdapter(
 
     # ------------------------------------------------------------------ saving and loading
     def _save_pretrained(self, save_directory: Path) -> None:
-        # The latent shape goes into the weights' metadata too: the heads' weights only know
-        # the number of latent values, so an edited config with the same count is caught.
-        metadata = {"latent_shape": json.dumps(list(self.config["latent_shape"]))}
+        # The weights' metadata records the latent shape (the heads' weights only know the
+        # number of latent values, so an edited config with the same count is caught) and the
+        # hash of the config saved beside them (a folder mixing two saves is caught).
+        config = {**self.config, "ctxadapter_version": __version__}
+        metadata = {
+            "latent_shape": json.dumps(list(self.config["latent_shape"])),
+            CONFIG_DIGEST_KEY: config_digest(config),
+        }
         safetensors.torch.save_model(
             self, str(Path(save_directory) / WEIGHTS_NAME), metadata=metadata
         )
-        config = {**self.config, "ctxadapter_version": __version__}
         (Path(save_directory) / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> CtxAdapter:
+        """Load an adapter from a folder or a Hub repository (``huggingface_hub``'s
+        ``from_pretrained``; ``kwargs`` are its ``revision``, ``cache_dir``, ``token``...).
+
+        Everything is checked before a weight is allocated (``ctxadapter.adapter_files``): the
+        folder or repository id, ``config.json`` (a JSON object with the adapter's keys, of
+        the right types and bounded sizes), the shapes and dtypes in the weights' header, and
+        that the weights were saved with this config. Weights holding NaN or inf are refused.
+        Every refusal names the file and the key."""
+        model_id = str(pretrained_model_name_or_path)
+        check_location(model_id)
+        download = ("revision", "cache_dir", "force_download", "token", "local_files_only")
+        read_config(model_id, **{k: kwargs[k] for k in download if k in kwargs})
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @classmethod
     def _from_pretrained(
@@ -365,11 +394,13 @@ class CtxAdapter(
     ) -> CtxAdapter:
         if config is None:
             if os.path.isdir(model_id):
-                cls._weights_file(model_id)  # a folder of pickles only: say so, never load them
+                weights_file(model_id)  # a folder of pickles only: say so, never load them
             raise FileNotFoundError(f"No {CONFIG_NAME} found for adapter {model_id!r}.")
-        cls._check_config(config, model_id)
+        where = describe(model_id, CONFIG_NAME)
+        parameters = dict(list(cls._hub_mixin_init_parameters.items())[1:])
+        check_config(config, where, parameters)
         init = {**{k: v for k, v in config.items() if k != "ctxadapter_version"}, **model_kwargs}
-        weights_file = cls._weights_file(
+        path = weights_file(
             model_id,
             revision=revision,
             cache_dir=cache_dir,
@@ -377,68 +408,23 @@ class CtxAdapter(
             local_files_only=local_files_only,
             token=token,
         )
+        try:
+            with torch.device("meta"):  # the shapes the config describes, allocating nothing
+                expected = cls(**init).state_dict()
+        except ValueError as error:  # a value of the right type but not a valid setting
+            raise ValueError(f"{where}: {error}") from error
+        check_weights(path, where, expected, config)
+        try:
+            state_dict = safetensors.torch.load_file(path, device=map_location)
+        except (SafetensorError, OSError) as error:
+            raise ValueError(
+                f"Could not read adapter weights {path}: the file is corrupted or truncated "
+                f"({error})."
+            ) from error
+        check_finite(state_dict, path)
         model = cls(**init)
-        try:
-            state_dict = safetensors.torch.load_file(weights_file, device=map_location)
-            with safetensors.safe_open(weights_file, "pt") as weights:
-                saved_shape = (weights.metadata() or {}).get("latent_shape")
-        except (SafetensorError, OSError, ValueError) as error:
-            raise ValueError(
-                f"Could not read adapter weights {weights_file}: the file is corrupted or "
-                f"truncated ({error})."
-            ) from error
-        if saved_shape is not None and json.loads(saved_shape) != list(init["latent_shape"]):
-            raise ValueError(
-                f"The {CONFIG_NAME} of adapter {model_id!r} says latent_shape "
-                f"{list(init['latent_shape'])}, but its weights were saved for "
-                f"{json.loads(saved_shape)}: the config was edited."
-            )
-        try:
-            model.load_state_dict(state_dict, strict=True)
-        except RuntimeError as error:
-            raise ValueError(
-                f"The weights in {weights_file} do not match the adapter described by its "
-                f"{CONFIG_NAME}: {error}"
-            ) from error
+        model.load_state_dict(state_dict, strict=True)
         return model.eval()
-
-    @classmethod
-    def _check_config(cls, config: dict, model_id: str) -> None:
-        params = list(cls._hub_mixin_init_parameters.values())[1:]
-        known = {p.name for p in params} | {"ctxadapter_version"}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ValueError(
-                f"Unknown keys {unknown} in the {CONFIG_NAME} of adapter {model_id!r}; "
-                f"known keys are {sorted(known)}."
-            )
-        missing = [p.name for p in params if p.default is p.empty and p.name not in config]
-        if missing:
-            raise ValueError(
-                f"Missing keys {missing} in the {CONFIG_NAME} of adapter {model_id!r}."
-            )
-
-    @staticmethod
-    def _weights_file(model_id: str, **download_kwargs) -> str:
-        if os.path.isdir(model_id):
-            path = os.path.join(model_id, WEIGHTS_NAME)
-            if os.path.isfile(path):
-                return path
-            pickles = sorted(f for f in os.listdir(model_id) if f.endswith(PICKLE_SUFFIXES))
-            found = (
-                f"; found only {pickles}, which are pickles and are never loaded" if pickles else ""
-            )
-            raise FileNotFoundError(
-                f"No {WEIGHTS_NAME} in {model_id}{found}. ctxadapter loads weights from "
-                f"safetensors only."
-            )
-        try:
-            return hf_hub_download(model_id, WEIGHTS_NAME, **download_kwargs)
-        except EntryNotFoundError as error:
-            raise FileNotFoundError(
-                f"No {WEIGHTS_NAME} in Hub repository {model_id!r}. ctxadapter loads weights from "
-                f"safetensors only and never unpickles .bin or .pt files."
-            ) from error
 
     def generate_model_card(self, *args, **kwargs) -> ModelCard:
         """The model card written by ``save_pretrained`` (``ctxadapter.card.model_card``;

@@ -13,6 +13,7 @@ concepts intervened on in sample ``n``.
 from __future__ import annotations
 
 import itertools
+import unicodedata
 from collections.abc import Sequence
 
 import torch
@@ -53,6 +54,8 @@ def parse_context(
         lenient: also accept spaces around the names (``" a + b "``), the empty string for the
             observational context and a name given twice (read once). The built-in datasets'
             samplers (``ctxadapter.data.quad``) parse this way; training data is parsed strictly.
+            Either way names are compared in Unicode NFC form (a name typed with a combining
+            accent is the concept written with the precomposed one).
 
     Returns:
         The intervened concept names as a tuple ordered like ``concepts``; ``()`` for ``"obs"``.
@@ -80,6 +83,7 @@ def parse_context(
     for name in names:
         if not isinstance(name, str):
             raise _invalid(context, concepts, f"{name!r} is not a string")
+    names = [unicodedata.normalize("NFC", name) for name in names]
     if lenient:
         names = [name.strip() for name in names]
     for name in names:
@@ -89,7 +93,8 @@ def parse_context(
         return ()
     if OBSERVATIONAL in names:
         raise _invalid(context, concepts, f"{OBSERVATIONAL!r} cannot be combined with concepts")
-    unknown = [name for name in names if name not in concepts]
+    normal = [unicodedata.normalize("NFC", c) for c in concepts]  # names compare in NFC
+    unknown = [name for name in names if name not in normal]
     if unknown:
         near = [c for c in [*concepts, OBSERVATIONAL] if c.casefold() == unknown[0].casefold()]
         hint = f" (it differs only by case from {near[0]!r})" if near else ""
@@ -97,7 +102,7 @@ def parse_context(
     if len(set(names)) != len(names) and not lenient:
         duplicate = next(name for name in names if names.count(name) > 1)
         raise _invalid(context, concepts, f"concept {duplicate!r} appears twice")
-    return tuple(c for c in concepts if c in names)
+    return tuple(c for c, n in zip(concepts, normal, strict=True) if n in names)
 
 
 def context_name(context: Context) -> str:

@@ -218,46 +218,72 @@ def prepare_images(images: Tensor, resolution: tuple[int, int]) -> Tensor:
     return torch.cat(out)
 
 
-def model_input(images, resolution: tuple[int, int]):
-    """Images given to a model's ``reconstruct`` / ``counterfactual``, checked and put in a form
-    ``VaeImageProcessor`` reads the same whatever they were: PIL images (any mode, through
-    ``to_rgb``), ``uint8`` arrays ``(N, H, W, 3)`` or tensors ``(N, 3, H, W)`` in ``[0, 255]``
-    (scaled to ``[0, 1]``), float tensors in ``[0, 1]`` (or ``[-1, 1]``, as diffusers reads
-    them) of size ``resolution``.
-
-    Raises:
-        ValueError: for no images, a wrong shape or size, or floats outside ``[-1, 1]``.
-        TypeError: for tensors that are neither ``uint8`` nor floating point.
-    """
-    if isinstance(images, Image.Image):
-        images = [images]
+def _as_batch(images) -> Tensor:
+    """PIL-free images -> one ``(N, 3, H, W)`` tensor as given (dtype kept): an array
+    ``(N, H, W, 3)``, a tensor ``(N, 3, H, W)``, or a list of either kind of single image."""
     if isinstance(images, (list, tuple)):
-        if not images:
-            raise ValueError("Got no images: pass at least one.")
-        return [to_rgb(i) if isinstance(i, Image.Image) else i for i in images]
+        if all(isinstance(i, np.ndarray) for i in images):
+            images = np.stack(images)
+        elif all(isinstance(i, Tensor) for i in images):
+            images = torch.stack(list(images))
+        else:
+            kinds = sorted({type(i).__name__ for i in images})
+            raise TypeError(
+                f"A list of images must hold PIL images, arrays or tensors of one kind, got "
+                f"{kinds}."
+            )
     if isinstance(images, np.ndarray):  # (N, H, W, 3), as diffusers reads arrays
-        if images.ndim != 4 or images.shape[0] == 0:
+        if images.ndim != 4 or images.shape[0] == 0 or images.shape[-1] != 3:
             raise ValueError(
                 f"Expected an array of images (N, H, W, 3) with N >= 1, got shape {images.shape}."
             )
-        return images.astype(np.float32) / 255 if images.dtype == np.uint8 else images
-    if images.ndim != 4 or images.shape[0] == 0:
+        return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    if not isinstance(images, Tensor):
+        raise TypeError(f"Expected PIL images, an array or a tensor, got {type(images).__name__}.")
+    if images.ndim != 4 or images.shape[0] == 0 or images.shape[1] != 3:
         raise ValueError(
             f"Expected a batch of images (N, 3, H, W) with N >= 1, got shape {tuple(images.shape)}."
         )
-    if images.dtype == torch.uint8:  # [0, 255]
-        images = images.float() / 255
-    elif not images.is_floating_point():
-        raise TypeError(f"Images must be uint8 or floats, got {images.dtype}.")
-    lo, hi = float(images.min()), float(images.max())
-    if lo < -1 - 1e-3 or hi > 1 + 1e-3:
-        raise ValueError(
-            f"Float images must be in [0, 1] (or [-1, 1]); got values in [{lo:.3g}, {hi:.3g}]. "
-            f"uint8 images are read in [0, 255]."
-        )
+    return images
+
+
+def model_input(images, resolution: tuple[int, int]) -> Tensor:
+    """Images given to a model's ``reconstruct`` / ``counterfactual`` -> ``(N, 3, H, W)``
+    float32 in ``[0, 1]`` at ``resolution``, by one path whatever their kind.
+
+    PIL images (one or a list, any mode through ``to_rgb``) go through ``preprocess_images``
+    as the training data does. Arrays ``(N, H, W, 3)`` and tensors ``(N, 3, H, W)`` (or lists
+    of single images) are ``uint8`` in ``[0, 255]`` or floats in ``[0, 1]`` (or ``[-1, 1]``,
+    read as diffusers does when a value is negative); floats must be finite. Whatever the
+    kind, images of another size are resized (shorter side) and centre-cropped as the training
+    data is (``prepare_images``).
+
+    Raises:
+        ValueError: for no images, a wrong shape, NaN or infinite values, or floats outside
+            ``[-1, 1]``.
+        TypeError: for arrays or tensors that are neither ``uint8`` nor floating point, or a
+            list mixing kinds.
+    """
+    if isinstance(images, Image.Image):
+        images = [images]
+    if isinstance(images, (list, tuple)) and not images:
+        raise ValueError("Got no images: pass at least one.")
+    if isinstance(images, (list, tuple)) and all(isinstance(i, Image.Image) for i in images):
+        return preprocess_images(list(images), tuple(resolution), output="unit")
+    images = _as_batch(images).cpu()
+    if images.dtype != torch.uint8:
+        if not images.is_floating_point():
+            raise TypeError(f"Images must be uint8 or floats, got {images.dtype}.")
+        images = images.float()
+        if not torch.isfinite(images).all():
+            raise ValueError("Images hold NaN or infinite values: pass finite pixel values.")
+        lo, hi = float(images.min()), float(images.max())
+        if lo < -1 - 1e-3 or hi > 1 + 1e-3:
+            raise ValueError(
+                f"Float images must be in [0, 1] (or [-1, 1]); got values in [{lo:.3g}, "
+                f"{hi:.3g}]. uint8 images are read in [0, 255]."
+            )
+        images = (images.clamp(-1, 1) + 1) / 2 if lo < 0 else images.clamp(0, 1)
     if tuple(images.shape[-2:]) != tuple(resolution):
-        raise ValueError(
-            f"Images of size {tuple(images.shape[-2:])} given, but this adapter works at "
-            f"{tuple(resolution)}."
-        )
-    return images.float().cpu()
+        return prepare_images(images, tuple(resolution))
+    return images.float() / 255 if images.dtype == torch.uint8 else images

@@ -25,7 +25,7 @@ from .codec import LatentCodec
 from .images import model_input
 from .lora import add_decoder_lora, load_decoder_lora, save_decoder_lora
 from .objective import Objective
-from .pinning import check_base_record, load_base_model
+from .pinning import check_base_record, check_given_autoencoder, load_base_model
 
 DECODE_BATCH_SIZE = 64
 """Latents decoded at once by ``generate``, ``reconstruct`` and ``counterfactual`` (each takes
@@ -73,10 +73,12 @@ class ContextAutoencoder(nn.Module):
         adapter: the context module; its ``latent_shape`` must be a latent of this autoencoder.
 
     Images given to ``reconstruct`` and ``counterfactual`` are PIL images (any mode; 16-bit
-    ones are scaled, not clipped), ``uint8`` tensors or arrays in ``[0, 255]``, or float
-    tensors ``(N, 3, H, W)`` in ``[0, 1]`` (or ``[-1, 1]``, as diffusers reads them), at the
-    adapter's resolution. Images returned are ``(N, 3, H, W)`` floats in ``[0, 1]`` by default,
-    a list of PIL images with ``output_type="pil"``, as in diffusers.
+    ones are scaled, not clipped), ``uint8`` tensors or arrays in ``[0, 255]``, or finite
+    float tensors ``(N, 3, H, W)`` or arrays ``(N, H, W, 3)`` in ``[0, 1]`` (or ``[-1, 1]``, as
+    diffusers reads them); all go through ``ctxadapter.images.model_input``, so images of
+    another size are resized and centre-cropped as the training data is. Images returned are
+    ``(N, 3, H, W)`` floats in ``[0, 1]`` by default, a list of PIL images with
+    ``output_type="pil"``, as in diffusers.
 
     A context argument is one context for the whole batch (``"obs"``, ``"quad1"``, a
     composition ``"quad1+size"`` or a tuple of names) or a *list* with one context per sample,
@@ -133,12 +135,13 @@ class ContextAutoencoder(nn.Module):
 
     # ------------------------------------------------------------------ using a trained adapter
     def _pixels(self, images) -> torch.Tensor:
-        """Images at the adapter's resolution -> ``(N, 3, H, W)`` float32 in ``[-1, 1]``."""
+        """Images (``model_input``) -> ``(N, 3, H, W)`` float32 in ``[-1, 1]`` at the adapter's
+        resolution."""
         return self.codec.preprocess(model_input(images, self.resolution), *self.resolution)
 
     def _encode(self, images) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images at the adapter's resolution -> their latents and posterior mean noise, in the
-        adapter's dtype."""
+        """Images (``model_input``) -> their latents and posterior mean noise, in the adapter's
+        dtype."""
         latents = self.codec.encode(self._pixels(images)).to(self.device, self.dtype)
         return latents, self.adapter.posterior(latents)[0]
 
@@ -374,16 +377,20 @@ class ContextAutoencoder(nn.Module):
 
         Args:
             pretrained_model_name_or_path: the adapter's folder or Hub repository id.
-            autoencoder: an already-loaded autoencoder to use instead of the recorded one.
+            autoencoder: an already-loaded autoencoder to use instead of the recorded one; its
+                weights (or the files it was loaded from) must have the fingerprint the adapter
+                records (``check_base``).
             torch_dtype: dtype to load the base autoencoder in (the adapter stays float32).
-            check_base: refuse a recorded base whose weights files do not have the fingerprint
-                the adapter records (``ctxadapter.pinning``); ``False`` skips the check.
+            check_base: refuse a recorded base whose weights files, or an ``autoencoder``
+                whose weights, do not have the fingerprint the adapter records
+                (``ctxadapter.pinning``); ``False`` skips the check.
             hub_kwargs: ``revision``, ``token``, ``cache_dir``, ``local_files_only``... for the
                 adapter; all but ``revision`` go to the base autoencoder too (whose revision
                 is the one the adapter records).
         """
         adapter = CtxAdapter.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
-        if autoencoder is None:
+        given = autoencoder is not None
+        if not given:
             base = adapter.config["base_model"]
             if not base:
                 raise ValueError(
@@ -393,6 +400,8 @@ class ContextAutoencoder(nn.Module):
             base_kwargs = {k: v for k, v in hub_kwargs.items() if k in BASE_HUB_KWARGS}
             autoencoder = load_base_model(base, torch_dtype, check_base, **base_kwargs)
         model = cls(autoencoder, adapter)
+        if given and check_base:
+            check_given_autoencoder(adapter.config["base_model"], model.codec.autoencoder)
         if adapter.config["decoder_lora"]:
             load_decoder_lora(
                 model.codec.autoencoder,

@@ -79,11 +79,10 @@ def resolved_commit(
     return match.group(1) if match else None
 
 
-def _sample(weights, name: str, shape: list[int]) -> torch.Tensor:
+def _sample(tensor, shape: list[int]) -> torch.Tensor:
     """The first ``VALUES_PER_ROW`` values of ``SAMPLES_PER_TENSOR`` evenly spaced rows (along
-    the first dimension) of a stored tensor, read without reading the rest of it."""
-    if not shape:
-        return weights.get_tensor(name).flatten()
+    the first dimension) of a tensor of ``shape`` with at least one dimension: a safetensors
+    slice (read without reading the rest of it) or a ``torch.Tensor``."""
     rows = shape[0]
     picks = sorted(
         {
@@ -91,8 +90,26 @@ def _sample(weights, name: str, shape: list[int]) -> torch.Tensor:
             for i in range(min(rows, SAMPLES_PER_TENSOR))
         }
     )
-    tensor = weights.get_slice(name)
     return torch.cat([tensor[i : i + 1].flatten()[:VALUES_PER_ROW] for i in picks])
+
+
+def _update(digest, name: str, dtype: str, shape: list[int], sample: torch.Tensor) -> None:
+    """Add one tensor (its name, stored dtype, shape and sampled values) to ``digest``."""
+    digest.update(f"{name}:{dtype}:{shape}".encode())
+    digest.update(sample.contiguous().view(torch.uint8).numpy().tobytes())  # bytes as stored
+
+
+STORED_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+"""safetensors' names of the dtypes of ``torch`` tensors, as its headers write them."""
 
 
 def weights_fingerprint(
@@ -113,11 +130,43 @@ def weights_fingerprint(
         with safe_open(str(path), "pt") as weights:
             for name in sorted(weights.keys()):
                 tensor = weights.get_slice(name)
-                shape, dtype = tensor.get_shape(), tensor.get_dtype()
-                digest.update(f"{name}:{dtype}:{shape}".encode())
-                sample = _sample(weights, name, shape).contiguous().view(torch.uint8)
-                digest.update(sample.numpy().tobytes())  # the bytes as stored
+                shape = tensor.get_shape()
+                whole = weights.get_tensor(name).flatten() if not shape else None
+                sample = whole if whole is not None else _sample(tensor, shape)
+                _update(digest, name, tensor.get_dtype(), shape, sample)
     return digest.hexdigest()[:16]
+
+
+def module_fingerprint(autoencoder: torch.nn.Module) -> str:
+    """The fingerprint ``weights_fingerprint`` gives the files of an unsharded autoencoder,
+    computed from the module's own weights as they are now (in its current dtypes)."""
+    digest = hashlib.sha256()
+    state = autoencoder.state_dict()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu()
+        shape = list(tensor.shape)
+        sample = _sample(tensor, shape) if shape else tensor.flatten()
+        _update(digest, name, STORED_DTYPES.get(tensor.dtype, str(tensor.dtype)), shape, sample)
+    return digest.hexdigest()[:16]
+
+
+def check_given_autoencoder(record: dict | None, autoencoder) -> None:
+    """Refuse an autoencoder given in place of the base an adapter records (``record``) when
+    the record has a fingerprint and neither the module's weights (``module_fingerprint``)
+    nor the files it was loaded from (its config's ``_name_or_path``, e.g. loaded in another
+    dtype) have it, naming both values."""
+    recorded = (record or {}).get("fingerprint")
+    if not recorded or (found := module_fingerprint(autoencoder)) == recorded:
+        return
+    source = getattr(autoencoder.config, "_name_or_path", None)
+    subfolders = {None, (record or {}).get("subfolder")}
+    if source and any(weights_fingerprint(source, subfolder=s) == recorded for s in subfolders):
+        return
+    raise ValueError(
+        f"The autoencoder passed with autoencoder= has other weights than the base this "
+        f"adapter was trained on: weights fingerprint {found} where the adapter records "
+        f"{recorded}. Pass the right one, or check_base=False to use it anyway."
+    )
 
 
 def base_model_record(

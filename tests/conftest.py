@@ -287,3 +287,37 @@ def make_images():
 def images() -> torch.Tensor:
     """Deterministic ``(2, 3, 32, 32)`` float32 images in ``[-1, 1]``."""
     return _make_images()
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    """A latent cache folder shared by the runs of a test module."""
+    return str(tmp_path_factory.mktemp("reliability-cache"))
+
+
+@pytest.fixture
+def tiny(tiny_kl_path, cache_dir, tmp_path):
+    """``tiny(**flags)``: the flags of a run of a few seconds in ``tmp_path / "out"``."""
+    from ctxadapter.training import FinetuneArguments
+
+    def make(**flags) -> FinetuneArguments:
+        base = dict(
+            pretrained_model_name_or_path=tiny_kl_path,
+            output_dir=str(tmp_path / "out"),
+            cache_dir=cache_dir,
+            quad_images_per_context=16,
+            resolution=32,
+            train_batch_size=16,
+            max_train_steps=4,
+            exogenous_width=4,
+            concept_width=2,
+            head_width=8,
+            lr_warmup_steps=1,
+            validation_steps=100,
+            checkpointing_steps=2,
+            num_validation_images=1,
+            report_to="none",
+        )
+        return FinetuneArguments(**(base | flags))
+
+    return make

@@ -308,16 +308,19 @@ def test_mismatched_adapter_is_rejected(request):
     assert "(4, " in message
 
 
-def test_wrong_resolution_is_rejected(case, make_images):
+def test_another_size_is_cropped_as_training_does_whatever_the_kind(case):
+    from ctxadapter.images import model_input
+
     _, model = case
-    with pytest.raises(ValueError) as error:
-        model.reconstruct(make_images(2, 64), "obs")
-    message = str(error.value)
-    assert "(64, 64)" in message and "(32, 32)" in message
-    with pytest.raises(ValueError) as error:
-        model.counterfactual(make_images(1, 32, 48), "a")
-    message = str(error.value)
-    assert "(32, 48)" in message and "(32, 32)" in message
+    model.eval()
+    wide = torch.zeros(1, 3, 32, 48, dtype=torch.uint8)  # 32 x 48: the centre 32 columns are 200
+    wide[..., 8:40] = 200
+    pil = Image.fromarray(wide[0].permute(1, 2, 0).numpy())
+    kinds = (wide, wide.float() / 255, wide[0].permute(1, 2, 0).numpy()[None], pil, [pil])
+    for given in kinds:  # the shorter side fits: only the 8 columns each side are cropped
+        assert_close(model_input(given, (32, 32)), torch.full((1, 3, 32, 32), 200 / 255))
+    centre = model.reconstruct(torch.full((1, 3, 32, 32), 200, dtype=torch.uint8), "obs")
+    assert_close(model.reconstruct(pil, "obs"), centre, rtol=0, atol=1e-4)  # float rounding
 
 
 # ------------------------------------------------------------------------- saving and loading

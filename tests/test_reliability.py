@@ -15,47 +15,11 @@ import safetensors.torch
 import torch
 
 from ctxadapter import ContextAutoencoder
-from ctxadapter.training import FinetuneArguments, finetune
-from ctxadapter.training.state import (
-    TRAINING_ARGS_NAME,
-    list_checkpoints,
-    resolve_checkpoint,
-    staged_folder,
-)
+from ctxadapter.training import finetune
+from ctxadapter.training.output_dir import staged_folder
+from ctxadapter.training.state import TRAINING_ARGS_NAME, list_checkpoints, resolve_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("reliability-cache"))
-
-
-@pytest.fixture
-def tiny(tiny_kl_path, cache_dir, tmp_path):
-    """``tiny(**flags)``: the flags of a run of a few seconds in ``tmp_path / "out"``."""
-
-    def make(**flags) -> FinetuneArguments:
-        base = dict(
-            pretrained_model_name_or_path=tiny_kl_path,
-            output_dir=str(tmp_path / "out"),
-            cache_dir=cache_dir,
-            quad_images_per_context=16,
-            resolution=32,
-            train_batch_size=16,
-            max_train_steps=4,
-            exogenous_width=4,
-            concept_width=2,
-            head_width=8,
-            lr_warmup_steps=1,
-            validation_steps=100,
-            checkpointing_steps=2,
-            num_validation_images=1,
-            report_to="none",
-        )
-        return FinetuneArguments(**(base | flags))
-
-    return make
 
 
 def test_divergence_stops_the_run_and_saves_no_adapter(tiny):

@@ -9,6 +9,8 @@ One job per module:
 
 - ``ctxadapter.data.loading``: ``load_image_dataset``, ``validate_dataset`` and their helpers;
 - ``ctxadapter.data.latent_cache``: ``cache_latents``, ``CachedLatents``, ``collate_batch``;
+- ``ctxadapter.data.content``: the images' content fingerprint (the cache key) and the check
+  that one file has one context;
 - ``ctxadapter.data.sampler``: ``ContextBatchSampler``, ``steps_per_epoch``;
 - ``ctxadapter.data.quad`` (with ``quad_render``): the synthetic quad dataset of the paper;
 - ``ctxadapter.data.photos``: interventional data from photographs bundled with scikit-image;

@@ -7,9 +7,14 @@ whole batches from it (with ``collate_batch`` as the loader's ``collate_fn``) an
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
+import shutil
+import socket
+import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +28,7 @@ from PIL import Image
 from ..codec import LatentCodec
 from ..contexts import context_mask
 from ..images import preprocess_images, signed_to_uint8
+from .content import content_fingerprint
 
 __all__ = [
     "CACHE_FORMAT",
@@ -35,8 +41,15 @@ __all__ = [
     "read_batch",
 ]
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 """Bumped whenever the latent cache's content changes meaning, so old caches are not reused."""
+
+PREPROCESSING = "to_rgb, VaeImageProcessor resize_mode=crop, [-1, 1]"
+"""How images are prepared for the encoder (``read_batch``); part of the cache key."""
+
+STAGING_PREFIX = ".latents-partial-"
+"""A cache file is written in a folder ``<prefix><host>-<pid>-<random>`` of the cache folder
+and moved out when complete."""
 
 LOADS_AHEAD = 8
 """Encoder batches per ``datasets.map`` batch: within one, reading and preprocessing the next
@@ -89,15 +102,22 @@ def cache_latents(
     cache_dir: str | os.PathLike,
     batch_size: int = 64,
     keep_pixels: bool = False,
+    images_fingerprint: str | None = None,
 ) -> datasets.Dataset:
     """Encode every image once with the frozen encoder and keep the latents on disk.
 
-    The cache is a ``datasets`` Arrow file under ``cache_dir``, named by a key of what produced
-    it: the autoencoder (``autoencoder_fingerprint``), ``resolution``, the dataset's
-    fingerprint, the contexts and ``keep_pixels``. A later run with the same key reuses it
-    without running the encoder. Images are encoded and written in batches, so memory does not
-    grow with the dataset. A background thread reads and preprocesses the next batch while the
-    encoder runs, so on a CPU the encode pass costs little more than the encoder itself.
+    The cache is a ``datasets`` Arrow file under ``cache_dir``, named by a key of what the
+    latents depend on: the autoencoder (``autoencoder_fingerprint``, from its weights), the
+    images' content (``ctxadapter.data.content.content_fingerprint``: their bytes, not their
+    paths or times), ``resolution``, the preprocessing, the contexts and ``keep_pixels``. A
+    later run with the same key reuses it without running the encoder, after checking that it
+    reads, has one row per image and the expected columns (else it is encoded again).
+
+    The file is written in a private temporary folder beside it and moved into place when
+    complete; on any error (a full disk included, named with the file's path) the partial file
+    is removed. Images are encoded and written in batches, so memory does not grow with the
+    dataset. A background thread reads and preprocesses the next batch while the encoder runs,
+    so on a CPU the encode pass costs little more than the encoder itself.
 
     Args:
         dataset: rows with images in ``image_column``.
@@ -109,6 +129,8 @@ def cache_latents(
         cache_dir: folder for the cache files.
         batch_size: images per encoder pass.
         keep_pixels: also keep the preprocessed images (uint8), for ``pixel`` loss.
+        images_fingerprint: ``content_fingerprint(dataset, image_column)`` when the caller has
+            computed it already (default: computed here).
 
     Returns:
         A dataset with columns ``latents`` ``(C, h, w)`` float32 (model-space posterior mean),
@@ -122,8 +144,8 @@ def cache_latents(
         format=CACHE_FORMAT,
         autoencoder=autoencoder_fingerprint(codec),
         resolution=resolution,
-        dataset=dataset._fingerprint,
-        image_column=image_column,
+        images=images_fingerprint or content_fingerprint(dataset, image_column),
+        preprocessing=PREPROCESSING,
         keep_pixels=keep_pixels,
         tiled=bool(getattr(codec.autoencoder, "use_tiling", False)),  # tiles change latents
         contexts=hashlib.sha256("\n".join(contexts).encode()).hexdigest(),
@@ -165,31 +187,90 @@ def cache_latents(
         out["context"] = [contexts[i] for i in indices]
         return out
 
+    schema = datasets.Features(features)
+    cached = reusable_cache(cache_file, len(dataset), schema)
+    if cached is not None:
+        return cached
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    fresh, start = not cache_file.exists(), time.perf_counter()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctxadapter-load") as loader:
-        cache = dataset.map(
-            encode,
-            with_indices=True,
-            batched=True,
-            batch_size=batch_size * LOADS_AHEAD,
-            fn_kwargs={"loader": loader},
-            remove_columns=dataset.column_names,
-            features=datasets.Features(features),
-            cache_file_name=str(cache_file),
-            load_from_cache_file=True,
-            new_fingerprint=key,
-            writer_batch_size=batch_size * LOADS_AHEAD,
-            desc="Caching latents",
+    remove_abandoned(Path(cache_dir))
+    start = time.perf_counter()
+    prefix = f"{STAGING_PREFIX}{socket.gethostname()}-{os.getpid()}-"
+    staging = Path(tempfile.mkdtemp(prefix=prefix, dir=cache_dir))
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctxadapter-load") as loader:
+            dataset.map(
+                encode,
+                with_indices=True,
+                batched=True,
+                batch_size=batch_size * LOADS_AHEAD,
+                fn_kwargs={"loader": loader},
+                remove_columns=dataset.column_names,
+                features=schema,
+                cache_file_name=str(staging / cache_file.name),
+                load_from_cache_file=False,
+                new_fingerprint=key,
+                writer_batch_size=batch_size * LOADS_AHEAD,
+                desc="Caching latents",
+            )
+        os.replace(staging / cache_file.name, cache_file)
+    except OSError as error:
+        full = error.errno in (errno.ENOSPC, errno.EDQUOT)
+        message = (
+            f"Caching latents into {cache_file} failed ({error}); the partial file was removed."
+            + (" Free some space or choose another --cache_dir." if full else "")
         )
-    if fresh:  # what the encode pass cost: the one pass over the images a run makes
-        seconds = time.perf_counter() - start
-        print(
-            f"Encoded {len(cache)} images in {seconds:.1f} s ({len(cache) / seconds:.1f} "
-            f"images/s, batches of {batch_size}) into {cache_file}",
-            flush=True,
-        )
+        raise OSError(error.errno, message) if error.errno else OSError(message) from error
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    cache = datasets.Dataset.from_file(str(cache_file))
+    seconds = time.perf_counter() - start  # what the encode pass cost: a run's one pass
+    print(
+        f"Encoded {len(cache)} images in {seconds:.1f} s ({len(cache) / seconds:.1f} "
+        f"images/s, batches of {batch_size}) into {cache_file}",
+        flush=True,
+    )
     return cache
+
+
+def remove_abandoned(cache_dir: Path) -> None:
+    """Remove the temporary folders of runs of this host that were killed while caching (their
+    process is gone), so that a partial file does not outlive its run. Folders of live runs,
+    or of other hosts sharing the folder, are left alone."""
+    host = socket.gethostname()
+    for folder in cache_dir.glob(f"{STAGING_PREFIX}*"):
+        match = re.fullmatch(rf"{re.escape(STAGING_PREFIX)}(.+)-(\d+)-[^-]+", folder.name)
+        if match is None or match.group(1) != host:
+            continue
+        try:
+            os.kill(int(match.group(2)), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            pass
+
+
+def reusable_cache(
+    cache_file: Path, rows: int, features: datasets.Features
+) -> datasets.Dataset | None:
+    """The latent cache in ``cache_file`` if it exists, reads (its Arrow schema and row count,
+    without reading the latents), has ``rows`` rows and ``features``; ``None`` otherwise. A
+    file that fails these checks is removed, with a note, so that it is encoded again."""
+    if not cache_file.is_file():
+        return None
+    try:
+        cache = datasets.Dataset.from_file(str(cache_file))
+        problem = None
+        if len(cache) != rows:
+            problem = f"{len(cache)} rows for {rows} images"
+        elif cache.features != features:
+            problem = f"columns {cache.features} where {features} were expected"
+    except Exception as error:  # pyarrow raises ArrowInvalid, OSError... for a damaged file
+        problem = f"unreadable ({error})"
+    if problem is None:
+        return cache
+    print(f"The latent cache {cache_file} is damaged ({problem}): encoding again.", flush=True)
+    cache_file.unlink()
+    return None
 
 
 def column_views(cache: datasets.Dataset, column: str) -> tuple[list, list[int]]:

@@ -8,6 +8,7 @@ imagefolder with a ``metadata.jsonl`` holding a context column, or the built-in 
 from __future__ import annotations
 
 import os
+import unicodedata
 from collections.abc import Sequence
 
 import datasets
@@ -15,6 +16,7 @@ import pyarrow
 from datasets.exceptions import DatasetGenerationError
 
 from ..contexts import OBSERVATIONAL, context_name, parse_context
+from .content import check_conflicting_files
 
 __all__ = ["context_strings", "infer_concepts", "load_image_dataset", "validate_dataset"]
 
@@ -81,8 +83,9 @@ def load_image_dataset(
 
 def context_strings(dataset: datasets.Dataset, context_column: str) -> list[str]:
     """The context column as strings, normalised one way: a list of names is joined with
-    ``"+"`` (an empty list is ``"obs"``), and the white space around each name is stripped
-    (``" a + b "`` -> ``"a+b"``); the case of a name is kept.
+    ``"+"`` (an empty list is ``"obs"``), the white space around each name is stripped
+    (``" a + b "`` -> ``"a+b"``) and each name is put in Unicode NFC form (so ``"café"``
+    typed with a combining accent is the same name); the case of a name is kept.
 
     Raises:
         ValueError: for a row whose context is missing (``None``) or is not a string or a list
@@ -100,7 +103,7 @@ def context_strings(dataset: datasets.Dataset, context_column: str) -> list[str]
                 f"({type(value).__name__}); expected {OBSERVATIONAL!r}, a concept name, names "
                 f"joined by '+', or a list of names."
             )
-        strings.append("+".join(name.strip() for name in names))
+        strings.append("+".join(unicodedata.normalize("NFC", name.strip()) for name in names))
     return strings
 
 
@@ -144,8 +147,9 @@ def validate_dataset(
         canonical context of every row; ``([], [])`` when ``context_column`` is ``None``.
 
     Raises:
-        ValueError: for an empty dataset, a missing column, a malformed or unknown context, or a
-            configured concept that no row intervenes on alone (a context with no samples).
+        ValueError: for an empty dataset, a missing column, a malformed or unknown context, a
+            configured concept that no row intervenes on alone (a context with no samples), or
+            one image file in rows of two contexts (``check_conflicting_files``).
     """
     if len(dataset) == 0:
         raise ValueError("The dataset is empty.")
@@ -173,4 +177,6 @@ def validate_dataset(
             f"No samples for the context(s) {missing}: every concept needs samples in which it "
             f"alone is intervened on. Contexts present: {sorted(present)}."
         )
-    return names, [canonical_of[value] for value in raw]
+    contexts = [canonical_of[value] for value in raw]
+    check_conflicting_files(dataset, image_column, contexts)
+    return names, contexts

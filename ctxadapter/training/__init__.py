@@ -8,6 +8,8 @@
 - ``finetuning``: the fine-tuning loop, top to bottom, and ``outputs``: its output folder;
 - ``pretraining``: ``PretrainArguments`` and the autoencoder pretraining loop;
 - ``state``: early stopping, the noise generator and the checkpoint folders;
+- ``output_dir``: the output folder's rules (not the base's folder, one run at a time, final
+  files moved in when complete);
 - ``optimization``, ``tracking``: the optimizer and schedule, the ``Accelerator``.
 """
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import datasets
 import torch
+from accelerate import PartialState
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from tqdm.auto import tqdm
 
@@ -29,6 +30,7 @@ from ..viz import context_grid
 from .finetune_args import FinetuneArguments
 from .inputs import FinetuneInputs, check_batches, resolve_inputs
 from .optimization import make_optimizer, make_scheduler
+from .output_dir import check_not_base, output_lock
 from .outputs import write_outputs
 from .state import (
     EarlyStopping,
@@ -46,11 +48,22 @@ from .tracking import log_image, make_accelerator, tracker_config
 def finetune(args: FinetuneArguments) -> Path:
     """Train a context adapter on a frozen autoencoder and write the output folder.
 
-    Everything is validated before anything is written: the flags, the data (columns,
-    contexts), the autoencoder and the resolution. Returns the output folder, which holds the
-    adapter (``config.json``, ``model.safetensors``, ``README.md``), the sample grids, the
-    concept-graph picture, ``metrics.json``, ``logs/`` and ``checkpoint-<step>/`` folders.
+    Everything is validated before anything is written: the flags, the output folder (not the
+    base autoencoder's, writable, and locked for this run: a second run into it is refused at
+    once), the data (columns, contexts), the autoencoder and the resolution. Returns the
+    output folder, which holds the adapter (``config.json``, ``model.safetensors``,
+    ``README.md``), the sample grids, the concept-graph picture, ``metrics.json``, ``logs/``
+    and ``checkpoint-<step>/`` folders.
     """
+    args.validate()
+    check_not_base(args.output_dir, args.autoencoder)
+    with output_lock(args.output_dir, enabled=PartialState().is_main_process):
+        return finetune_locked(args)
+
+
+def finetune_locked(args: FinetuneArguments) -> Path:
+    """The body of ``finetune``, once the output folder is locked
+    (``ctxadapter.training.output_dir.output_lock``)."""
     # 1. Check the flags, the data and the autoencoder; nothing is written before this passes.
     inputs = resolve_inputs(args)
     check_batches(args, inputs.train_contexts)
@@ -67,10 +80,10 @@ def finetune(args: FinetuneArguments) -> Path:
     inputs.codec.to(accelerator.device)
     with accelerator.main_process_first():
         train_data, validation_data = (
-            cached_latents(args, inputs, rows, contexts)
-            for rows, contexts in (
-                (inputs.train, inputs.train_contexts),
-                (inputs.validation, inputs.validation_contexts),
+            cached_latents(args, inputs, rows, contexts, inputs.fingerprints[split])
+            for rows, contexts, split in (
+                (inputs.train, inputs.train_contexts, "train_images"),
+                (inputs.validation, inputs.validation_contexts, "validation_images"),
             )
         )
     if accelerator.is_main_process:
@@ -186,13 +199,13 @@ def finetune(args: FinetuneArguments) -> Path:
                 progress.set_postfix(loss=f"{logs['loss']:.4g}")
                 accelerator.log(logs, step=global_step)
                 if interruption.requested(accelerator):
-                    saved = save_checkpoint(accelerator, args, global_step)
+                    saved = save_checkpoint(accelerator, args, global_step, inputs.fingerprints)
                     accelerator.print(f"Interrupted: saved {saved}; resume it with the same flags")
                     accelerator.print("and --resume_from_checkpoint latest.")
                     accelerator.end_training()
                     raise SystemExit(128 + (interruption.signal_number or signal.SIGTERM))
                 if global_step % args.checkpointing_steps == 0:
-                    save_checkpoint(accelerator, args, global_step)
+                    save_checkpoint(accelerator, args, global_step, inputs.fingerprints)
                 if global_step % args.validation_steps == 0 and accelerator.is_main_process:
                     grid = context_grid(
                         unwrapped, grid_contexts, args.num_validation_images, seed=args.seed
@@ -251,7 +264,11 @@ def build_adapter(args: FinetuneArguments, inputs: FinetuneInputs) -> CtxAdapter
 
 
 def cached_latents(
-    args: FinetuneArguments, inputs: FinetuneInputs, rows: datasets.Dataset, contexts: list[str]
+    args: FinetuneArguments,
+    inputs: FinetuneInputs,
+    rows: datasets.Dataset,
+    contexts: list[str],
+    images_fingerprint: str,
 ) -> CachedLatents:
     """``rows`` as a ``CachedLatents`` dataset. Their latents (and, for ``--loss pixel``, their
     pixels) are encoded once into the latent cache under ``--cache_dir``."""
@@ -267,6 +284,7 @@ def cached_latents(
         cache_root,
         batch_size=args.encode_batch_size,
         keep_pixels=args.loss == "pixel",
+        images_fingerprint=images_fingerprint,
     )
     return CachedLatents(cache, inputs.concepts)
 

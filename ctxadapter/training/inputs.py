@@ -3,6 +3,7 @@ the frozen autoencoder, the resolution and the compositions of the sample grids.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,10 +13,18 @@ import torch
 
 from ..codec import LatentCodec, load_autoencoder
 from ..contexts import all_pairs, context_name, parse_context
-from ..data import ContextBatchSampler, context_strings, load_image_dataset, validate_dataset
+from ..data import (
+    ContextBatchSampler,
+    autoencoder_fingerprint,
+    context_strings,
+    load_image_dataset,
+    validate_dataset,
+)
+from ..data.content import check_conflicting_files, content_fingerprint
 from .args import ImageDataArguments
 from .finetune_args import FinetuneArguments
-from .state import check_output_dir, check_resumable, resolve_checkpoint
+from .output_dir import check_output_dir
+from .state import check_resumable, check_same_inputs, resolve_checkpoint
 
 
 def load_splits(
@@ -70,9 +79,11 @@ def load_splits(
             raise ValueError(f"it has no column {context_column!r}")
         raw = context_strings(given, context_column)
         canonical = {value: context_name(parse_context(value, concepts)) for value in set(raw)}
+        validation_contexts = [canonical[value] for value in raw]
+        check_conflicting_files(given, args.image_column, validation_contexts)
     except ValueError as error:
         raise ValueError(f"The dataset's 'validation' split: {error}") from None
-    return train, given, concepts, contexts, [canonical[value] for value in raw]
+    return train, given, concepts, contexts, validation_contexts
 
 
 def stratified_split(
@@ -110,7 +121,8 @@ def stratified_split(
 class FinetuneInputs:
     """What ``resolve_inputs`` checked: the training and validation rows, the concept names,
     the canonical context of every row, the frozen autoencoder's codec, the image resolution
-    with its latent shape ``(C, h, w)``, and the compositions shown in the sample grids."""
+    with its latent shape ``(C, h, w)``, the compositions shown in the sample grids, the
+    checkpoint to resume from and the ``fingerprints`` of the inputs (``input_fingerprints``)."""
 
     train: datasets.Dataset
     validation: datasets.Dataset
@@ -122,6 +134,26 @@ class FinetuneInputs:
     latent_shape: tuple[int, int, int]
     compositions: list[str]
     checkpoint: Path | None
+    fingerprints: dict[str, str]
+
+
+def input_fingerprints(
+    train: datasets.Dataset,
+    validation: datasets.Dataset,
+    contexts: list[str] | None,
+    image_column: str,
+    codec: LatentCodec,
+) -> dict[str, str]:
+    """What a run's results depend on, beyond its flags: the content of its training and
+    validation images (``content_fingerprint``), their contexts in row order (training rows,
+    then validation rows) and the base autoencoder's weights (``autoencoder_fingerprint``)."""
+    labels = hashlib.sha256("\n".join(contexts or []).encode()).hexdigest()[:16]
+    return {
+        "train_images": content_fingerprint(train, image_column),
+        "validation_images": content_fingerprint(validation, image_column),
+        "contexts": labels,
+        "base": autoencoder_fingerprint(codec),
+    }
 
 
 def check_batches(args: FinetuneArguments, contexts: list[str]) -> None:
@@ -190,6 +222,10 @@ def resolve_inputs(args: FinetuneArguments) -> FinetuneInputs:
     compositions = args.validation_compositions or default_compositions(concepts, args.uses_quad)
     for context in compositions:
         parse_context(context, concepts)  # raises on an unknown concept
+    contexts = None if train_contexts is None else train_contexts + validation_contexts
+    fingerprints = input_fingerprints(train, validation, contexts, args.image_column, codec)
+    if checkpoint is not None:
+        check_same_inputs(checkpoint, fingerprints)
     return FinetuneInputs(
         train=train,
         validation=validation,
@@ -201,4 +237,5 @@ def resolve_inputs(args: FinetuneArguments) -> FinetuneInputs:
         latent_shape=codec.latent_shape(resolution),
         compositions=compositions,
         checkpoint=checkpoint,
+        fingerprints=fingerprints,
     )

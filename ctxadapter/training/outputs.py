@@ -15,7 +15,8 @@ from ..viz import concept_graph_image, write_report
 from .finetune_args import PRESETS, FinetuneArguments
 from .flags import SECRET_FLAGS
 from .inputs import FinetuneInputs
-from .state import staged_folder, trainable_state
+from .output_dir import staged_folder
+from .state import trainable_state
 from .tracking import log_image
 
 EDIT_EXAMPLES = 8

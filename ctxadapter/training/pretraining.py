@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import datasets
 import torch
+from accelerate import PartialState
 from accelerate.utils import set_seed
 from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
@@ -20,7 +21,7 @@ from .args import ImageDataArguments, OptimizationArguments, RunArguments
 from .flags import check_at_least, flag
 from .inputs import load_splits
 from .optimization import make_scheduler
-from .state import check_output_dir, staged_folder
+from .output_dir import check_output_dir, output_lock, staged_folder
 from .tracking import make_accelerator, tracker_config
 
 logger = logging.getLogger(__name__)
@@ -65,8 +66,16 @@ class PretrainArguments(RunArguments, OptimizationArguments, ImageDataArguments)
 
 def pretrain_autoencoder(args: PretrainArguments) -> AutoencoderKL:
     """Train an ``AutoencoderKL`` from scratch on the dataset's images (every context pooled),
-    set its ``scaling_factor`` to ``1 / std`` of the latents, and save it to ``output_dir``."""
+    set its ``scaling_factor`` to ``1 / std`` of the latents, and save it to ``output_dir``,
+    which is locked for the run (``output_lock``: a second run into it is refused)."""
     args.validate()  # the fields may have been changed since construction
+    with output_lock(args.output_dir, enabled=PartialState().is_main_process):
+        return pretrain_locked(args)
+
+
+def pretrain_locked(args: PretrainArguments) -> AutoencoderKL:
+    """The body of ``pretrain_autoencoder``, once the output folder is locked
+    (``ctxadapter.training.output_dir.output_lock``)."""
     check_output_dir(args.output_dir, args.overwrite_output_dir, resuming=False)
     train, validation, *_ = load_splits(args, args.seed)
     if len(train) < args.train_batch_size:  # no full batch: the loop would never step

@@ -8,14 +8,13 @@ themselves, and the output folder's safety rules.
   weights (``trainable.safetensors``), never the frozen autoencoder;
 - ``save_checkpoint``, ``list_checkpoints``, ``prune_checkpoints``, ``resolve_checkpoint``: the
   ``checkpoint-<step>`` folders of an output folder, written atomically, with the run's flags
-  (``training_args.json``) checked on resume by ``check_resumable``;
-- ``check_output_dir``: an output folder holding earlier results is not reused by accident;
+  (``training_args.json``) checked on resume by ``check_resumable``, and the fingerprints of
+  its data and base autoencoder (``fingerprints.json``) checked by ``check_same_inputs``;
 - ``Interruption``: SIGTERM and Ctrl-C become a request, honoured between optimizer steps.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -23,7 +22,6 @@ import re
 import shutil
 import signal
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import safetensors.torch
@@ -161,6 +159,10 @@ def prune_checkpoints(output_dir: str | os.PathLike, keep: int | None) -> None:
 TRAINING_ARGS_NAME = "training_args.json"
 """The file of a checkpoint folder that holds the flags of the run that saved it."""
 
+FINGERPRINTS_NAME = "fingerprints.json"
+"""The file of a checkpoint folder that holds the fingerprints of the run's inputs: its
+images' content, their contexts and the base autoencoder's weights."""
+
 RESUME_MAY_CHANGE = frozenset(
     {
         "output_dir",
@@ -182,9 +184,12 @@ RESUME_MAY_CHANGE = frozenset(
 how often they are written, not what is trained."""
 
 
-def save_checkpoint(accelerator: Accelerator, args, step: int) -> Path:
-    """Save ``accelerator``'s state and the run's flags ``args`` as
-    ``<output_dir>/checkpoint-<step>``, then prune to ``args.checkpoints_total_limit``.
+def save_checkpoint(
+    accelerator: Accelerator, args, step: int, fingerprints: dict[str, str]
+) -> Path:
+    """Save ``accelerator``'s state, the run's flags ``args`` and the ``fingerprints`` of its
+    inputs as ``<output_dir>/checkpoint-<step>``, then prune to
+    ``args.checkpoints_total_limit``.
 
     The state is written to ``.checkpoint-<step>.partial`` beside it and renamed once complete,
     so a failed or interrupted save never leaves a folder that ``latest`` would pick, and no
@@ -197,6 +202,7 @@ def save_checkpoint(accelerator: Accelerator, args, step: int) -> Path:
     accelerator.save_state(str(partial))
     if accelerator.is_main_process:
         (partial / TRAINING_ARGS_NAME).write_text(json.dumps(public_flags(args), indent=2) + "\n")
+        (partial / FINGERPRINTS_NAME).write_text(json.dumps(fingerprints, indent=2) + "\n")
         if final.exists():
             shutil.rmtree(final)
         os.replace(partial, final)
@@ -229,6 +235,28 @@ def check_resumable(checkpoint: Path, args) -> None:
         )
 
 
+def check_same_inputs(checkpoint: Path, fingerprints: dict[str, str]) -> None:
+    """Raise ``ValueError`` when the inputs of the run to resume (their ``fingerprints``)
+    differ from those ``checkpoint`` recorded, naming each with both values: data or a base
+    autoencoder changed in place at the same path. A checkpoint saved before fingerprints were
+    recorded is not checked."""
+    path = checkpoint / FINGERPRINTS_NAME
+    if not path.is_file():
+        return
+    saved = json.loads(path.read_text())
+    changed = [
+        f"{name} {saved.get(name)} -> {fingerprints.get(name)}"
+        for name in sorted(set(saved) | set(fingerprints))
+        if saved.get(name) != fingerprints.get(name)
+    ]
+    if changed:
+        raise ValueError(
+            f"Cannot resume from {checkpoint}: its inputs changed since it was saved, at the "
+            f"same paths ({'; '.join(changed)}). Restore them, or start a new run in another "
+            f"--output_dir."
+        )
+
+
 def resolve_checkpoint(
     output_dir: str | os.PathLike, resume_from_checkpoint: str | None
 ) -> Path | None:
@@ -249,27 +277,6 @@ def resolve_checkpoint(
         )
     checkpoint_step(path)  # raises unless it is named checkpoint-<step>
     return path
-
-
-PREVIOUS_RESULTS = ("config.json", "model.safetensors", "diffusion_pytorch_model.safetensors")
-"""Files whose presence means that an output folder already holds a saved model."""
-
-
-def check_output_dir(output_dir: str | os.PathLike, overwrite: bool, resuming: bool) -> None:
-    """Refuse to start a new run in a folder that holds a saved model or checkpoints of an
-    earlier run, unless ``overwrite`` (``--overwrite_output_dir``) is set; resuming a
-    checkpoint of that folder (``resuming``) continues the earlier run and is allowed."""
-    output = Path(output_dir)
-    if resuming or overwrite or not output.is_dir():
-        return
-    found = [name for name in PREVIOUS_RESULTS if (output / name).exists()]
-    found += [p.name for p in list_checkpoints(output)]
-    if found:
-        raise FileExistsError(
-            f"--output_dir {str(output)!r} already holds the results of an earlier run "
-            f"({', '.join(found)}). Pass --overwrite_output_dir to replace them, "
-            f"--resume_from_checkpoint latest to continue that run, or choose another folder."
-        )
 
 
 class Interruption:
@@ -306,19 +313,3 @@ class Interruption:
             flag_tensor = torch.tensor([int(flag)], device=accelerator.device)
             flag = bool(accelerator.reduce(flag_tensor, reduction="sum").item())
         return flag
-
-
-@contextlib.contextmanager
-def staged_folder(output: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty folder ``<output>/.partial`` to write files into; when the block ends
-    without an error, move them into ``output`` (``config.json`` last, so a reader never sees a
-    new config beside old weights) and remove the folder. A write that fails (a full disk)
-    leaves ``output``'s previous files as they were."""
-    output = Path(output)
-    partial = output / ".partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    yield partial
-    for file in sorted(partial.iterdir(), key=lambda f: f.name == "config.json"):
-        os.replace(file, output / file.name)
-    partial.rmdir()
