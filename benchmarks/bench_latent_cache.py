@@ -114,7 +114,7 @@ def encode_overhead(arrow_file: str, size: int, smoke: bool, repeats: int) -> li
 
     from ctxadapter.codec import LatentCodec
     from ctxadapter.data import cache_latents
-    from ctxadapter.data.latent_cache import read_batch
+    from ctxadapter.data.cache_shards import read_batch
 
     datasets.disable_progress_bars()
     codec = LatentCodec(autoencoder("quad", smoke))

@@ -10,6 +10,7 @@ from ctxadapter.data import (
     ContextBatchSampler,
     cache_latents,
     load_image_dataset,
+    steps_per_epoch,
     validate_dataset,
 )
 
@@ -179,3 +180,10 @@ def test_context_pure_sampler_batches_hold_one_context():
     assert sorted(len(b) for b in batches) == [2] * 6  # 3 + 2 + 1 full batches
     with pytest.raises(ValueError, match="'pure'"):
         ContextBatchSampler(ids, 2, mode="pure")
+
+
+def test_steps_per_epoch_counts_the_batches_each_process_gets():
+    assert steps_per_epoch(7, 1, 1) == 7
+    assert steps_per_epoch(7, 2, 1) == 3  # Accelerate drops the 7th: one process would wait
+    assert steps_per_epoch(7, 2, 1, drop_last=False) == 4  # the 7th and the 1st again
+    assert steps_per_epoch(7, 1, 2) == 4  # the last step accumulates one batch

@@ -22,11 +22,13 @@ ROWS_AT_ONCE = 256
 """Rows read at once while hashing: bounds the memory of datasets with embedded images."""
 
 
-def _raw_rows(dataset: datasets.Dataset, image_column: str) -> Iterator[dict | object]:
+def _raw_rows(
+    dataset: datasets.Dataset | datasets.IterableDataset, image_column: str
+) -> Iterator[dict | object]:
     """The image column's stored values, row by row: ``{"bytes", "path"}`` dicts for an image
     feature (not decoded), else the values as they are."""
     column = dataset.select_columns([image_column])
-    if isinstance(column.features[image_column], datasets.Image):
+    if isinstance((column.features or {}).get(image_column), datasets.Image):
         column = column.cast_column(image_column, datasets.Image(decode=False))
     for batch in column.iter(batch_size=ROWS_AT_ONCE):
         yield from batch[image_column]

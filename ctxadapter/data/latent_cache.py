@@ -1,13 +1,15 @@
 """The latent cache: every image encoded once by the frozen encoder, kept on disk, read in batches.
 
-The cache is a memory-mapped Arrow file written by ``cache_latents``; ``CachedLatents`` serves
-whole batches from it (with ``collate_batch`` as the loader's ``collate_fn``) and
+The cache is a folder of memory-mapped Arrow shards written by ``cache_latents`` (under
+``accelerate launch``, every process encodes its share of them); ``CachedLatents`` serves whole
+batches from their union (with ``collate_batch`` as the loader's ``collate_fn``) and
 ``ctxadapter.data.sampler.ContextBatchSampler`` chooses their rows.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -16,18 +18,18 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import datasets
 import numpy as np
 import torch
-from PIL import Image
+from accelerate import PartialState
 
 from ..codec import LatentCodec
 from ..contexts import context_mask
-from ..images import preprocess_images, signed_to_uint8
+from ..processes import process_state
+from .cache_shards import shard_name, shard_ranges, write_shards
 from .content import content_fingerprint
 
 __all__ = [
@@ -38,22 +40,18 @@ __all__ = [
     "collate_batch",
     "column_views",
     "gather_rows",
-    "read_batch",
 ]
 
-CACHE_FORMAT = 2
-"""Bumped whenever the latent cache's content changes meaning, so old caches are not reused."""
+CACHE_FORMAT = 3
+"""Bumped whenever the latent cache's content or layout changes meaning, so old caches are not
+reused."""
 
 PREPROCESSING = "to_rgb, VaeImageProcessor resize_mode=crop, [-1, 1]"
 """How images are prepared for the encoder (``read_batch``); part of the cache key."""
 
 STAGING_PREFIX = ".latents-partial-"
-"""A cache file is written in a folder ``<prefix><host>-<pid>-<random>`` of the cache folder
-and moved out when complete."""
-
-LOADS_AHEAD = 8
-"""Encoder batches per ``datasets.map`` batch: within one, reading and preprocessing the next
-encoder batch overlaps the encoder's pass over the current one."""
+"""Shards are written in a folder ``<prefix><host>-<pid>-<random>`` of the cache folder and
+moved out when complete."""
 
 
 def autoencoder_fingerprint(codec: LatentCodec) -> str:
@@ -69,32 +67,8 @@ def autoencoder_fingerprint(codec: LatentCodec) -> str:
     return digest.hexdigest()[:16]
 
 
-def decode_image(value, row: int) -> Image.Image:
-    """The PIL image of a ``datasets.Image`` value (a dict of ``bytes`` / ``path``, or already an
-    image), fully read; an image that cannot be read (truncated, not an image) raises a
-    ``ValueError`` naming ``row`` and its file."""
-    if isinstance(value, Image.Image):
-        return value
-    try:
-        image = datasets.Image().decode_example(value)
-        image.load()
-        return image
-    except Exception as error:  # PIL raises OSError, SyntaxError, ValueError... by format
-        where = value.get("path") if isinstance(value, dict) else None
-        raise ValueError(
-            f"Row {row}: the image{f' {where!r}' if where else ''} cannot be read ({error})."
-        ) from error
-
-
-def read_batch(values: Sequence, rows: Sequence[int], resolution: int) -> torch.Tensor:
-    """``datasets.Image`` values (rows ``rows``, for error messages) read and preprocessed as
-    the encoder takes them: ``(B, 3, resolution, resolution)`` in ``[-1, 1]``."""
-    images = [decode_image(value, row) for value, row in zip(values, rows, strict=True)]
-    return preprocess_images(images, resolution)
-
-
 def cache_latents(
-    dataset: datasets.Dataset,
+    dataset: datasets.Dataset | datasets.IterableDataset,
     codec: LatentCodec,
     contexts: Sequence[str],
     image_column: str,
@@ -106,39 +80,46 @@ def cache_latents(
 ) -> datasets.Dataset:
     """Encode every image once with the frozen encoder and keep the latents on disk.
 
-    The cache is a ``datasets`` Arrow file under ``cache_dir``, named by a key of what the
-    latents depend on: the autoencoder (``autoencoder_fingerprint``, from its weights), the
-    images' content (``ctxadapter.data.content.content_fingerprint``: their bytes, not their
-    paths or times), ``resolution``, the preprocessing, the contexts and ``keep_pixels``. A
-    later run with the same key reuses it without running the encoder, after checking that it
-    reads, has one row per image and the expected columns (else it is encoded again).
+    The cache is a folder under ``cache_dir`` named by a key of what the latents depend on: the
+    autoencoder (``autoencoder_fingerprint``, from its weights), the images' content
+    (``ctxadapter.data.content.content_fingerprint``: their bytes, not their paths or times),
+    ``resolution``, the preprocessing, the contexts and ``keep_pixels``. It holds one Arrow
+    file per shard of consecutive rows (``ctxadapter.data.cache_shards.shard_ranges``: their
+    number depends on the rows only). Under ``accelerate launch`` each process encodes a
+    contiguous share of the shards (``PartialState.split_between_processes``), then all wait
+    for each other and read the union: the same files, with the same latents, as one process
+    writes. A shard that exists is reused without running the encoder, after checking that it
+    reads, has its rows and the expected columns (else it is encoded again), so an interrupted
+    encode pass resumes at the shards it had not finished.
 
-    The file is written in a private temporary folder beside it and moved into place when
-    complete; on any error (a full disk included, named with the file's path) the partial file
-    is removed. Images are encoded and written in batches, so memory does not grow with the
-    dataset. A background thread reads and preprocesses the next batch while the encoder runs,
-    so on a CPU the encode pass costs little more than the encoder itself.
+    Every shard is written in a private temporary folder beside the cache and moved into place
+    when complete; on any error (a full disk included, named with the file's path) the partial
+    file is removed. Images are read, encoded and written in batches, so memory does not grow
+    with the dataset. A ``datasets.IterableDataset`` (``load_dataset(..., streaming=True)``) is
+    read as it streams, each process from the start of its share.
 
     Args:
         dataset: rows with images in ``image_column``.
         codec: the frozen autoencoder.
-        contexts: the canonical context of every row (from ``validate_dataset``).
+        contexts: the canonical context of every row (from ``validate_dataset``); their number
+            is the number of rows.
         image_column: the column with PIL images.
         resolution: images are resized (shorter side) and centre-cropped to
             ``resolution x resolution``, a multiple of the downsampling factor.
-        cache_dir: folder for the cache files.
+        cache_dir: folder for the cache folders.
         batch_size: images per encoder pass.
         keep_pixels: also keep the preprocessed images (uint8), for ``pixel`` loss.
         images_fingerprint: ``content_fingerprint(dataset, image_column)`` when the caller has
             computed it already (default: computed here).
 
     Returns:
-        A dataset with columns ``latents`` ``(C, h, w)`` float32 (model-space posterior mean),
-        ``logvar`` (same shape, for ``AutoencoderKL``), ``context`` (string) and, with
-        ``keep_pixels``, ``pixels`` ``(3, H, W)`` uint8.
+        A dataset (the shards' memory-mapped union, in row order) with columns ``latents``
+        ``(C, h, w)`` float32 (model-space posterior mean), ``context`` (string), ``logvar``
+        (same shape, for a posterior) and, with ``keep_pixels``, ``pixels`` ``(3, H, W)``
+        uint8.
     """
     shape = codec.latent_shape(resolution)
-    if len(contexts) != len(dataset):
+    if isinstance(dataset, datasets.Dataset) and len(contexts) != len(dataset):
         raise ValueError(f"Got {len(contexts)} contexts for {len(dataset)} rows.")
     key_parts = dict(
         format=CACHE_FORMAT,
@@ -151,85 +132,83 @@ def cache_latents(
         contexts=hashlib.sha256("\n".join(contexts).encode()).hexdigest(),
     )
     key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:24]
-    cache_file = Path(cache_dir) / f"latents-{key}.arrow"
-    has_logvar = codec.has_posterior
+    folder = Path(cache_dir) / f"latents-{key}"
     features = {
         "latents": datasets.Array3D(shape, "float32"),
         "context": datasets.Value("string"),
     }
-    if has_logvar:
+    if codec.has_posterior:
         features["logvar"] = datasets.Array3D(shape, "float32")
     if keep_pixels:
         features["pixels"] = datasets.Array3D((3, resolution, resolution), "uint8")
-
-    # Decode the images here rather than in datasets, so that one that cannot be read is named.
-    image_feature = dataset.features.get(image_column)
-    if isinstance(image_feature, datasets.Image) and image_feature.decode:
-        dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
-
-    def encode(batch, indices, loader: ThreadPoolExecutor):
-        # One map batch holds LOADS_AHEAD encoder batches: the loader thread reads and
-        # preprocesses batch k + 1 (PIL and torch release the GIL) while the encoder runs on k.
-        values, columns = batch[image_column], {"latents": [], "logvar": [], "pixels": []}
-        pending = loader.submit(read_batch, values[:batch_size], indices[:batch_size], resolution)
-        for start in range(0, len(indices), batch_size):
-            pixels, after = pending.result(), start + batch_size
-            if after < len(indices):
-                rows = slice(after, after + batch_size)
-                pending = loader.submit(read_batch, values[rows], indices[rows], resolution)
-            mean, logvar = codec.encode_distribution(pixels)
-            columns["latents"].append(mean)
-            columns["logvar"].append(logvar)
-            columns["pixels"].append(signed_to_uint8(pixels) if keep_pixels else None)
-        out = {
-            name: torch.cat(parts).numpy() for name, parts in columns.items() if name in features
-        }
-        out["context"] = [contexts[i] for i in indices]
-        return out
-
     schema = datasets.Features(features)
-    cached = reusable_cache(cache_file, len(dataset), schema)
-    if cached is not None:
-        return cached
-    Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    remove_abandoned(Path(cache_dir))
+    shards = shard_ranges(len(contexts))
+    write = functools.partial(
+        write_shards,
+        dataset,
+        codec=codec,
+        columns=lambda rows: {"context": [contexts[i] for i in rows]},
+        image_column=image_column,
+        resolution=resolution,
+        features=schema,
+        batch_size=batch_size,
+        keep_pixels=keep_pixels,
+    )
+    state = process_state()
+    with state.split_between_processes(shards) as share:
+        missing = [
+            shard for shard in share if not reusable(folder / shard_name(shard), shard, schema)
+        ]
+        if missing:
+            encode_into(folder, missing, write, state)
+    state.wait_for_everyone()
+    parts = [datasets.Dataset.from_file(str(folder / shard_name(shard))) for shard in shards]
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
+def encode_into(
+    folder: Path,
+    shards: Sequence[range],
+    write: Callable[[Sequence[range], Path], Iterator[Path]],
+    state: PartialState,
+) -> None:
+    """Encode ``shards`` into the cache ``folder`` with ``write(shards, staging)``
+    (``write_shards``), through a temporary folder of this process beside it
+    (``STAGING_PREFIX``), and print the rate."""
+    cache_dir = folder.parent
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    remove_abandoned(cache_dir)
     start = time.perf_counter()
     prefix = f"{STAGING_PREFIX}{socket.gethostname()}-{os.getpid()}-"
     staging = Path(tempfile.mkdtemp(prefix=prefix, dir=cache_dir))
+    done = 0
     try:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctxadapter-load") as loader:
-            dataset.map(
-                encode,
-                with_indices=True,
-                batched=True,
-                batch_size=batch_size * LOADS_AHEAD,
-                fn_kwargs={"loader": loader},
-                remove_columns=dataset.column_names,
-                features=schema,
-                cache_file_name=str(staging / cache_file.name),
-                load_from_cache_file=False,
-                new_fingerprint=key,
-                writer_batch_size=batch_size * LOADS_AHEAD,
-                desc="Caching latents",
-            )
-        os.replace(staging / cache_file.name, cache_file)
+        for path in write(shards, staging):
+            folder.mkdir(exist_ok=True)
+            os.replace(path, folder / path.name)
+            done += 1
     except OSError as error:
+        target = folder / shard_name(shards[min(done, len(shards) - 1)])
         full = error.errno in (errno.ENOSPC, errno.EDQUOT)
         message = (
-            f"Caching latents into {cache_file} failed ({error}); the partial file was removed."
+            f"Caching latents into {target} failed ({error}); the partial file was removed."
             + (" Free some space or choose another --cache_dir." if full else "")
         )
         raise OSError(error.errno, message) if error.errno else OSError(message) from error
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    cache = datasets.Dataset.from_file(str(cache_file))
     seconds = time.perf_counter() - start  # what the encode pass cost: a run's one pass
+    images, batch_size = sum(len(shard) for shard in shards), write.keywords["batch_size"]
+    who = (
+        f" (process {state.process_index} of {state.num_processes})"
+        if state.num_processes > 1
+        else ""
+    )
     print(
-        f"Encoded {len(cache)} images in {seconds:.1f} s ({len(cache) / seconds:.1f} "
-        f"images/s, batches of {batch_size}) into {cache_file}",
+        f"Encoded {images} images in {seconds:.1f} s ({images / seconds:.1f} images/s, "
+        f"batches of {batch_size}) into {folder}{who}",
         flush=True,
     )
-    return cache
 
 
 def remove_abandoned(cache_dir: Path) -> None:
@@ -249,28 +228,26 @@ def remove_abandoned(cache_dir: Path) -> None:
             pass
 
 
-def reusable_cache(
-    cache_file: Path, rows: int, features: datasets.Features
-) -> datasets.Dataset | None:
-    """The latent cache in ``cache_file`` if it exists, reads (its Arrow schema and row count,
-    without reading the latents), has ``rows`` rows and ``features``; ``None`` otherwise. A
-    file that fails these checks is removed, with a note, so that it is encoded again."""
-    if not cache_file.is_file():
-        return None
+def reusable(path: Path, shard: range, features: datasets.Features) -> bool:
+    """Whether the shard file ``path`` exists, reads (its Arrow schema and row count, without
+    reading the latents), holds the rows of ``shard`` and has ``features``. A file that fails
+    these checks is removed, with a note, so that it is encoded again."""
+    if not path.is_file():
+        return False
     try:
-        cache = datasets.Dataset.from_file(str(cache_file))
+        cache = datasets.Dataset.from_file(str(path))
         problem = None
-        if len(cache) != rows:
-            problem = f"{len(cache)} rows for {rows} images"
+        if len(cache) != len(shard):
+            problem = f"{len(cache)} rows for {len(shard)} images"
         elif cache.features != features:
             problem = f"columns {cache.features} where {features} were expected"
     except Exception as error:  # pyarrow raises ArrowInvalid, OSError... for a damaged file
         problem = f"unreadable ({error})"
     if problem is None:
-        return cache
-    print(f"The latent cache {cache_file} is damaged ({problem}): encoding again.", flush=True)
-    cache_file.unlink()
-    return None
+        return True
+    print(f"The latent cache {path} is damaged ({problem}): encoding again.", flush=True)
+    path.unlink()
+    return False
 
 
 def column_views(cache: datasets.Dataset, column: str) -> tuple[list, list[int]]:

@@ -29,8 +29,10 @@ def load_image_dataset(
     quad_images_per_context: int = 2_000,
     quad_dependent: bool = True,
     seed: int = 0,
-) -> datasets.DatasetDict:
-    """Load the images and their contexts as a ``DatasetDict``.
+    streaming: bool = False,
+) -> datasets.DatasetDict | datasets.IterableDatasetDict:
+    """Load the images and their contexts as a ``DatasetDict`` (an ``IterableDatasetDict``
+    with ``streaming``).
 
     Args:
         dataset_name: a Hub dataset id, a folder written by ``save_to_disk``, or a local dataset
@@ -43,6 +45,8 @@ def load_image_dataset(
             when neither ``dataset_name`` nor ``train_data_dir`` is given).
         quad_dependent: the dependent (default) or independent variant of quad.
         seed: the quad data's seed.
+        streaming: read the splits as streams (``load_dataset(..., streaming=True)``; a
+            ``save_to_disk`` folder and the quad data through ``to_iterable_dataset``).
     """
     if dataset_name and train_data_dir:
         raise ValueError("Pass --dataset_name or --train_data_dir, not both.")
@@ -52,10 +56,12 @@ def load_image_dataset(
         if dataset_name and os.path.exists(os.path.join(dataset_name, "dataset_dict.json")):
             loaded = datasets.load_from_disk(dataset_name)
         elif dataset_name:
-            loaded = datasets.load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir)
+            loaded = datasets.load_dataset(
+                dataset_name, dataset_config_name, cache_dir=cache_dir, streaming=streaming
+            )
         elif train_data_dir:
             loaded = datasets.load_dataset(
-                "imagefolder", data_dir=train_data_dir, cache_dir=cache_dir
+                "imagefolder", data_dir=train_data_dir, cache_dir=cache_dir, streaming=streaming
             )
         else:
             from . import quad
@@ -76,23 +82,32 @@ def load_image_dataset(
         raise ValueError(f"Could not read the dataset of {source}: {error}") from error
     if isinstance(loaded, datasets.Dataset):
         loaded = datasets.DatasetDict({"train": loaded})
+    if isinstance(loaded, datasets.IterableDataset):
+        loaded = datasets.IterableDatasetDict({"train": loaded})
+    if streaming and isinstance(loaded, datasets.DatasetDict):
+        loaded = datasets.IterableDatasetDict(
+            {name: split.to_iterable_dataset() for name, split in loaded.items()}
+        )
     if "train" not in loaded:
         raise ValueError(f"The dataset has no 'train' split; its splits are {list(loaded)}.")
     return loaded
 
 
-def context_strings(dataset: datasets.Dataset, context_column: str) -> list[str]:
+def context_strings(
+    dataset: datasets.Dataset | datasets.IterableDataset, context_column: str
+) -> list[str]:
     """The context column as strings, normalised one way: a list of names is joined with
     ``"+"`` (an empty list is ``"obs"``), the white space around each name is stripped
     (``" a + b "`` -> ``"a+b"``) and each name is put in Unicode NFC form (so ``"café"``
-    typed with a combining accent is the same name); the case of a name is kept.
+    typed with a combining accent is the same name); the case of a name is kept. Equal
+    strings are one object, so the list costs a pointer per row.
 
     Raises:
         ValueError: for a row whose context is missing (``None``) or is not a string or a list
             of strings, naming the row and the value.
     """
-    strings = []
-    for row, value in enumerate(dataset[context_column]):
+    strings, seen = [], {}
+    for row, value in enumerate(dataset.select_columns([context_column])[context_column]):
         if isinstance(value, str):
             names = value.split("+")
         elif isinstance(value, (list, tuple)) and all(isinstance(n, str) for n in value):
@@ -103,7 +118,8 @@ def context_strings(dataset: datasets.Dataset, context_column: str) -> list[str]
                 f"({type(value).__name__}); expected {OBSERVATIONAL!r}, a concept name, names "
                 f"joined by '+', or a list of names."
             )
-        strings.append("+".join(unicodedata.normalize("NFC", name.strip()) for name in names))
+        text = "+".join(unicodedata.normalize("NFC", name.strip()) for name in names)
+        strings.append(seen.setdefault(text, text))
     return strings
 
 
@@ -128,7 +144,7 @@ def infer_concepts(contexts: Sequence[str]) -> list[str]:
 
 
 def validate_dataset(
-    dataset: datasets.Dataset,
+    dataset: datasets.Dataset | datasets.IterableDataset,
     image_column: str,
     context_column: str | None,
     concepts: Sequence[str] | None = None,
@@ -136,7 +152,7 @@ def validate_dataset(
     """Check a training dataset before anything is trained or written.
 
     Args:
-        dataset: the rows.
+        dataset: the rows (a ``datasets.IterableDataset`` is read as it streams).
         image_column: must exist.
         context_column: must exist, unless ``None`` (contexts not used: only the images are
             checked).
@@ -151,7 +167,7 @@ def validate_dataset(
             configured concept that no row intervenes on alone (a context with no samples), or
             one image file in rows of two contexts (``check_conflicting_files``).
     """
-    if len(dataset) == 0:
+    if isinstance(dataset, datasets.Dataset) and len(dataset) == 0:
         raise ValueError("The dataset is empty.")
     columns = (("image", image_column), ("context", context_column))
     for role, column in columns:
@@ -163,6 +179,8 @@ def validate_dataset(
     if context_column is None:
         return [], []
     raw = context_strings(dataset, context_column)
+    if not raw:  # a stream, found empty once read
+        raise ValueError("The dataset is empty.")
     names = list(concepts) if concepts else infer_concepts(raw)
     if not names:
         raise ValueError(

@@ -75,6 +75,12 @@ class ContextBatchSampler(torch.utils.data.Sampler):
         return self._num_batches
 
 
-def steps_per_epoch(num_batches: int, num_processes: int, accumulation: int) -> int:
-    """Optimizer steps in one epoch of ``num_batches`` batches shared by the processes."""
-    return max(1, math.ceil(math.ceil(num_batches / num_processes) / accumulation))
+def steps_per_epoch(
+    num_batches: int, num_processes: int, accumulation: int, drop_last: bool = True
+) -> int:
+    """Optimizer steps in one epoch of ``num_batches`` batches shared by the processes as
+    Accelerate shares a batch sampler: one batch per process in turn; with ``drop_last`` (the
+    ``ContextBatchSampler`` default) a last round of fewer than ``num_processes`` batches is
+    dropped, else it is completed with the first batches."""
+    rounds = num_batches // num_processes if drop_last else math.ceil(num_batches / num_processes)
+    return max(1, math.ceil(rounds / accumulation))

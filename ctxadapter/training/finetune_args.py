@@ -64,6 +64,12 @@ class EncodeArguments(FlagGroup):
         "memory at high resolution, latents differ slightly at the seams).",
         default=False,
     )
+    streaming: bool = flag(
+        "Read the dataset as a stream (datasets' load_dataset(..., streaming=True)) while it "
+        "is checked and encoded into the latent cache, instead of preparing an Arrow copy of "
+        "it first: memory and local disk hold the latents, never the images.",
+        default=False,
+    )
 
     def validate(self) -> None:
         super().validate()

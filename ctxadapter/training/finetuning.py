@@ -16,7 +16,6 @@ from pathlib import Path
 
 import datasets
 import torch
-from accelerate import PartialState
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from tqdm.auto import tqdm
 
@@ -26,6 +25,7 @@ from ..data import steps_per_epoch as count_steps
 from ..model import ContextAutoencoder
 from ..objective import Objective
 from ..pinning import base_model_record
+from ..processes import process_state
 from ..viz import context_grid
 from .finetune_args import FinetuneArguments
 from .inputs import FinetuneInputs, check_batches, resolve_inputs
@@ -57,7 +57,7 @@ def finetune(args: FinetuneArguments) -> Path:
     """
     args.validate()
     check_not_base(args.output_dir, args.autoencoder)
-    with output_lock(args.output_dir, enabled=PartialState().is_main_process):
+    with output_lock(args.output_dir, enabled=process_state().is_main_process):
         return finetune_locked(args)
 
 
@@ -75,17 +75,16 @@ def finetune_locked(args: FinetuneArguments) -> Path:
         args, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)]
     )
 
-    # 3. Encode every image once into the latent cache on the accelerator (the main process
-    #    first, so that the others reuse its files); wrap the autoencoder and adapter together.
+    # 3. Encode every image once into the latent cache on the accelerator (every process its
+    #    share of the shards, then all read the union); wrap the autoencoder and adapter together.
     inputs.codec.to(accelerator.device)
-    with accelerator.main_process_first():
-        train_data, validation_data = (
-            cached_latents(args, inputs, rows, contexts, inputs.fingerprints[split])
-            for rows, contexts, split in (
-                (inputs.train, inputs.train_contexts, "train_images"),
-                (inputs.validation, inputs.validation_contexts, "validation_images"),
-            )
+    train_data, validation_data = (
+        cached_latents(args, inputs, rows, contexts, inputs.fingerprints[split])
+        for rows, contexts, split in (
+            (inputs.train, inputs.train_contexts, "train_images"),
+            (inputs.validation, inputs.validation_contexts, "validation_images"),
         )
+    )
     if accelerator.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)
         if args.overwrite_output_dir and inputs.checkpoint is None:  # never mix two runs

@@ -32,12 +32,15 @@ def load_splits(
     seed: int,
     context_column: str | None = None,
     concepts: list[str] | None = None,
+    streaming: bool = False,
 ):
     """Load and validate the training data, before anything is written.
 
     The validation rows are the dataset's ``validation`` split if it has one, else a seeded
     (``seed``) ``--validation_fraction`` of the training rows, drawn from every context alike
-    (``stratified_split``; contexts pooled: from all rows).
+    (``stratified_split``; contexts pooled: from all rows). With ``streaming`` (contexts
+    given), the splits are ``datasets.IterableDataset`` s, read as they stream: the checks
+    keep the contexts in memory, never the images.
 
     Returns:
         ``(train, validation, concepts, train_contexts, validation_contexts)``: two
@@ -52,11 +55,14 @@ def load_splits(
         quad_images_per_context=args.quad_images_per_context,
         quad_dependent=args.quad_variant == "dependent",
         seed=seed,
+        streaming=streaming,
     )
     train = data["train"]
-    if len(train) == 0:
+    if isinstance(train, datasets.Dataset) and len(train) == 0:
         raise ValueError("The training dataset is empty.")
-    given = data["validation"] if "validation" in data and len(data["validation"]) else None
+    given = data.get("validation")
+    if isinstance(given, datasets.Dataset) and len(given) == 0:
+        given = None
     if context_column is None:
         validate_dataset(train, args.image_column, None)
         if given is None:
@@ -67,8 +73,8 @@ def load_splits(
     if given is None:
         train_rows, validation_rows = stratified_split(contexts, args.validation_fraction, seed)
         return (
-            train.select(train_rows),
-            train.select(validation_rows),
+            select_rows(train, train_rows, len(contexts)),
+            select_rows(train, validation_rows, len(contexts)),
             concepts,
             [contexts[i] for i in train_rows],
             [contexts[i] for i in validation_rows],
@@ -84,6 +90,18 @@ def load_splits(
     except ValueError as error:
         raise ValueError(f"The dataset's 'validation' split: {error}") from None
     return train, given, concepts, contexts, validation_contexts
+
+
+def select_rows(
+    dataset: datasets.Dataset | datasets.IterableDataset, rows: list[int], count: int
+) -> datasets.Dataset | datasets.IterableDataset:
+    """The rows ``rows`` (in row order) of ``dataset``, which has ``count`` rows: ``select``,
+    or for a stream a filter on a mask of the rows (a byte per row)."""
+    if isinstance(dataset, datasets.Dataset):
+        return dataset.select(rows)
+    keep = np.zeros(count, dtype=bool)
+    keep[rows] = True
+    return dataset.filter(lambda _, row: keep[row], with_indices=True)
 
 
 def stratified_split(
@@ -206,7 +224,7 @@ def resolve_inputs(args: FinetuneArguments) -> FinetuneInputs:
 
         concepts = list(CONCEPTS)
     train, validation, concepts, train_contexts, validation_contexts = load_splits(
-        args, args.seed, args.context_column, concepts
+        args, args.seed, args.context_column, concepts, streaming=args.streaming
     )
     autoencoder = load_autoencoder(
         args.autoencoder,

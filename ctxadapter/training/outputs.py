@@ -80,8 +80,8 @@ def write_outputs(
     log_image(accelerator, "concept_graph", graph, outcome["steps"])
     metrics = outcome | {
         "concepts": inputs.concepts,
-        "train_images": len(inputs.train),
-        "validation_images": len(inputs.validation),
+        "train_images": len(inputs.train_contexts),
+        "validation_images": len(inputs.validation_contexts),
         "pictures": sorted(Path(p).name for p in files.values()),
     }
     card = {
@@ -91,7 +91,9 @@ def write_outputs(
         "results": {
             "optimizer steps": outcome["steps"],
             "best validation loss": f"{outcome['best_validation_loss']:.5g}",
-            "training / validation images": f"{len(inputs.train)} / {len(inputs.validation)}",
+            "training / validation images": (
+                f"{len(inputs.train_contexts)} / {len(inputs.validation_contexts)}"
+            ),
         },
         "dataset": args.dataset_name,
     }

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 
 import datasets
 import torch
-from accelerate import PartialState
 from accelerate.utils import set_seed
 from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 
 from ..images import preprocess_images
+from ..processes import process_state
 from .args import ImageDataArguments, OptimizationArguments, RunArguments
 from .flags import check_at_least, flag
 from .inputs import load_splits
@@ -69,7 +69,7 @@ def pretrain_autoencoder(args: PretrainArguments) -> AutoencoderKL:
     set its ``scaling_factor`` to ``1 / std`` of the latents, and save it to ``output_dir``,
     which is locked for the run (``output_lock``: a second run into it is refused)."""
     args.validate()  # the fields may have been changed since construction
-    with output_lock(args.output_dir, enabled=PartialState().is_main_process):
+    with output_lock(args.output_dir, enabled=process_state().is_main_process):
         return pretrain_locked(args)
 
 
