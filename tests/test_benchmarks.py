@@ -21,6 +21,7 @@ SCRIPTS = [
     "bench_scaling_k",
     "bench_profile",
     "bench_heads",
+    "bench_gpu",
 ]
 
 

@@ -182,6 +182,28 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(run, tmp_path, capsys)
         torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=0, msg=key)
 
 
+def test_a_streamed_dataset_trains_the_same_adapter(run, tmp_path, capsys):
+    output, autoencoder, _ = run
+    streamed = tmp_path / "streamed"
+    in_process(
+        streamed,
+        autoencoder,
+        tmp_path / "cache",  # a fresh cache: the stream is encoded
+        "--checkpointing_steps",
+        "3",
+        "--checkpoints_total_limit",
+        "1",
+        "--streaming",
+    )
+    assert "Encoded 112 images" in capsys.readouterr().out
+    expected = safetensors.torch.load_file(str(output / "model.safetensors"))
+    actual = safetensors.torch.load_file(str(streamed / "model.safetensors"))
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=0, msg=key)
+    assert json.loads((streamed / "metrics.json").read_text())["train_images"] == 112
+
+
 def shard_files(cache_dir) -> list[Path]:
     """The latent cache's shard files under a run's ``--cache_dir``, by cache, in row order."""
     return sorted(Path(cache_dir).glob("ctxadapter-latents/latents-*/rows-*.arrow"))
