@@ -1,7 +1,10 @@
 """Latent cache: the encode pass of ``ctxadapter.data.cache_latents`` against the bare encoder
 on the same images (the overhead of reading, preprocessing and writing), and the peak resident
 memory of the caching process at 10k, 50k and 100k quad images (64x64, quad autoencoder).
-Memory must stay flat: images are encoded and written to the Arrow file in batches.
+Memory must stay flat: images are encoded and written to the Arrow shards in batches.
+``--tiny`` caches with a tiny random autoencoder of the quad architecture's shape (8 channels per
+block: the same 4x8x8 latents, far faster), ``--streaming`` reads the input as a
+``datasets.IterableDataset`` (``to_iterable_dataset``), as ``--streaming`` runs do.
 
 The input is built once (the largest size) with ``datasets.Dataset.from_generator`` from
 ``ctxadapter.data.quad`` images, chunk by chunk, so building it never holds all images in memory.
@@ -13,6 +16,7 @@ drop them at any time.
 
     python benchmarks/bench_latent_cache.py                   # ~45 min on one core
     python benchmarks/bench_latent_cache.py --sizes 10000 50000
+    python benchmarks/bench_latent_cache.py --sizes 10000 100000 --overhead_images 0 --tiny
     python benchmarks/bench_latent_cache.py --sizes           # the overhead section only
     python benchmarks/bench_latent_cache.py --smoke
 """
@@ -67,17 +71,20 @@ def build_input(n: int, folder: str) -> str:
     return dataset.cache_files[0]["filename"]
 
 
-def child(arrow_file: str, size: int, smoke: bool, result_file: str) -> None:
-    """Cache the first ``size`` rows and write the timing and memory to ``result_file``."""
+def child(arrow_file: str, size: int, tiny: bool, streaming: bool, result_file: str) -> None:
+    """Cache the first ``size`` rows (``tiny``: with the tiny autoencoder; ``streaming``: read
+    as a stream) and write the timing and memory to ``result_file``."""
     import datasets
 
     from ctxadapter.codec import LatentCodec
     from ctxadapter.data import cache_latents
 
     datasets.disable_progress_bars()
-    codec = LatentCodec(autoencoder("quad", smoke))
+    codec = LatentCodec(autoencoder("quad", tiny))
     dataset = datasets.Dataset.from_file(arrow_file).select(range(size))
     contexts = dataset["context"]
+    if streaming:
+        dataset = dataset.to_iterable_dataset()
     peak_anon, done = [status_kb("RssAnon")], threading.Event()
 
     def sample() -> None:
@@ -168,10 +175,13 @@ def main(argv=None) -> dict:
     p.add_argument(
         "--overhead_images", type=int, default=2_000, help="Images of the overhead section."
     )
+    p.add_argument("--tiny", action="store_true", help="Memory runs: a tiny autoencoder.")
+    p.add_argument("--streaming", action="store_true", help="Memory runs: a streamed input.")
     p.add_argument("--child", nargs=3, metavar=("ARROW", "SIZE", "RESULT"), help=argparse.SUPPRESS)
     args = setup(p.parse_args(argv), repeats=5)
+    tiny = args.tiny or args.smoke
     if args.child:
-        child(args.child[0], int(args.child[1]), args.smoke, args.child[2])
+        child(args.child[0], int(args.child[1]), tiny, args.streaming, args.child[2])
         return {}
     sizes = [128] if args.smoke else sorted(args.sizes)
     overhead_images = 128 if args.smoke else args.overhead_images
@@ -179,8 +189,10 @@ def main(argv=None) -> dict:
         start, largest = time.perf_counter(), max([*sizes, overhead_images])
         arrow_file = build_input(largest, folder)
         print(f"built {largest} quad images in {time.perf_counter() - start:.1f} s", flush=True)
-        rows = encode_overhead(arrow_file, overhead_images, args.smoke, args.repeats)
-        print(rows, flush=True)
+        rows = []
+        if overhead_images:
+            rows = encode_overhead(arrow_file, overhead_images, args.smoke, args.repeats)
+            print(rows, flush=True)
         script = str(Path(__file__).resolve())
         env = dict(os.environ)
         if args.threads:
@@ -196,9 +208,11 @@ def main(argv=None) -> dict:
                 result_file,
                 "--clock",
                 args.clock,
+                *(["--tiny"] if tiny else []),
+                *(["--streaming"] if args.streaming else []),
             ]
             if args.smoke:  # CI: the same child code, in this process (no second import)
-                child(arrow_file, size, True, result_file)
+                child(arrow_file, size, True, args.streaming, result_file)
             else:
                 subprocess.run(command, check=True, env=env)
             result = json.loads(Path(result_file).read_text())
@@ -208,7 +222,8 @@ def main(argv=None) -> dict:
     for row in cached:
         row["peak_vs_smallest"] = row["peak_rss_mb"] / cached[0]["peak_rss_mb"]
     settings = dict(
-        autoencoder="quad" + (" (tiny, smoke)" if args.smoke else ""),
+        autoencoder="quad" + (" (tiny)" if tiny else ""),
+        streaming=args.streaming,
         image="64x64",
         latent="4x8x8",
         batch_size=BATCH,

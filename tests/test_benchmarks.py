@@ -22,6 +22,7 @@ SCRIPTS = [
     "bench_profile",
     "bench_heads",
     "bench_gpu",
+    "bench_encode_processes",
 ]
 
 

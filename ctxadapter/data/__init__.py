@@ -3,12 +3,14 @@
 Data flows one way::
 
     images + contexts (a datasets.Dataset)  --validate-->  --encode once-->  latent cache
-    latent cache (memory-mapped Arrow)  --ContextBatchSampler-->  batches for the adapter
+    latent cache (memory-mapped Arrow shards)  --ContextBatchSampler-->  batches for the adapter
 
 One job per module:
 
 - ``ctxadapter.data.loading``: ``load_image_dataset``, ``validate_dataset`` and their helpers;
 - ``ctxadapter.data.latent_cache``: ``cache_latents``, ``CachedLatents``, ``collate_batch``;
+- ``ctxadapter.data.cache_shards``: the cache's shards (row ranges) and how rows are encoded
+  into one;
 - ``ctxadapter.data.content``: the images' content fingerprint (the cache key) and the check
   that one file has one context;
 - ``ctxadapter.data.sampler``: ``ContextBatchSampler``, ``steps_per_epoch``;

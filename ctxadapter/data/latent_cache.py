@@ -285,8 +285,8 @@ class CachedLatents(torch.utils.data.Dataset):
     ``dataset[indices]`` (through ``__getitems__``) returns one dict for the whole batch:
     ``latents`` ``(B, C, h, w)`` float32, ``contexts`` ``(B, K)`` bool masks and, if cached,
     ``pixel_values`` ``(B, 3, H, W)`` in ``[-1, 1]``. Rows are gathered from zero-copy views of
-    the memory-mapped Arrow file (about 2 ms for 512 latents of 4x8x8), so the cache never has
-    to fit in RAM.
+    the memory-mapped Arrow shards (about 2 ms for 512 latents of 4x8x8), so the cache never
+    has to fit in RAM.
     """
 
     def __init__(self, cache: datasets.Dataset, concepts: Sequence[str]):
