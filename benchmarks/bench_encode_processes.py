@@ -21,7 +21,6 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -64,32 +63,12 @@ def child(arrow_file: str, size: int, smoke: bool, result_file: str) -> None:
 
 
 def launch(script: str, arrow_file: str, size: int, processes: int, threads: int, result: str):
-    """One run of ``child`` under ``accelerate launch`` on the CPUs (``--cpu`` starts one
-    process; several start through torchrun, ``--multi_gpu``, on the CPUs as
-    ``ACCELERATE_USE_CPU`` says)."""
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--cpu" if processes == 1 else "--multi_gpu",
-        "--num_processes",
-        str(processes),
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--num_cpu_threads_per_process",
-        str(threads),
-        script,
-        "--child",
-        arrow_file,
-        str(size),
-        result,
-    ]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1"}
-    subprocess.run(command, check=True, env=env)
+    """One run of ``child`` under ``accelerate launch`` on the CPUs (``cpu_launch``)."""
+    from ctxadapter.processes import cpu_launch
+
+    command, cpu_env = cpu_launch(processes, threads)
+    command += [script, "--child", arrow_file, str(size), result]
+    subprocess.run(command, check=True, env={**os.environ, **cpu_env})
 
 
 def main(argv=None) -> dict:

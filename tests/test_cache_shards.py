@@ -5,6 +5,7 @@ encoding one cache each a share: ``tests/test_training.py``.)"""
 from pathlib import Path
 
 import datasets
+import pytest
 import torch
 from diffusers import AutoencoderKL
 from PIL import Image
@@ -51,7 +52,7 @@ def test_shards_are_consecutive_row_ranges_set_by_the_row_count_only():
     assert len(large) == 1221 and len(large[0]) == 8192 and len(large[-1]) == 10_000_000 % 8192
 
 
-def test_a_cache_is_its_shards_in_row_order_and_a_missing_shard_is_encoded_again(
+def test_a_cache_is_its_shards_in_row_order_and_missing_shards_are_encoded_again(
     tmp_path, tiny_kl_path
 ):
     data, CountingCodec.calls = images(70), 0
@@ -69,9 +70,10 @@ def test_a_cache_is_its_shards_in_row_order_and_a_missing_shard_is_encoded_again
     latents = cache.with_format("torch")[:]["latents"]
     torch.testing.assert_close(latents, expected)
 
-    Path(cache.cache_files[1]["filename"]).unlink()
+    Path(cache.cache_files[0]["filename"]).unlink()
+    Path(cache.cache_files[2]["filename"]).unlink()
     again = cache_latents(data, codec, data["context"], "image", 32, tmp_path, batch_size=16)
-    assert CountingCodec.calls == 5 + 2  # the missing shard only
+    assert CountingCodec.calls == 5 + 2 + 1  # the missing shards only, the rows of each
     assert names(again) == names(cache)
     assert torch.equal(again.with_format("torch")[:]["latents"], latents)
 
@@ -91,3 +93,11 @@ def test_a_streamed_dataset_is_cached_into_the_same_shards(tmp_path, tiny_kl_pat
     assert torch.equal(
         cache.with_format("torch")[:]["latents"], kept.with_format("torch")[:]["latents"]
     )
+
+
+def test_a_stream_shorter_than_its_contexts_is_refused(tmp_path, tiny_kl_path):
+    codec = LatentCodec(AutoencoderKL.from_pretrained(tiny_kl_path))
+    streamed = images(10).to_iterable_dataset()
+    with pytest.raises(ValueError, match="The dataset ended at row 10: 12 rows were expected"):
+        cache_latents(streamed, codec, ["obs", "a"] * 6, "image", 32, tmp_path)
+    assert not list(tmp_path.glob("latents-*/*.arrow"))

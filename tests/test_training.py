@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import datasets
@@ -16,6 +15,7 @@ import safetensors.torch
 import torch
 
 from ctxadapter import ContextAutoencoder
+from ctxadapter.processes import cpu_launch
 
 ROOT = Path(__file__).resolve().parents[1]
 FINETUNE = str(ROOT / "examples" / "finetune.py")
@@ -65,32 +65,14 @@ def in_process(output_dir, autoencoder, cache_dir, *extra):
 
 
 def launch(output_dir, autoencoder, cache_dir, *extra, processes=1):
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        # --cpu starts one process (several need MPI); several start through torchrun
-        # (--multi_gpu), on the CPUs as ACCELERATE_USE_CPU says: one gloo group.
-        "--cpu" if processes == 1 else "--multi_gpu",
-        "--num_processes",
-        str(processes),
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--num_cpu_threads_per_process",
-        "1",
-        FINETUNE,
-        *flags(output_dir, autoencoder, cache_dir, *extra),
-    ]
+    command, cpu_env = cpu_launch(processes)
+    command += [FINETUNE, *flags(output_dir, autoencoder, cache_dir, *extra)]
     env = {
         **os.environ,
+        **cpu_env,
         "HF_HUB_OFFLINE": "1",
         "HF_DATASETS_OFFLINE": "1",
         "HF_DATASETS_CACHE": str(cache_dir),
-        "ACCELERATE_USE_CPU": "1",
     }
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]

@@ -79,17 +79,21 @@ def read_batch(values: Sequence, rows: Sequence[int], resolution: int) -> torch.
     return preprocess_images(images, resolution)
 
 
-def block_rows(
+def image_values(
     dataset: datasets.Dataset | datasets.IterableDataset, image_column: str, block: range
-) -> Iterator[dict]:
-    """Rows ``block`` of ``dataset``, in order, with only ``image_column``, images not decoded
-    (a streamed dataset is read from its start: ``skip`` reads the rows before ``block``)."""
+) -> Iterator:
+    """The values of ``image_column`` in rows ``block`` of ``dataset``, in order, images not
+    decoded, read ``LOADS_AHEAD * 64`` rows at a time (a streamed dataset is read from its
+    start: ``skip`` reads the rows before ``block``)."""
     dataset = dataset.select_columns([image_column])
     if isinstance((dataset.features or {}).get(image_column), datasets.Image):
         dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
     if isinstance(dataset, datasets.IterableDataset):
-        return iter(dataset.skip(block.start).take(len(block)))
-    return iter(dataset.select(block))
+        rows = dataset.skip(block.start).take(len(block))
+    else:
+        rows = dataset.select(block)
+    for batch in rows.iter(batch_size=LOADS_AHEAD * 64):
+        yield from batch[image_column]
 
 
 def write_shards(
@@ -105,8 +109,9 @@ def write_shards(
     batch_size: int,
     keep_pixels: bool,
 ) -> Iterator[Path]:
-    """Encode the rows of ``shards`` (consecutive ranges) of ``dataset`` and write each shard
-    as ``folder / shard_name(shard)``, yielding its path once it is complete.
+    """Encode the rows of ``shards`` (row ranges in row order) of ``dataset`` and write each
+    shard as ``folder / shard_name(shard)``, yielding its path once it is complete. Rows are
+    read in one pass from the first shard's first row, restarted past a gap between shards.
 
     Each file has ``features``: ``latents`` (and ``logvar`` for a posterior) from
     ``codec.encode_distribution``, ``pixels`` (uint8) with ``keep_pixels``, and the columns
@@ -119,22 +124,22 @@ def write_shards(
         ValueError: for an image that cannot be read, or a streamed dataset that ends before
             the last row of ``shards``.
     """
-    if not shards:
-        return
-    block = range(shards[0].start, shards[-1].stop)
-    rows = block_rows(dataset, image_column, block)
+    position = None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctxadapter-load") as loader:
         for shard in shards:
+            if shard.start != position:  # the first shard, or one past a gap
+                images = image_values(dataset, image_column, range(shard.start, shards[-1].stop))
+            position = shard.stop
             path = folder / shard_name(shard)
             chunk = batch_size * LOADS_AHEAD
             with ArrowWriter(features=features, path=str(path), writer_batch_size=chunk) as writer:
                 for start in range(shard.start, shard.stop, chunk):
                     indices = range(start, min(start + chunk, shard.stop))
-                    values = [row[image_column] for row in islice(rows, len(indices))]
+                    values = list(islice(images, len(indices)))
                     if len(values) < len(indices):
                         raise ValueError(
                             f"The dataset ended at row {start + len(values)}: "
-                            f"{block.stop} rows were expected."
+                            f"{shards[-1].stop} rows were expected."
                         )
                     encoded = encode_batches(
                         codec, loader, values, indices, resolution, batch_size, keep_pixels
