@@ -1,9 +1,10 @@
 """What a dataset's images are by content, not by path or modification time.
 
 ``image_digests`` reads every row's stored bytes (the encoded file, embedded or at its path)
-and hashes them; ``content_fingerprint`` combines them in row order. The latent cache is keyed
-by it and checkpoints record it, so images rewritten in place (even with their times kept, as
-``cp -p`` or ``rsync -a`` do) are never mistaken for the old ones. ``check_conflicting_files``
+and hashes them, from a ``datasets.Dataset`` or as a ``datasets.IterableDataset`` streams;
+``content_fingerprint`` combines them in row order. The latent cache is keyed by it and
+checkpoints record it, so images rewritten in place (even with their times kept, as ``cp -p``
+or ``rsync -a`` do) are never mistaken for the old ones. ``check_conflicting_files``
 refuses one file labelled with two contexts.
 """
 
@@ -34,7 +35,9 @@ def _raw_rows(
         yield from batch[image_column]
 
 
-def image_digests(dataset: datasets.Dataset, image_column: str) -> Iterator[tuple[str | None, str]]:
+def image_digests(
+    dataset: datasets.Dataset | datasets.IterableDataset, image_column: str
+) -> Iterator[tuple[str | None, str]]:
     """``(path, digest)`` of every row's image, in row order: the SHA-256 of its encoded bytes
     (embedded, or read from its path); for a column that is not an image feature, a hash of
     the value. ``path`` is the file's path where the dataset records one, else ``None``.
@@ -54,7 +57,9 @@ def image_digests(dataset: datasets.Dataset, image_column: str) -> Iterator[tupl
         yield path, hashlib.sha256(data).hexdigest()
 
 
-def content_fingerprint(dataset: datasets.Dataset, image_column: str) -> str:
+def content_fingerprint(
+    dataset: datasets.Dataset | datasets.IterableDataset, image_column: str
+) -> str:
     """A short hash of the images of every row, in row order (``image_digests``)."""
     digest = hashlib.sha256()
     for _, row_digest in image_digests(dataset, image_column):
@@ -63,7 +68,9 @@ def content_fingerprint(dataset: datasets.Dataset, image_column: str) -> str:
 
 
 def check_conflicting_files(
-    dataset: datasets.Dataset, image_column: str, contexts: Sequence[str]
+    dataset: datasets.Dataset | datasets.IterableDataset,
+    image_column: str,
+    contexts: Sequence[str],
 ) -> None:
     """Refuse a dataset in which one image file (by path, e.g. a ``file_name`` listed twice in
     a ``metadata.jsonl``) has rows of two different ``contexts``, naming the file, the rows and
