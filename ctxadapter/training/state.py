@@ -170,6 +170,7 @@ RESUME_MAY_CHANGE = frozenset(
         "resume_from_checkpoint",
         "report_to",
         "cache_dir",
+        "streaming",
         "cpu_threads",
         "checkpointing_steps",
         "checkpoints_total_limit",
@@ -180,8 +181,8 @@ RESUME_MAY_CHANGE = frozenset(
         "hub_token",
     }
 )
-"""Flags that may differ between a run and its resumption: they change where results go and
-how often they are written, not what is trained."""
+"""Flags that may differ between a run and its resumption: they change where results go, how
+often they are written or how the data is read, not what is trained."""
 
 
 def save_checkpoint(
