@@ -7,6 +7,7 @@ without gradients and restores the modes afterwards (for evaluation and pictures
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -16,16 +17,17 @@ from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
-from huggingface_hub import HfApi
 from torch import nn
 
 from .adapter import CtxAdapter
-from .card import is_hub_id
+from .card import card_kwargs, is_hub_id
 from .codec import LatentCodec
+from .domain import check_domain, reconstruction_mse
+from .hub import reach_repo, run_files, upload_folder
 from .images import model_input
 from .lora import add_decoder_lora, load_decoder_lora, save_decoder_lora
 from .objective import Objective
-from .pinning import check_base_record, load_base_model
+from .pinning import check_base_record, load_base_model, loads_anywhere
 
 DECODE_BATCH_SIZE = 64
 """Latents decoded at once by ``generate``, ``reconstruct`` and ``counterfactual`` (each takes
@@ -101,6 +103,8 @@ class ContextAutoencoder(nn.Module):
             )
         self.resolution = (height * factor, width * factor)
         check_base_record(adapter.config["base_model"], self.codec)
+        self.name_or_path: str | None = None
+        """The folder or Hub id ``from_pretrained`` loaded the adapter from (else ``None``)."""
 
     @property
     def device(self) -> torch.device:
@@ -138,8 +142,14 @@ class ContextAutoencoder(nn.Module):
 
     def _encode(self, images) -> tuple[torch.Tensor, torch.Tensor]:
         """Images at the adapter's resolution -> their latents and posterior mean noise, in the
-        adapter's dtype."""
-        latents = self.codec.encode(self._pixels(images)).to(self.device, self.dtype)
+        adapter's dtype; warns when the images are far outside the training domain
+        (``ctxadapter.domain``)."""
+        pixels = self._pixels(images)
+        latents = self.codec.encode(pixels)
+        recorded = (self.adapter.config["base_model"] or {}).get("reconstruction_mse")
+        if recorded:
+            check_domain(recorded, reconstruction_mse(self.codec, pixels, latents))
+        latents = latents.to(self.device, self.dtype)
         return latents, self.adapter.posterior(latents)[0]
 
     def _decode(self, latents: torch.Tensor, output_type: str, decode_batch_size: int) -> Any:
@@ -292,8 +302,14 @@ class ContextAutoencoder(nn.Module):
     # ------------------------------------------------------------------ saving and loading
     def save_pretrained(self, save_directory, **kwargs) -> None:
         """Save the adapter folder: the adapter (never the base autoencoder; see
-        ``CtxAdapter.save_pretrained``) and, if there is one, the decoder LoRA's weights."""
-        self.adapter.save_pretrained(save_directory, **kwargs)
+        ``CtxAdapter.save_pretrained``) and, if there is one, the decoder LoRA's weights. The
+        model card's usage snippet loads ``save_directory`` unless ``model_card_kwargs`` names
+        a ``repo_id``."""
+        card = {
+            "repo_id": os.fspath(save_directory),
+            **(kwargs.pop("model_card_kwargs", None) or {}),
+        }
+        self.adapter.save_pretrained(save_directory, model_card_kwargs=card, **kwargs)
         if self.adapter.config["decoder_lora"]:
             save_decoder_lora(self.codec.autoencoder, save_directory)
 
@@ -308,20 +324,28 @@ class ContextAutoencoder(nn.Module):
         model_card_kwargs: dict | None = None,
     ) -> str:
         """Save the adapter folder and upload it to the Hub repository ``repo_id`` (created if
-        needed) in one commit. Returns the commit's URL.
+        needed, after checking the login) in one commit. Returns the commit's URL.
+
+        An adapter loaded from a training run's folder (``from_pretrained(folder)``, or the
+        model ``finetune.py --push_to_hub`` just saved) uploads that run's ``metrics.json`` and
+        pictures too, and its model card shows them with the training command and the results
+        (``ctxadapter.hub.run_files``): the same files either way.
 
         Args:
-            repo_id: the Hub repository.
+            repo_id: the Hub repository; the card's usage snippet names it.
             token, private, commit_message: as for ``huggingface_hub``'s uploads.
             base_model_id: the Hub id of the base autoencoder. Required when the adapter
                 records a local folder as its base (an adapter that names a folder of this
-                machine would load nowhere else); it is then recorded in the config.
-            extra_files: files uploaded beside the adapter, such as its sample pictures.
-            model_card_kwargs: arguments of ``ctxadapter.card.model_card`` (the card's usage
-                snippet names ``repo_id``).
+                machine would load nowhere else); it is then recorded in the config. An
+                autoencoder that ships with ctxadapter (``ctxadapter:quad-autoencoder``) loads
+                wherever ctxadapter is installed and needs none.
+            extra_files: more files uploaded beside the adapter.
+            model_card_kwargs: arguments of ``ctxadapter.card.model_card``, over those read
+                from the run's ``metrics.json``.
 
         Raises:
             ValueError: for a local base without ``base_model_id``, before anything is sent.
+            PermissionError: without a usable Hub login or write access to ``repo_id``.
         """
         base = self.adapter.config["base_model"]
         if base_model_id:
@@ -333,7 +357,7 @@ class ContextAutoencoder(nn.Module):
                 **(base or {}),
                 "pretrained_model_name_or_path": base_model_id,
             }
-        elif base and not is_hub_id(base["pretrained_model_name_or_path"]):
+        elif base and not loads_anywhere(base["pretrained_model_name_or_path"]):
             raise ValueError(
                 f"This adapter's base autoencoder is the local folder "
                 f"{base['pretrained_model_name_or_path']!r}, which does not exist on the Hub: "
@@ -343,16 +367,17 @@ class ContextAutoencoder(nn.Module):
         missing = [str(f) for f in extra_files if not os.path.isfile(f)]
         if missing:
             raise FileNotFoundError(f"extra_files not found: {missing}")
-        api = HfApi(token=token)
-        repo_id = api.create_repo(repo_id=repo_id, private=private, exist_ok=True).repo_id
+        repo_id = reach_repo(repo_id, token, private)
+        source = self.name_or_path
+        run = run_files(source) if source and os.path.isdir(source) else []
+        card = card_kwargs(json.loads(run[0].read_text())) if run else {}
         with tempfile.TemporaryDirectory() as folder:
-            card = (model_card_kwargs or {}) | {"repo_id": repo_id}
-            self.save_pretrained(folder, model_card_kwargs=card)
-            for file in extra_files:
-                shutil.copy(file, folder)
-            return api.upload_folder(
-                repo_id=repo_id, folder_path=folder, commit_message=commit_message
+            self.save_pretrained(
+                folder, model_card_kwargs=card | (model_card_kwargs or {}) | {"repo_id": repo_id}
             )
+            for file in [*run, *extra_files]:
+                shutil.copy(file, folder)
+            return upload_folder(folder, repo_id, token, commit_message)
 
     @classmethod
     def from_pretrained(
@@ -386,6 +411,7 @@ class ContextAutoencoder(nn.Module):
             base_kwargs = {k: v for k, v in hub_kwargs.items() if k in BASE_HUB_KWARGS}
             autoencoder = load_base_model(base, torch_dtype, check_base, **base_kwargs)
         model = cls(autoencoder, adapter)
+        model.name_or_path = os.fspath(pretrained_model_name_or_path)
         if adapter.config["decoder_lora"]:
             load_decoder_lora(
                 model.codec.autoencoder,

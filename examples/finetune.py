@@ -1,7 +1,7 @@
 """Train a context adapter on a frozen pretrained autoencoder.
 
-    accelerate launch examples/finetune.py                 # built-in quad data and autoencoder
-    accelerate launch examples/finetune.py \
+    accelerate launch -q examples/finetune.py              # built-in quad data and autoencoder
+    accelerate launch -q examples/finetune.py \
         --pretrained_model_name_or_path stabilityai/sd-vae-ft-mse --resolution 256 \
         --dataset_name user/my-interventional-images --context_column context \
         --output_dir my-adapter --push_to_hub
@@ -9,10 +9,29 @@
 ``--help`` lists every flag; ``--preset paper`` gives the paper's exact setup. The output
 folder holds the adapter (``config.json``, ``model.safetensors``, ``README.md``), sample
 grids, the concept-graph picture, ``metrics.json``, tensorboard logs and resumable
-``checkpoint-<step>`` folders.
+``checkpoint-<step>`` folders; the run ends with a summary of what it did.
+
+Bad flags, data or Hub access end the run with one line, ``finetune.py: error: ...``, and
+exit status 1 (``accelerate launch -q`` leaves out the launcher's own traceback after it).
 """
+
+import os
+import sys
 
 from ctxadapter.training import finetune, parse_finetune_arguments
 
+USER_ERRORS = (ValueError, OSError, FloatingPointError)
+"""What bad flags, data, files, Hub access or a diverged run raise: reported as one line."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        finetune(parse_finetune_arguments(argv))
+    except USER_ERRORS as error:
+        if int(os.environ.get("RANK", "0")) == 0:  # once, not once per process
+            print(f"finetune.py: error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
 if __name__ == "__main__":
-    finetune(parse_finetune_arguments())
+    main()
