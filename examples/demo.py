@@ -391,18 +391,21 @@ def launch(demo, port: int | None = None, block: bool = True, quiet: bool = Fals
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument(
         "adapter",
         nargs="?",
         default=DEFAULT_ADAPTER,
-        help=f"Adapter folder or Hub id (default: {DEFAULT_ADAPTER}, the default run's output).",
+        help="Adapter folder or Hub id (the default is the default run's output).",
     )
-    parser.add_argument("--port", type=int, default=None, help="Port (default: a free one).")
+    parser.add_argument("--port", type=int, default=None, help="Port; None: a free one.")
     parser.add_argument(
         "--device",
         default="cuda" if torch.cuda.is_available() else "cpu",
-        help="Device to run on (default: cuda if available, else cpu).",
+        help="Device to run on: cuda if available, else cpu.",
     )
     return parser.parse_args(argv)
 

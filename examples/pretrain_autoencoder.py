@@ -3,7 +3,9 @@
     accelerate launch examples/pretrain_autoencoder.py --output_dir my-quad-autoencoder
     accelerate launch examples/pretrain_autoencoder.py --train_data_dir my-images --resolution 128
 
-It takes the same data flags as ``finetune.py``; ``--help`` lists them all.
+It takes the same data flags as ``finetune.py``; ``--help`` lists them all. Without
+``--output_dir`` the autoencoder is written to a folder named after the data
+(``my-images-autoencoder`` for the second command, ``quad-autoencoder`` for the quad data).
 """
 
 from transformers import HfArgumentParser

@@ -4,10 +4,12 @@ the quad autoencoder that ships with ctxadapter."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import datasets
 import torch
@@ -31,8 +33,11 @@ class PretrainArguments(RunArguments, OptimizationArguments, ImageDataArguments)
     """Flags of ``examples/pretrain_autoencoder.py``: a small ``AutoencoderKL`` trained on the
     images of any dataset (contexts pooled)."""
 
-    output_dir: str = flag(
-        "Where the diffusers AutoencoderKL folder is written.", default="quad-autoencoder"
+    output_dir: str | None = flag(
+        "Where the diffusers AutoencoderKL folder is written. Default: named after the data, "
+        "'<dataset or image folder name>-autoencoder' ('quad-autoencoder' for the built-in "
+        "quad data).",
+        default=None,
     )
     train_batch_size: int = flag("Batch size per device.", default=32)
     max_train_steps: int | None = flag("Total optimizer steps.", default=1000)
@@ -51,6 +56,14 @@ class PretrainArguments(RunArguments, OptimizationArguments, ImageDataArguments)
         "Log the held-out PSNR every this many steps (0: only at the end).", default=1000
     )
 
+    @property
+    def autoencoder_dir(self) -> str:
+        """``output_dir``, or the folder named after the data."""
+        if self.output_dir:
+            return self.output_dir
+        data = self.dataset_name or self.train_data_dir
+        return f"{Path(data).resolve().name if data else 'quad'}-autoencoder"
+
     def validate(self) -> None:
         super().validate()
         if self.max_train_steps is None:
@@ -67,6 +80,7 @@ def pretrain_autoencoder(args: PretrainArguments) -> AutoencoderKL:
     """Train an ``AutoencoderKL`` from scratch on the dataset's images (every context pooled),
     set its ``scaling_factor`` to ``1 / std`` of the latents, and save it to ``output_dir``."""
     args.validate()  # the fields may have been changed since construction
+    args = dataclasses.replace(args, output_dir=args.autoencoder_dir)
     check_output_dir(args.output_dir, args.overwrite_output_dir, resuming=False)
     train, validation, *_ = load_splits(args, args.seed)
     if len(train) < args.train_batch_size:  # no full batch: the loop would never step
