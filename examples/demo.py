@@ -291,8 +291,8 @@ def build_demo(model: ContextAutoencoder, name: str | None = None, examples=None
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", OutOfDomainWarning)
             edits = edit_image(model, image, ticked, mode, float(strength), scale=scale)
-        for warning in caught:  # an image far from the training data: say so on the page
-            gr.Warning(str(warning.message))
+        for message in dict.fromkeys(str(w.message) for w in caught):  # once per message
+            gr.Warning(message)  # an image far from the training data: say so on the page
         return edits
 
     def on_ticks(ticked):

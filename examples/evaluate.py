@@ -159,15 +159,18 @@ def dataset_images(args: argparse.Namespace, model: ContextAutoencoder) -> dict[
 
 def split_half(
     real: dict[str, torch.Tensor], resolution: tuple[int, int], num_projections: int, seed: int
-) -> dict:
+) -> dict | None:
     """The real images' own SW2: the first half of each context's images against the second
     (contexts with fewer than two images left out), with the projections ``evaluate`` uses.
-    Returns ``concept``, ``compo`` and ``per_context`` SW2, and the images per side."""
+    Returns ``concept``, ``compo`` and ``per_context`` SW2, and the images per side; ``None``
+    when no context has two images."""
     halves = {
         name: prepare_images(images, resolution)
         for name, images in real.items()
         if len(images) >= 2
     }
+    if not halves:
+        return None
     scores = concept_compo_scores(
         {name: images[: len(images) // 2] for name, images in halves.items()},
         {name: images[len(images) // 2 :] for name, images in halves.items()},
@@ -183,8 +186,10 @@ def split_half(
     }
 
 
-def format_reference(results: dict, reference: dict) -> str:
+def format_reference(results: dict, reference: dict | None) -> str:
     """Lines comparing the adapter's Concept and Compo with the reference's."""
+    if reference is None:
+        return "Reference: none (no context has two images to split in halves; use --reference)."
     if reference["kind"] == "split_half":
         title = "the real images' split-half SW2 (a floor; half the images per side)"
     else:

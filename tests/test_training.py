@@ -450,3 +450,13 @@ def test_small_data_run_fits_the_batch_reports_itself_and_pushes_what_a_python_p
     assert "| optimizer steps | 8 |" in card.text and "| batch size | 112 |" in card.text
     assert "--train_batch_size 512" not in card.text  # the default
     assert "--hub_model_id user/adapter" in card.text and "<repo-id>" not in card.text
+
+
+def test_pretrain_output_folder_is_named_after_the_data(tmp_path):
+    from ctxadapter.training import PretrainArguments
+
+    assert PretrainArguments().autoencoder_dir == "quad-autoencoder"
+    assert PretrainArguments(dataset_name="user/photos").autoencoder_dir == "photos-autoencoder"
+    folder = PretrainArguments(train_data_dir=str(tmp_path / "my-images") + "/")
+    assert folder.autoencoder_dir == "my-images-autoencoder"
+    assert PretrainArguments(output_dir="vae", dataset_name="x").autoencoder_dir == "vae"
