@@ -1,16 +1,24 @@
 """Sharing an adapter on the Hub: the login and repository checked before any work
-(``reach_repo``), the files a training run adds to an adapter folder (``run_files``) and the
-upload (``upload_folder``). ``ContextAutoencoder.push_to_hub`` uses them, and ``finetune.py
---push_to_hub`` pushes through it, so both upload the same files."""
+(``reach_repo``), the files a training run adds to an adapter folder (``run_files``), the
+upload (``upload_folder``) and the push of a whole adapter folder (``push_adapter``, behind
+``ContextAutoencoder.push_to_hub``). ``finetune.py --push_to_hub`` pushes the folder it wrote
+through ``push_to_hub``, so a push from Python and from the command line upload the same
+files."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
+
+from .card import card_kwargs, is_hub_id
+from .pinning import loads_anywhere
 
 METRICS_FILE = "metrics.json"
 """What a training run measured; its ``"pictures"`` lists the run's pictures in the folder."""
@@ -61,3 +69,47 @@ def upload_folder(
     return HfApi(token=token).upload_folder(
         repo_id=repo_id, folder_path=os.fspath(folder), commit_message=commit_message
     )
+
+
+def push_adapter(
+    model,
+    repo_id: str,
+    token: str | None = None,
+    private: bool | None = None,
+    commit_message: str = "Upload ctxadapter adapter",
+    base_model_id: str | None = None,
+    extra_files: Sequence[str | os.PathLike] = (),
+    model_card_kwargs: dict | None = None,
+) -> str:
+    """``ContextAutoencoder.push_to_hub`` (see there) of ``model``."""
+    base = model.adapter.config["base_model"]
+    if base_model_id:
+        if not is_hub_id(base_model_id):
+            raise ValueError(
+                f"base_model_id must be a Hub repository id 'org/name', got {base_model_id!r}"
+            )
+        model.adapter.config["base_model"] = {
+            **(base or {}),
+            "pretrained_model_name_or_path": base_model_id,
+        }
+    elif base and not loads_anywhere(base["pretrained_model_name_or_path"]):
+        raise ValueError(
+            f"This adapter's base autoencoder is the local folder "
+            f"{base['pretrained_model_name_or_path']!r}, which does not exist on the Hub: "
+            f"the pushed adapter would load nowhere else. Upload the autoencoder and pass "
+            f"its Hub id with base_model_id= (--hub_base_model_id in finetune.py)."
+        )
+    missing = [str(f) for f in extra_files if not os.path.isfile(f)]
+    if missing:
+        raise FileNotFoundError(f"extra_files not found: {missing}")
+    repo_id = reach_repo(repo_id, token, private)
+    source = model.name_or_path
+    run = run_files(source) if source and os.path.isdir(source) else []
+    card = card_kwargs(json.loads(run[0].read_text())) if run else {}
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(
+            folder, model_card_kwargs=card | (model_card_kwargs or {}) | {"repo_id": repo_id}
+        )
+        for file in [*run, *extra_files]:
+            shutil.copy(file, folder)
+        return upload_folder(folder, repo_id, token, commit_message)

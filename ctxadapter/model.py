@@ -7,11 +7,8 @@ without gradients and restores the modes afterwards (for evaluation and pictures
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -20,14 +17,13 @@ import torch
 from torch import nn
 
 from .adapter import CtxAdapter
-from .card import card_kwargs, is_hub_id
 from .codec import LatentCodec
 from .domain import check_domain, reconstruction_mse
-from .hub import reach_repo, run_files, upload_folder
+from .hub import push_adapter
 from .images import model_input
 from .lora import add_decoder_lora, load_decoder_lora, save_decoder_lora
 from .objective import Objective
-from .pinning import check_base_record, load_base_model, loads_anywhere
+from .pinning import check_base_record, load_base_model
 
 DECODE_BATCH_SIZE = 64
 """Latents decoded at once by ``generate``, ``reconstruct`` and ``counterfactual`` (each takes
@@ -347,37 +343,16 @@ class ContextAutoencoder(nn.Module):
             ValueError: for a local base without ``base_model_id``, before anything is sent.
             PermissionError: without a usable Hub login or write access to ``repo_id``.
         """
-        base = self.adapter.config["base_model"]
-        if base_model_id:
-            if not is_hub_id(base_model_id):
-                raise ValueError(
-                    f"base_model_id must be a Hub repository id 'org/name', got {base_model_id!r}"
-                )
-            self.adapter.config["base_model"] = {
-                **(base or {}),
-                "pretrained_model_name_or_path": base_model_id,
-            }
-        elif base and not loads_anywhere(base["pretrained_model_name_or_path"]):
-            raise ValueError(
-                f"This adapter's base autoencoder is the local folder "
-                f"{base['pretrained_model_name_or_path']!r}, which does not exist on the Hub: "
-                f"the pushed adapter would load nowhere else. Upload the autoencoder and pass "
-                f"its Hub id with base_model_id= (--hub_base_model_id in finetune.py)."
-            )
-        missing = [str(f) for f in extra_files if not os.path.isfile(f)]
-        if missing:
-            raise FileNotFoundError(f"extra_files not found: {missing}")
-        repo_id = reach_repo(repo_id, token, private)
-        source = self.name_or_path
-        run = run_files(source) if source and os.path.isdir(source) else []
-        card = card_kwargs(json.loads(run[0].read_text())) if run else {}
-        with tempfile.TemporaryDirectory() as folder:
-            self.save_pretrained(
-                folder, model_card_kwargs=card | (model_card_kwargs or {}) | {"repo_id": repo_id}
-            )
-            for file in [*run, *extra_files]:
-                shutil.copy(file, folder)
-            return upload_folder(folder, repo_id, token, commit_message)
+        return push_adapter(
+            self,
+            repo_id,
+            token=token,
+            private=private,
+            commit_message=commit_message,
+            base_model_id=base_model_id,
+            extra_files=extra_files,
+            model_card_kwargs=model_card_kwargs,
+        )
 
     @classmethod
     def from_pretrained(
