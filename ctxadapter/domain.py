@@ -3,7 +3,8 @@
 At the end of training, ``finetune`` records in the adapter's ``base_model`` record the base
 autoencoder's reconstruction error on the validation images (``"reconstruction_mse"``: the
 mean squared error per pixel on the ``[0, 1]`` scale). Images given to the adapter later
-(``ContextAutoencoder.reconstruct`` and ``counterfactual``) are measured the same way, and
+(``ContextAutoencoder.reconstruct`` and ``counterfactual``; the first ``DOMAIN_SAMPLE`` of
+each call, one more decoder pass) are measured the same way, and
 ``check_domain`` warns when their error is more than ``DOMAIN_TOLERANCE`` times the recorded
 one: a photo given to an adapter trained on quad patterns, say, whose edits would be garbage.
 """
@@ -20,6 +21,8 @@ DOMAIN_TOLERANCE = 4.0
 """How many times the recorded reconstruction error images may reach before a warning."""
 DOMAIN_IMAGES = 64
 """Validation images whose reconstruction error is recorded at the end of training."""
+DOMAIN_SAMPLE = 8
+"""Images of a call to ``reconstruct`` or ``counterfactual`` whose error is measured."""
 
 
 class OutOfDomainWarning(UserWarning):
