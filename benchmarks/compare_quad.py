@@ -248,7 +248,13 @@ def run(
         seed=compare.eval_seed,
         recon=not compare.no_recon,
     )
-    results |= quad_scores(model, heldout, data_variant == "dependent")
+    results |= quad_scores(
+        model,
+        heldout,
+        data_variant == "dependent",
+        seed=compare.heldout_seed,
+        split=compare.heldout_split,
+    )
     eval_seconds = time.perf_counter() - start
     print(
         f"== {data_variant} / {variant} / seed {seed}: Concept {number(results['concept'])} "

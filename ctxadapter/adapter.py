@@ -32,6 +32,11 @@ from .contexts import OBSERVATIONAL, context_mask, distinct_contexts
 from .heads import latent_head, posterior_head, resolve_heads
 from .layers import CausalLayer, ExogenousLayer, ExpressiveLayers, block_readout
 
+GRAPH_READOUTS = ("direct", "total")
+"""The readouts of ``CtxAdapter.concept_graph``."""
+EDGE_THRESHOLD = 0.1
+"""An entry of ``CtxAdapter.concept_graph`` above this is read as an edge: the source
+contributes more than a tenth of the target concept's variance."""
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
@@ -171,7 +176,7 @@ class CtxAdapter(
         self.exogenous = ExogenousLayer(k, exogenous_width, observational_mixing, exogenous_bias)
         self.expressive = ExpressiveLayers(k, exogenous_width, concept_width, expressive_depth)
         self.causal = CausalLayer(k, concept_width, composition)
-        self.latent_head = latent_head(heads, k * concept_width, head_width, shape)
+        self.latent_head = latent_head(heads, k * concept_width, head_width, shape, k)
         # log standard deviation of the Gaussian likelihood of the latent loss (learned)
         self.latent_log_scale = nn.Parameter(torch.zeros(()))
 
@@ -271,11 +276,46 @@ class CtxAdapter(
         return block_readout(self.causal_weight(context), len(self.concepts), "norm")
 
     @torch.no_grad()
-    def concept_graph(self, context=OBSERVATIONAL) -> torch.Tensor:
-        """The learned concept graph ``(K, K)``: entry ``(i, j)`` is the mean of block
-        ``(i, j)`` of ``causal_weight``, the effect of concept ``j`` on concept ``i``
-        (diagonal entries are ``1/w_out``, the mean of an identity block)."""
+    def block_means(self, context=OBSERVATIONAL) -> torch.Tensor:
+        """``(K, K)`` means of the blocks of ``causal_weight``: entry ``(i, j)`` is the mean of
+        block ``(i, j)`` (diagonal entries are ``1/w_out``, the mean of an identity block)."""
         return block_readout(self.causal_weight(context), len(self.concepts), "mean")
+
+    @torch.no_grad()
+    def concept_graph(self, context=OBSERVATIONAL, readout: str = "direct") -> torch.Tensor:
+        """The learned concept graph ``(K, K)``: entry ``(i, j)`` is the share of concept
+        ``i``'s variance that comes from concept ``j``.
+
+        With ``W`` the matrix read, ``graph[i, j] = ||W[i, j]||_F^2 / sum_l ||W[i, l]||_F^2``:
+        the fraction of the variance of the causal layer's output block ``i`` contributed by
+        input block ``j`` when the inputs are independent with unit variance (the expressive
+        layers end in a BatchNorm). Entries are in ``[0, 1]``, each row sums to 1, and the
+        diagonal is the concept's own share; an entry above :data:`EDGE_THRESHOLD` is read
+        as an edge ``j -> i``. Comparable across pairs, runs and widths.
+
+        Args:
+            context: the context whose effective weight ``readout="direct"`` reads
+                (observational by default: every learned effect; an intervention cuts the
+                effects into the intervened concepts).
+            readout: ``"direct"``, the effective weight of ``context`` (in the observational
+                context, ``Bo``: the reduced-form effects among concepts); or ``"total"``,
+                the interventional weights as an intervention on ``j`` uses them for ``j``'s
+                effects on every other concept (block ``(i, j)`` of ``Bi``, for every ``j``),
+                read in the observational context only.
+        """
+        if readout not in GRAPH_READOUTS:
+            raise ValueError(f"readout must be one of {GRAPH_READOUTS}, got {readout!r}")
+        if readout == "direct":
+            weight = self.causal_weight(context)
+        else:
+            if self.context_mask(context, 1).any():
+                raise ValueError(
+                    f"readout='total' reads every concept's interventional effects at once; "
+                    f"pass no context (got {context!r})"
+                )
+            weight = self.causal.interventional_matrix()
+        squares = block_readout(weight, len(self.concepts), "norm").pow(2)
+        return squares / squares.sum(dim=1, keepdim=True)
 
     def causal_penalty(
         self, contexts: torch.Tensor, group_sparsity: float = 0.0, l2: float = 0.0

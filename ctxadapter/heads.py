@@ -10,6 +10,9 @@ The context layers between them keep their exact semantics; the heads are ours t
   a GELU MLP; the latent head mirrors it (an MLP to the grid, a 3 x 3 convolution, a transposed
   convolution back to the patches, a 3 x 3 convolution that smooths the patch borders). Their
   weights and their work grow far slower than the latent's height and width;
+- ``"additive"``: an MLP posterior head and a block-additive latent head: each concept's
+  block of the concept values is decoded by its own small MLP into a whole latent, and the
+  latents are summed, so one concept's block cannot change how another's is rendered;
 - ``"auto"``: ``"mlp"`` for latents of fewer than ``AUTO_CONV_SIZE`` values, ``"conv"`` from
   there.
 
@@ -24,7 +27,7 @@ import math
 import torch
 from torch import nn
 
-HEADS = ("linear", "mlp", "conv", "auto")
+HEADS = ("linear", "mlp", "conv", "additive", "auto")
 """The kinds of head (``"auto"`` is resolved to one of the others by ``resolve_heads``)."""
 
 AUTO_CONV_SIZE = 4096
@@ -115,11 +118,35 @@ class ConvLatentHead(nn.Module):
         return self.convs(self.mlp(concepts).view(-1, *self.grid)).flatten(1)
 
 
+class AdditiveLatentHead(nn.Module):
+    """Concept values ``(N, K*w)`` -> flat latents ``(N, D)``: ``sum_k mlp_k(c_k)`` with one
+    two-hidden-layer GELU MLP of ``width`` per block, computed for every block at once."""
+
+    def __init__(self, num_blocks: int, block_width: int, width: int, size_out: int):
+        super().__init__()
+        self.num_blocks, self.block_width = num_blocks, block_width
+        shapes = [(block_width, width), (width, width), (width, size_out)]
+        self.weights = nn.ParameterList(
+            nn.Parameter(torch.empty(num_blocks, a, b).uniform_(-1, 1) / math.sqrt(a))
+            for a, b in shapes
+        )
+        self.biases = nn.ParameterList(
+            nn.Parameter(torch.zeros(num_blocks, 1, b)) for _, b in shapes[:-1]
+        )
+        self.bias = nn.Parameter(torch.zeros(size_out))
+
+    def forward(self, concepts: torch.Tensor) -> torch.Tensor:
+        x = concepts.view(-1, self.num_blocks, self.block_width).transpose(0, 1)  # (K, N, w)
+        for weight, bias in zip(self.weights[:-1], self.biases, strict=True):
+            x = nn.functional.gelu(torch.baddbmm(bias, x, weight))
+        return torch.bmm(x, self.weights[-1]).sum(dim=0) + self.bias
+
+
 def _head(kind: str, size_in: int, width: int, size_out: int, conv) -> nn.Module:
     """A linear map, an MLP, or ``conv()`` (the spatial head), by ``kind``."""
     if kind == "linear":
         return nn.Linear(size_in, size_out)
-    if kind == "mlp":
+    if kind in ("mlp", "additive"):
         return _mlp(size_in, width, size_out)
     return conv()
 
@@ -133,8 +160,15 @@ def posterior_head(
 
 
 def latent_head(
-    kind: str, size_in: int, width: int, latent_shape: tuple[int, int, int]
+    kind: str,
+    size_in: int,
+    width: int,
+    latent_shape: tuple[int, int, int],
+    num_blocks: int = 1,
 ) -> nn.Module:
-    """The latent head of ``kind`` (resolved): ``(N, size_in)`` -> flat latents."""
+    """The latent head of ``kind`` (resolved): ``(N, size_in)`` -> flat latents; ``"additive"``
+    heads read ``size_in`` as ``num_blocks`` blocks."""
+    if kind == "additive":
+        return AdditiveLatentHead(num_blocks, size_in // num_blocks, width, math.prod(latent_shape))
     spatial = lambda: ConvLatentHead(size_in, width, latent_shape)  # noqa: E731
     return _head(kind, size_in, width, math.prod(latent_shape), spatial)

@@ -149,6 +149,13 @@ class ContextAutoencoder(nn.Module):
         latents = latents.to(self.device, self.dtype)
         return latents, self.adapter.posterior(latents)[0]
 
+    @torch.no_grad()
+    def encode_noise(self, images) -> torch.Tensor:
+        """The posterior mean of the noise of ``images`` (the class docstring says which forms
+        they may take): ``(N, K*w_in)``, what ``reconstruct`` and ``counterfactual`` feed the
+        context layers."""
+        return self._encode(images)[1]
+
     def _decode(self, latents: torch.Tensor, output_type: str, decode_batch_size: int) -> Any:
         """Model-space latents -> images in ``output_type``, ``decode_batch_size`` at a time;
         an fp16 autoencoder whose config says ``force_upcast`` decodes in float32, as diffusers

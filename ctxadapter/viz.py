@@ -23,6 +23,7 @@ from functools import lru_cache
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from .adapter import EDGE_THRESHOLD
 from .contexts import OBSERVATIONAL, all_pairs, context_name, parse_context
 from .images import signed_to_unit, unit_to_uint8
 from .model import eval_mode
@@ -40,6 +41,10 @@ BACKGROUND = (255, 255, 255)
 TEXT = (0, 0, 0)
 DARK_BLUE = (8, 48, 107)
 DIAGONAL_GREY = (220, 220, 220)
+FAINT = (150, 150, 150)
+GRAPH_SCALE = 0.5
+"""``concept_graph_image`` draws entries from white (0) to dark blue (this and above): a
+source that gives half of a concept's variance is full colour."""
 LABEL_SIZE = 12
 """Font size (pixels) of row labels, titles and captions."""
 MARGIN = 4
@@ -268,28 +273,41 @@ def _rotated_text(text: str, font: Font) -> Image.Image:
 
 
 def concept_graph_image(
-    graph: torch.Tensor, concepts: list[str], title: str | None = None, cell: int = 48
+    graph: torch.Tensor,
+    concepts: list[str],
+    title: str | None = None,
+    cell: int = 48,
+    *,
+    scale: float = GRAPH_SCALE,
+    threshold: float = EDGE_THRESHOLD,
+    truth: torch.Tensor | None = None,
 ) -> Image.Image:
-    """Heatmap of a learned concept graph.
+    """Heatmap of a learned concept graph, on a fixed colour scale.
 
     Args:
         graph: ``(K, K)``; entry ``(i, j)`` is the effect of concept ``j`` on concept ``i``
-            (e.g. ``model.adapter.concept_graph()``).
+            (e.g. ``model.adapter.concept_graph()``, the share of ``i``'s variance from ``j``).
         concepts: the ``K`` concept names (row ``i`` = target, column ``j`` = source).
         title: drawn above the heatmap if given.
         cell: side of one cell in pixels.
+        scale: the value drawn darkest: white for 0 to dark blue for ``|value| >= scale``, the
+            same in every picture.
+        threshold: off-diagonal entries whose magnitude is below it (no edge) are written in
+            grey.
+        truth: ``(K, K)`` bool, the true relations where the data knows them (for quad,
+            ``quad.ancestral_relation``): their cells get a thick black frame.
 
     Returns:
         An RGB image: optional title; column labels (source concepts, rotated to read upwards
         when wider than a cell); row labels (target concepts) in a left margin; ``K x K`` cells
-        of ``cell`` pixels, white for 0 to dark blue for the largest absolute off-diagonal value,
-        the diagonal (the fixed identity) in light grey, each cell showing its value to two
-        significant digits (``0.0036``, not ``0.00``); and the caption
-        ``"row i <- column j: effect of j on i"`` with the colour scale.
+        of ``cell`` pixels coloured by ``scale``, the diagonal (a concept's own share) in light
+        grey, each cell showing its value to two significant digits; and a caption with the
+        reading direction, the scale, the threshold and (with ``truth``) the frames.
         Width and height grow by ``cell`` per concept.
 
     Raises:
-        ValueError: if ``graph`` is not ``(K, K)`` with ``K = len(concepts)``.
+        ValueError: if ``graph`` (or ``truth``) is not ``(K, K)`` with ``K = len(concepts)``,
+            or ``scale`` is not positive.
     """
     values = torch.as_tensor(graph).detach().float().cpu()
     k = len(concepts)
@@ -299,8 +317,12 @@ def concept_graph_image(
         )
     if cell <= 0:
         raise ValueError(f"cell must be positive, got {cell}.")
-    off_diagonal = ~torch.eye(k, dtype=torch.bool)
-    scale = float(values[off_diagonal].abs().max()) if k > 1 else 0.0
+    if not scale > 0:
+        raise ValueError(f"scale must be positive, got {scale}.")
+    if truth is not None:
+        truth = torch.as_tensor(truth).bool().cpu()
+        if tuple(truth.shape) != (k, k):
+            raise ValueError(f"truth must have shape ({k}, {k}), got {tuple(truth.shape)}.")
     font = _font()
     value_font = _font(max(6, min(LABEL_SIZE, cell // 4)))
 
@@ -317,8 +339,11 @@ def concept_graph_image(
     ) + 2 * MARGIN
     caption = [
         "row i <- column j: effect of j on i",
-        f"white = 0, dark blue = {scale:.2g} (max |off-diagonal|), grey = identity",
+        f"white = 0, dark blue >= {scale:.2g}, grey cells = own share",
+        f"grey numbers: below {threshold:.2g} (no edge)",
     ]
+    if truth is not None:
+        caption.append("black frame: a true relation of the data")
     line_height = _text_size("Hg", font)[1] + MARGIN
     title_height = line_height + MARGIN if title else 0
 
@@ -355,11 +380,15 @@ def concept_graph_image(
         if i == j:
             fill, ink = DIAGONAL_GREY, TEXT
         else:
-            strength = min(abs(value) / scale, 1.0) if scale > 0 else 0.0
+            strength = min(abs(value) / scale, 1.0)
             fill = _blend(BACKGROUND, DARK_BLUE, strength)
             ink = BACKGROUND if strength > 0.5 else TEXT
+            if abs(value) < threshold:
+                ink = FAINT
         x0, y0 = left + j * cell, top + i * cell
         draw.rectangle((x0, y0, x0 + cell - 1, y0 + cell - 1), fill=fill, outline=DIAGONAL_GREY)
+        if truth is not None and bool(truth[i, j]):
+            draw.rectangle((x0, y0, x0 + cell - 1, y0 + cell - 1), outline=TEXT, width=3)
         text = f"{value:.2g}"
         text_width, text_height = _text_size(text, value_font)
         draw.text(

@@ -202,7 +202,7 @@ def test_readouts_match_effective_weight(context):
     mask = context_mask(context, CONCEPTS, 1)
     with torch.no_grad():
         weight = adapter.causal.effective_weight(mask)[0]
-    graph, grouped = adapter.concept_graph(context), adapter.grouped_weight(context)
+    graph, grouped = adapter.block_means(context), adapter.grouped_weight(context)
     assert graph.shape == grouped.shape == (K, K)
     assert_close(adapter.causal_weight(context), weight)
     assert_close(graph, _block_means(weight))
@@ -218,9 +218,9 @@ def test_single_intervention_cuts_incoming_edges(k):
         adapter.causal.weight_obs.uniform_(0.1, 0.9)
         adapter.causal.weight_ivn.uniform_(0.1, 0.9)
     name = CONCEPTS[k]
-    graph, grouped = adapter.concept_graph(name), adapter.grouped_weight(name)
+    graph, grouped = adapter.block_means(name), adapter.grouped_weight(name)
     weight_obs, weight_ivn = adapter.causal.weight_obs, adapter.causal.weight_ivn
-    observational = adapter.concept_graph("obs")
+    observational = adapter.block_means("obs")
     for i in range(K):
         for j in range(K):
             if i == j:
@@ -235,6 +235,27 @@ def test_single_intervention_cuts_incoming_edges(k):
                 assert graph[i, j].item() == pytest.approx(block(weight_obs, i, j).mean().item())
                 assert graph[i, j].item() == pytest.approx(observational[i, j].item())
     assert (observational > 0).all()
+
+
+def test_concept_graph_is_the_variance_share_of_each_source():
+    adapter = make_adapter()
+    with torch.no_grad():
+        for weight in (adapter.causal.weight_obs, adapter.causal.weight_ivn):
+            weight.zero_()
+        adapter.causal.weight_obs[W_OUT : 2 * W_OUT, :W_OUT] = 0.5  # a -> b, every entry 0.5
+        adapter.causal.weight_ivn[2 * W_OUT :, W_OUT : 2 * W_OUT] = 0.25  # b -> c
+    # row b: the identity block has ||I||^2 = 8, the block from a 64 * 0.25 = 16: shares 1/3, 2/3
+    expected = torch.tensor([[1.0, 0, 0], [2 / 3, 1 / 3, 0], [0, 0, 1.0]])
+    assert_close(adapter.concept_graph(), expected)
+    # row c of Bi: 8 from the identity, 64 / 16 = 4 from b
+    expected_total = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 1 / 3, 2 / 3]])
+    assert_close(adapter.concept_graph(readout="total"), expected_total)
+    # under do(b) the observational effect a -> b is cut and b -> c uses Bi
+    assert_close(adapter.concept_graph("b"), expected_total)
+    with pytest.raises(ValueError, match="'total'.*'a'"):
+        adapter.concept_graph("a", readout="total")
+    with pytest.raises(ValueError, match="readout must be one of"):
+        adapter.concept_graph(readout="direkt")
 
 
 def test_readouts_reject_bad_context():

@@ -85,3 +85,30 @@ def test_an_adapter_records_the_head_chosen():
         assert adapter.latents_from_noise(z, "a").shape == (2, 4, 64, 64)
         mean, logvar = adapter.posterior(torch.randn(2, 4, 64, 64))
     assert mean.shape == logvar.shape == (2, adapter.noise_size)
+
+
+def test_additive_latent_head_is_a_sum_over_blocks():
+    torch.manual_seed(0)
+    head = latent_head("additive", 3 * 4, 16, (2, 2, 2), num_blocks=3)
+    concepts = torch.randn(5, 12)
+
+    def with_block(k: int, values: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(5, 12)
+        out[:, 4 * k : 4 * (k + 1)] = values
+        return out
+
+    with torch.no_grad():
+        total = head(concepts)
+        parts = [head(with_block(k, concepts[:, 4 * k : 4 * (k + 1)])) for k in range(3)]
+        empty = head(torch.zeros(5, 12))
+    assert total.shape == (5, 8)
+    # f(c) = sum_k g_k(c_k) + bias, so f(c) = sum_k f(c_k alone) - 2 f(0)
+    torch.testing.assert_close(total, sum(parts) - 2 * empty)
+    # changing one block changes the output by the same amount whatever the other blocks hold
+    other = concepts.clone()
+    other[:, 4:] = torch.randn(5, 8)
+    moved = with_block(0, torch.ones(5, 4))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            head(concepts + moved) - head(concepts), head(other + moved) - head(other)
+        )

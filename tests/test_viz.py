@@ -202,6 +202,40 @@ def test_concept_graph_image_colours():
     assert pixels[y, x].sum() < lighter.sum() < 3 * 255
 
 
+def test_concept_graph_image_scale_is_fixed_and_truth_is_framed():
+    cell = 40
+
+    def draw(graph, **kwargs):
+        """The picture and the corner (row, column) of its cell (0, 0)."""
+        image = np.asarray(concept_graph_image(graph, CONCEPTS, cell=cell, **kwargs)).astype(int)
+        dark = np.nonzero(np.all(image == DARK_BLUE, axis=-1))  # cell (1, 0) is full colour
+        return image, (dark[0].min() - 1 - cell, dark[1].min() - 1)  # inside a 1-pixel outline
+
+    def colour(graph, i, j, **kwargs):
+        image, (top, left) = draw(graph, **kwargs)
+        return tuple(image[top + i * cell + 4, left + j * cell + 4])
+
+    small = torch.tensor([[0.5, 0.0, 0.05], [0.9, 0.5, 0.0], [0.0, 0.0, 0.5]])
+    large = small.clone()
+    large[2, 1] = 0.45
+    # the same entry (0, 2) = 0.05 gets the same colour whatever the largest entry is
+    assert colour(small, 0, 2) == colour(large, 0, 2) != (255, 255, 255)
+    half = colour(small, 0, 2, scale=0.1)  # 0.05 of 0.1: halfway to dark blue
+    assert np.abs(np.subtract(half, [255 + 0.5 * (d - 255) for d in DARK_BLUE])).max() <= 1
+    truth = torch.tensor([[0, 0, 1], [1, 0, 0], [0, 0, 0]])
+    plain, (top, left) = draw(small)
+    framed, _ = draw(small, truth=truth)
+    grid = (slice(top, top + 3 * cell), slice(left, left + 3 * cell))
+    changed = np.any(framed[grid] != plain[grid], axis=-1)
+    assert np.all(framed[grid][changed] == 0)  # black frames, nothing else
+    rows, columns = np.nonzero(changed)
+    assert {(r // cell, c // cell) for r, c in zip(rows, columns, strict=True)} == {(0, 2), (1, 0)}
+    with pytest.raises(ValueError, match="scale must be positive"):
+        concept_graph_image(small, CONCEPTS, scale=0)
+    with pytest.raises(ValueError, match=r"truth must have shape \(3, 3\)"):
+        concept_graph_image(small, CONCEPTS, truth=torch.zeros(2, 2))
+
+
 def test_concept_graph_image_grows_with_k():
     def picture(k: int, cell: int = 48) -> Image.Image:
         names = [f"c{i:02d}" for i in range(k)]  # labels of equal width

@@ -38,10 +38,13 @@ __all__ = [
     "TRAIN_CONTEXTS",
     "ancestral_relation",
     "build_dataset",
+    "concept_values",
+    "counterfactual_latents",
     "latents_to_images",
     "obs_mean_std",
     "sample",
     "sample_latents",
+    "standardize",
     "write_imagefolder",
 ]
 
@@ -117,6 +120,21 @@ def obs_mean_std(dependent: bool = True) -> tuple[np.ndarray, np.ndarray]:
     return np.zeros(len(LATENT_NAMES)), np.sqrt(np.diag(covariance))
 
 
+def standardize(latents: np.ndarray, dependent: bool = True) -> np.ndarray:
+    """Raw latents ``[n, 8]`` -> standardised with the exact observational statistics of the
+    variant (``obs_mean_std``): float64 ``[n, 8]``, the values the images are rendered from
+    (through Phi)."""
+    mean, std = obs_mean_std(dependent)
+    return (np.asarray(latents, dtype=np.float64) - mean) / std
+
+
+def concept_values(latents: np.ndarray, dependent: bool = True) -> np.ndarray:
+    """The standardised values of the :data:`CONCEPTS` (columns in that order) of raw latents
+    ``[n, 8]``: float64 ``[n, 6]``."""
+    columns = [LATENT_NAMES.index(name) for name in CONCEPTS]
+    return standardize(latents, dependent)[:, columns]
+
+
 def ancestral_relation(
     concepts: Sequence[str] = CONCEPTS, dependent: bool = True
 ) -> torch.BoolTensor:
@@ -185,14 +203,46 @@ def sample_latents(
     return latents.astype(np.float32)
 
 
+def counterfactual_latents(
+    latents: np.ndarray,
+    context: str | Sequence[str],
+    dependent: bool = True,
+    strength: float = 1.0,
+) -> np.ndarray:
+    """The true counterfactuals of observational samples under ``context``: float32 [n, 8].
+
+    For each row of raw observational ``latents`` (as ``sample_latents("obs", ...)`` returns):
+    recover every exogenous noise ``N_v = X_v - sum_p W[p -> v] X_p``, replace the noise of each
+    intervened variable ``j`` by the interventional noise *at the same quantile*
+    (``do_mean_j * strength + sqrt(do_var_j / obs_var_j) * N_j``), cut ``j``'s incoming edges,
+    and recompute every variable in topological order with its own noise. Non-descendants of
+    the intervened variables keep their values; ``context="obs"`` returns ``latents``
+    unchanged (up to float32 rounding). This is the monotone coupling of the observational and
+    interventional noise, the SCM's own counterfactual.
+    """
+    concepts = parse_context(context, CONCEPTS, lenient=True)
+    raw = np.asarray(latents, dtype=np.float64)
+    if raw.ndim != 2 or raw.shape[1] != len(LATENT_NAMES):
+        raise ValueError(f"latents must have shape [n, {len(LATENT_NAMES)}], got {list(raw.shape)}")
+    weights = _weights(dependent)
+    noise = raw - raw @ weights
+    for name in concepts:
+        j = LATENT_NAMES.index(name)
+        weights[:, j] = 0.0
+        noise[:, j] = _DO_MEAN[j] * strength + np.sqrt(_DO_VAR[j] / _OBS_VAR[j]) * noise[:, j]
+    out = np.zeros_like(noise)
+    for j in _TOPO_ORDER:
+        out[:, j] = out @ weights[:, j] + noise[:, j]
+    return out.astype(np.float32)
+
+
 def latents_to_images(latents: np.ndarray, dependent: bool = True) -> np.ndarray:
     """Images of raw latents [n, 8] (as returned by ``sample_latents``): uint8 [n, 64, 64, 3].
 
     Standardises with the exact observational statistics of the chosen variant
     (``obs_mean_std``), maps through Phi and calls ``render``.
     """
-    mean, std = obs_mean_std(dependent)
-    z = torch.from_numpy((np.asarray(latents, dtype=np.float64) - mean) / std)
+    z = torch.from_numpy(standardize(latents, dependent))
     return render(torch.special.ndtr(z).numpy())
 
 

@@ -27,7 +27,7 @@ import math
 
 import numpy as np
 
-__all__ = ["IMAGE_SIZE", "RENDER_CHUNK", "colormap", "render"]
+__all__ = ["COLOURS", "IMAGE_SIZE", "RENDER_CHUNK", "colormap", "render"]
 
 IMAGE_SIZE = 64
 """Side of a quad image, in pixels."""
@@ -35,9 +35,11 @@ RENDER_CHUNK = 1024
 """Images per vectorised rendering step (bounds peak memory); also the chunk of the dataset
 writers."""
 
-_COLOURS = np.array(
+COLOURS = np.array(
     [[1, 0, 0], [1, 1, 0], [0, 1, 0], [0, 1, 1], [0, 0, 1], [1, 0, 1]], dtype=np.float64
 )
+"""The corners of the colour map's path, RGB in [0, 1]: red, yellow, green, cyan, blue,
+magenta."""
 
 
 def colormap(v: np.ndarray) -> np.ndarray:
@@ -49,7 +51,7 @@ def colormap(v: np.ndarray) -> np.ndarray:
     t = 5.0 * np.clip(np.asarray(v, dtype=np.float64), 0.0, 1.0)
     segment = np.minimum(np.floor(t), 4).astype(np.intp)
     frac = (t - segment)[..., None]
-    rgb = (1.0 - frac) * _COLOURS[segment] + frac * _COLOURS[segment + 1]
+    rgb = (1.0 - frac) * COLOURS[segment] + frac * COLOURS[segment + 1]
     return (255.0 * rgb).astype(np.uint8)
 
 
