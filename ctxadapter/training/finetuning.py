@@ -49,9 +49,12 @@ def finetune(args: FinetuneArguments) -> Path:
     """Train a context adapter on a frozen autoencoder and write the output folder.
 
     Everything is validated before anything is written: the flags, the data (columns,
-    contexts), the autoencoder and the resolution. Returns the output folder, which holds the
-    adapter (``config.json``, ``model.safetensors``, ``README.md``), the sample grids, the
-    concept-graph picture, ``metrics.json``, ``logs/`` and ``checkpoint-<step>/`` folders.
+    contexts), the autoencoder, the resolution and, with ``--push_to_hub``, the Hub login and
+    repository. A ``--train_batch_size`` larger than the training rows becomes their number
+    (``fit_batch_size``, with a note). Returns the output folder, which holds the adapter
+    (``config.json``, ``model.safetensors``, ``README.md``), the sample grids, the
+    concept-graph picture, ``metrics.json``, ``logs/`` and ``checkpoint-<step>/`` folders; the
+    main process ends by printing ``run_summary``.
     """
     # 1. Check the flags, the data, the autoencoder and, with --push_to_hub, the Hub login and
     #    repository; nothing is written before this passes.
