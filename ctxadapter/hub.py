@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from huggingface_hub import HfApi
-from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
 
 from .card import card_kwargs, is_hub_id
 from .pinning import loads_anywhere
@@ -29,20 +28,22 @@ def reach_repo(repo_id: str, token: str | None = None, private: bool | None = No
     if it exists. Returns its full id (``user/name`` for a bare ``name``).
 
     Raises:
-        PermissionError: naming the repository, when there is no usable login or the
-            repository can be neither created nor reached with it.
+        PermissionError: naming the repository, when there is no usable login (no token, a
+            token the Hub refuses, or no connection to the Hub) or the repository can be
+            neither created nor reached with it.
     """
     api = HfApi(token=token)
     try:
         user = api.whoami()["name"]
-    except (HfHubHTTPError, LocalTokenNotFoundError, OSError) as error:
+    except Exception as error:  # any failure (HTTP, transport, no token) is the same answer
         raise PermissionError(
-            f"Cannot push to the Hub repository {repo_id!r}: no usable Hub login ({error}). "
-            f"Log in with `hf auth login`, or pass a token (--hub_token / token=)."
+            f"Cannot push to the Hub repository {repo_id!r}: the Hub login could not be checked "
+            f"({error}). Log in with `hf auth login` or pass a token (--hub_token / token=), "
+            f"and check the connection to the Hub."
         ) from error
     try:
         return api.create_repo(repo_id=repo_id, private=private, exist_ok=True).repo_id
-    except (HfHubHTTPError, OSError) as error:
+    except Exception as error:
         raise PermissionError(
             f"Cannot create or reach the Hub repository {repo_id!r} as {user!r}: {error}"
         ) from error
