@@ -15,23 +15,9 @@ Bad flags, data or Hub access end the run with one line, ``finetune.py: error: .
 exit status 1 (``accelerate launch -q`` leaves out the launcher's own traceback after it).
 """
 
-import os
-import sys
-
 from ctxadapter.training import finetune, parse_finetune_arguments
-
-USER_ERRORS = (ValueError, OSError, FloatingPointError)
-"""What bad flags, data, files, Hub access or a diverged run raise: reported as one line."""
-
-
-def main(argv: list[str] | None = None) -> None:
-    try:
-        finetune(parse_finetune_arguments(argv))
-    except USER_ERRORS as error:
-        if int(os.environ.get("RANK", "0")) == 0:  # once, not once per process
-            print(f"finetune.py: error: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
-
+from ctxadapter.training.errors import one_line_errors
 
 if __name__ == "__main__":
-    main()
+    with one_line_errors("finetune.py"):
+        finetune(parse_finetune_arguments())

@@ -11,7 +11,9 @@ It takes the same data flags as ``finetune.py``; ``--help`` lists them all. With
 from transformers import HfArgumentParser
 
 from ctxadapter.training import PretrainArguments, pretrain_autoencoder
+from ctxadapter.training.errors import one_line_errors
 
 if __name__ == "__main__":
-    (args,) = HfArgumentParser(PretrainArguments).parse_args_into_dataclasses()
-    pretrain_autoencoder(args)
+    with one_line_errors("pretrain_autoencoder.py"):
+        (args,) = HfArgumentParser(PretrainArguments).parse_args_into_dataclasses()
+        pretrain_autoencoder(args)

@@ -270,20 +270,26 @@ def test_bad_flag_values_fail_before_writing(tmp_path, field, value, message):
     assert not output.exists()
 
 
-def test_pretrain_rejects_a_batch_larger_than_the_data(tmp_path):
+def test_pretrain_fits_the_batch_and_names_its_folder_after_the_data(tmp_path, monkeypatch, capsys):
     from ctxadapter.training import PretrainArguments, pretrain_autoencoder
 
-    output = tmp_path / "autoencoder"
-    args = PretrainArguments(
-        output_dir=str(output),
-        quad_images_per_context=2,
+    monkeypatch.chdir(tmp_path)
+    args = PretrainArguments(  # no --output_dir: named after the (quad) data
+        quad_images_per_context=2,  # 2 images of each of the 7 quad contexts: 14 rows
         train_batch_size=32,
+        max_train_steps=2,
+        resolution=16,
+        block_out_channels=[8, 8],
+        validation_steps=0,
         report_to="none",
         cache_dir=str(tmp_path / "cache"),
     )
-    with pytest.raises(ValueError, match="--train_batch_size 32 is larger than the 1[0-9] "):
-        pretrain_autoencoder(args)
-    assert not output.exists()
+    pretrain_autoencoder(args)
+    assert (
+        "--train_batch_size 32 is larger than the 14 training images: training with batches of "
+        "14 (one per epoch)." in capsys.readouterr().out
+    )
+    assert (tmp_path / "quad-autoencoder" / "config.json").is_file()
 
 
 def test_make_optimizer_is_fused_adam_over_trainable_parameters():
@@ -452,3 +458,19 @@ def test_pretrain_output_folder_is_named_after_the_data(tmp_path):
     folder = PretrainArguments(train_data_dir=str(tmp_path / "my-images") + "/")
     assert folder.autoencoder_dir == "my-images-autoencoder"
     assert PretrainArguments(output_dir="vae", dataset_name="x").autoencoder_dir == "vae"
+
+
+def test_one_line_errors_on_the_first_process_only(monkeypatch, capsys):
+    from ctxadapter.training.errors import one_line_errors
+
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(SystemExit) as ended, one_line_errors("script.py"):
+        raise ValueError("--seed must be >= 0, got -1")
+    assert ended.value.code == 1
+    assert capsys.readouterr().err == "script.py: error: --seed must be >= 0, got -1\n"
+    monkeypatch.setenv("RANK", "1")  # another process of the same run: silent
+    with pytest.raises(SystemExit), one_line_errors("script.py"):
+        raise FileNotFoundError("no such folder")
+    assert capsys.readouterr().err == ""
+    with pytest.raises(KeyError), one_line_errors("script.py"):  # a bug keeps its traceback
+        raise KeyError("bug")

@@ -8,7 +8,8 @@
 - ``finetuning``: the fine-tuning loop, top to bottom, and ``outputs``: its output folder;
 - ``pretraining``: ``PretrainArguments`` and the autoencoder pretraining loop;
 - ``state``: early stopping, the noise generator and the checkpoint folders;
-- ``optimization``, ``tracking``: the optimizer and schedule, the ``Accelerator``.
+- ``optimization``, ``tracking``: the optimizer and schedule, the ``Accelerator``;
+- ``errors``: bad input ends a script with one line.
 """
 
 from .args import QUAD_AUTOENCODER

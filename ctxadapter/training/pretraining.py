@@ -78,19 +78,22 @@ class PretrainArguments(RunArguments, OptimizationArguments, ImageDataArguments)
 
 def pretrain_autoencoder(args: PretrainArguments) -> AutoencoderKL:
     """Train an ``AutoencoderKL`` from scratch on the dataset's images (every context pooled),
-    set its ``scaling_factor`` to ``1 / std`` of the latents, and save it to ``output_dir``."""
+    set its ``scaling_factor`` to ``1 / std`` of the latents, and save it to ``output_dir``
+    (default: named after the data, ``PretrainArguments.autoencoder_dir``). A
+    ``--train_batch_size`` larger than the training images becomes their number, with a note."""
     args.validate()  # the fields may have been changed since construction
     args = dataclasses.replace(args, output_dir=args.autoencoder_dir)
     check_output_dir(args.output_dir, args.overwrite_output_dir, resuming=False)
     train, validation, *_ = load_splits(args, args.seed)
-    if len(train) < args.train_batch_size:  # no full batch: the loop would never step
-        raise ValueError(
-            f"--train_batch_size {args.train_batch_size} is larger than the {len(train)} "
-            f"training images; use a smaller batch or more images."
-        )
+    batch_size = min(args.train_batch_size, len(train))  # incomplete batches are dropped
     resolution = args.resolution or 64
     levels = len(args.block_out_channels)
     accelerator = make_accelerator(args)
+    if batch_size < args.train_batch_size:
+        accelerator.print(
+            f"--train_batch_size {args.train_batch_size} is larger than the {len(train)} "
+            f"training images: training with batches of {batch_size} (one per epoch)."
+        )
     set_seed(args.seed)
     vae = AutoencoderKL(
         down_block_types=("DownEncoderBlock2D",) * levels,
@@ -107,7 +110,7 @@ def pretrain_autoencoder(args: PretrainArguments) -> AutoencoderKL:
 
     loader = torch.utils.data.DataLoader(
         range(len(train)),
-        batch_size=args.train_batch_size,
+        batch_size=batch_size,
         shuffle=True,
         drop_last=True,
         collate_fn=collate,
