@@ -82,7 +82,31 @@ def push_adapter(
     extra_files: Sequence[str | os.PathLike] = (),
     model_card_kwargs: dict | None = None,
 ) -> str:
-    """``ContextAutoencoder.push_to_hub`` (see there) of ``model``."""
+    """``ContextAutoencoder.push_to_hub``: save the adapter folder of ``model`` and upload it
+    to the Hub repository ``repo_id`` (created if needed, after checking the login) in one
+    commit. Returns the commit's URL.
+
+    An adapter loaded from a training run's folder (``from_pretrained(folder)``, or the
+    model ``finetune.py --push_to_hub`` just saved) uploads that run's ``metrics.json`` and
+    pictures too, and its model card shows them with the training command and the results
+    (``ctxadapter.hub.run_files``): the same files either way.
+
+    Args:
+        repo_id: the Hub repository; the card's usage snippet names it.
+        token, private, commit_message: as for ``huggingface_hub``'s uploads.
+        base_model_id: the Hub id of the base autoencoder. Required when the adapter
+            records a local folder as its base (an adapter that names a folder of this
+            machine would load nowhere else); it is then recorded in the config. An
+            autoencoder that ships with ctxadapter (``ctxadapter:quad-autoencoder``) loads
+            wherever ctxadapter is installed and needs none.
+        extra_files: more files uploaded beside the adapter.
+        model_card_kwargs: arguments of ``ctxadapter.card.model_card``, over those read
+            from the run's ``metrics.json``.
+
+    Raises:
+        ValueError: for a local base without ``base_model_id``, before anything is sent.
+        PermissionError: without a usable Hub login or write access to ``repo_id``.
+    """
     base = model.adapter.config["base_model"]
     if base_model_id:
         if not is_hub_id(base_model_id):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
 
@@ -317,50 +317,9 @@ class ContextAutoencoder(nn.Module):
         if self.adapter.config["decoder_lora"]:
             save_decoder_lora(self.codec.autoencoder, save_directory)
 
-    def push_to_hub(
-        self,
-        repo_id: str,
-        token: str | None = None,
-        private: bool | None = None,
-        commit_message: str = "Upload ctxadapter adapter",
-        base_model_id: str | None = None,
-        extra_files: Sequence[str | os.PathLike] = (),
-        model_card_kwargs: dict | None = None,
-    ) -> str:
-        """Save the adapter folder and upload it to the Hub repository ``repo_id`` (created if
-        needed, after checking the login) in one commit. Returns the commit's URL.
-
-        An adapter loaded from a training run's folder (``from_pretrained(folder)``, or the
-        model ``finetune.py --push_to_hub`` just saved) uploads that run's ``metrics.json`` and
-        pictures too, and its model card shows them with the training command and the results
-        (``ctxadapter.hub.run_files``): the same files either way.
-
-        Args:
-            repo_id: the Hub repository; the card's usage snippet names it.
-            token, private, commit_message: as for ``huggingface_hub``'s uploads.
-            base_model_id: the Hub id of the base autoencoder. Required when the adapter
-                records a local folder as its base (an adapter that names a folder of this
-                machine would load nowhere else); it is then recorded in the config. An
-                autoencoder that ships with ctxadapter (``ctxadapter:quad-autoencoder``) loads
-                wherever ctxadapter is installed and needs none.
-            extra_files: more files uploaded beside the adapter.
-            model_card_kwargs: arguments of ``ctxadapter.card.model_card``, over those read
-                from the run's ``metrics.json``.
-
-        Raises:
-            ValueError: for a local base without ``base_model_id``, before anything is sent.
-            PermissionError: without a usable Hub login or write access to ``repo_id``.
-        """
-        return push_adapter(
-            self,
-            repo_id,
-            token=token,
-            private=private,
-            commit_message=commit_message,
-            base_model_id=base_model_id,
-            extra_files=extra_files,
-            model_card_kwargs=model_card_kwargs,
-        )
+    push_to_hub = push_adapter
+    """Save the adapter folder and upload it to the Hub: ``model.push_to_hub(repo_id, ...)``
+    (``ctxadapter.hub.push_adapter`` documents the arguments)."""
 
     @classmethod
     def from_pretrained(
