@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 
 import torch
@@ -33,6 +33,7 @@ __all__ = [
     "context_grid",
     "counterfactual_grid",
     "image_grid",
+    "titled",
     "write_report",
 ]
 
@@ -153,7 +154,28 @@ def image_grid(
     return grid
 
 
-def context_grid(model, contexts: list[str], num_samples: int = 8, seed: int = 0) -> Image.Image:
+def titled(image: Image.Image, title: str) -> Image.Image:
+    """``image`` below a line of text ``title`` (a white band ``LABEL_SIZE + 2 * MARGIN``
+    pixels high, at least as wide as the title)."""
+    font = _font()
+    text_width, text_height = _text_size(title, font)
+    band = text_height + 2 * MARGIN
+    canvas = Image.new(
+        "RGB", (max(image.width, text_width + 2 * MARGIN), image.height + band), BACKGROUND
+    )
+    ImageDraw.Draw(canvas).text((MARGIN, MARGIN), title, fill=TEXT, font=font)
+    canvas.paste(image, (0, band))
+    return canvas
+
+
+def context_grid(
+    model,
+    contexts: list[str],
+    num_samples: int = 8,
+    seed: int = 0,
+    title: str | None = None,
+    real: Mapping[str, torch.Tensor] | None = None,
+) -> Image.Image:
     """Samples of ``model`` under each context: one row per context, ``num_samples`` columns.
 
     Every row is ``model.generate(context, num_samples, generator=...)`` with a generator seeded
@@ -168,21 +190,34 @@ def context_grid(model, contexts: list[str], num_samples: int = 8, seed: int = 0
             order).
         num_samples: images per row.
         seed: seed of the noise shared by all rows.
+        title: drawn above the grid if given (``titled``).
+        real: real images by canonical context name, ``(n, 3, H, W)`` in ``[0, 1]`` at the
+            model's resolution. Given, each context with real images gets a row of its first
+            ``num_samples`` (white tiles after the last) labelled ``"real <context>"`` above
+            its samples, and every row of samples is labelled ``"generated <context>"``.
 
     Returns:
-        An ``image_grid`` of ``len(contexts)`` rows and ``num_samples`` columns of
-        ``model.resolution`` tiles.
+        An ``image_grid`` of one row per context, plus one per context with real images, and
+        ``num_samples`` columns of ``model.resolution`` tiles.
     """
     if not contexts:
         raise ValueError("contexts must name at least one context, e.g. ['obs'].")
     concepts = model.adapter.concepts
     canonical = [parse_context(context, concepts) for context in contexts]
-    rows = []
+    rows, labels = [], []
     with eval_mode(model):
         for context in canonical:
+            name = context_name(context)
+            if real is not None and name in real and len(real[name]):
+                shown = real[name][:num_samples].float().cpu()
+                blank = torch.ones(num_samples - len(shown), *shown.shape[1:])
+                rows.append(torch.cat([shown, blank]))
+                labels.append(f"real {name}")
             generator = torch.Generator(device=model.device).manual_seed(seed)
             rows.append(model.generate(context, num_samples, generator=generator).cpu())
-    return image_grid(torch.cat(rows), len(rows), [context_name(c) for c in canonical])
+            labels.append(name if real is None else f"generated {name}")
+    grid = image_grid(torch.cat(rows), len(rows), labels)
+    return grid if title is None else titled(grid, title)
 
 
 def counterfactual_grid(
@@ -389,11 +424,13 @@ def write_report(
     images: torch.Tensor | Sequence[Image.Image] | None = None,
     truths: dict[str, torch.Tensor] | None = None,
     true_graph: torch.Tensor | None = None,
+    real: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, str]:
     """Write the standard pictures of an adapter into ``output_dir`` (created if missing).
 
     Files:
-        - ``contexts.png``: ``context_grid`` over ``"obs"`` and every single concept;
+        - ``contexts.png``: ``context_grid`` over ``"obs"`` and every single concept, with
+          the ``real`` images of each context (see ``context_grid``) if given;
         - ``compositions.png``: ``context_grid`` over ``compositions`` (default
           ``ctxadapter.contexts.all_pairs``; not written when there is none, e.g. with one concept);
         - ``concept_graph.png``: ``concept_graph_image`` of the observational graph (with the
@@ -408,7 +445,7 @@ def write_report(
     os.makedirs(output_dir, exist_ok=True)
     concepts = model.adapter.concepts
     pictures: dict[str, Image.Image] = {
-        "contexts": context_grid(model, [OBSERVATIONAL, *concepts], num_samples, seed)
+        "contexts": context_grid(model, [OBSERVATIONAL, *concepts], num_samples, seed, real=real)
     }
     compositions = all_pairs(concepts) if compositions is None else list(compositions)
     if compositions:
