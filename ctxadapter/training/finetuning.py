@@ -59,20 +59,22 @@ def finetune(args: FinetuneArguments) -> Path:
     the sample grids, the concept-graph picture, ``metrics.json``, ``logs/`` and
     ``checkpoint-<step>/`` folders; the main process ends by printing ``run_summary``.
     """
+    # 1. Check the flags, the output folder and, with --push_to_hub, the Hub login and
+    #    repository (before the lock creates the output folder), then the data and the
+    #    autoencoder; nothing else is written before this passes.
+    started = time.perf_counter()
     args.validate()
     check_not_base(args.output_dir, args.autoencoder)
-    with output_lock(args.output_dir, enabled=PartialState().is_main_process):
-        return finetune_locked(args)
-
-
-def finetune_locked(args: FinetuneArguments) -> Path:
-    """The body of ``finetune``, once the output folder is locked
-    (``ctxadapter.training.output_dir.output_lock``)."""
-    # 1. Check the flags, the data, the autoencoder and, with --push_to_hub, the Hub login and
-    #    repository; nothing is written before this passes.
-    started = time.perf_counter()
-    inputs = resolve_inputs(args)
     repo_id = reach_repo(hub_repo_name(args), args.hub_token) if args.push_to_hub else None
+    with output_lock(args.output_dir, enabled=PartialState().is_main_process):
+        return finetune_locked(args, repo_id, started)
+
+
+def finetune_locked(args: FinetuneArguments, repo_id: str | None, started: float) -> Path:
+    """The body of ``finetune`` once the output folder is locked
+    (``ctxadapter.training.output_dir.output_lock``): ``repo_id`` is the Hub repository
+    reached (or None), ``started`` the ``time.perf_counter()`` of the run's start."""
+    inputs = resolve_inputs(args)
     batch_size, batch_note = fit_batch_size(args, inputs.train_contexts)
 
     # 2. A freshly initialised adapter for the data's concepts and the latent shape.
