@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
-from huggingface_hub import HfApi
 from torch import nn
 
 from .adapter import CtxAdapter
-from .card import is_hub_id
 from .codec import LatentCodec
+from .domain import DOMAIN_SAMPLE, check_domain, reconstruction_mse
+from .hub import push_adapter
 from .images import model_input
 from .lora import add_decoder_lora, load_decoder_lora, save_decoder_lora
 from .objective import Objective
@@ -103,6 +101,8 @@ class ContextAutoencoder(nn.Module):
             )
         self.resolution = (height * factor, width * factor)
         check_base_record(adapter.config["base_model"], self.codec)
+        self.name_or_path: str | None = None
+        """The folder or Hub id ``from_pretrained`` loaded the adapter from (else ``None``)."""
 
     @property
     def device(self) -> torch.device:
@@ -141,8 +141,15 @@ class ContextAutoencoder(nn.Module):
 
     def _encode(self, images) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (``model_input``) -> their latents and posterior mean noise, in the adapter's
-        dtype."""
-        latents = self.codec.encode(self._pixels(images)).to(self.device, self.dtype)
+        dtype; warns when the images are far outside the training domain
+        (``ctxadapter.domain``)."""
+        pixels = self._pixels(images)
+        latents = self.codec.encode(pixels)
+        recorded = (self.adapter.config["base_model"] or {}).get("reconstruction_mse")
+        if recorded:
+            sample = slice(0, DOMAIN_SAMPLE)
+            check_domain(recorded, reconstruction_mse(self.codec, pixels[sample], latents[sample]))
+        latents = latents.to(self.device, self.dtype)
         return latents, self.adapter.posterior(latents)[0]
 
     @torch.no_grad()
@@ -302,67 +309,20 @@ class ContextAutoencoder(nn.Module):
     # ------------------------------------------------------------------ saving and loading
     def save_pretrained(self, save_directory, **kwargs) -> None:
         """Save the adapter folder: the adapter (never the base autoencoder; see
-        ``CtxAdapter.save_pretrained``) and, if there is one, the decoder LoRA's weights."""
-        self.adapter.save_pretrained(save_directory, **kwargs)
+        ``CtxAdapter.save_pretrained``) and, if there is one, the decoder LoRA's weights. The
+        model card's usage snippet loads ``save_directory`` unless ``model_card_kwargs`` names
+        a ``repo_id``."""
+        card = {
+            "repo_id": os.fspath(save_directory),
+            **(kwargs.pop("model_card_kwargs", None) or {}),
+        }
+        self.adapter.save_pretrained(save_directory, model_card_kwargs=card, **kwargs)
         if self.adapter.config["decoder_lora"]:
             save_decoder_lora(self.codec.autoencoder, save_directory)
 
-    def push_to_hub(
-        self,
-        repo_id: str,
-        token: str | None = None,
-        private: bool | None = None,
-        commit_message: str = "Upload ctxadapter adapter",
-        base_model_id: str | None = None,
-        extra_files: Sequence[str | os.PathLike] = (),
-        model_card_kwargs: dict | None = None,
-    ) -> str:
-        """Save the adapter folder and upload it to the Hub repository ``repo_id`` (created if
-        needed) in one commit. Returns the commit's URL.
-
-        Args:
-            repo_id: the Hub repository.
-            token, private, commit_message: as for ``huggingface_hub``'s uploads.
-            base_model_id: the Hub id of the base autoencoder. Required when the adapter
-                records a local folder as its base (an adapter that names a folder of this
-                machine would load nowhere else); it is then recorded in the config.
-            extra_files: files uploaded beside the adapter, such as its sample pictures.
-            model_card_kwargs: arguments of ``ctxadapter.card.model_card`` (the card's usage
-                snippet names ``repo_id``).
-
-        Raises:
-            ValueError: for a local base without ``base_model_id``, before anything is sent.
-        """
-        base = self.adapter.config["base_model"]
-        if base_model_id:
-            if not is_hub_id(base_model_id):
-                raise ValueError(
-                    f"base_model_id must be a Hub repository id 'org/name', got {base_model_id!r}"
-                )
-            self.adapter.config["base_model"] = {
-                **(base or {}),
-                "pretrained_model_name_or_path": base_model_id,
-            }
-        elif base and not is_hub_id(base["pretrained_model_name_or_path"]):
-            raise ValueError(
-                f"This adapter's base autoencoder is the local folder "
-                f"{base['pretrained_model_name_or_path']!r}, which does not exist on the Hub: "
-                f"the pushed adapter would load nowhere else. Upload the autoencoder and pass "
-                f"its Hub id with base_model_id= (--hub_base_model_id in finetune.py)."
-            )
-        missing = [str(f) for f in extra_files if not os.path.isfile(f)]
-        if missing:
-            raise FileNotFoundError(f"extra_files not found: {missing}")
-        api = HfApi(token=token)
-        repo_id = api.create_repo(repo_id=repo_id, private=private, exist_ok=True).repo_id
-        with tempfile.TemporaryDirectory() as folder:
-            card = (model_card_kwargs or {}) | {"repo_id": repo_id}
-            self.save_pretrained(folder, model_card_kwargs=card)
-            for file in extra_files:
-                shutil.copy(file, folder)
-            return api.upload_folder(
-                repo_id=repo_id, folder_path=folder, commit_message=commit_message
-            )
+    push_to_hub = push_adapter
+    """Save the adapter folder and upload it to the Hub: ``model.push_to_hub(repo_id, ...)``
+    (``ctxadapter.hub.push_adapter`` documents the arguments)."""
 
     @classmethod
     def from_pretrained(
@@ -402,6 +362,7 @@ class ContextAutoencoder(nn.Module):
         model = cls(autoencoder, adapter)
         if given and check_base:
             check_given_autoencoder(adapter.config["base_model"], model.codec.autoencoder)
+        model.name_or_path = os.fspath(pretrained_model_name_or_path)
         if adapter.config["decoder_lora"]:
             load_decoder_lora(
                 model.codec.autoencoder,

@@ -20,6 +20,7 @@ import torch
 from huggingface_hub import try_to_load_from_cache
 from safetensors import safe_open
 
+from .card import is_hub_id
 from .codec import LatentCodec, load_autoencoder
 
 SHIPPED_AUTOENCODERS = {
@@ -27,6 +28,12 @@ SHIPPED_AUTOENCODERS = {
 }
 """Autoencoders that ship inside the package, by the name an adapter records for them (so an
 adapter trained on one loads wherever ctxadapter is installed)."""
+
+
+def loads_anywhere(name: str | None) -> bool:
+    """Whether a recorded base autoencoder loads on any machine with ctxadapter installed: a
+    Hub id or the name of a shipped autoencoder (``"ctxadapter:quad-autoencoder"``)."""
+    return name in SHIPPED_AUTOENCODERS or is_hub_id(name)
 
 
 def local_path(name_or_path: str) -> str:

@@ -24,15 +24,19 @@ def process_state() -> PartialState:
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
-def cpu_launch(num_processes: int, threads: int = 1) -> tuple[list[str], dict[str, str]]:
+def cpu_launch(
+    num_processes: int, threads: int = 1, quiet: bool = False
+) -> tuple[list[str], dict[str, str]]:
     """The ``accelerate launch`` command (up to the script) that starts ``num_processes``
-    processes of ``threads`` torch threads on this machine's CPUs, and the environment
-    variables to add. ``--cpu`` starts one process (several need MPI), so several start through
-    torchrun (``--multi_gpu``) with ``ACCELERATE_USE_CPU=1``: one gloo group."""
+    processes of ``threads`` torch threads on this machine's CPUs (``-q`` with ``quiet``: only
+    the relevant tracebacks), and the environment variables to add. ``--cpu`` starts one
+    process (several need MPI), so several start through torchrun (``--multi_gpu``) with
+    ``ACCELERATE_USE_CPU=1``: one gloo group."""
     command = [
         sys.executable,
         "-m",
         "accelerate.commands.launch",
+        *(["-q"] if quiet else []),
         "--cpu" if num_processes == 1 else "--multi_gpu",
         "--num_processes",
         str(num_processes),

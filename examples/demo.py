@@ -25,6 +25,7 @@ import os
 import re
 import socket
 import sys
+import warnings
 from collections.abc import Sequence
 
 # Gradio's usage statistics would try to reach the network: keep the demo offline.
@@ -36,6 +37,7 @@ from PIL import Image  # noqa: E402
 
 import ctxadapter  # noqa: E402
 from ctxadapter import ContextAutoencoder, context_name, parse_context  # noqa: E402
+from ctxadapter.domain import OutOfDomainWarning  # noqa: E402
 from ctxadapter.images import preprocess_images  # noqa: E402
 from ctxadapter.model import eval_mode  # noqa: E402
 from ctxadapter.viz import concept_graph_image, image_grid  # noqa: E402
@@ -228,6 +230,12 @@ def example_images(model: ContextAutoencoder, count: int = EXAMPLE_COUNT) -> lis
     return [Image.fromarray(image.numpy()) for image in images]
 
 
+def opening_image(model: ContextAutoencoder, examples: Sequence[Image.Image]) -> Image.Image:
+    """The image the page opens with, already edited: the first example, else the first
+    ``obs`` sample of seed 0."""
+    return examples[0] if examples else _to_pil(generate_samples(model, (), 1, 0))
+
+
 def describe(model: ContextAutoencoder, name: str | None = None) -> str:
     """A Markdown header: the adapter, its base autoencoder, concepts and resolution."""
     base = (model.adapter.config.get("base_model") or {}).get("pretrained_model_name_or_path")
@@ -255,21 +263,23 @@ def _gradio():
 
 
 def build_demo(model: ContextAutoencoder, name: str | None = None, examples=None):
-    """The demo page of ``model`` as a ``gradio.Blocks`` (not launched; see ``launch``).
+    """The demo page of ``model`` as a ``gradio.Blocks`` (not launched; see ``launch``). It
+    opens with the ``obs`` samples of seed 0 and the edits of ``opening_image`` already shown.
 
-    Args:
-        model: the adapter and its autoencoder, in eval mode.
-        name: the adapter's folder or Hub id, shown in the header.
-        examples: images offered for editing (default: ``example_images(model)``).
+        Args:
+            model: the adapter and its autoencoder, in eval mode.
+            name: the adapter's folder or Hub id, shown in the header.
+            examples: images offered for editing (default: ``example_images(model)``).
 
-    API endpoints (for ``gradio_client``): ``/generate`` (concepts, samples, seed -> grid),
-    ``/edit`` (image, concepts, mode, strength -> gallery) and ``/graph`` (concepts ->
-    context, graph).
+        API endpoints (for ``gradio_client``): ``/generate`` (concepts, samples, seed -> grid),
+        ``/edit`` (image, concepts, mode, strength -> gallery) and ``/graph`` (concepts ->
+        context, graph).
     """
     gr = _gradio()
     scale = display_scale(model)
     examples = example_images(model) if examples is None else list(examples)
     concept_names = list(model.adapter.concepts)
+    opening = opening_image(model, examples)
 
     def on_generate(ticked, num_samples, seed):
         seed = 0 if seed is None else seed  # an emptied seed box
@@ -278,7 +288,12 @@ def build_demo(model: ContextAutoencoder, name: str | None = None, examples=None
     def on_edit(image, ticked, mode, strength):
         if image is None:
             raise gr.Error("Upload an image (or pick an example) to edit.")
-        return edit_image(model, image, ticked, mode, float(strength), scale=scale)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", OutOfDomainWarning)
+            edits = edit_image(model, image, ticked, mode, float(strength), scale=scale)
+        for message in dict.fromkeys(str(w.message) for w in caught):  # once per message
+            gr.Warning(message)  # an image far from the training data: say so on the page
+        return edits
 
     def on_ticks(ticked):
         return context_of(model, ticked), graph_picture(model, ticked)
@@ -299,6 +314,7 @@ def build_demo(model: ContextAutoencoder, name: str | None = None, examples=None
                 generate = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=3):
                 samples = gr.Image(
+                    generate_grid(model, (), GRID_COLUMNS, 0, scale=scale),
                     label="Samples under the ticked context",
                     type="pil",
                     format="png",
@@ -316,6 +332,7 @@ def build_demo(model: ContextAutoencoder, name: str | None = None, examples=None
         with gr.Row():
             with gr.Column(scale=1, min_width=240):
                 image = gr.Image(
+                    opening,
                     label="Image to edit (treated as obs)",
                     type="pil",
                     format="png",
@@ -347,6 +364,7 @@ def build_demo(model: ContextAutoencoder, name: str | None = None, examples=None
                 edit = gr.Button("Edit", variant="primary", elem_id="edit")
             with gr.Column(scale=3):
                 edits = gr.Gallery(
+                    edit_image(model, opening, scale=scale),
                     label="Counterfactual edits: the same noise, another context "
                     "(obs: the reconstruction)",
                     format="png",
@@ -391,18 +409,21 @@ def launch(demo, port: int | None = None, block: bool = True, quiet: bool = Fals
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument(
         "adapter",
         nargs="?",
         default=DEFAULT_ADAPTER,
-        help=f"Adapter folder or Hub id (default: {DEFAULT_ADAPTER}, the default run's output).",
+        help="Adapter folder or Hub id (the default is the default run's output).",
     )
-    parser.add_argument("--port", type=int, default=None, help="Port (default: a free one).")
+    parser.add_argument("--port", type=int, default=None, help="Port; None: a free one.")
     parser.add_argument(
         "--device",
         default="cuda" if torch.cuda.is_available() else "cpu",
-        help="Device to run on (default: cuda if available, else cpu).",
+        help="Device to run on: cuda if available, else cpu.",
     )
     return parser.parse_args(argv)
 

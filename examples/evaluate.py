@@ -11,8 +11,14 @@ held-out compositions, ``--images_per_context`` each) are used. With ``--dataset
 ``train``) are grouped by their context column, ``--images_per_context`` per context (the first
 ones, in dataset order); contexts joining several concepts with ``+`` count as compositions.
 
-Prints a table (one row per context, then the means) and writes every number to ``--output``
-(JSON). See ``docs/results.md`` for the method.
+SW2 values mean little alone, so they are reported against a reference: the CM pooled
+ablation (an adapter trained with ``--pooled`` on the same data) evaluated on the same images
+when ``--reference`` names it, else the real images' own split-half SW2 (the first half of each
+context's images against the second), a floor that no adapter goes below at that sample size.
+
+Prints a table (one row per context, then the means) and the reference, and writes every number
+to ``--output`` (JSON; by default ``evaluation.json`` in the adapter's folder). See
+``docs/results.md`` for the method.
 """
 
 from __future__ import annotations
@@ -24,15 +30,26 @@ from pathlib import Path
 import torch
 
 from ctxadapter import ContextAutoencoder
-from ctxadapter.evaluation import evaluate, format_table, heldout_quad_images
+from ctxadapter.evaluation import evaluate, format_table, heldout_quad_images, prepare_images
+from ctxadapter.metrics import concept_compo_scores
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument(
         "--adapter",
         required=True,
         help="Adapter folder or Hub id (its base autoencoder is loaded too).",
+    )
+    parser.add_argument(
+        "--reference",
+        default=None,
+        help="The CM pooled ablation (an adapter trained with --pooled on the same data), "
+        "evaluated on the same images as the reference. Default: the real images' split-half "
+        "SW2.",
     )
     data = parser.add_argument_group("data (default: held-out quad images)")
     data.add_argument(
@@ -80,14 +97,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--device",
         default="cuda" if torch.cuda.is_available() else "cpu",
-        help="Device to run on (default: cuda if available, else cpu).",
+        help="Device to run on: cuda if available, else cpu.",
     )
     parser.add_argument(
         "--output",
-        default="evaluation.json",
-        help="Where to write the results as JSON ('' to skip).",
+        default=None,
+        help="Where to write the results as JSON ('' to skip). Default: evaluation.json in the "
+        "adapter's folder (for a Hub id: evaluation-<name>.json here).",
     )
     args = parser.parse_args(argv)
+    if args.output is None:
+        local = Path(args.adapter).is_dir()
+        name = "evaluation.json" if local else f"evaluation-{Path(args.adapter).name}.json"
+        args.output = str(Path(args.adapter, name) if local else Path(name))
     if args.dataset_name and args.train_data_dir:
         parser.error("pass --dataset_name or --train_data_dir, not both")
     if args.images_per_context < 1:
@@ -135,6 +157,53 @@ def dataset_images(args: argparse.Namespace, model: ContextAutoencoder) -> dict[
     return out
 
 
+def split_half(
+    real: dict[str, torch.Tensor], resolution: tuple[int, int], num_projections: int, seed: int
+) -> dict | None:
+    """The real images' own SW2: the first half of each context's images against the second
+    (contexts with fewer than two images left out), with the projections ``evaluate`` uses.
+    Returns ``concept``, ``compo`` and ``per_context`` SW2, and the images per side; ``None``
+    when no context has two images."""
+    halves = {
+        name: prepare_images(images, resolution)
+        for name, images in real.items()
+        if len(images) >= 2
+    }
+    if not halves:
+        return None
+    scores = concept_compo_scores(
+        {name: images[: len(images) // 2] for name, images in halves.items()},
+        {name: images[len(images) // 2 :] for name, images in halves.items()},
+        num_projections=num_projections,
+        seed=seed,
+    )
+    return {
+        "kind": "split_half",
+        "concept": scores.concept,
+        "compo": scores.compo,
+        "per_context": scores.per_context,
+        "num_images": scores.num_images,
+    }
+
+
+def format_reference(results: dict, reference: dict | None) -> str:
+    """Lines comparing the adapter's Concept and Compo with the reference's."""
+    if reference is None:
+        return "Reference: none (no context has two images to split in halves; use --reference)."
+    if reference["kind"] == "split_half":
+        title = "the real images' split-half SW2 (a floor; half the images per side)"
+    else:
+        title = f"the pooled ablation {reference['adapter']}"
+    lines = [f"Reference: {title}."]
+    for score in ("concept", "compo"):
+        ours, theirs = results[score], reference[score]
+        if ours is None or theirs is None:
+            continue
+        ratio = f" ({ours / theirs:.2f}x the reference)" if theirs > 0 else ""
+        lines.append(f"{score.capitalize()}: {ours:.4f} against {theirs:.4f}{ratio}.")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     model = ContextAutoencoder.from_pretrained(args.adapter).to(args.device)
@@ -154,8 +223,20 @@ def main(argv: list[str] | None = None) -> dict:
         recon=not args.no_recon,
         batch_size=args.batch_size,
     )
-    results = {"adapter": str(args.adapter), "data": data, **results}
+    if args.reference:
+        pooled = ContextAutoencoder.from_pretrained(args.reference).to(args.device)
+        scores = evaluate(
+            pooled, real, num_projections=args.num_projections, seed=args.seed, recon=False
+        )
+        reference = {"kind": "adapter", "adapter": str(args.reference)} | {
+            key: scores[key] for key in ("concept", "compo")
+        }
+        reference["per_context"] = {k: v["sw2"] for k, v in scores["per_context"].items()}
+    else:
+        reference = split_half(real, model.resolution, args.num_projections, args.seed)
+    results = {"adapter": str(args.adapter), "data": data, **results, "reference": reference}
     print(format_table(results))
+    print(format_reference(results, reference))
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(results, indent=2) + "\n")

@@ -22,7 +22,10 @@ from ctxadapter.viz import write_report
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument(
         "--adapter",
         required=True,
@@ -37,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--compositions",
         nargs="*",
         default=None,
-        help="Compositions to sample, e.g. quad1+size (default: every pair).",
+        help="Compositions to sample, e.g. quad1+size; None: every pair.",
     )
     parser.add_argument(
         "--images",
@@ -49,7 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--device",
         default="cuda" if torch.cuda.is_available() else "cpu",
-        help="Device to run on (default: cuda if available, else cpu).",
+        help="Device to run on: cuda if available, else cpu.",
     )
     return parser.parse_args(argv)
 

@@ -52,11 +52,14 @@ EXAGGERATED = 3
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument(
         "--pretrained_model_name_or_path",
         default=str(QUAD_AUTOENCODER),
-        help="The frozen autoencoder (default: the project's 64 x 64 quad autoencoder).",
+        help="The frozen autoencoder; None: the project's 64 x 64 quad autoencoder.",
     )
     parser.add_argument("--resolution", type=int, default=64, help="Image size.")
     parser.add_argument(
@@ -64,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--output_dir", default="ctxadapter-real", help="The training output.")
     parser.add_argument(
-        "--data_dir", default=None, help="Where the dataset is saved (default: <output_dir>-data)."
+        "--data_dir", default=None, help="Where the dataset is saved; None: <output_dir>-data."
     )
     parser.add_argument(
         "--pretrain_steps",
@@ -92,7 +95,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--train_batch_size", type=int, default=256, help="Batch size.")
     parser.add_argument(
-        "--max_train_steps", type=int, default=None, help="Optimizer steps (default: epochs)."
+        "--max_train_steps",
+        type=int,
+        default=None,
+        help="Optimizer steps; None: --num_train_epochs.",
     )
     parser.add_argument("--num_train_epochs", type=int, default=100, help="Epochs.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the data and the training.")

@@ -7,6 +7,9 @@ with ``from_pretrained``, the same code path as a Hub model. Nothing is download
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 from diffusers import (
@@ -31,6 +34,42 @@ _KL_BLOCKS = {
     "norm_num_groups": 8,
     "sample_size": 32,
 }
+
+
+class FakeHfApi:
+    """Records the folder ``push_to_hub`` would upload, and every call made."""
+
+    uploads: list = []
+    calls: list = []
+
+    def __init__(self, token=None, **kwargs):
+        pass
+
+    def whoami(self):
+        FakeHfApi.calls.append("whoami")
+        return {"name": "user"}
+
+    def create_repo(self, repo_id, **kwargs):
+        FakeHfApi.calls.append(f"create_repo {repo_id}")
+        return type("RepoUrl", (), {"repo_id": repo_id if "/" in repo_id else f"user/{repo_id}"})()
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        copy = Path(FakeHfApi.destination) / f"upload-{len(FakeHfApi.uploads)}"
+        shutil.copytree(folder_path, copy)
+        FakeHfApi.uploads.append((repo_id, copy))
+        return "url"
+
+
+@pytest.fixture
+def fake_hub(monkeypatch, tmp_path):
+    """``HfApi`` replaced by ``FakeHfApi`` in ``ctxadapter.hub``: nothing reaches the Hub; the
+    uploaded folders are copied under ``tmp_path`` and listed in the returned list as
+    ``(repo_id, folder)``; ``FakeHfApi.calls`` lists the calls in order."""
+    monkeypatch.setattr("ctxadapter.hub.HfApi", FakeHfApi)
+    monkeypatch.setattr(FakeHfApi, "uploads", [])
+    monkeypatch.setattr(FakeHfApi, "calls", [])
+    monkeypatch.setattr(FakeHfApi, "destination", str(tmp_path), raising=False)
+    return FakeHfApi.uploads
 
 
 @pytest.fixture(autouse=True)

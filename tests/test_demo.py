@@ -273,6 +273,36 @@ def test_build_demo_without_launching(model):
     assert {"generate", "edit", "graph"} <= names
 
 
+def test_the_page_opens_with_samples_and_an_edit(model):
+    example = demo.example_images(model)[0]
+    assert demo.opening_image(model, [example]) is example
+    sample = demo.generate_samples(model, (), 1, 0)
+    assert np.array_equal(
+        pixels(demo.opening_image(model, [])), pixels(image_grid(sample, 1, padding=0))
+    )
+    blocks = demo.build_demo(model, examples=[example])
+    shown = {block.elem_id: block.value for block in blocks.blocks.values() if block.elem_id}
+    scale = demo.display_scale(model)
+    with Image.open(shown["samples"]["path"]) as samples:
+        assert np.array_equal(pixels(samples), pixels(demo.generate_grid(model, scale=scale)))
+    assert [item["caption"] for item in shown["edits"]] == ["input", "obs", *CONCEPTS]
+    with Image.open(shown["image"]["path"]) as image:
+        assert np.array_equal(pixels(image), pixels(example))
+
+
+def test_an_edit_far_from_the_training_domain_warns_on_the_page(model, monkeypatch):
+    shown = []
+    monkeypatch.setattr(gr, "Warning", shown.append)
+    blocks = demo.build_demo(model, examples=[])
+    [on_edit] = [fn.fn for fn in blocks.fns.values() if fn.api_name == "edit"]
+    model.adapter.config["base_model"]["reconstruction_mse"] = 1e-9
+    try:
+        on_edit(Image.new("RGB", (SIZE, SIZE), (255, 0, 0)), [], "residual", 1)
+    finally:
+        del model.adapter.config["base_model"]["reconstruction_mse"]
+    assert len(shown) == 1 and "far outside this adapter's training domain" in shown[0]
+
+
 # ---------------------------------------------------------------------------------- the app
 
 
@@ -359,6 +389,8 @@ def test_browser_tick_generate_and_see_the_samples(served, model, capsys):
     try:
         wait = WebDriverWait(driver, 60)
         driver.get(served.local_url)
+        opening = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#samples img[src]"))
+        opening_source = opening.get_attribute("src")  # the obs samples the page opens with
         checkbox = wait.until(
             lambda d: d.find_element(By.CSS_SELECTOR, "#concepts input[name='quad1']")
         )
@@ -366,7 +398,13 @@ def test_browser_tick_generate_and_see_the_samples(served, model, capsys):
         context = driver.find_element(By.CSS_SELECTOR, "#context textarea")
         wait.until(lambda d: context.get_attribute("value") == "quad1")
         driver.find_element(By.ID, "generate").click()
-        image = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#samples img[src]"))
+        image = wait.until(
+            lambda d: (
+                (found := d.find_element(By.CSS_SELECTOR, "#samples img[src]"))
+                and found.get_attribute("src") != opening_source
+                and found
+            )
+        )
         source = image.get_attribute("src")
         assert source.startswith(served.local_url)
         with urllib.request.urlopen(source, timeout=30) as response:

@@ -330,6 +330,9 @@ def test_evaluate_cli_quad_and_imagefolder(tiny_kl_path, tmp_path, capsys):
     assert len(saved["per_context"]) == 16 and saved["num_projections"] == 5
     assert saved["concept"] == results["concept"]
     assert "**Concept**" in printed and "quad2+orientation" in printed
+    assert "Reference: the real images' split-half SW2" in printed
+    assert saved["reference"]["kind"] == "split_half"
+    assert saved["reference"]["num_images"]["obs"] == 1  # 3 images: halves of 1 and 2, cut to 1
 
     # a dataset with a context column: its test split, grouped by context
     data = quad.build_dataset(
@@ -359,6 +362,49 @@ def test_evaluate_cli_quad_and_imagefolder(tiny_kl_path, tmp_path, capsys):
     assert len(saved["per_context"]) == 16
     assert all(e["num_images"] == 1 for e in saved["per_context"].values())
     assert "'test' split" in capsys.readouterr().out
+
+
+def test_split_half_of_identical_halves_is_zero():
+    cli = load_script("evaluate_cli", REPO / "examples" / "evaluate.py")
+    images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    real = {"obs": torch.cat([images, images]), "a": images[:1]}  # "a": one image, left out
+    reference = cli.split_half(real, (8, 8), num_projections=4, seed=0)
+    assert reference["per_context"] == {"obs": 0.0} and reference["num_images"] == {"obs": 2}
+    assert reference["concept"] == 0.0 and reference["compo"] is None
+
+
+def test_evaluate_cli_writes_into_the_adapter_folder_against_a_reference(
+    tiny_kl_path, tmp_path, capsys, monkeypatch
+):
+    adapter_dir = tmp_path / "adapter"
+    make_model(tiny_kl_path).save_pretrained(adapter_dir)
+    monkeypatch.chdir(tmp_path)
+    cli = load_script("evaluate_cli", REPO / "examples" / "evaluate.py")
+    flags = ["--images_per_context", "2", "--num_projections", "3", "--no_recon"]
+    cli.main(["--adapter", str(adapter_dir), "--reference", str(adapter_dir), *flags])
+    saved = json.loads((adapter_dir / "evaluation.json").read_text())
+    assert not (tmp_path / "evaluation.json").exists()
+    assert saved["reference"]["kind"] == "adapter"
+    assert saved["reference"]["concept"] == saved["concept"]  # the same adapter, same images
+    printed = capsys.readouterr().out
+    assert f"Reference: the pooled ablation {adapter_dir}." in printed
+    assert f"Concept: {saved['concept']:.4f} against {saved['concept']:.4f} (1.00x" in printed
+
+
+@pytest.mark.parametrize(
+    "script, shown",
+    [
+        ("evaluate", "Real (and generated) images per context. (default: 400)"),
+        ("generate", "Samples per context. (default: 8)"),
+        ("demo", "Device to run on: cuda if available, else cpu. (default: "),
+        ("real_images", "Training images per context. (default: 1000)"),
+    ],
+)
+def test_every_example_help_shows_defaults(script, shown, capsys):
+    cli = load_script(f"{script}_cli", REPO / "examples" / f"{script}.py")
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--help"])
+    assert shown in " ".join(capsys.readouterr().out.split())
 
 
 def test_compare_quad_smoke(tiny_kl_path, tmp_path):

@@ -11,7 +11,6 @@ import torch
 import yaml
 from diffusers import AutoencoderKL
 
-import ctxadapter.model
 from ctxadapter import ContextAutoencoder, CtxAdapter
 from ctxadapter.card import is_hub_id, model_card
 from ctxadapter.codec import LatentCodec
@@ -29,32 +28,6 @@ def adapter_for(vae, name_or_path: str) -> CtxAdapter:
 
 def card_metadata(text: str) -> dict:
     return yaml.safe_load(text.split("---")[1])
-
-
-class FakeHfApi:
-    """Records the folder ``push_to_hub`` would upload."""
-
-    uploads: list = []
-
-    def __init__(self, token=None, **kwargs):
-        pass
-
-    def create_repo(self, repo_id, **kwargs):
-        return type("RepoUrl", (), {"repo_id": repo_id})()
-
-    def upload_folder(self, *, repo_id, folder_path, **kwargs):
-        copy = Path(FakeHfApi.destination) / f"upload-{len(FakeHfApi.uploads)}"
-        shutil.copytree(folder_path, copy)
-        FakeHfApi.uploads.append((repo_id, copy))
-        return "url"
-
-
-@pytest.fixture
-def fake_hub(monkeypatch, tmp_path):
-    monkeypatch.setattr(ctxadapter.model, "HfApi", FakeHfApi)
-    monkeypatch.setattr(FakeHfApi, "uploads", [])
-    monkeypatch.setattr(FakeHfApi, "destination", str(tmp_path), raising=False)
-    return FakeHfApi.uploads
 
 
 def test_is_hub_id(tmp_path):
@@ -200,3 +173,90 @@ def test_other_latent_statistics_are_refused(tiny_kl_path):
     adapter.config["base_model"]["latents_std"] = [1.0] * 4
     with pytest.raises(ValueError, match="normalised with latents_mean=\\[0.1, 0.2, 0.3, 0.4\\]"):
         ContextAutoencoder(vae, adapter)
+
+
+# ---------------------------------------------------------------------------------- sharing
+
+
+def test_push_on_the_shipped_autoencoder_records_its_name(fake_hub):
+    from ctxadapter.training import QUAD_AUTOENCODER
+
+    vae = AutoencoderKL.from_pretrained(QUAD_AUTOENCODER)
+    model = ContextAutoencoder(vae, adapter_for(vae, str(QUAD_AUTOENCODER)))
+    model.push_to_hub("user/adapter")  # no base_model_id: it ships with ctxadapter
+    [(repo_id, folder)] = fake_hub
+    assert repo_id == "user/adapter"
+    pushed = ContextAutoencoder.from_pretrained(folder)  # loads the packaged base by name
+    record = pushed.adapter.config["base_model"]
+    assert record["pretrained_model_name_or_path"] == "ctxadapter:quad-autoencoder"
+    assert (
+        "`ctxadapter:quad-autoencoder` (ships with ctxadapter)"
+        in (folder / "README.md").read_text()
+    )
+
+
+def test_push_without_a_hub_login_fails_before_anything_is_sent(
+    fake_hub, monkeypatch, tiny_kl_path
+):
+    from huggingface_hub.errors import LocalTokenNotFoundError
+
+    def no_login(self):
+        raise LocalTokenNotFoundError("no token")
+
+    monkeypatch.setattr("ctxadapter.hub.HfApi.whoami", no_login)
+    vae = AutoencoderKL.from_pretrained(tiny_kl_path)
+    model = ContextAutoencoder(vae, adapter_for(vae, tiny_kl_path))
+    expected = "'user/adapter': the Hub login could not be checked \\(no token\\)"
+    with pytest.raises(PermissionError, match=expected):
+        model.push_to_hub("user/adapter", base_model_id="org/vae")
+    assert fake_hub == []
+
+
+def test_a_saved_card_loads_from_its_folder_and_parses(tiny_kl_path, tmp_path):
+    from huggingface_hub import ModelCard
+
+    vae = AutoencoderKL.from_pretrained(tiny_kl_path)
+    model = ContextAutoencoder(vae, adapter_for(vae, tiny_kl_path))
+    model.save_pretrained(tmp_path / "saved")
+    text = (tmp_path / "saved" / "README.md").read_text()
+    assert "<repo-id>" not in text
+    assert f'ContextAutoencoder.from_pretrained("{tmp_path / "saved"}")' in text
+    card = ModelCard.load(tmp_path / "saved" / "README.md")
+    assert card.data.library_name == "ctxadapter" and card.data.base_model is None
+    fingerprint = model.adapter.config["base_model"]["fingerprint"]
+    assert f"class `AutoencoderKL`, weights fingerprint `{fingerprint}`" in card.text
+
+
+def test_card_kwargs_of_a_runs_metrics():
+    from ctxadapter.card import card_kwargs, format_duration
+
+    metrics = {
+        "steps": 2511,
+        "stop_reason": "early stopping at step 2,511",
+        "train_batch_size": 450,
+        "best_validation_loss": 0.123456789,
+        "train_images": 450,
+        "validation_images": 24,
+        "base_reconstruction_mse": 0.00123,
+        "wall_time_s": 215.4,
+        "training_command": "accelerate launch examples/finetune.py --seed 1",
+        "dataset": "user/images",
+        "pictures": ["compositions.png", "concept_graph.png", "contexts.png"],
+    }
+    kwargs = card_kwargs(metrics)
+    assert kwargs["sample_grid"] == "contexts.png"
+    assert kwargs["pictures"] == ["compositions.png", "concept_graph.png"]
+    assert kwargs["results"] == {
+        "stopped by": "early stopping at step 2,511",
+        "optimizer steps": "2,511",
+        "batch size": "450",
+        "best validation loss": "0.12346",
+        "training / validation images": "450 / 24",
+        "base reconstruction MSE (validation)": "0.00123",
+        "training time": "3 min 35 s",
+    }
+    assert card_kwargs({})["results"] == {} and card_kwargs({})["sample_grid"] is None
+    assert [format_duration(s) for s in (12.4, 60, 3725)] == ["12 s", "1 min 0 s", "1 h 02 min"]
+    text = str(model_card({"concepts": ["a"], "latent_shape": [4, 4, 4]}, **kwargs))
+    assert "![The learned concept graph](concept_graph.png)" in text
+    assert "| training time | 3 min 35 s |" in text

@@ -15,7 +15,6 @@ from diffusers import AutoencoderKL, AutoencoderTiny
 from PIL import Image
 from torch.testing import assert_close
 
-import ctxadapter.model
 from ctxadapter import ContextAutoencoder, CtxAdapter
 from ctxadapter.codec import LatentCodec
 from ctxadapter.contexts import context_mask
@@ -476,33 +475,11 @@ def test_recorded_shift_factor_is_checked(request, tmp_path):
     assert "shift_factor" in str(error.value) and "0.5" in str(error.value)
 
 
-def test_push_to_hub_uploads_only_the_adapter(request, tmp_path, monkeypatch):
-    import shutil
-
-    import huggingface_hub.hub_mixin
-
-    uploads = []
-
-    class FakeHfApi:
-        def __init__(self, token=None, **kwargs):
-            pass
-
-        def create_repo(self, repo_id, **kwargs):
-            return type("RepoUrl", (), {"repo_id": repo_id})()
-
-        def upload_folder(self, *, repo_id, folder_path, **kwargs):
-            copy = tmp_path / "uploaded"
-            shutil.copytree(folder_path, copy)
-            uploads.append((repo_id, copy))
-            return "url"
-
-    # Wherever the upload is made from (the adapter's Hub mixin or the model itself).
-    monkeypatch.setattr(huggingface_hub.hub_mixin, "HfApi", FakeHfApi)
-    monkeypatch.setattr(ctxadapter.model, "HfApi", FakeHfApi, raising=False)
+def test_push_to_hub_uploads_only_the_adapter(request, fake_hub):
     vae = load_vae(request, "kl")
-    model = ContextAutoencoder(vae, make_adapter(vae))
+    model = ContextAutoencoder(vae, make_adapter(vae))  # no base recorded, no run folder
     assert model.push_to_hub("user/model") == "url"
-    [(repo_id, folder)] = uploads
+    [(repo_id, folder)] = fake_hub
     assert repo_id == "user/model"
     assert {p.name for p in folder.iterdir()} == {"config.json", "model.safetensors", "README.md"}
 

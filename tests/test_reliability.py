@@ -37,15 +37,6 @@ def test_non_finite_weights_are_rejected_before_work(tiny, name):
         tiny(**{name: float("inf")})
 
 
-def test_a_batch_larger_than_the_data_fails_before_writing(tiny):
-    args = tiny(train_batch_size=4096)
-    with pytest.raises(
-        ValueError, match="--train_batch_size 4096 is larger than the 1[0-9]{2} training rows"
-    ):
-        finetune(args)
-    assert not Path(args.output_dir).exists()
-
-
 @pytest.mark.parametrize("count", [0, 65])
 def test_grid_size_is_bounded(tiny, count):
     with pytest.raises(ValueError, match="--num_validation_images must be"):

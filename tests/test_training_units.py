@@ -220,13 +220,18 @@ def test_training_command_names_the_preset_and_the_changed_flags():
     )
 
 
-def test_push_to_hub_with_a_local_autoencoder_needs_its_hub_id():
+def test_push_to_hub_with_a_local_autoencoder_needs_its_hub_id(tmp_path):
+    local = str(tmp_path)
     with pytest.raises(
         ValueError, match="--push_to_hub with the local autoencoder .*--hub_base_model_id"
     ):
-        FinetuneArguments(push_to_hub=True)
-    assert FinetuneArguments(push_to_hub=True, hub_base_model_id="org/vae").push_to_hub
+        FinetuneArguments(push_to_hub=True, pretrained_model_name_or_path=local)
+    with_id = FinetuneArguments(
+        push_to_hub=True, pretrained_model_name_or_path=local, hub_base_model_id="org/vae"
+    )
+    assert with_id.push_to_hub
     assert FinetuneArguments(push_to_hub=True, pretrained_model_name_or_path="org/vae").push_to_hub
+    assert FinetuneArguments(push_to_hub=True).push_to_hub  # the shipped autoencoder
 
 
 def test_the_hub_token_is_never_written():

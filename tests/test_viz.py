@@ -134,6 +134,26 @@ def test_context_grid_rows_are_generate_with_the_same_seed(model):
     assert np.abs(tile(grid, 0, 0, 3) - tile(grid, 1, 0, 3)).max() > 1
 
 
+def test_context_grid_real_rows_and_title(model):
+    real = {"obs": torch.zeros(1, 3, SIZE, SIZE), "b": torch.full((4, 3, SIZE, SIZE), 0.5)}
+    grid = context_grid(model, ["obs", "a", "b"], num_samples=3, seed=7, real=real)
+    plain = context_grid(model, ["obs", "a", "b"], num_samples=3, seed=7)
+    # rows: real obs, generated obs, generated a, real b, generated b
+    assert grid.height == grid_height(5)
+    assert (tile(grid, 0, 0, 3) == 0).all()  # the one real obs image, black
+    assert (tile(grid, 0, 1, 3) == 255).all() and (tile(grid, 0, 2, 3) == 255).all()  # blank
+    assert (tile(grid, 3, 2, 3) == 128).all()  # the third of four real b images (0.5 -> 128)
+    for row, plain_row in ((1, 0), (2, 1), (4, 2)):  # the same samples as without real rows
+        assert np.array_equal(tile(grid, row, 0, 3), tile(plain, plain_row, 0, 3))
+    assert grid.width > plain.width  # the longer labels: "generated obs"
+    titled_grid = context_grid(model, ["obs"], num_samples=3, seed=7, title="Samples at step 8")
+    untitled = context_grid(model, ["obs"], num_samples=3, seed=7)
+    band = titled_grid.height - untitled.height
+    assert band > 0 and titled_grid.width >= untitled.width
+    assert np.array_equal(np.asarray(titled_grid)[band:, : untitled.width], np.asarray(untitled))
+    assert (np.asarray(titled_grid)[:band] < 128).any()  # the title's ink
+
+
 def test_context_grid_rejects_unknown_context(model):
     with pytest.raises(ValueError, match="'zzz'"):
         context_grid(model, ["obs", "zzz"], num_samples=2)

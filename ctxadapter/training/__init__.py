@@ -10,7 +10,8 @@
 - ``state``: early stopping, the noise generator and the checkpoint folders;
 - ``output_dir``: the output folder's rules (not the base's folder, one run at a time, final
   files moved in when complete);
-- ``optimization``, ``tracking``: the optimizer and schedule, the ``Accelerator``.
+- ``optimization``, ``tracking``: the optimizer and schedule, the ``Accelerator``;
+- ``errors``: bad input ends a script with one line.
 """
 
 from .args import QUAD_AUTOENCODER

@@ -8,10 +8,10 @@ from typing import Literal
 
 from transformers import HfArgumentParser
 
-from ..card import is_hub_id
 from ..heads import HEADS
 from ..layers import EXOGENOUS_BIASES
 from ..objective import Objective
+from ..pinning import loads_anywhere, portable_name
 from .args import QUAD_AUTOENCODER, ImageDataArguments, OptimizationArguments, RunArguments
 from .flags import FlagGroup, check_at_least, flag
 
@@ -288,7 +288,8 @@ class FinetuneArguments(
 
     def validate(self) -> None:
         super().validate()
-        if self.push_to_hub and not (is_hub_id(self.autoencoder) or self.hub_base_model_id):
+        portable = loads_anywhere(portable_name(self.autoencoder))
+        if self.push_to_hub and not (portable or self.hub_base_model_id):
             raise ValueError(
                 f"--push_to_hub with the local autoencoder {self.autoencoder!r}: the adapter "
                 f"would name a folder of this machine. Upload the autoencoder and pass its Hub "

@@ -12,6 +12,7 @@ import math
 import os
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import datasets
@@ -22,16 +23,17 @@ from tqdm.auto import tqdm
 from ..adapter import CtxAdapter
 from ..data import CachedLatents, ContextBatchSampler, cache_latents, collate_batch
 from ..data import steps_per_epoch as count_steps
+from ..hub import reach_repo
 from ..model import ContextAutoencoder
 from ..objective import Objective
 from ..pinning import base_model_record
 from ..processes import process_state
 from ..viz import context_grid
 from .finetune_args import FinetuneArguments
-from .inputs import FinetuneInputs, check_batches, resolve_inputs
+from .inputs import FinetuneInputs, fit_batch_size, resolve_inputs
 from .optimization import make_optimizer, make_scheduler
 from .output_dir import check_not_base, output_lock
-from .outputs import write_outputs
+from .outputs import run_summary, write_outputs
 from .state import (
     EarlyStopping,
     Interruption,
@@ -50,23 +52,30 @@ def finetune(args: FinetuneArguments) -> Path:
 
     Everything is validated before anything is written: the flags, the output folder (not the
     base autoencoder's, writable, and locked for this run: a second run into it is refused at
-    once), the data (columns, contexts), the autoencoder and the resolution. Returns the
-    output folder, which holds the adapter (``config.json``, ``model.safetensors``,
-    ``README.md``), the sample grids, the concept-graph picture, ``metrics.json``, ``logs/``
-    and ``checkpoint-<step>/`` folders.
+    once), the data (columns, contexts), the autoencoder, the resolution and, with
+    ``--push_to_hub``, the Hub login and repository. A ``--train_batch_size`` larger than the
+    training rows becomes their number (``fit_batch_size``, with a note). Returns the output
+    folder, which holds the adapter (``config.json``, ``model.safetensors``, ``README.md``),
+    the sample grids, the concept-graph picture, ``metrics.json``, ``logs/`` and
+    ``checkpoint-<step>/`` folders; the main process ends by printing ``run_summary``.
     """
+    # 1. Check the flags, the output folder and, with --push_to_hub, the Hub login and
+    #    repository (before the lock creates the output folder), then the data and the
+    #    autoencoder; nothing else is written before this passes.
+    started = time.perf_counter()
     args.validate()
     check_not_base(args.output_dir, args.autoencoder)
+    repo_id = reach_repo(hub_repo_name(args), args.hub_token) if args.push_to_hub else None
     with output_lock(args.output_dir, enabled=process_state().is_main_process):
-        return finetune_locked(args)
+        return finetune_locked(args, repo_id, started)
 
 
-def finetune_locked(args: FinetuneArguments) -> Path:
-    """The body of ``finetune``, once the output folder is locked
-    (``ctxadapter.training.output_dir.output_lock``)."""
-    # 1. Check the flags, the data and the autoencoder; nothing is written before this passes.
+def finetune_locked(args: FinetuneArguments, repo_id: str | None, started: float) -> Path:
+    """The body of ``finetune`` once the output folder is locked
+    (``ctxadapter.training.output_dir.output_lock``): ``repo_id`` is the Hub repository
+    reached (or None), ``started`` the ``time.perf_counter()`` of the run's start."""
     inputs = resolve_inputs(args)
-    check_batches(args, inputs.train_contexts)
+    batch_size, batch_note = fit_batch_size(args, inputs.train_contexts)
 
     # 2. A freshly initialised adapter for the data's concepts and the latent shape.
     set_seed(args.seed)
@@ -74,6 +83,8 @@ def finetune_locked(args: FinetuneArguments) -> Path:
     accelerator = make_accelerator(
         args, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)]
     )
+    if batch_note:
+        accelerator.print(batch_note)
 
     # 3. Encode every image once into the latent cache on the accelerator (every process its
     #    share of the shards, then all read the union); wrap the autoencoder and adapter together.
@@ -97,16 +108,14 @@ def finetune_locked(args: FinetuneArguments) -> Path:
 
     # 4. Loaders: training batches mix contexts (or hold one each, --sampler context_pure) and
     #    are reshuffled every epoch; validation batches keep the validation rows' order.
-    sampler = ContextBatchSampler(
-        train_data.context_ids, args.train_batch_size, args.sampler, seed=args.seed
-    )
+    sampler = ContextBatchSampler(train_data.context_ids, batch_size, args.sampler, seed=args.seed)
     loader = torch.utils.data.DataLoader(
         train_data, batch_sampler=sampler, collate_fn=collate_batch
     )
     validation_loader = torch.utils.data.DataLoader(
         validation_data,
         batch_sampler=torch.utils.data.BatchSampler(
-            range(len(validation_data)), args.train_batch_size, drop_last=False
+            range(len(validation_data)), batch_size, drop_last=False
         ),
         collate_fn=collate_batch,
     )
@@ -207,7 +216,11 @@ def finetune_locked(args: FinetuneArguments) -> Path:
                     save_checkpoint(accelerator, args, global_step, inputs.fingerprints)
                 if global_step % args.validation_steps == 0 and accelerator.is_main_process:
                     grid = context_grid(
-                        unwrapped, grid_contexts, args.num_validation_images, seed=args.seed
+                        unwrapped,
+                        grid_contexts,
+                        args.num_validation_images,
+                        seed=args.seed,
+                        title=f"Samples at step {global_step:,}",
                     )
                     grid.save(Path(args.output_dir) / f"samples-{global_step}.png")
                     log_image(accelerator, "samples", grid, global_step)
@@ -223,7 +236,7 @@ def finetune_locked(args: FinetuneArguments) -> Path:
                 stop = stopper.update(loss, trainable_state(unwrapped))
             if stop or global_step >= total_steps:
                 break
-    progress.close()
+    finish_progress(progress, global_step, stop)
 
     # 8. Restore the best weights and write the output folder on the main process.
     if stopper.best_state:
@@ -234,12 +247,45 @@ def finetune_locked(args: FinetuneArguments) -> Path:
             "steps": global_step,
             "epochs_completed": epoch + 1 - first_epoch,  # epochs of this run (not resumed ones)
             "stopped_early": stop,
+            "stop_reason": stop_reason(args, global_step, stop),
+            "train_batch_size": batch_size,
             "best_validation_loss": stopper.best_loss,
             "validation_history": history,
+            "wall_time_s": round(time.perf_counter() - started, 1),
         }
-        write_outputs(args, unwrapped, inputs, outcome, accelerator)
+        write_outputs(args, unwrapped, inputs, outcome, accelerator, repo_id)
+        accelerator.print(run_summary(Path(args.output_dir), outcome, repo_id))
     accelerator.end_training()
     return Path(args.output_dir)
+
+
+def hub_repo_name(args: FinetuneArguments) -> str:
+    """The Hub repository ``--push_to_hub`` pushes to: ``--hub_model_id``, else the output
+    folder's name."""
+    return args.hub_model_id or Path(args.output_dir).resolve().name
+
+
+def stop_reason(args: FinetuneArguments, step: int, stopped_early: bool) -> str:
+    """Why a run ended at optimizer step ``step``: early stopping, ``--max_train_steps`` or
+    ``--num_train_epochs``."""
+    if stopped_early:
+        return (
+            f"early stopping at step {step:,} (no lower validation loss in the last "
+            f"{args.early_stopping_patience} validation"
+            f"{'s' if args.early_stopping_patience != 1 else ''})"
+        )
+    if args.max_train_steps:
+        return f"--max_train_steps {args.max_train_steps:,} reached"
+    return f"--num_train_epochs {args.num_train_epochs} done"
+
+
+def finish_progress(progress: tqdm, step: int, stopped_early: bool) -> None:
+    """Close the progress bar; when early stopping ended the run before the planned steps, the
+    bar first becomes ``step`` steps long and says so, so that it ends full."""
+    if stopped_early:
+        progress.total = step
+        progress.set_description(f"Stopped early at step {step:,}")
+    progress.close()
 
 
 def build_adapter(args: FinetuneArguments, inputs: FinetuneInputs) -> CtxAdapter:

@@ -174,17 +174,22 @@ def input_fingerprints(
     }
 
 
-def check_batches(args: FinetuneArguments, contexts: list[str]) -> None:
-    """Raise ``ValueError`` when an epoch of the training rows (of canonical ``contexts``) would
-    give no batch, so no optimizer step: ``--train_batch_size`` larger than the data with
-    ``--sampler mixed`` (which drops incomplete batches)."""
+def fit_batch_size(args: FinetuneArguments, contexts: list[str]) -> tuple[int, str | None]:
+    """The training batch size for the training rows (of canonical ``contexts``) and a one-line
+    note when it differs from ``--train_batch_size``.
+
+    ``--sampler mixed`` drops incomplete batches, so a ``--train_batch_size`` larger than the
+    training rows would give no optimizer step: the batch then becomes the number of training
+    rows (one batch per epoch). ``--sampler context_pure`` keeps a context's only, partial
+    batch, so its batch size is always kept."""
     index = {context: i for i, context in enumerate(sorted(set(contexts)))}
     ids = torch.tensor([index[context] for context in contexts])
-    if len(ContextBatchSampler(ids, args.train_batch_size, args.sampler)) == 0:
-        raise ValueError(
-            f"--train_batch_size {args.train_batch_size} is larger than the {len(contexts)} "
-            f"training rows: no optimizer step would run. Use a smaller batch or more rows."
-        )
+    if len(ContextBatchSampler(ids, args.train_batch_size, args.sampler)):
+        return args.train_batch_size, None
+    return len(contexts), (
+        f"--train_batch_size {args.train_batch_size} is larger than the {len(contexts)} "
+        f"training rows: training with batches of {len(contexts)} (one per epoch)."
+    )
 
 
 def configure_encoding(autoencoder, args: FinetuneArguments) -> None:

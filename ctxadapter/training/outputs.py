@@ -9,12 +9,14 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from ..images import prepare_images, to_float
+from ..card import card_kwargs, format_duration
+from ..domain import DOMAIN_IMAGES, reconstruction_mse
+from ..images import prepare_images, preprocess_images, to_float
 from ..model import ContextAutoencoder
 from ..viz import concept_graph_image, write_report
 from .finetune_args import PRESETS, FinetuneArguments
 from .flags import SECRET_FLAGS
-from .inputs import FinetuneInputs
+from .inputs import FinetuneInputs, select_rows
 from .output_dir import staged_folder
 from .state import trainable_state
 from .tracking import log_image
@@ -53,10 +55,14 @@ def write_outputs(
     inputs: FinetuneInputs,
     outcome: dict,
     accelerator: Accelerator,
+    repo_id: str | None = None,
 ) -> None:
-    """Write the output folder: the pictures of ``write_report``, the adapter
-    (``save_pretrained``, with its model card) and ``metrics.json`` (``outcome`` and a summary
-    of the data); then push the adapter to the Hub if ``--push_to_hub``.
+    """Write the output folder: the pictures of ``write_report`` (``contexts.png`` with a row
+    of validation images per context), the adapter (``save_pretrained``, with its model card:
+    ``ctxadapter.card.card_kwargs`` of the metrics) and ``metrics.json`` (``outcome``, a
+    summary of the data, the training command and the base autoencoder's reconstruction error
+    on the validation images, also recorded in the adapter for ``ctxadapter.domain``); then
+    push the folder to the Hub repository ``repo_id`` if one is given (``--push_to_hub``).
 
     Non-finite weights are an error before anything is written. The adapter and
     ``metrics.json`` are written through ``staged_folder``, so a failed write (a full disk)
@@ -68,47 +74,95 @@ def write_outputs(
             f"lower --learning_rate."
         )
     output = Path(args.output_dir)
+    real = validation_images(inputs, args.image_column, args.num_validation_images)
     files = write_report(
         model,
         output,
         num_samples=args.num_validation_images,
         seed=args.seed,
         compositions=inputs.compositions,
+        real=real,
         **quad_references(args, model, inputs.concepts),
     )
     graph = concept_graph_image(model.adapter.concept_graph(), inputs.concepts)
     log_image(accelerator, "concept_graph", graph, outcome["steps"])
+    base_mse = base_reconstruction_mse(inputs, args.image_column)
+    model.adapter.config["base_model"]["reconstruction_mse"] = base_mse
     metrics = outcome | {
         "concepts": inputs.concepts,
         "train_images": len(inputs.train_contexts),
         "validation_images": len(inputs.validation_contexts),
+        "base_reconstruction_mse": base_mse,
+        "training_command": training_command(args),
+        "dataset": args.dataset_name,
         "pictures": sorted(Path(p).name for p in files.values()),
     }
-    card = {
-        "repo_id": args.output_dir,  # push_to_hub names the Hub repository instead
-        "sample_grid": "contexts.png",
-        "training_command": training_command(args),
-        "results": {
-            "optimizer steps": outcome["steps"],
-            "best validation loss": f"{outcome['best_validation_loss']:.5g}",
-            "training / validation images": (
-                f"{len(inputs.train_contexts)} / {len(inputs.validation_contexts)}"
-            ),
-        },
-        "dataset": args.dataset_name,
-    }
+    card = card_kwargs(metrics) | {"repo_id": args.output_dir}
     with staged_folder(output) as partial:
         model.save_pretrained(partial, model_card_kwargs=card)
         text = json.dumps(metrics, indent=2, allow_nan=False)
         (partial / "metrics.json").write_text(text + "\n")
-    if args.push_to_hub:
-        model.push_to_hub(
-            args.hub_model_id or output.name,
-            token=args.hub_token,
-            base_model_id=args.hub_base_model_id,
-            extra_files=[output / Path(p).name for p in files.values()],
-            model_card_kwargs=card,
+    if repo_id:
+        model.name_or_path = str(output)  # push this folder, as a Python push of it would
+        model.push_to_hub(repo_id, token=args.hub_token, base_model_id=args.hub_base_model_id)
+
+
+def validation_images(
+    inputs: FinetuneInputs, image_column: str, count: int
+) -> dict[str, torch.Tensor]:
+    """The first ``count`` validation images of each context, ``(n, 3, H, W)`` in ``[0, 1]``
+    at the run's resolution, by canonical context name."""
+    rows: dict[str, list[int]] = {}
+    for row, context in enumerate(inputs.validation_contexts):
+        if len(rows.setdefault(context, [])) < count:
+            rows[context].append(row)
+    return {
+        context: preprocess_images(
+            list(
+                select_rows(inputs.validation, picked, len(inputs.validation_contexts))[
+                    image_column
+                ]
+            ),
+            inputs.resolution,
+            output="unit",
         )
+        for context, picked in rows.items()
+    }
+
+
+def base_reconstruction_mse(inputs: FinetuneInputs, image_column: str) -> float:
+    """The frozen autoencoder's reconstruction error (``ctxadapter.domain.reconstruction_mse``)
+    on the first ``DOMAIN_IMAGES`` validation images."""
+    count = len(inputs.validation_contexts)
+    rows = select_rows(inputs.validation, list(range(min(DOMAIN_IMAGES, count))), count)
+    pixels = preprocess_images(list(rows[image_column]), inputs.resolution)
+    return reconstruction_mse(inputs.codec, pixels)
+
+
+def run_summary(output: Path, outcome: dict, repo_id: str | None = None) -> str:
+    """The lines a run ends with: where the adapter is (and where it was pushed), why it
+    stopped after how many steps, the best validation loss and its step, the wall time, and
+    the commands that come next."""
+    history = outcome["validation_history"]
+    best = min(history, key=lambda entry: entry["validation_loss"]) if history else None
+    lines = [
+        f"Saved the adapter to {output.resolve()}"
+        + (f" and pushed it to https://huggingface.co/{repo_id}" if repo_id else "")
+        + ".",
+        f"Stopped: {outcome['stop_reason']}; {outcome['steps']:,} optimizer steps of batch "
+        f"{outcome['train_batch_size']} in {format_duration(outcome['wall_time_s'])}.",
+    ]
+    if best is not None:
+        lines.append(
+            f"Best validation loss {best['validation_loss']:.5g} at step {best['step']:,} "
+            f"(its weights were kept)."
+        )
+    lines += [
+        f"Next: python examples/generate.py --adapter {output}",
+        f"      python examples/evaluate.py --adapter {output}",
+        f"      python examples/demo.py {output}",
+    ]
+    return "\n".join(lines)
 
 
 NOT_IN_COMMAND = (*SECRET_FLAGS, "overwrite_output_dir", "resume_from_checkpoint")

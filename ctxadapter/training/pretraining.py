@@ -4,10 +4,12 @@ the quad autoencoder that ships with ctxadapter."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import datasets
 import torch
@@ -32,8 +34,11 @@ class PretrainArguments(RunArguments, OptimizationArguments, ImageDataArguments)
     """Flags of ``examples/pretrain_autoencoder.py``: a small ``AutoencoderKL`` trained on the
     images of any dataset (contexts pooled)."""
 
-    output_dir: str = flag(
-        "Where the diffusers AutoencoderKL folder is written.", default="quad-autoencoder"
+    output_dir: str | None = flag(
+        "Where the diffusers AutoencoderKL folder is written. Default: named after the data, "
+        "'<dataset or image folder name>-autoencoder' ('quad-autoencoder' for the built-in "
+        "quad data).",
+        default=None,
     )
     train_batch_size: int = flag("Batch size per device.", default=32)
     max_train_steps: int | None = flag("Total optimizer steps.", default=1000)
@@ -52,6 +57,14 @@ class PretrainArguments(RunArguments, OptimizationArguments, ImageDataArguments)
         "Log the held-out PSNR every this many steps (0: only at the end).", default=1000
     )
 
+    @property
+    def autoencoder_dir(self) -> str:
+        """``output_dir``, or the folder named after the data."""
+        if self.output_dir:
+            return self.output_dir
+        data = self.dataset_name or self.train_data_dir
+        return f"{Path(data).resolve().name if data else 'quad'}-autoencoder"
+
     def validate(self) -> None:
         super().validate()
         if self.max_train_steps is None:
@@ -66,9 +79,12 @@ class PretrainArguments(RunArguments, OptimizationArguments, ImageDataArguments)
 
 def pretrain_autoencoder(args: PretrainArguments) -> AutoencoderKL:
     """Train an ``AutoencoderKL`` from scratch on the dataset's images (every context pooled),
-    set its ``scaling_factor`` to ``1 / std`` of the latents, and save it to ``output_dir``,
-    which is locked for the run (``output_lock``: a second run into it is refused)."""
+    set its ``scaling_factor`` to ``1 / std`` of the latents, and save it to ``output_dir``
+    (default: named after the data, ``PretrainArguments.autoencoder_dir``), which is locked for
+    the run (``output_lock``: a second run into it is refused). A ``--train_batch_size`` larger
+    than the training images becomes their number, with a note."""
     args.validate()  # the fields may have been changed since construction
+    args = dataclasses.replace(args, output_dir=args.autoencoder_dir)
     with output_lock(args.output_dir, enabled=process_state().is_main_process):
         return pretrain_locked(args)
 
@@ -78,14 +94,15 @@ def pretrain_locked(args: PretrainArguments) -> AutoencoderKL:
     (``ctxadapter.training.output_dir.output_lock``)."""
     check_output_dir(args.output_dir, args.overwrite_output_dir, resuming=False)
     train, validation, *_ = load_splits(args, args.seed)
-    if len(train) < args.train_batch_size:  # no full batch: the loop would never step
-        raise ValueError(
-            f"--train_batch_size {args.train_batch_size} is larger than the {len(train)} "
-            f"training images; use a smaller batch or more images."
-        )
+    batch_size = min(args.train_batch_size, len(train))  # incomplete batches are dropped
     resolution = args.resolution or 64
     levels = len(args.block_out_channels)
     accelerator = make_accelerator(args)
+    if batch_size < args.train_batch_size:
+        accelerator.print(
+            f"--train_batch_size {args.train_batch_size} is larger than the {len(train)} "
+            f"training images: training with batches of {batch_size} (one per epoch)."
+        )
     set_seed(args.seed)
     vae = AutoencoderKL(
         down_block_types=("DownEncoderBlock2D",) * levels,
@@ -102,7 +119,7 @@ def pretrain_locked(args: PretrainArguments) -> AutoencoderKL:
 
     loader = torch.utils.data.DataLoader(
         range(len(train)),
-        batch_size=args.train_batch_size,
+        batch_size=batch_size,
         shuffle=True,
         drop_last=True,
         collate_fn=collate,
