@@ -201,6 +201,7 @@ def save_checkpoint(
         shutil.rmtree(partial, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()  # every process's files (its random state) are in
     if accelerator.is_main_process:
         (partial / TRAINING_ARGS_NAME).write_text(json.dumps(public_flags(args), indent=2) + "\n")
         (partial / FINGERPRINTS_NAME).write_text(json.dumps(fingerprints, indent=2) + "\n")
