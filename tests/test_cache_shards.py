@@ -1,6 +1,6 @@
 """The latent cache's shards: their row ranges, their files in row order, a shard encoded again
 when it is missing, and a streamed dataset cached into the same shards. (Two processes
-encoding one cache each a share: ``tests/test_training.py``.)"""
+encoding one cache each a share: ``tests/test_training_processes.py``.)"""
 
 from pathlib import Path
 

@@ -1,5 +1,6 @@
 """Streamed datasets (``datasets.IterableDataset``) are checked and split as the prepared ones
-are, reading them as they stream. (A whole run on a stream: ``tests/test_training.py``.)"""
+are, reading them as they stream. (A whole run on a stream:
+``tests/test_training_processes.py``.)"""
 
 import datasets
 import pytest

@@ -416,8 +416,14 @@ def test_small_data_run_fits_the_batch_reports_itself_and_pushes_what_a_python_p
     names = sorted(p.name for p in cli.iterdir())
     assert names == sorted(p.name for p in python.iterdir())
     assert names == sorted(SHARED)
-    for name in ("README.md", "config.json", "metrics.json", "model.safetensors"):
+    for name in ("README.md", "config.json", "metrics.json"):
         assert (cli / name).read_bytes() == (python / name).read_bytes(), name
+    # The same tensors and metadata (safetensors writes its metadata map in no fixed order).
+    weights = [safetensors.safe_open(side / "model.safetensors", "pt") for side in (cli, python)]
+    assert weights[0].metadata() == weights[1].metadata()
+    assert weights[0].keys() == weights[1].keys()
+    for key in weights[0].keys():
+        assert torch.equal(weights[0].get_tensor(key), weights[1].get_tensor(key)), key
     card = ModelCard.load(cli / "README.md")
     assert card.data.base_model == "org/vae" and card.data.library_name == "ctxadapter"
     assert 'ContextAutoencoder.from_pretrained("user/adapter")' in card.text
