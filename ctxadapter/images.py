@@ -11,7 +11,10 @@ Three value ranges are in use, and these functions are the one place that conver
 ``preprocess_images`` turns PIL images (or arrays, or tensors in ``[0, 1]``) into a batch at a
 fixed resolution: converted to RGB, resized and centre-cropped (``resize_mode="crop"``) by
 diffusers' ``VaeImageProcessor``, as the training data is; ``prepare_images`` does the same for
-batches of held-out images that are already tensors.
+batches of held-out images that are already tensors (``uint8`` kept ``uint8``, which the SW2
+scores read directly); ``unit_images`` is that batch as ``[0, 1]`` floats, what the model and
+every score that runs it take; ``model_input`` reads any kind of image a user passes (PIL,
+arrays, lists, ``[-1, 1]`` floats) into the same.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ __all__ = [
     "signed_to_unit",
     "to_float",
     "to_rgb",
+    "unit_images",
+    "unit_to_signed",
     "unit_to_uint8",
 ]
 
@@ -72,6 +77,11 @@ def to_float(x: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
 def signed_to_unit(images: Tensor) -> Tensor:
     """``[-1, 1]`` images -> ``[0, 1]``: ``((x + 1) / 2)`` clamped to ``[0, 1]``."""
     return ((images + 1) / 2).clamp(0, 1)
+
+
+def unit_to_signed(images: Tensor) -> Tensor:
+    """``[0, 1]`` images -> ``[-1, 1]``, what the autoencoder encodes: ``x * 2 - 1``."""
+    return images * 2 - 1
 
 
 def signed_to_uint8(images: Tensor) -> Tensor:
@@ -218,6 +228,13 @@ def prepare_images(images: Tensor, resolution: tuple[int, int]) -> Tensor:
     return torch.cat(out)
 
 
+def unit_images(images, resolution: tuple[int, int]) -> Tensor:
+    """Held-out images (as ``prepare_images`` takes them) -> float32 ``(N, 3, H, W)`` in
+    ``[0, 1]`` at ``resolution``: ``uint8`` divided by 255, other sizes resized and
+    centre-cropped as the training data is."""
+    return to_float(prepare_images(images, tuple(resolution)))
+
+
 def _as_batch(images) -> Tensor:
     """PIL-free images -> one ``(N, 3, H, W)`` tensor as given (dtype kept): an array
     ``(N, H, W, 3)``, a tensor ``(N, 3, H, W)``, or a list of either kind of single image."""
@@ -283,7 +300,5 @@ def model_input(images, resolution: tuple[int, int]) -> Tensor:
                 f"Float images must be in [0, 1] (or [-1, 1]); got values in [{lo:.3g}, "
                 f"{hi:.3g}]. uint8 images are read in [0, 255]."
             )
-        images = (images.clamp(-1, 1) + 1) / 2 if lo < 0 else images.clamp(0, 1)
-    if tuple(images.shape[-2:]) != tuple(resolution):
-        return prepare_images(images, tuple(resolution))
-    return images.float() / 255 if images.dtype == torch.uint8 else images
+        images = signed_to_unit(images) if lo < 0 else images.clamp(0, 1)
+    return unit_images(images, resolution)
