@@ -273,7 +273,7 @@ def model_input(images, resolution: tuple[int, int]) -> Tensor:
     of single images) are ``uint8`` in ``[0, 255]`` or floats in ``[0, 1]`` (or ``[-1, 1]``,
     read as diffusers does when a value is negative); floats must be finite. Whatever the
     kind, images of another size are resized (shorter side) and centre-cropped as the training
-    data is (``prepare_images``).
+    data is (``unit_images``).
 
     Raises:
         ValueError: for no images, a wrong shape, NaN or infinite values, or floats outside
