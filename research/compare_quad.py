@@ -47,7 +47,7 @@ for folder in (HERE.parent, HERE):  # run from a checkout without installing; th
 
 from compare_scores import (  # noqa: E402
     markdown,
-    mean_se,  # noqa: F401 - tests/test_evaluation.py reads compare_quad.mean_se
+    mean_se,  # noqa: F401 - tests/test_research.py reads compare_quad.mean_se
     number,
     quad_scores,
     summarize,
