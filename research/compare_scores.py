@@ -16,7 +16,7 @@ from ctxadapter.evaluation import (
     psnr,
     quad_counterfactual_accuracy,
 )
-from ctxadapter.images import DEFAULT_BATCH_SIZE, unit_images, unit_to_signed
+from ctxadapter.images import DEFAULT_BATCH_SIZE, model_input, unit_to_signed
 
 LABELS = {
     "cm": "(a) ctxadapter default (latent loss)",
@@ -84,7 +84,7 @@ def quad_scores(model, heldout: dict, dependent: bool, seed: int = 0, split: str
     with torch.no_grad():
         for name in singles:
             for chunk in heldout[name].split(DEFAULT_BATCH_SIZE):
-                real = unit_images(chunk, model.resolution).to(codec.device)
+                real = model_input(chunk, model.resolution).to(codec.device)
                 own = codec.postprocess(codec.decode(codec.encode(unit_to_signed(real))), "pt")
                 psnrs.append(psnr(own, real, reduction="none").cpu())
     base_psnr = torch.cat(psnrs).mean().item()

@@ -36,7 +36,7 @@ from ctxadapter import ContextAutoencoder
 from ctxadapter.data import quad
 from ctxadapter.evaluation import QUADRANTS, corner_masks, heldout_quad_images, psnr
 from ctxadapter.heads import latent_head, posterior_head
-from ctxadapter.images import unit_images, unit_to_signed
+from ctxadapter.images import model_input, unit_to_signed
 from ctxadapter.objective import gaussian_kl
 from ctxadapter.training import FinetuneArguments, make_optimizer
 from ctxadapter.training.optimization import make_scheduler
@@ -120,7 +120,7 @@ def unit_batches(model, images, batch_size: int) -> Iterator[torch.Tensor]:
     the model's resolution, ``batch_size`` at a time."""
     images = torch.as_tensor(images)
     for i in range(0, len(images), batch_size):
-        yield unit_images(images[i : i + batch_size], model.resolution)
+        yield model_input(images[i : i + batch_size], model.resolution)
 
 
 @torch.no_grad()
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
 
     held = heldout_quad_images(args.num_images, args.dependent, contexts=["obs"], split=args.split)
-    images = unit_images(held["obs"], model.resolution)
+    images = model_input(held["obs"], model.resolution)
     stats = posterior_stats(model, images)
     print(f"\n## The posterior on {len(images)} held-out observational images\n")
     print("| block | KL (nats) | variance of the means | mean posterior variance |")

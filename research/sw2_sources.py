@@ -51,7 +51,7 @@ from ctxadapter.evaluation import (  # noqa: E402
     random_projections,
     sliced_wasserstein,
 )
-from ctxadapter.images import unit_images, unit_to_signed  # noqa: E402
+from ctxadapter.images import model_input, unit_to_signed  # noqa: E402
 
 COLUMNS = ("prior", "gaussian_fit", "posterior_samples", "posterior_mean", "autoencoder")
 
@@ -170,8 +170,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(header)
     model.eval()  # sources() runs without gradients
     for context in args.contexts:
-        x = unit_images(real[context], resolution)
-        y = unit_images(other[context], resolution)
+        x = model_input(real[context], resolution)
+        y = model_input(other[context], resolution)
         if projections is None:
             projections = random_projections(x[0].numel(), args.num_projections, args.seed)
         row = sources(model, x, y, context, projections, args.seed, args.batch_size)

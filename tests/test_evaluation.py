@@ -187,8 +187,13 @@ def test_context_names_are_canonical_and_errors(model):
         evaluate(model, {"quad1+size": real["size+quad1"], "size+quad1": real["size+quad1"]})
     with pytest.raises(ValueError, match="empty"):
         evaluate(model, {})
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        evaluate(model, {"obs": unit_to_signed(real["size+quad1"])})
+    # [-1, 1] images are read as the model reads them (ctxadapter.images.prepare_images)
+    unit = evaluate(model, {"obs": real["size+quad1"]}, num_projections=3, recon=False)
+    signed = {"obs": unit_to_signed(real["size+quad1"])}
+    signed = evaluate(model, signed, num_projections=3, recon=False)
+    assert signed["concept"] == pytest.approx(unit["concept"], rel=1e-5)
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\] \(or \[-1, 1\]\)"):
+        evaluate(model, {"obs": real["size+quad1"] * 255})
 
 
 def test_prepare_images_resizes_like_training(model):

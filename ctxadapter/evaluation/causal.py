@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ..contexts import OBSERVATIONAL
-from ..images import DEFAULT_BATCH_SIZE, unit_images
+from ..images import DEFAULT_BATCH_SIZE, model_input
 from ..model import eval_mode
 
 __all__ = [
@@ -185,7 +185,7 @@ def block_identifiability(
     chunks = []
     with eval_mode(model):
         for start in range(0, len(images), batch_size):
-            pixels = unit_images(images[start : start + batch_size], model.resolution)
+            pixels = model_input(images[start : start + batch_size], model.resolution)
             mean = model.encode_noise(pixels)
             chunks.append(adapter.concepts_from_noise(mean, OBSERVATIONAL).double().cpu())
     concepts = torch.cat(chunks)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from ..images import DEFAULT_BATCH_SIZE, unit_images, unit_to_signed
+from ..images import DEFAULT_BATCH_SIZE, model_input, unit_to_signed
 from ..model import eval_mode
 from .metrics import psnr
 
@@ -39,7 +39,7 @@ def edit_scores(
     Args:
         model: a ``ContextAutoencoder``.
         images: ``(N, H, W, 3)`` / ``(N, 3, H, W)`` ``uint8`` or ``(N, 3, H, W)`` floats in
-            ``[0, 1]`` (``ctxadapter.images.unit_images``).
+            ``[0, 1]`` (``ctxadapter.images.model_input``).
         contexts: the edits to score.
         source_context: the context the images come from.
         strength: the edits' ``strength`` (``ContextAutoencoder.counterfactual``).
@@ -56,7 +56,7 @@ def edit_scores(
         edit and the identity edit: how much the intervention changes the picture. PSNRs are
         per-image means.
     """
-    images = unit_images(images, model.resolution)
+    images = model_input(images, model.resolution)
     contexts = list(model.adapter.concepts if contexts is None else contexts)
     keys = ("psnr", "decode_psnr", "mean_abs_change")
     totals: dict = {}  # sums over the images

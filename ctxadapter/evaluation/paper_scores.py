@@ -112,9 +112,10 @@ def evaluate(
 
     Args:
         model: a ``ctxadapter.ContextAutoencoder`` (its modes are restored afterwards).
-        real_images: context name (``"obs"``, a concept, ``"a+b"``) -> held-out images, ``uint8``
-            ``(N, H, W, 3)`` or float ``(N, 3, H, W)`` in ``[0, 1]``; resized to the model's
-            resolution if needed (see ``prepare_images``).
+        real_images: context name (``"obs"``, a concept, ``"a+b"``) -> held-out images of any
+            kind the model reads (``ctxadapter.images.prepare_images``: ``uint8``
+            ``(N, H, W, 3)`` as ``heldout_quad_images`` gives them, floats ``(N, 3, H, W)``,
+            PIL images...); resized to the model's resolution if needed.
         num_projections: random directions of SW2 (the paper: 50).
         seed: seed of the directions and of the generated images.
         max_images: use at most this many images per context (default: all).

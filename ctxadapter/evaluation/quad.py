@@ -33,7 +33,7 @@ from torch import Tensor
 
 from ..contexts import OBSERVATIONAL
 from ..data import quad, quad_render
-from ..images import DEFAULT_BATCH_SIZE, unit_images
+from ..images import DEFAULT_BATCH_SIZE, model_input
 from ..model import eval_mode
 from .causal import ABSOLUTE_TOLERANCE, counterfactual_success
 
@@ -174,7 +174,7 @@ def counterfactual_shifts(
             restored afterwards).
         obs_images: held-out observational quad images, ``uint8`` ``(N, 64, 64, 3)`` as from
             ``evaluation.heldout_quad_images`` or float ``(N, 3, H, W)`` in ``[0, 1]``; resized
-            to the model's resolution if needed (``ctxadapter.images.unit_images``).
+            to the model's resolution if needed (``ctxadapter.images.model_input``).
         real_images: context name -> held-out images of that context, in the same forms; needs
             every ``q`` of ``concepts`` (other keys are ignored).
         concepts: the intervened concepts, names of ``quad.CONCEPTS``.
@@ -213,7 +213,7 @@ def counterfactual_shifts(
 
     def batches(images: Tensor):
         for start in range(0, len(images), batch_size):
-            yield unit_images(images[start : start + batch_size], resolution)
+            yield model_input(images[start : start + batch_size], resolution)
 
     def zeros() -> dict[str, Tensor]:
         return {r: torch.zeros(3, dtype=torch.float64) for r in masks}
@@ -373,7 +373,7 @@ def quad_counterfactual_accuracy(
     read = {q: [] for q in [OBSERVATIONAL, *concepts]}
     with eval_mode(model):
         for start in range(0, len(images), batch_size):
-            pixels = unit_images(images[start : start + batch_size], model.resolution)
+            pixels = model_input(images[start : start + batch_size], model.resolution)
             for q in read:
                 read[q].append(quadrant_values(model.counterfactual(pixels, q).cpu()))
     unedited = torch.cat(read[OBSERVATIONAL])
