@@ -15,20 +15,21 @@ output of ``ContextAutoencoder.generate``) or lists of PIL images.
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
 
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
-from .adapter import EDGE_THRESHOLD
 from .contexts import OBSERVATIONAL, all_pairs, context_name, parse_context
+from .drawing import BACKGROUND, MARGIN, TEXT, font, text_size
+from .graph_image import DARK_BLUE, DIAGONAL_GREY, concept_graph_image
 from .images import signed_to_unit, unit_to_uint8
 from .model import eval_mode
 
 __all__ = [
+    "DARK_BLUE",
+    "DIAGONAL_GREY",
     "concept_graph_image",
     "context_grid",
     "counterfactual_grid",
@@ -36,38 +37,6 @@ __all__ = [
     "titled",
     "write_report",
 ]
-
-BACKGROUND = (255, 255, 255)
-TEXT = (0, 0, 0)
-DARK_BLUE = (8, 48, 107)
-DIAGONAL_GREY = (220, 220, 220)
-FAINT = (150, 150, 150)
-GRAPH_SCALE = 0.5
-"""``concept_graph_image`` draws entries from white (0) to dark blue (this and above): a
-source that gives half of a concept's variance is full colour."""
-LABEL_SIZE = 12
-"""Font size (pixels) of row labels, titles and captions."""
-MARGIN = 4
-"""Space (pixels) between text and the edges of its box."""
-
-Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
-
-
-@lru_cache(maxsize=None)
-def _font(size: int = LABEL_SIZE) -> Font:
-    """Pillow's built-in font at ``size`` pixels (the fixed-size bitmap font where Pillow was
-    built without FreeType, whose ``load_default`` takes no size)."""
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, ImportError, OSError):
-        return ImageFont.load_default()
-
-
-def _text_size(text: str, font: Font) -> tuple[int, int]:
-    """``(width, height)`` in pixels of ``text`` drawn at the origin (height from the origin
-    down to the lowest ink, so vertical centring uses the line's own box)."""
-    left, top, right, bottom = font.getbbox(text)
-    return int(right - min(left, 0)), int(bottom)
 
 
 def _to_pil_list(images: torch.Tensor | Sequence[Image.Image]) -> list[Image.Image]:
@@ -133,10 +102,10 @@ def image_grid(
     if len(sizes) > 1:
         raise ValueError(f"All images must have the same size, got sizes {sorted(sizes)}.")
     cols = count // rows
-    font = _font()
+    label_font = font()
     margin = 0
     if row_labels:
-        margin = max(_text_size(label, font)[0] for label in row_labels) + 2 * MARGIN
+        margin = max(text_size(label, label_font)[0] for label in row_labels) + 2 * MARGIN
     grid = Image.new(
         "RGB",
         (margin + cols * width + (cols + 1) * padding, rows * height + (rows + 1) * padding),
@@ -148,22 +117,22 @@ def image_grid(
         x = margin + padding + col * (width + padding)
         grid.paste(tile, (x, padding + row * (height + padding)))
     for row, label in enumerate(row_labels or []):
-        _, text_height = _text_size(label, font)
+        _, text_height = text_size(label, label_font)
         top = padding + row * (height + padding) + (height - text_height) // 2
-        draw.text((MARGIN, top), label, fill=TEXT, font=font)
+        draw.text((MARGIN, top), label, fill=TEXT, font=label_font)
     return grid
 
 
 def titled(image: Image.Image, title: str) -> Image.Image:
     """``image`` below a line of text ``title`` (a white band ``LABEL_SIZE + 2 * MARGIN``
     pixels high, at least as wide as the title)."""
-    font = _font()
-    text_width, text_height = _text_size(title, font)
+    label_font = font()
+    text_width, text_height = text_size(title, label_font)
     band = text_height + 2 * MARGIN
     canvas = Image.new(
         "RGB", (max(image.width, text_width + 2 * MARGIN), image.height + band), BACKGROUND
     )
-    ImageDraw.Draw(canvas).text((MARGIN, MARGIN), title, fill=TEXT, font=font)
+    ImageDraw.Draw(canvas).text((MARGIN, MARGIN), title, fill=TEXT, font=label_font)
     canvas.paste(image, (0, band))
     return canvas
 
@@ -268,151 +237,6 @@ def counterfactual_grid(
                 rows.append(truth.float().cpu())
                 labels.append(f"true {context_name(context)}")
     return image_grid(torch.cat(rows), len(rows), labels)
-
-
-def _blend(low: tuple[int, int, int], high: tuple[int, int, int], t: float) -> tuple[int, ...]:
-    return tuple(round(a + (b - a) * t) for a, b in zip(low, high, strict=True))
-
-
-def _rotated_text(text: str, font: Font) -> Image.Image:
-    """``text`` drawn black on white and rotated 90 degrees counter-clockwise (reads upwards)."""
-    width, height = _text_size(text, font)
-    canvas = Image.new("RGB", (width + 1, height + 1), BACKGROUND)
-    ImageDraw.Draw(canvas).text((0, 0), text, fill=TEXT, font=font)
-    return canvas.rotate(90, expand=True)
-
-
-def concept_graph_image(
-    graph: torch.Tensor,
-    concepts: list[str],
-    title: str | None = None,
-    cell: int = 48,
-    *,
-    scale: float = GRAPH_SCALE,
-    threshold: float = EDGE_THRESHOLD,
-    truth: torch.Tensor | None = None,
-) -> Image.Image:
-    """Heatmap of a learned concept graph, on a fixed colour scale.
-
-    Args:
-        graph: ``(K, K)``; entry ``(i, j)`` is the effect of concept ``j`` on concept ``i``
-            (e.g. ``model.adapter.concept_graph()``, the share of ``i``'s variance from ``j``).
-        concepts: the ``K`` concept names (row ``i`` = target, column ``j`` = source).
-        title: drawn above the heatmap if given.
-        cell: side of one cell in pixels.
-        scale: the value drawn darkest: white for 0 to dark blue for ``|value| >= scale``, the
-            same in every picture.
-        threshold: off-diagonal entries whose magnitude is below it (no edge) are written in
-            grey.
-        truth: ``(K, K)`` bool, the true relations where the data knows them (for quad,
-            ``quad.ancestral_relation``): their cells get a thick black frame.
-
-    Returns:
-        An RGB image: optional title; column labels (source concepts, rotated to read upwards
-        when wider than a cell); row labels (target concepts) in a left margin; ``K x K`` cells
-        of ``cell`` pixels coloured by ``scale``, the diagonal (a concept's own share) in light
-        grey, each cell showing its value to two significant digits; and a caption with the
-        reading direction, the scale, the threshold and (with ``truth``) the frames.
-        Width and height grow by ``cell`` per concept.
-
-    Raises:
-        ValueError: if ``graph`` (or ``truth``) is not ``(K, K)`` with ``K = len(concepts)``,
-            or ``scale`` is not positive.
-    """
-    values = torch.as_tensor(graph).detach().float().cpu()
-    k = len(concepts)
-    if values.ndim != 2 or tuple(values.shape) != (k, k) or k == 0:
-        raise ValueError(
-            f"graph must have shape (K, K) with K = len(concepts) = {k}, got {tuple(values.shape)}."
-        )
-    if cell <= 0:
-        raise ValueError(f"cell must be positive, got {cell}.")
-    if not scale > 0:
-        raise ValueError(f"scale must be positive, got {scale}.")
-    if truth is not None:
-        truth = torch.as_tensor(truth).bool().cpu()
-        if tuple(truth.shape) != (k, k):
-            raise ValueError(f"truth must have shape ({k}, {k}), got {tuple(truth.shape)}.")
-    font = _font()
-    value_font = _font(max(6, min(LABEL_SIZE, cell // 4)))
-
-    row_width = max(_text_size(name, font)[0] for name in concepts)
-    rotate = row_width > cell - 2
-    if rotate:
-        column_labels = [_rotated_text(name, font) for name in concepts]
-    else:
-        column_labels = [None] * k
-    header = (
-        max(label.size[1] for label in column_labels if label is not None)
-        if rotate
-        else max(_text_size(name, font)[1] for name in concepts)
-    ) + 2 * MARGIN
-    caption = [
-        "row i <- column j: effect of j on i",
-        f"white = 0, dark blue >= {scale:.2g}, grey cells = own share",
-        f"grey numbers: below {threshold:.2g} (no edge)",
-    ]
-    if truth is not None:
-        caption.append("black frame: a true relation of the data")
-    line_height = _text_size("Hg", font)[1] + MARGIN
-    title_height = line_height + MARGIN if title else 0
-
-    left = row_width + 2 * MARGIN
-    top = title_height + header
-    heatmap_width = left + k * cell + MARGIN
-    longest = max(_text_size(line, font)[0] for line in caption + ([title] if title else []))
-    width = max(heatmap_width, longest + 2 * MARGIN)
-    height = top + k * cell + MARGIN + len(caption) * line_height + MARGIN
-    image = Image.new("RGB", (width, height), BACKGROUND)
-    draw = ImageDraw.Draw(image)
-
-    if title:
-        draw.text((MARGIN, MARGIN), title, fill=TEXT, font=font)
-    for j, name in enumerate(concepts):
-        x = left + j * cell
-        if rotate:
-            label = column_labels[j]
-            image.paste(label, (x + (cell - label.size[0]) // 2, top - MARGIN - label.size[1]))
-        else:
-            text_width, text_height = _text_size(name, font)
-            draw.text(
-                (x + (cell - text_width) // 2, top - MARGIN - text_height),
-                name,
-                fill=TEXT,
-                font=font,
-            )
-    for i, name in enumerate(concepts):
-        text_height = _text_size(name, font)[1]
-        draw.text((MARGIN, top + i * cell + (cell - text_height) // 2), name, fill=TEXT, font=font)
-
-    for i, j in itertools.product(range(k), range(k)):
-        value = float(values[i, j])
-        if i == j:
-            fill, ink = DIAGONAL_GREY, TEXT
-        else:
-            strength = min(abs(value) / scale, 1.0)
-            fill = _blend(BACKGROUND, DARK_BLUE, strength)
-            ink = BACKGROUND if strength > 0.5 else TEXT
-            if abs(value) < threshold:
-                ink = FAINT
-        x0, y0 = left + j * cell, top + i * cell
-        draw.rectangle((x0, y0, x0 + cell - 1, y0 + cell - 1), fill=fill, outline=DIAGONAL_GREY)
-        if truth is not None and bool(truth[i, j]):
-            draw.rectangle((x0, y0, x0 + cell - 1, y0 + cell - 1), outline=TEXT, width=3)
-        text = f"{value:.2g}"
-        text_width, text_height = _text_size(text, value_font)
-        draw.text(
-            (x0 + (cell - text_width) // 2, y0 + (cell - text_height) // 2),
-            text,
-            fill=ink,
-            font=value_font,
-        )
-
-    y = top + k * cell + MARGIN
-    for line in caption:
-        draw.text((MARGIN, y), line, fill=TEXT, font=font)
-        y += line_height
-    return image
 
 
 def write_report(
