@@ -48,8 +48,8 @@ import torch
 from torch import Tensor, nn
 
 from .contexts import distinct_contexts
+from .evaluation.wasserstein import grouped_sliced_wasserstein
 from .images import signed_to_unit
-from .wasserstein import grouped_sliced_wasserstein
 
 RECONSTRUCTIONS = ("latent", "pixel")
 
