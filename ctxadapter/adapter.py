@@ -13,6 +13,8 @@ Only this module is trained; the pretrained autoencoder around it stays frozen. 
 
 from __future__ import annotations
 
+import copy
+import inspect
 import json
 import os
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ from . import __version__
 from .adapter_files import (
     CONFIG_DIGEST_KEY,
     CONFIG_NAME,
+    LOCATION_KEYS,
     WEIGHTS_NAME,
     check_config,
     check_finite,
@@ -348,19 +351,45 @@ class CtxAdapter(
         return (per_context * counts).sum() / counts.sum()
 
     # ------------------------------------------------------------------ saving and loading
+    def save_pretrained(
+        self, save_directory, *, config: dict | None = None, model_card_kwargs=None, **kwargs
+    ):
+        """``huggingface_hub``'s ``save_pretrained`` (and, through it, ``push_to_hub``):
+        ``model.safetensors``, ``config.json`` and the model card, both of ``config`` (default:
+        ``self.config``) with ``ctxadapter_version``. A given ``config`` is copied, never
+        kept: the adapter's own is unchanged. ``kwargs``: ``push_to_hub``, ``repo_id`` and the
+        upload's arguments.
+
+        Raises:
+            ValueError: for a ``config`` that differs from ``self.config`` in more than where
+                the base autoencoder is found (``LOCATION_KEYS`` of ``base_model``): it would
+                not describe these weights.
+        """
+        config = copy.deepcopy(self.config if config is None else dict(config))
+        if config_digest(config) != config_digest(self.config):
+            raise ValueError(
+                "The config to save differs from the adapter's in more than where its base "
+                f"autoencoder is ({', '.join(LOCATION_KEYS)} of base_model): it would not "
+                "describe these weights."
+            )
+        config["ctxadapter_version"] = __version__
+        card = {**(model_card_kwargs or {}), "config": config}
+        return super().save_pretrained(
+            save_directory, config=config, model_card_kwargs=card, **kwargs
+        )
+
     def _save_pretrained(self, save_directory: Path) -> None:
-        # The weights' metadata records the latent shape (the heads' weights only know the
-        # number of latent values, so an edited config with the same count is caught) and the
-        # hash of the config saved beside them (a folder mixing two saves is caught).
-        config = {**self.config, "ctxadapter_version": __version__}
+        # The weights only: save_pretrained writes the config it was given beside them. Their
+        # metadata records the latent shape (the heads' weights only know the number of latent
+        # values, so an edited config with the same count is caught) and the hash of the config
+        # (a folder mixing two saves is caught).
         metadata = {
             "latent_shape": json.dumps(list(self.config["latent_shape"])),
-            CONFIG_DIGEST_KEY: config_digest(config),
+            CONFIG_DIGEST_KEY: config_digest(self.config),
         }
         safetensors.torch.save_model(
             self, str(Path(save_directory) / WEIGHTS_NAME), metadata=metadata
         )
-        (Path(save_directory) / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> CtxAdapter:
@@ -397,8 +426,7 @@ class CtxAdapter(
                 weights_file(model_id)  # a folder of pickles only: say so, never load them
             raise FileNotFoundError(f"No {CONFIG_NAME} found for adapter {model_id!r}.")
         where = describe(model_id, CONFIG_NAME)
-        parameters = dict(list(cls._hub_mixin_init_parameters.items())[1:])
-        check_config(config, where, parameters)
+        check_config(config, where, CONFIG_PARAMETERS)
         init = {**{k: v for k, v in config.items() if k != "ctxadapter_version"}, **model_kwargs}
         path = weights_file(
             model_id,
@@ -426,7 +454,17 @@ class CtxAdapter(
         model.load_state_dict(state_dict, strict=True)
         return model.eval()
 
-    def generate_model_card(self, *args, **kwargs) -> ModelCard:
-        """The model card written by ``save_pretrained`` (``ctxadapter.card.model_card``;
-        ``model_card_kwargs`` of ``save_pretrained`` are its keyword arguments)."""
-        return model_card(self.config, **kwargs)
+    def generate_model_card(self, *args, config: dict | None = None, **kwargs) -> ModelCard:
+        """The model card written by ``save_pretrained``: ``ctxadapter.card.model_card`` of
+        ``config`` (default: ``self.config``), ``model_card_kwargs`` of ``save_pretrained``
+        its keyword arguments."""
+        return model_card(self.config if config is None else config, **kwargs)
+
+
+CONFIG_PARAMETERS: dict[str, inspect.Parameter] = {
+    name: parameter
+    for name, parameter in inspect.signature(CtxAdapter.__init__).parameters.items()
+    if name != "self"
+}
+"""The keys of an adapter's config: the parameters of ``CtxAdapter.__init__`` (name ->
+``inspect.Parameter``), read once when this module loads."""

@@ -10,8 +10,11 @@ Three value ranges are in use, and these functions are the one place that conver
 
 ``preprocess_images`` turns PIL images (or arrays, or tensors in ``[0, 1]``) into a batch at a
 fixed resolution: converted to RGB, resized and centre-cropped (``resize_mode="crop"``) by
-diffusers' ``VaeImageProcessor``, as the training data is; ``prepare_images`` does the same for
-batches of held-out images that are already tensors.
+diffusers' ``VaeImageProcessor``, as the training data is. ``prepare_images`` is the one rule
+by which the model, the scores and the evaluation read images of any kind (PIL, arrays,
+tensors, lists; ``uint8``, ``[0, 1]`` or ``[-1, 1]``) into such a batch (``uint8`` kept
+``uint8``, which the SW2 scores read directly); ``model_input`` is that batch as ``[0, 1]``
+floats.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ __all__ = [
     "signed_to_unit",
     "to_float",
     "to_rgb",
+    "unit_to_signed",
     "unit_to_uint8",
 ]
 
@@ -72,6 +76,11 @@ def to_float(x: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
 def signed_to_unit(images: Tensor) -> Tensor:
     """``[-1, 1]`` images -> ``[0, 1]``: ``((x + 1) / 2)`` clamped to ``[0, 1]``."""
     return ((images + 1) / 2).clamp(0, 1)
+
+
+def unit_to_signed(images: Tensor) -> Tensor:
+    """``[0, 1]`` images -> ``[-1, 1]``, what the autoencoder encodes: ``x * 2 - 1``."""
+    return images * 2 - 1
 
 
 def signed_to_uint8(images: Tensor) -> Tensor:
@@ -161,66 +170,10 @@ def preprocess_images(
     return pixels
 
 
-def prepare_images(images: Tensor, resolution: tuple[int, int]) -> Tensor:
-    """Held-out images -> ``(N, 3, H, W)`` at ``resolution``, ``uint8`` kept ``uint8``.
-
-    Args:
-        images: ``uint8`` ``(N, H, W, 3)`` (channels last, as quad and PIL give them) or
-            ``(N, 3, H, W)``; or floats ``(N, 3, H, W)`` in ``[0, 1]``.
-        resolution: ``(H, W)`` of the model.
-
-    Returns:
-        ``(N, 3, H, W)``: ``uint8`` for ``uint8`` input, else float32 in ``[0, 1]``. Images of
-        another size are resized and centre-cropped exactly as the training data was
-        (``preprocess_images``, ``DEFAULT_BATCH_SIZE`` at a time), then returned as float32 in
-        ``[0, 1]``.
-    """
-    if not isinstance(images, Tensor):
-        images = torch.as_tensor(np.asarray(images))
-    if images.ndim != 4:
-        raise ValueError(
-            f"expected a batch of images (N, H, W, 3) or (N, 3, H, W), got shape "
-            f"{tuple(images.shape)}"
-        )
-    if images.shape[0] == 0:
-        raise ValueError("got an empty set of images")
-    if images.dtype == torch.uint8:
-        if images.shape[-1] == 3 and images.shape[1] != 3:
-            images = images.permute(0, 3, 1, 2)
-        elif images.shape[-1] == 3 and images.shape[1] == 3:
-            raise ValueError(
-                f"ambiguous uint8 image layout {tuple(images.shape)}; pass "
-                "(N, H, W, 3) or (N, 3, H, W) with H, W != 3"
-            )
-    elif images.is_floating_point():
-        if images.shape[1] != 3:
-            raise ValueError(
-                f"float images must be (N, 3, H, W) in [0, 1], got shape {tuple(images.shape)}"
-            )
-        lo, hi = float(images.min()), float(images.max())
-        if lo < 0 or hi > 1:
-            raise ValueError(
-                f"float images must be in [0, 1], got values in [{lo:.3g}, {hi:.3g}]"
-                "; map [-1, 1] images with (x + 1) / 2"
-            )
-        images = images.float()
-    else:
-        raise TypeError(f"images must be uint8 or floating, got {images.dtype}")
-    if tuple(images.shape[-2:]) == tuple(resolution):
-        return images.contiguous()
-    out = []
-    for start in range(0, images.shape[0], DEFAULT_BATCH_SIZE):
-        chunk = images[start : start + DEFAULT_BATCH_SIZE]
-        if chunk.dtype != torch.uint8:
-            chunk = unit_to_uint8(chunk)
-        pil = [Image.fromarray(image.permute(1, 2, 0).numpy()) for image in chunk]
-        out.append(preprocess_images(pil, tuple(resolution), output="unit"))
-    return torch.cat(out)
-
-
 def _as_batch(images) -> Tensor:
-    """PIL-free images -> one ``(N, 3, H, W)`` tensor as given (dtype kept): an array
-    ``(N, H, W, 3)``, a tensor ``(N, 3, H, W)``, or a list of either kind of single image."""
+    """PIL-free images -> one ``(N, 3, H, W)`` tensor on the CPU as given (dtype kept): an
+    array ``(N, H, W, 3)``, a tensor ``(N, 3, H, W)`` (or ``uint8`` ``(N, H, W, 3)``, as quad
+    and PIL give them), or a list of either kind of single image."""
     if isinstance(images, (list, tuple)):
         if all(isinstance(i, np.ndarray) for i in images):
             images = np.stack(images)
@@ -240,6 +193,14 @@ def _as_batch(images) -> Tensor:
         return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
     if not isinstance(images, Tensor):
         raise TypeError(f"Expected PIL images, an array or a tensor, got {type(images).__name__}.")
+    images = images.cpu()
+    if images.ndim == 4 and images.dtype == torch.uint8 and images.shape[-1] == 3:
+        if images.shape[1] == 3:
+            raise ValueError(
+                f"Ambiguous uint8 image layout {tuple(images.shape)}: pass (N, H, W, 3) or "
+                "(N, 3, H, W) with H, W != 3."
+            )
+        images = images.permute(0, 3, 1, 2)
     if images.ndim != 4 or images.shape[0] == 0 or images.shape[1] != 3:
         raise ValueError(
             f"Expected a batch of images (N, 3, H, W) with N >= 1, got shape {tuple(images.shape)}."
@@ -247,16 +208,21 @@ def _as_batch(images) -> Tensor:
     return images
 
 
-def model_input(images, resolution: tuple[int, int]) -> Tensor:
-    """Images given to a model's ``reconstruct`` / ``counterfactual`` -> ``(N, 3, H, W)``
-    float32 in ``[0, 1]`` at ``resolution``, by one path whatever their kind.
+def prepare_images(images, resolution: tuple[int, int]) -> Tensor:
+    """Images of any kind -> one batch ``(N, 3, H, W)`` at ``resolution``, by the one rule
+    that the model (``model_input``), the scores and the evaluation read images with.
 
     PIL images (one or a list, any mode through ``to_rgb``) go through ``preprocess_images``
-    as the training data does. Arrays ``(N, H, W, 3)`` and tensors ``(N, 3, H, W)`` (or lists
-    of single images) are ``uint8`` in ``[0, 255]`` or floats in ``[0, 1]`` (or ``[-1, 1]``,
-    read as diffusers does when a value is negative); floats must be finite. Whatever the
-    kind, images of another size are resized (shorter side) and centre-cropped as the training
-    data is (``prepare_images``).
+    as the training data does. Arrays ``(N, H, W, 3)``, tensors ``(N, 3, H, W)`` (or ``uint8``
+    ``(N, H, W, 3)``, as quad and PIL give them) and lists of single images hold ``uint8`` in
+    ``[0, 255]`` or floats in ``[0, 1]`` (or ``[-1, 1]``, read as diffusers does when a value
+    is negative); floats must be finite. Images of another size are resized (shorter side) and
+    centre-cropped as the training data is (``preprocess_images``, ``DEFAULT_BATCH_SIZE`` at a
+    time).
+
+    Returns:
+        ``uint8`` for ``uint8`` images already at ``resolution`` (the SW2 scores read them
+        as they are, in a quarter of the memory), else float32 in ``[0, 1]``; on the CPU.
 
     Raises:
         ValueError: for no images, a wrong shape, NaN or infinite values, or floats outside
@@ -264,13 +230,14 @@ def model_input(images, resolution: tuple[int, int]) -> Tensor:
         TypeError: for arrays or tensors that are neither ``uint8`` nor floating point, or a
             list mixing kinds.
     """
+    resolution = tuple(resolution)
     if isinstance(images, Image.Image):
         images = [images]
     if isinstance(images, (list, tuple)) and not images:
         raise ValueError("Got no images: pass at least one.")
     if isinstance(images, (list, tuple)) and all(isinstance(i, Image.Image) for i in images):
-        return preprocess_images(list(images), tuple(resolution), output="unit")
-    images = _as_batch(images).cpu()
+        return preprocess_images(list(images), resolution, output="unit")
+    images = _as_batch(images)
     if images.dtype != torch.uint8:
         if not images.is_floating_point():
             raise TypeError(f"Images must be uint8 or floats, got {images.dtype}.")
@@ -283,7 +250,21 @@ def model_input(images, resolution: tuple[int, int]) -> Tensor:
                 f"Float images must be in [0, 1] (or [-1, 1]); got values in [{lo:.3g}, "
                 f"{hi:.3g}]. uint8 images are read in [0, 255]."
             )
-        images = (images.clamp(-1, 1) + 1) / 2 if lo < 0 else images.clamp(0, 1)
-    if tuple(images.shape[-2:]) != tuple(resolution):
-        return prepare_images(images, tuple(resolution))
-    return images.float() / 255 if images.dtype == torch.uint8 else images
+        images = signed_to_unit(images) if lo < 0 else images.clamp(0, 1)
+    if tuple(images.shape[-2:]) == resolution:
+        return images
+    out = []
+    for start in range(0, images.shape[0], DEFAULT_BATCH_SIZE):
+        chunk = images[start : start + DEFAULT_BATCH_SIZE]
+        if chunk.dtype != torch.uint8:
+            chunk = unit_to_uint8(chunk)
+        pil = [Image.fromarray(image.permute(1, 2, 0).numpy()) for image in chunk]
+        out.append(preprocess_images(pil, resolution, output="unit"))
+    return torch.cat(out)
+
+
+def model_input(images, resolution: tuple[int, int]) -> Tensor:
+    """Images of any kind (``prepare_images``) -> float32 ``(N, 3, H, W)`` in ``[0, 1]`` at
+    ``resolution``: what ``ContextAutoencoder.reconstruct`` / ``counterfactual`` and every
+    score that runs the model take."""
+    return to_float(prepare_images(images, resolution))

@@ -307,16 +307,17 @@ class ContextAutoencoder(nn.Module):
         self.adapter.config["decoder_lora"] = settings
 
     # ------------------------------------------------------------------ saving and loading
-    def save_pretrained(self, save_directory, **kwargs) -> None:
+    def save_pretrained(
+        self, save_directory, *, config: dict | None = None, model_card_kwargs=None, **kwargs
+    ) -> None:
         """Save the adapter folder: the adapter (never the base autoencoder; see
-        ``CtxAdapter.save_pretrained``) and, if there is one, the decoder LoRA's weights. The
-        model card's usage snippet loads ``save_directory`` unless ``model_card_kwargs`` names
-        a ``repo_id``."""
-        card = {
-            "repo_id": os.fspath(save_directory),
-            **(kwargs.pop("model_card_kwargs", None) or {}),
-        }
-        self.adapter.save_pretrained(save_directory, model_card_kwargs=card, **kwargs)
+        ``CtxAdapter.save_pretrained``, which takes ``config`` and ``kwargs``) and, if there is
+        one, the decoder LoRA's weights. The model card's usage snippet loads
+        ``save_directory`` unless ``model_card_kwargs`` names a ``repo_id``."""
+        card = {"repo_id": os.fspath(save_directory), **(model_card_kwargs or {})}
+        self.adapter.save_pretrained(
+            save_directory, config=config, model_card_kwargs=card, **kwargs
+        )
         if self.adapter.config["decoder_lora"]:
             save_decoder_lora(self.codec.autoencoder, save_directory)
 

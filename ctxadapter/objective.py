@@ -48,8 +48,8 @@ import torch
 from torch import Tensor, nn
 
 from .contexts import distinct_contexts
+from .evaluation.wasserstein import grouped_sliced_wasserstein
 from .images import signed_to_unit
-from .wasserstein import grouped_sliced_wasserstein
 
 RECONSTRUCTIONS = ("latent", "pixel")
 
@@ -148,7 +148,7 @@ class Objective:
             nll = 0.5 * error.flatten(1).sum(dim=1)
             nll = nll + error[0].numel() * (log_scale + 0.5 * math.log(2 * math.pi))
         else:
-            probs = ((model.codec.decode(out.latents) + 1) / 2).clamp(PIXEL_EPS, 1 - PIXEL_EPS)
+            probs = signed_to_unit(model.codec.decode(out.latents)).clamp(PIXEL_EPS, 1 - PIXEL_EPS)
             target_pixels = signed_to_unit(pixel_values.to(probs))
             nll = nn.functional.binary_cross_entropy(probs, target_pixels, reduction="none")
             nll = nll.flatten(1).sum(dim=1)

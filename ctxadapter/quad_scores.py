@@ -1,36 +1,23 @@
-"""Scores of a trained adapter against the known causal structure of the ``quad`` dataset.
+"""Deprecated: ``ctxadapter.quad_scores`` moved to ``ctxadapter.evaluation.quad`` and
+``ctxadapter.evaluation.causal``; this alias warns and will be removed in the next release."""
 
-- ``graph_auroc``: how well the magnitudes of a learned concept graph rank the true
-  (ancestral) relations above the absent ones.
-- ``counterfactual_shifts``: how far a counterfactual edit moves the colour of each quadrant
-  from the observational reconstruction towards the real interventional images, and how much
-  it disturbs the quadrants that the intervention should leave alone.
+import warnings
 
-Both are re-exported by ``ctxadapter.evaluation``::
+warnings.warn(
+    "ctxadapter.quad_scores is deprecated and will be removed in the next release; import from "
+    "ctxadapter.evaluation instead.",
+    DeprecationWarning,
+    stacklevel=2,
+)
 
-    from ctxadapter import ContextAutoencoder
-    from ctxadapter.data import quad
-    from ctxadapter.evaluation import counterfactual_shifts, graph_auroc, heldout_quad_images
-
-    model = ContextAutoencoder.from_pretrained("my-adapter")
-    truth = quad.ancestral_relation(model.adapter.concepts, dependent=True)
-    print(graph_auroc(model.adapter.concept_graph(), truth))
-    real = heldout_quad_images(400, dependent=True)
-    shifts = counterfactual_shifts(model, real["obs"], real, dependent=True)
-    print(shifts["summary"])
-"""
-
-from __future__ import annotations
-
-from collections.abc import Mapping, Sequence
-
-import torch
-from torch import Tensor
-
-from .contexts import OBSERVATIONAL
-from .data import quad, quad_render
-from .images import DEFAULT_BATCH_SIZE, prepare_images, to_float
-from .model import eval_mode
+from .evaluation.causal import graph_auroc  # noqa: E402
+from .evaluation.quad import (  # noqa: E402
+    CORNER_RADIUS,
+    MIN_TARGET_DISTANCE,
+    QUADRANTS,
+    corner_masks,
+    counterfactual_shifts,
+)
 
 __all__ = [
     "CORNER_RADIUS",
@@ -40,221 +27,3 @@ __all__ = [
     "counterfactual_shifts",
     "graph_auroc",
 ]
-
-# Where quad_render.render paints each quadrant: (bottom half?, right half?).
-_QUADRANT_HALVES = {
-    "quad1": (True, False),
-    "quad2": (True, True),
-    "quad3": (False, False),
-    "quad4": (False, True),
-}
-QUADRANTS: tuple[str, ...] = tuple(_QUADRANT_HALVES)
-"""The concepts that colour a quadrant; also the regions of ``counterfactual_shifts``."""
-CORNER_RADIUS = 34.0
-"""A quadrant's corner region: its pixels whose centre lies farther than this from the image
-centre, in pixels of the 64 x 64 quad image (scaled to the model's resolution). The largest
-shape reaches ``24 * sqrt(2) ~ 33.94`` pixels (a square's corner), so no shape covers it."""
-MIN_TARGET_DISTANCE = 1e-3
-"""``moved`` is None when the real interventional mean colour lies closer than this (RGB
-distance, channels in ``[0, 1]``: a quarter of an 8-bit level) to the reconstruction's."""
-
-
-def graph_auroc(graph: Tensor, truth: Tensor) -> float:
-    """AUROC of the off-diagonal magnitudes ``|graph[i, j]|`` as scores of ``truth[i, j]``.
-
-    The Mann-Whitney statistic over every (positive, negative) pair of off-diagonal entries,
-    a tie counting 1/2, divided by ``n_pos * n_neg``: 1.0 when every true relation has a larger
-    magnitude than every absent one, 0.0 when every one has a smaller magnitude, 0.5 for all
-    ties.
-
-    Args:
-        graph: ``(K, K)`` finite learned effects, e.g. ``CtxAdapter.concept_graph()`` (entry
-            ``(i, j)``: effect of concept ``j`` on concept ``i``).
-        truth: ``(K, K)`` bool (or 0/1) true relations in the same layout, e.g.
-            ``quad.ancestral_relation``; its off-diagonal must hold both values.
-
-    Returns:
-        The AUROC, in ``[0, 1]``.
-    """
-    graph = torch.as_tensor(graph).detach().cpu()
-    truth = torch.as_tensor(truth).detach().cpu()
-    if graph.ndim != 2 or graph.shape[0] != graph.shape[1] or graph.shape[0] < 2:
-        raise ValueError(f"graph must be square (K, K) with K >= 2, got shape {tuple(graph.shape)}")
-    if truth.shape != graph.shape:
-        raise ValueError(
-            f"truth has shape {tuple(truth.shape)}, the graph {tuple(graph.shape)}; they must match"
-        )
-    if not bool(torch.isfinite(graph).all()):
-        raise ValueError(f"graph holds non-finite values: {graph.tolist()}")
-    if truth.dtype != torch.bool:
-        if not bool(((truth == 0) | (truth == 1)).all()):
-            raise ValueError(f"truth must be bool or 0/1, got values {truth.unique().tolist()}")
-        truth = truth == 1
-    off = ~torch.eye(graph.shape[0], dtype=torch.bool)
-    scores, labels = graph.abs().double()[off], truth[off]
-    positives, negatives = scores[labels], scores[~labels]
-    if positives.numel() == 0 or negatives.numel() == 0:
-        raise ValueError(
-            f"the off-diagonal of truth has {positives.numel()} positives and "
-            f"{negatives.numel()} negatives; AUROC needs at least one of each"
-        )
-    above = (positives[:, None] > negatives[None, :]).sum().item()
-    ties = (positives[:, None] == negatives[None, :]).sum().item()
-    return (above + 0.5 * ties) / (positives.numel() * negatives.numel())
-
-
-def corner_masks(resolution: tuple[int, int]) -> dict[str, Tensor]:
-    """Quadrant name -> bool ``(H, W)``: its corner region at ``resolution`` (see
-    :data:`CORNER_RADIUS`), where ``counterfactual_shifts`` measures colours.
-
-    Raises:
-        ValueError: if the resolution is too small to leave a quadrant any corner pixel.
-    """
-    height, width = resolution
-    # Pixel-centre offsets from the image centre, in pixels of the 64 x 64 quad image.
-    dy = (torch.arange(height) + 0.5 - height / 2) * (quad_render.IMAGE_SIZE / height)
-    dx = (torch.arange(width) + 0.5 - width / 2) * (quad_render.IMAGE_SIZE / width)
-    far = dy[:, None] ** 2 + dx[None, :] ** 2 > CORNER_RADIUS**2
-    masks = {
-        name: far & ((dy > 0) == bottom)[:, None] & ((dx > 0) == right)[None, :]
-        for name, (bottom, right) in _QUADRANT_HALVES.items()
-    }
-    if not all(mask.any() for mask in masks.values()):
-        raise ValueError(f"resolution {tuple(resolution)} leaves a quadrant's corner region empty")
-    return masks
-
-
-def _add_region_sums(sums: dict[str, Tensor], images: Tensor, masks: Mapping[str, Tensor]) -> None:
-    """Add to ``sums[region]`` the float64 RGB sum of its pixels over images ``(N, 3, H, W)``."""
-    for name, mask in masks.items():
-        sums[name] = sums[name] + images[:, :, mask].double().sum(dim=(0, 2))
-
-
-def counterfactual_shifts(
-    model,
-    obs_images: Tensor,
-    real_images: Mapping[str, Tensor],
-    concepts: Sequence[str] = QUADRANTS,
-    *,
-    dependent: bool = True,
-    batch_size: int | None = None,
-) -> dict:
-    """Mean colour shifts of the quadrants' corners under counterfactual edits of quad images.
-
-    Each observational image is edited with ``model.counterfactual(images, q)`` for each ``q``
-    of ``concepts`` and, as the reference (``recon``), with ``model.counterfactual(images,
-    "obs")``: the autoencoder's own reconstruction for the default residual edit, the adapter's
-    reconstruction for ``mode="decode"``. All in eval mode. In each
-    quadrant's corner region (away from every shape, see :data:`CORNER_RADIUS`) the mean RGB
-    colour is taken over the reconstructions (``recon``), the edits (``edit``), the real
-    observational images (``real_obs``) and the real images of context ``q`` (``real_do``).
-    Then ``moved = (edit - recon) . (real_do - recon) / |real_do - recon|^2``, the fraction of
-    the way from the reconstruction to the real interventional mean that the edit went (1: all
-    of it; None when ``|real_do - recon| < MIN_TARGET_DISTANCE``), and
-    ``drift = |edit - recon|``. Quadrants that are no descendants of ``q`` (nor ``q`` itself;
-    ``quad.ancestral_relation``) should not drift.
-
-    Args:
-        model: a ``ctxadapter.ContextAutoencoder`` over the quad concepts (its modes are
-            restored afterwards).
-        obs_images: held-out observational quad images, ``uint8`` ``(N, 64, 64, 3)`` as from
-            ``evaluation.heldout_quad_images`` or float ``(N, 3, H, W)`` in ``[0, 1]``; resized
-            to the model's resolution if needed (``ctxadapter.images.prepare_images``).
-        real_images: context name -> held-out images of that context, in the same forms; needs
-            every ``q`` of ``concepts`` (other keys are ignored).
-        concepts: the intervened concepts, names of ``quad.CONCEPTS``.
-        dependent: the quad variant the images come from (decides which quadrants are
-            descendants of ``q``).
-        batch_size: images per encoder and decoder pass (default
-            ``ctxadapter.images.DEFAULT_BATCH_SIZE``).
-
-    Returns:
-        A JSON-serializable dict::
-
-            shifts: {q: {region: {recon, edit, real_obs, real_do (RGB lists in [0, 1]),
-                                  moved (float or None), drift}}}
-            summary: {q: {moved (of q's own region; None if q is no quadrant),
-                          non_descendants (regions), max_drift (over them, or None)}}
-            num_obs_images, num_do_images: {q: n}, resolution, corner_radius, dependent
-    """
-    batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
-    if int(batch_size) != batch_size or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    batch_size = int(batch_size)
-    concepts = list(concepts)
-    if not concepts:
-        raise ValueError("concepts is empty: pass at least one concept to intervene on")
-    for q in concepts:
-        if q not in quad.CONCEPTS:
-            raise ValueError(f"unknown concept {q!r}; valid: {', '.join(quad.CONCEPTS)}")
-        if q not in real_images or len(real_images[q]) == 0:
-            raise ValueError(
-                f"real_images has no images of context {q!r}; it has {sorted(real_images)}"
-            )
-    if len(obs_images) == 0:
-        raise ValueError("obs_images is empty: pass at least one observational image")
-    resolution = tuple(model.resolution)
-    masks = corner_masks(resolution)
-
-    def batches(images: Tensor):
-        for start in range(0, len(images), batch_size):
-            chunk = prepare_images(images[start : start + batch_size], resolution)
-            yield to_float(chunk)
-
-    def zeros() -> dict[str, Tensor]:
-        return {r: torch.zeros(3, dtype=torch.float64) for r in masks}
-
-    def means(sums: Mapping[str, Tensor], n: int) -> dict[str, Tensor]:
-        return {r: total / (n * int(masks[r].sum())) for r, total in sums.items()}
-
-    def mean_colours(images: Tensor) -> dict[str, Tensor]:
-        sums = zeros()
-        for chunk in batches(images):
-            _add_region_sums(sums, chunk, masks)
-        return means(sums, len(images))
-
-    n_obs = len(obs_images)
-    recon_sums, edit_sums = zeros(), {q: zeros() for q in concepts}
-    with eval_mode(model):
-        for pixels in batches(obs_images):
-            unedited = model.counterfactual(pixels, OBSERVATIONAL)
-            _add_region_sums(recon_sums, unedited.cpu(), masks)
-            for q in concepts:
-                _add_region_sums(edit_sums[q], model.counterfactual(pixels, q).cpu(), masks)
-    recon, real_obs = means(recon_sums, n_obs), mean_colours(obs_images)
-    related = quad.ancestral_relation(quad.CONCEPTS, dependent)
-
-    shifts, summary = {}, {}
-    for q in concepts:
-        edit, real_do = means(edit_sums[q], n_obs), mean_colours(real_images[q])
-        shifts[q] = {}
-        for r in masks:
-            target = real_do[r] - recon[r]
-            moved = None
-            if target.norm().item() >= MIN_TARGET_DISTANCE:
-                moved = torch.dot(edit[r] - recon[r], target).item() / target.square().sum().item()
-            shifts[q][r] = {
-                "recon": recon[r].tolist(),
-                "edit": edit[r].tolist(),
-                "real_obs": real_obs[r].tolist(),
-                "real_do": real_do[r].tolist(),
-                "moved": moved,
-                "drift": (edit[r] - recon[r]).norm().item(),
-            }
-        column = quad.CONCEPTS.index(q)
-        others = [r for r in masks if r != q and not bool(related[quad.CONCEPTS.index(r), column])]
-        drifts = [shifts[q][r]["drift"] for r in others]
-        summary[q] = {
-            "moved": shifts[q][q]["moved"] if q in masks else None,
-            "non_descendants": others,
-            "max_drift": max(drifts) if drifts else None,
-        }
-    return {
-        "shifts": shifts,
-        "summary": summary,
-        "num_obs_images": n_obs,
-        "num_do_images": {q: len(real_images[q]) for q in concepts},
-        "resolution": list(resolution),
-        "corner_radius": CORNER_RADIUS,
-        "dependent": bool(dependent),
-    }

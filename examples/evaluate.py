@@ -30,8 +30,13 @@ from pathlib import Path
 import torch
 
 from ctxadapter import ContextAutoencoder
-from ctxadapter.evaluation import evaluate, format_table, heldout_quad_images, prepare_images
-from ctxadapter.metrics import concept_compo_scores
+from ctxadapter.evaluation import (
+    concept_compo_scores,
+    evaluate,
+    format_table,
+    heldout_quad_images,
+    prepare_images,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

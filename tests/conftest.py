@@ -62,10 +62,12 @@ class FakeHfApi:
 
 @pytest.fixture
 def fake_hub(monkeypatch, tmp_path):
-    """``HfApi`` replaced by ``FakeHfApi`` in ``ctxadapter.hub``: nothing reaches the Hub; the
-    uploaded folders are copied under ``tmp_path`` and listed in the returned list as
-    ``(repo_id, folder)``; ``FakeHfApi.calls`` lists the calls in order."""
+    """``HfApi`` replaced by ``FakeHfApi`` in ``ctxadapter.hub`` (the login check) and in
+    ``huggingface_hub.hub_mixin`` (the upload): nothing reaches the Hub; the uploaded folders
+    are copied under ``tmp_path`` and listed in the returned list as ``(repo_id, folder)``;
+    ``FakeHfApi.calls`` lists the calls in order."""
     monkeypatch.setattr("ctxadapter.hub.HfApi", FakeHfApi)
+    monkeypatch.setattr("huggingface_hub.hub_mixin.HfApi", FakeHfApi)
     monkeypatch.setattr(FakeHfApi, "uploads", [])
     monkeypatch.setattr(FakeHfApi, "calls", [])
     monkeypatch.setattr(FakeHfApi, "destination", str(tmp_path), raising=False)

@@ -482,6 +482,25 @@ def test_push_to_hub_uploads_adapter_folder(tmp_path, monkeypatch):
     assert_same_outputs(adapter, CtxAdapter.from_pretrained(uploaded))
 
 
+def test_save_pretrained_writes_a_given_config_and_keeps_its_own(tmp_path):
+    """A config moved to another base location is saved (and loads: it describes the same
+    weights); one describing other weights is refused; the adapter's own never changes."""
+    adapter = make_adapter(
+        base_model={"pretrained_model_name_or_path": "here", "scaling_factor": 1}
+    )
+    before = json.dumps(adapter.config, sort_keys=True)
+    moved = {**adapter.config, "base_model": {**adapter.config["base_model"]}}
+    moved["base_model"]["pretrained_model_name_or_path"] = "org/vae"
+    adapter.save_pretrained(tmp_path / "moved", config=moved)
+    loaded = CtxAdapter.from_pretrained(tmp_path / "moved")
+    assert loaded.config["base_model"]["pretrained_model_name_or_path"] == "org/vae"
+    assert json.loads((tmp_path / "moved" / "config.json").read_text())["ctxadapter_version"]
+    with pytest.raises(ValueError, match="would not describe these weights"):
+        adapter.save_pretrained(tmp_path / "other", config={**adapter.config, "concept_width": 3})
+    assert not (tmp_path / "other" / "model.safetensors").exists()
+    assert json.dumps(adapter.config, sort_keys=True) == before
+
+
 def _hub_cache(tmp_path: Path, folder: Path, repo_id: str = "user/repo") -> tuple[Path, str]:
     """The layout ``hf_hub_download`` reads: refs/main -> commit, snapshots/<commit>/<files>."""
     cache = tmp_path / "hub-cache"

@@ -1,6 +1,6 @@
-"""Causal fidelity scores (``ctxadapter.causal_scores``) and quad's true counterfactuals
-(``quad.counterfactual_latents``): hand cases, an oracle that edits perfectly, and probes of
-features built by hand."""
+"""Causal fidelity scores (``ctxadapter.evaluation.causal`` and ``.quad``) and quad's true
+counterfactuals (``quad.counterfactual_latents``): hand cases, an oracle that edits perfectly,
+and probes of features built by hand."""
 
 import math
 from types import SimpleNamespace
@@ -10,14 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from ctxadapter.causal_scores import (
-    VALUE_LIMIT,
+from ctxadapter.data import quad
+from ctxadapter.evaluation import (
     block_identifiability,
     counterfactual_success,
     quad_counterfactual_accuracy,
     quadrant_values,
 )
-from ctxadapter.data import quad
+from ctxadapter.evaluation.quad import VALUE_LIMIT
 
 # ------------------------------------------------------------------------ true counterfactuals
 

@@ -2,6 +2,7 @@
 names, and Hub keyword arguments reaching the base. Uploads go to a fake ``HfApi``; downloads
 come from a local Hub cache under ``HF_HUB_OFFLINE=1``."""
 
+import copy
 import shutil
 from pathlib import Path
 
@@ -74,12 +75,15 @@ def test_push_with_a_local_base_is_refused_unless_the_hub_id_is_named(
     assert fake_hub == []  # nothing sent
     picture = tmp_path / "contexts.png"
     picture.write_bytes(b"png")
+    before = copy.deepcopy(model.adapter.config)
     model.push_to_hub(
         "user/adapter",
         base_model_id="org/vae",
         extra_files=[picture],
         model_card_kwargs={"sample_grid": "contexts.png"},
     )
+    assert model.adapter.config == before  # the pushed config is a copy
+    assert model.adapter.config["base_model"]["pretrained_model_name_or_path"] == tiny_kl_path
     [(repo_id, folder)] = fake_hub
     files = {p.name for p in folder.iterdir()}
     assert files == {"config.json", "model.safetensors", "README.md", "contexts.png"}

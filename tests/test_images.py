@@ -11,10 +11,13 @@ from PIL import Image
 from ctxadapter.codec import LatentCodec
 from ctxadapter.images import (
     compute_dtype,
+    model_input,
+    prepare_images,
     preprocess_images,
     signed_to_uint8,
     signed_to_unit,
     to_float,
+    unit_to_signed,
     unit_to_uint8,
 )
 
@@ -75,3 +78,27 @@ def test_preprocess_images_other_inputs_and_errors():
     assert preprocess_images(array, 40, resize_mode="default").shape == (2, 3, 40, 40)
     with pytest.raises(ValueError, match="output"):
         preprocess_images(unit, 32, output="pil")
+
+
+def test_every_kind_of_image_is_read_by_one_rule():
+    """What the model reads is what the scores read: uint8 tensors in either layout, arrays,
+    lists, PIL images, [0, 1] and [-1, 1] floats; uint8 at the resolution stays uint8."""
+    pixels = torch.randint(
+        0, 256, (2, 4, 4, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    expected = pixels.permute(0, 3, 1, 2).float() / 255
+    kinds = {
+        "uint8 channels last": pixels,
+        "uint8 channels first": pixels.permute(0, 3, 1, 2),
+        "array": pixels.numpy(),
+        "list of arrays": list(pixels.numpy()),
+        "PIL": [Image.fromarray(p.numpy()) for p in pixels],
+        "unit floats": expected,
+        "signed floats": unit_to_signed(expected),
+    }
+    for name, images in kinds.items():
+        torch.testing.assert_close(model_input(images, (4, 4)), expected, msg=name)
+    assert torch.equal(prepare_images(pixels, (4, 4)), pixels.permute(0, 3, 1, 2))
+    assert unit_to_signed(torch.tensor([0.0, 0.5, 1.0])).tolist() == [-1.0, 0.0, 1.0]
+    with pytest.raises(ValueError, match="Ambiguous"):
+        prepare_images(torch.zeros(1, 3, 4, 3, dtype=torch.uint8), (4, 4))

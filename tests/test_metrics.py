@@ -1,4 +1,4 @@
-"""Tests for ctxadapter.metrics: hand-computable cases."""
+"""Tests for ctxadapter.evaluation.metrics: hand-computable cases."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ import math
 import pytest
 import torch
 
-from ctxadapter.metrics import (
+from ctxadapter.evaluation.metrics import (
     ConceptCompoScores,
     concept_compo_scores,
     mse,
     psnr,
     recon_bits_per_pixel,
 )
-from ctxadapter.wasserstein import sliced_wasserstein
+from ctxadapter.evaluation.wasserstein import sliced_wasserstein
 
 # --------------------------------------------------------------------------------------------
 # concept_compo_scores
@@ -147,7 +147,8 @@ def test_psnr_and_mse() -> None:
     a = torch.zeros(2, 1, 2, 2, dtype=torch.float64)
     b = torch.stack([a[0] + 0.1, a[1] + 0.01])
     assert float(psnr(a, b)) == pytest.approx(30.0)
-    assert math.isinf(float(psnr(x, x)))
+    assert float(psnr(x, x)) == pytest.approx(100.0)  # MIN_MSE: finite for identical images
+    assert psnr(x, y, reduction="none").tolist() == pytest.approx([20.0] * len(x))
     xu = (x * 255).round().to(torch.uint8)
     assert float(mse(xu, xu.float() / 255)) == 0.0
     with pytest.raises(ValueError, match=r"\(4, 3, 8, 8\).*\(4, 3, 8, 7\)"):

@@ -1,5 +1,5 @@
 """The objective's sample- and prior-matching terms and their grouped sliced Wasserstein-2
-(``ctxadapter.wasserstein``), by hand."""
+(``ctxadapter.evaluation.wasserstein``), by hand."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from torch.testing import assert_close
 
 from ctxadapter import ContextAutoencoder, CtxAdapter
 from ctxadapter.codec import LatentCodec
+from ctxadapter.evaluation.wasserstein import grouped_sliced_wasserstein
 from ctxadapter.objective import Objective
-from ctxadapter.wasserstein import grouped_sliced_wasserstein
 
 
 def test_grouped_sliced_wasserstein_matches_within_groups_only():

@@ -1,4 +1,4 @@
-"""Scores against the quad dataset's causal structure (``ctxadapter.quad_scores``): hand cases
+"""Scores against the quad dataset's causal structure (``ctxadapter.evaluation.quad``): hand cases
 with constant-colour images, and a smoke test on a tiny autoencoder (random weights)."""
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from diffusers import AutoencoderKL
 
 from ctxadapter import ContextAutoencoder, CtxAdapter, evaluation
 from ctxadapter.data import quad, quad_render
-from ctxadapter.quad_scores import (
+from ctxadapter.evaluation.causal import graph_auroc
+from ctxadapter.evaluation.quad import (
     CORNER_RADIUS,
     QUADRANTS,
     corner_masks,
     counterfactual_shifts,
-    graph_auroc,
 )
 
 GREY = (0.5, 0.5, 0.5)

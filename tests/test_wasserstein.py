@@ -1,4 +1,4 @@
-"""Tests for ctxadapter.wasserstein: hand-computable cases."""
+"""Tests for ctxadapter.evaluation.wasserstein: hand-computable cases."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from ctxadapter import wasserstein
-from ctxadapter.wasserstein import random_projections, sliced_wasserstein, wasserstein_1d
+from ctxadapter.evaluation import wasserstein
+from ctxadapter.evaluation.wasserstein import random_projections, sliced_wasserstein, wasserstein_1d
 
 
 def _t(values: list[float]) -> torch.Tensor:

@@ -115,11 +115,14 @@ class AdapterArguments(FlagGroup):
     )
     heads: Literal[HEADS] = flag(
         "Posterior and latent heads: 'auto' ('mlp' below 4,096 latent values, 'conv' from 4,096), "
-        "'mlp' (two hidden GELU layers), 'conv' (spatial heads for large latents) or 'linear' "
-        "(the paper's).",
+        "'mlp' (two hidden GELU layers), 'conv' (spatial heads for large latents), 'additive' "
+        "(an MLP per concept block, summed: each block paints the latent on its own; small "
+        "latents) or 'linear' (the paper's).",
         default="auto",
     )
-    head_width: int = flag("Hidden width of the MLP heads.", default=256)
+    head_width: int = flag(
+        "Hidden width of the MLP heads (of each block's MLP with --heads additive).", default=256
+    )
     pooled: bool = flag("Ignore context labels: the 'CM pooled' ablation.", default=False)
 
     def validate(self) -> None:

@@ -11,7 +11,7 @@ from accelerate import Accelerator
 
 from ..card import card_kwargs, format_duration
 from ..domain import DOMAIN_IMAGES, reconstruction_mse
-from ..images import prepare_images, preprocess_images, to_float
+from ..images import model_input, preprocess_images
 from ..model import ContextAutoencoder
 from ..viz import concept_graph_image, write_report
 from .finetune_args import PRESETS, FinetuneArguments
@@ -40,7 +40,7 @@ def quad_references(args: FinetuneArguments, model: ContextAutoencoder, concepts
     )
 
     def pixels(batch) -> torch.Tensor:
-        return to_float(prepare_images(torch.from_numpy(batch), model.resolution))
+        return model_input(torch.from_numpy(batch), model.resolution)
 
     return {
         "images": pixels(images),

@@ -17,6 +17,7 @@ from accelerate.utils import set_seed
 from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 
+from ..evaluation.metrics import psnr
 from ..images import preprocess_images
 from ..processes import process_state
 from .args import ImageDataArguments, OptimizationArguments, RunArguments
@@ -192,18 +193,16 @@ def autoencoder_metrics(
 ) -> dict:
     """Held-out PSNR of the reconstructions and the latent scaling factor ``1 / std``."""
     rows = validation.select(range(min(max_images, len(validation))))
-    latents, sq_errors = [], []
+    latents, psnrs = [], []
     for start in range(0, len(rows), 64):
         pixels = preprocess_images(rows[start : start + 64][image_column], resolution)
         pixels = pixels.to(vae.device, vae.dtype)
         mean = vae.encode(pixels).latent_dist.mean
         decoded = vae.decode(mean).sample.clamp(-1, 1)
         latents.append(mean.float().cpu())
-        sq_errors.append(((decoded - pixels).float().cpu() / 2).pow(2).flatten(1).mean(1))
-    mse = torch.cat(sq_errors)
-    psnr = (-10 * torch.log10(mse.clamp_min(1e-10))).mean().item()
+        psnrs.append(psnr(decoded.float().cpu(), pixels.float().cpu(), 2.0, reduction="none"))
     return {
-        "validation_psnr_db": round(psnr, 3),
+        "validation_psnr_db": round(torch.cat(psnrs).mean().item(), 3),
         "validation_images": len(rows),
         "scaling_factor": round(1.0 / torch.cat(latents).std().item(), 5),
     }

@@ -9,9 +9,14 @@ import math
 import torch
 
 from ctxadapter.adapter import EDGE_THRESHOLD
-from ctxadapter.causal_scores import block_identifiability, quad_counterfactual_accuracy
 from ctxadapter.data import quad
-from ctxadapter.evaluation import graph_auroc, prepare_images
+from ctxadapter.evaluation import (
+    block_identifiability,
+    graph_auroc,
+    psnr,
+    quad_counterfactual_accuracy,
+)
+from ctxadapter.images import DEFAULT_BATCH_SIZE, model_input, unit_to_signed
 
 LABELS = {
     "cm": "(a) ctxadapter default (latent loss)",
@@ -63,7 +68,7 @@ def quad_scores(model, heldout: dict, dependent: bool, seed: int = 0, split: str
     - ``base_psnr_db``: the base autoencoder's own PSNR on the single-context images;
     - per-image counterfactual accuracy of ``EDIT_IMAGES`` observational images under every
       concept against the SCM's true counterfactuals
-      (``ctxadapter.causal_scores.quad_counterfactual_accuracy``): the success rates over the
+      (``ctxadapter.evaluation.quad_counterfactual_accuracy``): the success rates over the
       intervened quadrant and over every quadrant, and the mean error over the no-edit error;
     - own-block identifiability of ``PROBE_IMAGES`` observational images
       (``block_identifiability``): the smallest own-block R^2 over :data:`DETERMINED`;
@@ -75,16 +80,14 @@ def quad_scores(model, heldout: dict, dependent: bool, seed: int = 0, split: str
     observational images these are, with their latents.
     """
     singles = [name for name in heldout if "+" not in name]
-    errors = []
+    codec, psnrs = model.codec, []
     with torch.no_grad():
         for name in singles:
-            for start in range(0, len(heldout[name]), 256):
-                real = prepare_images(heldout[name][start : start + 256], model.resolution)
-                real = real.to(model.codec.device).float() / 255
-                decoded = model.codec.decode(model.codec.encode(real * 2 - 1))
-                own = ((decoded + 1) / 2).clamp(0, 1)
-                errors.append((own - real).pow(2).flatten(1).mean(1).cpu())
-    base_psnr = (-10 * torch.log10(torch.cat(errors).clamp_min(1e-10))).mean().item()
+            for chunk in heldout[name].split(DEFAULT_BATCH_SIZE):
+                real = model_input(chunk, model.resolution).to(codec.device)
+                own = codec.postprocess(codec.decode(codec.encode(unit_to_signed(real))), "pt")
+                psnrs.append(psnr(own, real, reduction="none").cpu())
+    base_psnr = torch.cat(psnrs).mean().item()
     count = max(EDIT_IMAGES, PROBE_IMAGES)
     images, latents = quad.sample("obs", count, seed=seed, dependent=dependent, split=split)
     edits = quad_counterfactual_accuracy(

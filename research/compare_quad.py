@@ -16,9 +16,9 @@ The portable figure is the ratio cm / pooled for Concept and Compo (the paper: a
 ``docs/results.md``). Every run uses the same held-out images (``--heldout_seed``), the same
 projections and the same generation noise (``--eval_seed``).
 
-    python benchmarks/compare_quad.py                                   # everything, long
-    python benchmarks/compare_quad.py --data_variants dependent --variants cm pooled  # defaults
-    python benchmarks/compare_quad.py --smoke                           # seconds, for CI
+    python research/run.py compare-quad                                 # everything, long
+    python research/run.py compare-quad --data_variants dependent --variants cm pooled
+    python research/run.py compare-quad --smoke                         # seconds, for CI
 
 The budget of every run is a ``FinetuneArguments``: every ``examples/finetune.py`` flag works
 here, with the same default, e.g. ``--max_train_steps 600 --learning_rate 3e-3`` (or ``--set
@@ -45,19 +45,24 @@ for folder in (HERE.parent, HERE):  # run from a checkout without installing; th
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
-from common import QUAD_AUTOENCODER, kl_autoencoder  # noqa: E402
 from compare_scores import (  # noqa: E402
     markdown,
-    mean_se,  # noqa: F401 - tests/test_evaluation.py reads compare_quad.mean_se
+    mean_se,  # noqa: F401 - tests/test_research.py reads compare_quad.mean_se
     number,
     quad_scores,
     summarize,
 )
+from diffusers import AutoencoderKL  # noqa: E402
 from transformers import HfArgumentParser  # noqa: E402
 
 from ctxadapter import ContextAutoencoder  # noqa: E402
 from ctxadapter.evaluation import evaluate, format_table, heldout_quad_images  # noqa: E402
-from ctxadapter.training import PRESETS, FinetuneArguments, finetune  # noqa: E402
+from ctxadapter.training import (  # noqa: E402
+    PRESETS,
+    QUAD_AUTOENCODER,
+    FinetuneArguments,
+    finetune,
+)
 
 VARIANTS: dict[str, dict] = {
     "cm": {},
@@ -206,7 +211,13 @@ def tiny_autoencoder(folder: Path) -> str:
     """A tiny random AutoencoderKL (8x downsampling) for --smoke."""
     if not (folder / "config.json").exists():
         torch.manual_seed(0)
-        kl_autoencoder((8, 16, 16, 16), sample_size=32).save_pretrained(folder)
+        AutoencoderKL(
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(8, 16, 16, 16),
+            norm_num_groups=8,
+            sample_size=32,
+        ).save_pretrained(folder)
     return str(folder)
 
 

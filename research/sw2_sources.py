@@ -22,8 +22,8 @@ distribution being away from ``N(0, I)`` costs, i.e. an intervention carried by 
 posterior instead of by the context layers (``|mean|``, the norm of that Gaussian's mean, says
 how far). ``docs/evaluation.md`` describes it.
 
-    python benchmarks/sw2_sources.py --adapter compare-quad/dependent/cm/seed0
-    python benchmarks/sw2_sources.py --adapter ADAPTER --quad_variant independent \\
+    python research/run.py sw2-sources --adapter compare-quad/dependent/cm/seed0
+    python research/run.py sw2-sources --adapter ADAPTER --quad_variant independent \\
         --contexts obs quad3 --output sources.json
 
 Scores use the validation images by default (``--split``), so settings chosen with it never see
@@ -45,8 +45,13 @@ if str(REPO) not in sys.path:  # run from a checkout without installing
 
 from ctxadapter import ContextAutoencoder  # noqa: E402
 from ctxadapter.data import quad  # noqa: E402
-from ctxadapter.evaluation import generation_seed, heldout_quad_images, prepare_images  # noqa: E402
-from ctxadapter.wasserstein import random_projections, sliced_wasserstein  # noqa: E402
+from ctxadapter.evaluation import (  # noqa: E402
+    generation_seed,
+    heldout_quad_images,
+    random_projections,
+    sliced_wasserstein,
+)
+from ctxadapter.images import model_input, unit_to_signed  # noqa: E402
 
 COLUMNS = ("prior", "gaussian_fit", "posterior_samples", "posterior_mean", "autoencoder")
 
@@ -76,12 +81,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=100)
     parser.add_argument("--output", default=None, help="Also write the rows as JSON here.")
     return parser.parse_args(argv)
-
-
-def unit_images(images, resolution: tuple[int, int]) -> torch.Tensor:
-    """Real images -> float ``(N, 3, H, W)`` in ``[0, 1]`` at ``resolution``."""
-    images = prepare_images(images, resolution)
-    return images.float() / 255 if images.dtype == torch.uint8 else images.float()
 
 
 def _to_images(model: ContextAutoencoder, latents: torch.Tensor) -> torch.Tensor:
@@ -123,7 +122,7 @@ def sources(
     )
     means, logvars, autoencoded = [], [], []
     for chunk in other.split(batch_size):
-        latents = model.codec.encode(chunk.to(model.codec.device) * 2 - 1)
+        latents = model.codec.encode(unit_to_signed(chunk.to(model.codec.device)))
         mean, logvar = adapter.posterior(latents)
         means.append(mean)
         logvars.append(logvar)
@@ -171,8 +170,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(header)
     model.eval()  # sources() runs without gradients
     for context in args.contexts:
-        x = unit_images(real[context], resolution)
-        y = unit_images(other[context], resolution)
+        x = model_input(real[context], resolution)
+        y = model_input(other[context], resolution)
         if projections is None:
             projections = random_projections(x[0].numel(), args.num_projections, args.seed)
         row = sources(model, x, y, context, projections, args.seed, args.batch_size)

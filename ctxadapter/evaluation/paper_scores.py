@@ -22,9 +22,8 @@ with the same noise size evaluated with the same ``seed`` start from the same no
     results = evaluate(model, heldout_quad_images(400, dependent=True))
     print(format_table(results))
 
-Also here: ``graph_auroc`` and ``counterfactual_shifts`` of ``ctxadapter.quad_scores``,
-``edit_scores`` of ``ctxadapter.edit_scores``, and ``prepare_images`` and
-``DEFAULT_BATCH_SIZE`` of ``ctxadapter.images``.
+The held-out quad images come from ``ctxadapter.evaluation.quad.heldout_quad_images``; the
+distances and Recon from ``ctxadapter.evaluation.metrics``.
 """
 
 from __future__ import annotations
@@ -36,77 +35,13 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from .contexts import context_name, is_composition, parse_context
-from .edit_scores import edit_scores
-from .images import DEFAULT_BATCH_SIZE, prepare_images, signed_to_unit, to_float
-from .metrics import concept_compo_scores, recon_bits_per_pixel
-from .model import eval_mode
-from .objective import PIXEL_EPS, gaussian_kl
-from .quad_scores import counterfactual_shifts, graph_auroc
+from ..contexts import context_name, is_composition, parse_context
+from ..images import DEFAULT_BATCH_SIZE, prepare_images, signed_to_unit, to_float, unit_to_signed
+from ..model import eval_mode
+from ..objective import PIXEL_EPS, gaussian_kl
+from .metrics import concept_compo_scores, psnr, recon_bits_per_pixel
 
-__all__ = [
-    "DEFAULT_BATCH_SIZE",
-    "counterfactual_shifts",
-    "edit_scores",
-    "evaluate",
-    "format_table",
-    "generation_seed",
-    "graph_auroc",
-    "heldout_quad_images",
-    "prepare_images",
-]
-
-# --------------------------------------------------------------------------------------------
-# data
-# --------------------------------------------------------------------------------------------
-
-
-def heldout_quad_images(
-    n_per_context: int = 400,
-    dependent: bool = True,
-    seed: int = 0,
-    contexts: Sequence[str] | None = None,
-    split: str = "test",
-) -> dict[str, Tensor]:
-    """Held-out quad images: the ``test`` split of the 7 training contexts and 9 compositions.
-
-    Drawn with ``ctxadapter.data.quad.sample`` (``split="test"``), whose random stream is
-    separate from every training and validation stream, so no image equals a training sample.
-    ``n`` images are a prefix of ``m > n`` images with the same arguments, and the same as the
-    first rows of the ``test`` split of ``quad.build_dataset(seed=seed, dependent=dependent)``.
-    Pass ``split="validation"`` to choose settings without touching the test images (the
-    compositions are then drawn from their own validation streams, which no split of
-    ``build_dataset`` holds).
-
-    Args:
-        n_per_context: images per context (the paper used 10,000; its scores up to 1,280).
-        dependent: the dependent (default) or independent quad variant.
-        seed: the data seed.
-        contexts: the contexts to draw (default: ``quad.TRAIN_CONTEXTS`` then
-            ``quad.HELDOUT_COMPOSITIONS``).
-        split: ``"test"`` (default) or ``"validation"``; never ``"train"``.
-
-    Returns:
-        Context name -> ``uint8`` tensor ``(n, 64, 64, 3)``, in the order of ``contexts``.
-    """
-    from .data import quad
-
-    if int(n_per_context) != n_per_context or n_per_context < 1:
-        raise ValueError(f"n_per_context must be a positive integer, got {n_per_context!r}")
-    if split not in ("test", "validation"):
-        raise ValueError(f"split must be 'test' or 'validation', got {split!r}")
-    names = (
-        list(contexts)
-        if contexts is not None
-        else [*quad.TRAIN_CONTEXTS, *quad.HELDOUT_COMPOSITIONS]
-    )
-    out = {}
-    for name in names:
-        images, _ = quad.sample(
-            name, int(n_per_context), seed=seed, dependent=dependent, split=split
-        )
-        out[name] = torch.from_numpy(images)
-    return out
+__all__ = ["evaluate", "format_table", "generation_seed"]
 
 
 def generation_seed(seed: int, context: str) -> int:
@@ -140,15 +75,14 @@ def _reconstruct(model, images: Tensor, context: str, batch_size: int) -> dict[s
     bits, sq_errors, psnrs = [], [], []
     for start in range(0, images.shape[0], batch_size):
         target = to_float(images[start : start + batch_size]).to(device)
-        latents = model.codec.encode(target * 2 - 1)
+        latents = model.codec.encode(unit_to_signed(target))
         mean, logvar = model.adapter.posterior(latents)
         kl = gaussian_kl(mean, logvar)
         decoded = model.codec.decode(model.adapter.latents_from_noise(mean, context))
         probs = signed_to_unit(decoded)
         bits.append(recon_bits_per_pixel(probs, target, kl, eps=PIXEL_EPS, reduction="none").cpu())
-        per_image = (probs - target).square().flatten(1).mean(1)
-        sq_errors.append(per_image.cpu())
-        psnrs.append((-10 * torch.log10(per_image.clamp_min(1e-10))).cpu())
+        sq_errors.append((probs - target).square().flatten(1).mean(1).cpu())
+        psnrs.append(psnr(probs, target, reduction="none").cpu())
     return {"bits": torch.cat(bits), "mse": torch.cat(sq_errors), "psnr": torch.cat(psnrs)}
 
 
@@ -178,9 +112,10 @@ def evaluate(
 
     Args:
         model: a ``ctxadapter.ContextAutoencoder`` (its modes are restored afterwards).
-        real_images: context name (``"obs"``, a concept, ``"a+b"``) -> held-out images, ``uint8``
-            ``(N, H, W, 3)`` or float ``(N, 3, H, W)`` in ``[0, 1]``; resized to the model's
-            resolution if needed (see ``prepare_images``).
+        real_images: context name (``"obs"``, a concept, ``"a+b"``) -> held-out images of any
+            kind the model reads (``ctxadapter.images.prepare_images``: ``uint8``
+            ``(N, H, W, 3)`` as ``heldout_quad_images`` gives them, floats ``(N, 3, H, W)``,
+            PIL images...); resized to the model's resolution if needed.
         num_projections: random directions of SW2 (the paper: 50).
         seed: seed of the directions and of the generated images.
         max_images: use at most this many images per context (default: all).

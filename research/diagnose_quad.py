@@ -4,7 +4,7 @@ tables that explain its edit, graph and reconstruction scores (``docs/results.md
 1. **Which concept block paints which quadrant.** Prior samples are drawn under ``obs``; for
    each concept, its block of concept values (after the causal layer) is swapped between
    samples and the images decoded again. The table gives the mean absolute change of each
-   quadrant's corner colour (``ctxadapter.quad_scores.corner_masks``; RGB in ``[0, 1]``). A
+   quadrant's corner colour (``ctxadapter.evaluation.corner_masks``; RGB in ``[0, 1]``). A
    block that only paints its own quadrant has one large entry in its row; a row with large
    entries elsewhere means the latent head, not the causal layer, carries that concept's
    effects on the others (the concept graph then stays empty).
@@ -20,7 +20,7 @@ tables that explain its edit, graph and reconstruction scores (``docs/results.md
    PSNR beside the base autoencoder's says how much of the adapter's reconstruction gap the
    heads and the budget leave, before the method's terms.
 
-    python benchmarks/diagnose_quad.py path/to/adapter [--dependent] [--num_images 400] \
+    python research/run.py diagnose-quad path/to/adapter [--dependent] [--num_images 400] \
         [--ceiling_steps 2700]
 """
 
@@ -34,12 +34,10 @@ import torch
 
 from ctxadapter import ContextAutoencoder
 from ctxadapter.data import quad
-from ctxadapter.evaluation import heldout_quad_images
+from ctxadapter.evaluation import QUADRANTS, corner_masks, heldout_quad_images, psnr
 from ctxadapter.heads import latent_head, posterior_head
-from ctxadapter.images import prepare_images, to_float
-from ctxadapter.metrics import psnr
+from ctxadapter.images import model_input, unit_to_signed
 from ctxadapter.objective import gaussian_kl
-from ctxadapter.quad_scores import QUADRANTS, corner_masks
 from ctxadapter.training import FinetuneArguments, make_optimizer
 from ctxadapter.training.optimization import make_scheduler
 
@@ -75,7 +73,7 @@ def block_influence(model, num_samples: int, seed: int = 0) -> dict[str, list[fl
 def posterior_stats(model, images: torch.Tensor) -> dict:
     """Per-block KL, posterior-mean variance and posterior variance; latent MSE and variance."""
     adapter = model.adapter
-    latents = model.codec.encode(images * 2 - 1)
+    latents = model.codec.encode(unit_to_signed(images))
     mean, logvar = adapter.posterior(latents)
     blocks, width = len(adapter.concepts), mean.shape[1] // len(adapter.concepts)
     kl = gaussian_kl(mean.reshape(-1, width), logvar.reshape(-1, width))  # per image and block
@@ -117,19 +115,19 @@ def head_ceiling(
     return autoencoder.eval()
 
 
-def unit_images(model, images, batch_size: int) -> Iterator[torch.Tensor]:
+def unit_batches(model, images, batch_size: int) -> Iterator[torch.Tensor]:
     """Quad images (``uint8`` ``(N, 64, 64, 3)``) as ``(n, 3, H, W)`` floats in ``[0, 1]`` at
     the model's resolution, ``batch_size`` at a time."""
     images = torch.as_tensor(images)
     for i in range(0, len(images), batch_size):
-        yield to_float(prepare_images(images[i : i + batch_size], model.resolution))
+        yield model_input(images[i : i + batch_size], model.resolution)
 
 
 @torch.no_grad()
 def encode(model, images, batch_size: int = 256) -> torch.Tensor:
     """Quad images (``uint8`` ``(N, 64, 64, 3)``) -> model-space latents."""
     return torch.cat(
-        [model.codec.encode(x * 2 - 1) for x in unit_images(model, images, batch_size)]
+        [model.codec.encode(unit_to_signed(x)) for x in unit_batches(model, images, batch_size)]
     )
 
 
@@ -138,8 +136,8 @@ def ceiling_psnr(model, autoencoder, images, batch_size: int = 256) -> dict[str,
     """Mean per-image PSNR (dB) on quad images (``uint8`` ``(N, 64, 64, 3)``) of the base
     autoencoder and of its latents passed through ``autoencoder`` (``head_ceiling``)."""
     codec, scores = model.codec, dict(base=[], heads=[])
-    for target in unit_images(model, images, batch_size):
-        latents = codec.encode(target * 2 - 1)
+    for target in unit_batches(model, images, batch_size):
+        latents = codec.encode(unit_to_signed(target))
         through = autoencoder(latents.flatten(1)).view_as(latents)
         for name, z in (("base", latents), ("heads", through)):
             decoded = codec.postprocess(codec.decode(z), "pt")
@@ -147,7 +145,7 @@ def ceiling_psnr(model, autoencoder, images, batch_size: int = 256) -> dict[str,
     return {name: sum(values) / len(images) for name, values in scores.items()}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("adapter", help="a trained quad adapter's folder")
     parser.add_argument("--dependent", action="store_true", help="held-out dependent quad")
@@ -157,7 +155,7 @@ def main() -> None:
         "--ceiling_steps", type=int, default=0, help="train the heads' ceiling (0: skip)"
     )
     parser.add_argument("--train_images_per_context", type=int, default=2000)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     model = ContextAutoencoder.from_pretrained(args.adapter).eval()
     names = model.adapter.concepts
@@ -168,7 +166,7 @@ def main() -> None:
         print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
 
     held = heldout_quad_images(args.num_images, args.dependent, contexts=["obs"], split=args.split)
-    images = to_float(prepare_images(held["obs"], model.resolution))
+    images = model_input(held["obs"], model.resolution)
     stats = posterior_stats(model, images)
     print(f"\n## The posterior on {len(images)} held-out observational images\n")
     print("| block | KL (nats) | variance of the means | mean posterior variance |")
