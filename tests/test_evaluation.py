@@ -421,7 +421,6 @@ def test_every_example_help_shows_defaults(script, shown, capsys):
         ("wasserstein", ["sliced_wasserstein", "grouped_sliced_wasserstein"]),
         ("edit_scores", ["edit_scores"]),
         ("quad_scores", ["graph_auroc", "counterfactual_shifts", "corner_masks"]),
-        ("causal_scores", ["quad_counterfactual_accuracy", "block_identifiability"]),
     ],
 )
 def test_old_module_paths_warn_and_give_the_same_functions(old, names, monkeypatch):
