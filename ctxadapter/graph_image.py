@@ -8,8 +8,8 @@ import itertools
 import torch
 from PIL import Image, ImageDraw
 
-from .adapter import EDGE_THRESHOLD
 from .drawing import BACKGROUND, LABEL_SIZE, MARGIN, TEXT, Font, font, text_size
+from .readouts import EDGE_THRESHOLD
 
 __all__ = ["DARK_BLUE", "DIAGONAL_GREY", "GRAPH_SCALE", "concept_graph_image"]
 

@@ -8,7 +8,6 @@ import math
 
 import torch
 
-from ctxadapter.adapter import EDGE_THRESHOLD
 from ctxadapter.data import quad
 from ctxadapter.evaluation import (
     block_identifiability,
@@ -17,6 +16,7 @@ from ctxadapter.evaluation import (
     quad_counterfactual_accuracy,
 )
 from ctxadapter.images import DEFAULT_BATCH_SIZE, model_input, unit_to_signed
+from ctxadapter.readouts import EDGE_THRESHOLD
 
 LABELS = {
     "cm": "(a) ctxadapter default (latent loss)",

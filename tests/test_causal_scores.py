@@ -17,7 +17,7 @@ from ctxadapter.evaluation import (
     quad_counterfactual_accuracy,
     quadrant_values,
 )
-from ctxadapter.evaluation.quad import VALUE_LIMIT
+from ctxadapter.evaluation.quad_counterfactuals import VALUE_LIMIT
 
 # ------------------------------------------------------------------------ true counterfactuals
 

@@ -11,8 +11,9 @@
 - ``causal``: scores against a known truth: ``counterfactual_success`` (case by case),
   ``graph_auroc`` (a concept graph against the true relations), ``block_identifiability``
   (own-block linear probes);
-- ``quad``: what only the quad dataset allows: its held-out images, its quadrants' colours read
-  back (``quadrant_values``), ``counterfactual_shifts`` and per-image
+- ``quad``: what only the quad dataset allows: its held-out images, its quadrants' corners and
+  ``counterfactual_shifts``;
+- ``quad_counterfactuals``: its quadrants' colours read back (``quadrant_values``) and per-image
   ``quad_counterfactual_accuracy``.
 
 Every name below is importable from here; the submodules load when a name is first used, so
@@ -51,8 +52,8 @@ _SUBMODULE = {
     "corner_masks": ".quad",
     "counterfactual_shifts": ".quad",
     "heldout_quad_images": ".quad",
-    "quad_counterfactual_accuracy": ".quad",
-    "quadrant_values": ".quad",
+    "quad_counterfactual_accuracy": ".quad_counterfactuals",
+    "quadrant_values": ".quad_counterfactuals",
     "DEFAULT_BATCH_SIZE": "..images",
     "prepare_images": "..images",
 }
