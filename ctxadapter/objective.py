@@ -14,29 +14,26 @@ Per sample, for a batch of latents ``e`` with their contexts::
 - ``reconstruction="pixel"``: decode ``e_hat`` with the frozen decoder and take the Bernoulli
   NLL (binary cross-entropy summed over pixels and channels, images in ``[0, 1]``), as in the
   paper.
-- ``sample_matching`` (ctxadapter's, not in the paper): generation draws ``z ~ N(0, I)`` under
-  every context and a counterfactual edit decodes the noise of a real image under another
-  context, but the ELBO trains the context layers only to reconstruct each image under its
-  own context, so an intervention that shifts a concept is learned by the posterior rather
-  than by the context layers (``docs/results.md``). This term trains both other uses
-  directly. Every row of the batch is also decoded under its own context from a prior draw
-  and from the posterior sample of another row (a random permutation of the batch: a
-  counterfactual of a real image), and within each context each kind is compared with the
-  batch's real latents of that context by the squared sliced Wasserstein-2 distance along
-  ``num_projections`` random directions (per latent entry, summed over entries, so that it is
-  on the scale of the reconstruction term); the term is the sum of the two distances. Prior
-  draws alone left the edits behind: the noise of a real image is informative in a few of
-  each concept's dimensions, and the interventional weights learned to read the others,
-  which only prior draws fill.
-- ``prior_matching`` (ctxadapter's, not in the paper): the other half of the same gap. Within
-  each context of the batch, the posterior samples ``z`` the reconstruction decodes are
-  compared with as many ``N(0, I)`` draws by the same kind of sliced-Wasserstein distance (in
-  the noise space, summed over its entries). The KL term pulls each image's posterior towards
-  the prior; this term pulls each context's *pooled* posterior there, so that the noise of the
-  images of one context is distributed as the noise generation draws for that context, and
-  what tells the contexts apart has to be carried by the context layers. On quad it improved
-  the samples, the reconstructions and the counterfactual edits together
+- ``sample_matching`` (ctxadapter's, not in the paper): trains the context layers for the two
+  uses the ELBO leaves out. The ELBO trains them only to reconstruct each image under its own
+  context; generation decodes ``z ~ N(0, I)`` under every context, and a counterfactual edit
+  decodes the noise of a real image under another context. So every row of the batch is also
+  decoded under its own context from a prior draw and from the posterior sample of another
+  row (a random permutation of the batch: a counterfactual of a real image), and within each
+  context each kind is compared with the batch's real latents of that context by the squared
+  sliced Wasserstein-2 distance along ``num_projections`` random directions (per latent entry,
+  summed over entries, so that it is on the scale of the reconstruction term); the term is the
+  sum of the two distances. Both halves are needed: a real image's posterior is informative
+  in only a few of each concept's noise dimensions, where a prior draw fills all of them, so
+  prior draws alone do not train the context layers on the noise an edit keeps
   (``docs/results.md``).
+- ``prior_matching`` (ctxadapter's, not in the paper): within each context of the batch, the
+  posterior samples ``z`` the reconstruction decodes are compared with as many ``N(0, I)``
+  draws by the same kind of sliced-Wasserstein distance (in the noise space, summed over its
+  entries). The KL term pulls each image's posterior towards the prior; this term pulls each
+  context's *pooled* posterior there, so that the noise of the images of one context is
+  distributed as the noise generation draws for that context, and what tells the contexts
+  apart has to be carried by the context layers.
 """
 
 from __future__ import annotations
