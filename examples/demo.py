@@ -12,9 +12,10 @@ counterfactual edits under every single concept and under the ticked context; re
 learned concept graph of the ticked context. The page is served on 127.0.0.1 only; nothing
 is downloaded (a Hub id needs the Hub, or its cached copy, once).
 
-The logic is in plain functions (``generate_grid``, ``edit_image``, ``graph_picture``,
-``example_images``) that ``build_demo`` wires into a ``gradio.Blocks``; they can be called
-without a browser (``tests/test_demo.py`` does).
+The panels are plain functions in ``demo_panels.py`` beside this file (``generate_grid``,
+``edit_image``, ``graph_picture``, ``example_images``), re-exported here, that ``build_demo``
+wires into a ``gradio.Blocks``; they can be called without a browser (``tests/test_demo.py``
+does).
 """
 
 from __future__ import annotations
@@ -26,32 +27,39 @@ import re
 import socket
 import sys
 import warnings
-from collections.abc import Sequence
 
 # Gradio's usage statistics would try to reach the network: keep the demo offline.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# The panels (demo_panels.py) lie beside this file, also when it is loaded by path (tests).
+if os.path.dirname(os.path.abspath(__file__)) not in sys.path:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from PIL import Image  # noqa: E402
+from demo_panels import (  # noqa: E402, F401 (re-exported: demo.generate_samples...)
+    DISPLAY_SIZE,
+    EDIT_MODES,
+    EXAMPLE_COUNT,
+    GRID_COLUMNS,
+    MAX_SAMPLES,
+    context_of,
+    describe,
+    display_scale,
+    edit_contexts,
+    edit_image,
+    edit_images,
+    example_images,
+    generate_grid,
+    generate_samples,
+    graph_picture,
+    is_quad_adapter,
+    opening_image,
+)
 
-import ctxadapter  # noqa: E402
-from ctxadapter import ContextAutoencoder, context_name, parse_context  # noqa: E402
+from ctxadapter import ContextAutoencoder  # noqa: E402
 from ctxadapter.domain import OutOfDomainWarning  # noqa: E402
-from ctxadapter.images import preprocess_images  # noqa: E402
-from ctxadapter.model import eval_mode  # noqa: E402
-from ctxadapter.viz import concept_graph_image, image_grid  # noqa: E402
 
 DEFAULT_ADAPTER = "ctxadapter-quad"
 """What ``python examples/demo.py`` loads without an argument: the default run's output."""
-GRID_COLUMNS = 8
-"""Samples per row of the generated grid."""
-MAX_SAMPLES = 64
-DISPLAY_SIZE = 128
-"""Tiles are enlarged (nearest neighbour, by a whole factor) to at least this many pixels."""
-EXAMPLE_COUNT = 4
-"""Held-out quad images offered as examples to edit."""
-EDIT_MODES = ("residual", "decode")
 MAX_STRENGTH = 4  # the edit-strength slider's top
 HOST = "127.0.0.1"
 CSS = "#samples img, #edits img, #graph img { image-rendering: pixelated; }"
@@ -94,161 +102,6 @@ def load_model(adapter: str = DEFAULT_ADAPTER, device: str = "cpu") -> ContextAu
             f"Could not load the adapter {adapter!r}: {error}\n{_how_to_get_one()}"
         ) from error
     return model.to(device).eval()
-
-
-# ---------------------------------------------------------------------------------- the logic
-def context_of(model: ContextAutoencoder, concepts_ticked: Sequence[str] | None) -> str:
-    """The context of the ticked concepts: ``"obs"`` for none, one name, or a composition
-    joined by ``+`` in the adapter's concept order (``["size", "quad1"]`` -> ``"quad1+size"``)."""
-    return context_name(parse_context(list(concepts_ticked or []), model.adapter.concepts))
-
-
-def _enlarge(images: torch.Tensor, scale: int) -> torch.Tensor:
-    return images if scale == 1 else F.interpolate(images, scale_factor=scale, mode="nearest")
-
-
-def display_scale(model: ContextAutoencoder, size: int = DISPLAY_SIZE) -> int:
-    """The whole factor that enlarges the model's images to at least ``size`` pixels."""
-    return max(1, math.ceil(size / min(model.resolution)))
-
-
-def generate_samples(
-    model: ContextAutoencoder,
-    concepts_ticked: Sequence[str] | None = (),
-    num_samples: int = 8,
-    seed: int = 0,
-) -> torch.Tensor:
-    """``model.generate(context_of(model, concepts_ticked), num_samples, generator)`` with a
-    generator seeded with ``seed`` (on the model's device): ``(N, 3, H, W)`` in ``[0, 1]``."""
-    context = context_of(model, concepts_ticked)
-    num_samples = int(num_samples)
-    if not 1 <= num_samples <= MAX_SAMPLES:
-        raise ValueError(f"num_samples must be between 1 and {MAX_SAMPLES}, got {num_samples}")
-    generator = torch.Generator(device=model.device).manual_seed(int(seed))
-    with eval_mode(model):
-        return model.generate(context, num_samples, generator=generator).cpu()
-
-
-def generate_grid(
-    model: ContextAutoencoder,
-    concepts_ticked: Sequence[str] | None = (),
-    num_samples: int = 8,
-    seed: int = 0,
-    columns: int = GRID_COLUMNS,
-    scale: int = 1,
-) -> Image.Image:
-    """The samples of ``generate_samples`` as one picture: rows of ``columns`` tiles (the last
-    row filled with white), each tile enlarged ``scale`` times, nearest neighbour."""
-    samples = _enlarge(generate_samples(model, concepts_ticked, num_samples, seed), scale)
-    columns = min(columns, len(samples))
-    rows = math.ceil(len(samples) / columns)
-    blank = torch.ones(rows * columns - len(samples), *samples.shape[1:])
-    return image_grid(torch.cat([samples, blank]), rows)
-
-
-def edit_contexts(model: ContextAutoencoder, concepts_ticked: Sequence[str] | None = ()):
-    """The contexts of the edits: ``obs`` (the image's own), every single concept, then the
-    ticked context if it is none of these (a composition)."""
-    contexts = ["obs", *model.adapter.concepts]
-    ticked = context_of(model, concepts_ticked)
-    return contexts if ticked in contexts else [*contexts, ticked]
-
-
-def edit_images(
-    model: ContextAutoencoder,
-    image: Image.Image,
-    concepts_ticked: Sequence[str] | None = (),
-    mode: str = "residual",
-    strength: float = 1.0,
-) -> dict[str, torch.Tensor]:
-    """Counterfactual edits of one image, treated as observational: ``"input"`` (the image
-    centre-cropped and resized to the model's resolution, ``(1, 3, H, W)`` in ``[0, 1]``),
-    then ``model.counterfactual(input, context, mode=mode, strength=strength)`` for each of
-    ``edit_contexts`` (under ``obs`` with ``mode="residual"``: the autoencoder's own
-    reconstruction)."""
-    if image is None:
-        raise ValueError("Upload an image (or pick an example) to edit.")
-    if mode not in EDIT_MODES:
-        raise ValueError(f"mode must be one of {EDIT_MODES}, got {mode!r}")
-    pixels = preprocess_images(image.convert("RGB"), model.resolution, output="unit")
-    edits = {"input": pixels}
-    with eval_mode(model):
-        for context in edit_contexts(model, concepts_ticked):
-            edits[context] = model.counterfactual(
-                pixels, context, mode=mode, strength=strength
-            ).cpu()
-    return edits
-
-
-def _to_pil(image: torch.Tensor) -> Image.Image:
-    return image_grid(image, 1, padding=0)
-
-
-def edit_image(
-    model: ContextAutoencoder,
-    image: Image.Image,
-    concepts_ticked: Sequence[str] | None = (),
-    mode: str = "residual",
-    strength: float = 1.0,
-    scale: int = 1,
-) -> list[tuple[Image.Image, str]]:
-    """``edit_images`` as ``(picture, caption)`` pairs for a gallery, each picture enlarged
-    ``scale`` times (nearest neighbour); the captions are the keys of ``edit_images``."""
-    edits = edit_images(model, image, concepts_ticked, mode, strength)
-    return [(_to_pil(_enlarge(pixels, scale)), name) for name, pixels in edits.items()]
-
-
-def graph_picture(
-    model: ContextAutoencoder, concepts_ticked: Sequence[str] | None = ()
-) -> Image.Image:
-    """``concept_graph_image`` of ``model.adapter.concept_graph(context)`` for the ticked
-    context (``obs`` by default: every learned effect; an intervention cuts the effects into
-    the intervened concepts)."""
-    context = context_of(model, concepts_ticked)
-    graph = model.adapter.concept_graph(context)
-    return concept_graph_image(
-        graph, model.adapter.concepts, title=f"Learned concept graph ({context})"
-    )
-
-
-def is_quad_adapter(model: ContextAutoencoder) -> bool:
-    """Whether the adapter's concepts are those of the built-in quad data."""
-    from ctxadapter.data import quad
-
-    return set(model.adapter.concepts) == set(quad.CONCEPTS)
-
-
-def example_images(model: ContextAutoencoder, count: int = EXAMPLE_COUNT) -> list[Image.Image]:
-    """Images to offer for editing: for a quad adapter, the first ``count`` held-out
-    observational quad images (the ``test`` split of ``ctxadapter.data.quad``, made here,
-    offline; never a training image); for any other adapter, none."""
-    if not is_quad_adapter(model):
-        return []
-    from ctxadapter.evaluation import heldout_quad_images
-
-    images = heldout_quad_images(count, contexts=["obs"])["obs"]
-    return [Image.fromarray(image.numpy()) for image in images]
-
-
-def opening_image(model: ContextAutoencoder, examples: Sequence[Image.Image]) -> Image.Image:
-    """The image the page opens with, already edited: the first example, else the first
-    ``obs`` sample of seed 0."""
-    return examples[0] if examples else _to_pil(generate_samples(model, (), 1, 0))
-
-
-def describe(model: ContextAutoencoder, name: str | None = None) -> str:
-    """A Markdown header: the adapter, its base autoencoder, concepts and resolution."""
-    base = (model.adapter.config.get("base_model") or {}).get("pretrained_model_name_or_path")
-    package = os.path.dirname(os.path.abspath(ctxadapter.__file__))
-    if base and os.path.isabs(base) and os.path.commonpath([base, package]) == package:
-        base = "ctxadapter/" + os.path.relpath(base, package).replace(os.sep, "/")  # built in
-    concepts = ", ".join(f"`{c}`" for c in model.adapter.concepts)
-    height, width = model.resolution
-    return (
-        f"# ctxadapter demo{f': `{name}`' if name else ''}\n\n"
-        f"Concepts: {concepts}. Images: {height} x {width}. "
-        f"Base autoencoder: `{base or 'unknown'}`."
-    )
 
 
 # ---------------------------------------------------------------------------------- the page
