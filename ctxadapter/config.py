@@ -123,6 +123,8 @@ def read_settings(value: str | Mapping | None, what: str) -> dict:
         return {}
     if isinstance(value, Mapping):
         return dict(value)
+    if not isinstance(value, str):
+        raise ValueError(f"{what}: expected a JSON file, a JSON object or a dict, got {value!r}.")
     text, source = value, f"{what} {value!r}"
     if not value.lstrip().startswith("{"):
         path = Path(value)

@@ -128,7 +128,8 @@ class SetupArguments(FlagGroup):
         self.adapter_config = read_settings(self.adapter_config, "--adapter_config")
         self.objective_config = read_settings(self.objective_config, "--objective_config")
         self.adapter_settings()
-        if self.decoder_lora_rank and self.objective().reconstruction != "pixel":
+        pixel = self.objective().reconstruction == "pixel"
+        if self.decoder_lora_rank and not pixel:
             raise ValueError(
                 "--decoder_lora_rank needs the pixel loss (--objective_config "
                 '\'{"reconstruction": "pixel"}\' or --preset paper): the latent loss never '
