@@ -181,8 +181,8 @@ class CheckpointArguments(FlagGroup):
 
 @dataclass
 class HubArguments(FlagGroup):
-    """Sharing on the Hub (with the saved login, ``hf auth login``, or ``HF_TOKEN``): where the
-    adapter is pushed at the end, and the Hub id of its base."""
+    """Sharing on the Hub: where the adapter is pushed at the end (with the saved login of
+    ``hf auth login``, or ``HF_TOKEN``), and the Hub id of its base."""
 
     push_to_hub: bool = flag("Push the adapter folder to the Hub at the end.", default=False)
     hub_model_id: str | None = flag(
