@@ -64,19 +64,35 @@ class Settings:
     PRESETS: ClassVar[dict[str, dict]]
 
     def __post_init__(self):
-        for name, hint in self.field_types().items():
-            value = getattr(self, name)
-            if not accepts(hint, value):
-                raise ValueError(
-                    f"{type(self).__name__}: key {name!r} holds {value!r}, expected "
-                    f"{expected_value(hint)}."
-                )
+        fields = {name: getattr(self, name) for name in self.field_types()}
+        self.check(fields, type(self).__name__)
 
     @classmethod
     def field_types(cls) -> dict[str, type]:
         """Field name -> its type, in the dataclass's order."""
         hints = typing.get_type_hints(cls)
         return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def check(cls, values: Mapping, source: str) -> None:
+        """Refuse ``values`` (field name -> value) holding an unknown key or a bad value with a
+        ``ValueError`` naming ``source``, the key and the expected keys or values."""
+        if not isinstance(values, Mapping):
+            raise ValueError(
+                f"{source}: expected an object of {cls.__name__} fields, got {values!r}."
+            )
+        types = cls.field_types()
+        unknown = sorted(set(values) - set(types))
+        if unknown:
+            raise ValueError(
+                f"{source}: unknown keys {unknown}; the {cls.__name__} keys are {list(types)}."
+            )
+        for name, value in values.items():
+            if not accepts(types[name], value):
+                raise ValueError(
+                    f"{source}: key {name!r} holds {value!r}, expected "
+                    f"{expected_value(types[name])}."
+                )
 
     @classmethod
     def preset(cls, name: str) -> Settings:
@@ -95,24 +111,10 @@ class Settings:
         return dataclasses.asdict(self)
 
     def updated(self, changes: Mapping, source: str | None = None) -> Settings:
-        """A copy with the fields in ``changes`` replaced. An unknown key or a bad value is a
-        ``ValueError`` naming ``source`` (default: the class), the key and the expected
-        keys or values."""
-        source = source or type(self).__name__
-        if not isinstance(changes, Mapping):
-            raise ValueError(
-                f"{source}: expected an object of {type(self).__name__} fields, got {changes!r}."
-            )
-        unknown = sorted(set(changes) - set(self.field_types()))
-        if unknown:
-            raise ValueError(
-                f"{source}: unknown keys {unknown}; the {type(self).__name__} keys are "
-                f"{list(self.field_types())}."
-            )
-        try:
-            return dataclasses.replace(self, **changes)
-        except ValueError as error:
-            raise ValueError(f"{source}: {str(error).partition(': ')[2]}") from None
+        """A copy with the fields in ``changes`` replaced, checked by ``check`` (``source``,
+        default: the class, names where they come from)."""
+        self.check(changes, source or type(self).__name__)
+        return dataclasses.replace(self, **changes)
 
 
 def read_settings(value: str | Mapping | None, what: str) -> dict:
