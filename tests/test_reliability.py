@@ -158,7 +158,7 @@ def test_sigterm_saves_a_checkpoint_that_resumes_bit_identically(tiny, tiny_kl_p
     finetune(reference)
     interrupted = tiny(output_dir=str(tmp_path / "interrupted"), max_train_steps=6)
     flags = [
-        f"--{k}={v}"
+        f"--{k}={json.dumps(v) if isinstance(v, dict) else v}"
         for k, v in vars(interrupted).items()
         if v is not None and not isinstance(v, (bool, list))
     ] + ["--cpu_threads=1"]  # as in this process: the same float reductions
