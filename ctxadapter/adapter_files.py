@@ -151,7 +151,7 @@ def check_config(config: Mapping, where: str) -> None:
         and all(_is_int(v) and 0 < v <= limit for v in shape)
     ):
         raise _refuse(where, "latent_shape", shape, f"3 integers from 1 to {limit}")
-    for key in architecture.keys() & LIMITS.keys():
+    for key in [key for key in architecture if key in LIMITS]:
         value = config.get(key, 1)
         if not (_is_int(value) and 0 < value <= LIMITS[key]):
             raise _refuse(where, key, value, f"an integer from 1 to {LIMITS[key]}")
