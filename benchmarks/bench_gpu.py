@@ -98,9 +98,7 @@ def quad_run_row(smoke: bool) -> dict:
     of 8, 2 steps)."""
     from ctxadapter.training import FinetuneArguments, finetune
 
-    small = dict(
-        quad_images_per_context=4, train_batch_size=8, max_train_steps=2, num_validation_images=1
-    )
+    small = dict(quad_images_per_context=4, train_batch_size=8, max_train_steps=2)
     with tempfile.TemporaryDirectory() as folder:
         args = FinetuneArguments(
             output_dir=f"{folder}/out",

@@ -3,7 +3,7 @@ context and a fixed number of steps (batch 512, K=6, widths 32/8, depth 2):
 
 - ``latent``: cache the latents once (``cache_latents``), then train on them with the ``latent``
   loss (``CachedLatents`` in memory, ``ContextBatchSampler``, a ``DataLoader``), all measured;
-- ``pixel``: cache latents and pixels (``keep_pixels=True``, as ``finetune --loss pixel``),
+- ``pixel``: cache latents and pixels (``keep_pixels=True``, as ``finetune`` with the pixel loss),
   then the same number of steps with the ``pixel`` loss through the frozen decoder;
 - ``on the fly``: no cache; every step reads its images, preprocesses and encodes them, then
   takes a ``latent``-loss step.

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 from harness import measure
 
+from ctxadapter.config import AdapterConfig
 from ctxadapter.training import QUAD_AUTOENCODER
 
 # The project's quad autoencoder (training.PretrainArguments defaults) and the Stable Diffusion
@@ -20,8 +21,12 @@ SD_CONFIG = dict(
     sample_size=512,
     scaling_factor=0.18215,
 )
-WIDTHS = dict(exogenous_width=32, concept_width=8, expressive_depth=2)
-"""The adapter's widths in every script (``context_model``), as their settings record them."""
+WIDTHS = {
+    name: getattr(AdapterConfig(), name)
+    for name in ("exogenous_width", "concept_width", "expressive_depth")
+}
+"""The adapter's widths in every script (``context_model``; the defaults), as their settings
+record them."""
 
 
 def kl_autoencoder(
@@ -71,24 +76,14 @@ def concepts(k: int) -> list[str]:
 
 def context_model(num_concepts: int = 6, latent_shape=(4, 8, 8), vae=None, heads=None):
     """A ``ContextAutoencoder`` in train mode: the adapter ``examples/finetune.py`` trains by
-    default (``WIDTHS``, and its heads, mixing and bias; ``heads`` overrides the kind of head).
+    default (``CtxAdapter``'s defaults; ``heads`` overrides the kind of head).
     ``vae=None`` uses a tiny stand-in autoencoder: the latent loss never runs it."""
     from ctxadapter import ContextAutoencoder, CtxAdapter
-    from ctxadapter.training import FinetuneArguments
-
-    defaults = FinetuneArguments()
 
     if vae is None:
         vae = kl_autoencoder((8,) * 4, latent_channels=latent_shape[0])
-    adapter = CtxAdapter(
-        concepts(num_concepts),
-        list(latent_shape),
-        **WIDTHS,
-        observational_mixing=defaults.observational_mixing,
-        exogenous_bias=defaults.exogenous_bias,
-        heads=heads or defaults.heads,
-        head_width=defaults.head_width,
-    )
+    kind = {"heads": heads} if heads else {}
+    adapter = CtxAdapter(concepts(num_concepts), list(latent_shape), **kind)
     return ContextAutoencoder(vae, adapter).train()
 
 
@@ -116,9 +111,9 @@ def train_step(
     """One training step as ``finetune`` does it, with its default objective: forward (loss),
     backward, Adam step, ``zero_grad``, ``apply_constraints_``. ``contexts`` as the model takes
     them (mask or strings)."""
-    from ctxadapter.training import FinetuneArguments
+    from ctxadapter.objective import Objective
 
-    objective = FinetuneArguments(loss=reconstruction).objective()
+    objective = Objective(reconstruction=reconstruction)
 
     def step() -> None:
         out = model(

@@ -14,7 +14,6 @@ Only this module is trained; the pretrained autoencoder around it stays frozen. 
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 import os
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from .adapter_files import (
     CONFIG_DIGEST_KEY,
     CONFIG_NAME,
     LOCATION_KEYS,
+    VERSION_KEY,
     WEIGHTS_NAME,
     check_config,
     check_finite,
@@ -43,6 +43,7 @@ from .adapter_files import (
     weights_file,
 )
 from .card import PAPER_URL, TAGS, model_card
+from .config import AdapterConfig
 from .contexts import OBSERVATIONAL, context_mask
 from .heads import latent_head, posterior_head, resolve_heads
 from .layers import CausalLayer, ExogenousLayer, ExpressiveLayers
@@ -87,13 +88,12 @@ def _check_concepts(concepts) -> list[str]:
     return list(concepts)
 
 
-def _positive_ints(name: str, value, length: int | None = None) -> list[int]:
+def _check_latent_shape(value) -> list[int]:
     values = list(value) if isinstance(value, (list, tuple)) else [value]
-    if (length is not None and len(values) != length) or not all(
+    if len(values) != 3 or not all(
         isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values
     ):
-        expected = f"{length} positive integers" if length else "a positive integer"
-        raise ValueError(f"{name} must be {expected}, got {value!r}")
+        raise ValueError(f"latent_shape must be 3 positive integers, got {value!r}")
     return values
 
 
@@ -107,84 +107,63 @@ class CtxAdapter(
 ):
     """The context module between a frozen encoder and a frozen decoder.
 
+    ``CtxAdapter(concepts, latent_shape)`` builds the adapter ``examples/finetune.py`` trains
+    by default; ``CtxAdapter(concepts, latent_shape, **AdapterConfig.paper().to_dict())`` the
+    paper's.
+
     Args:
         concepts: the ``K`` concept names, in order (``"obs"`` is reserved).
         latent_shape: the autoencoder's model-space latent shape ``[C, h, w]``.
-        exogenous_width: ``w_in``, noise dimensions per concept (``z`` has ``K*w_in``).
-        concept_width: ``w_out``, dimensions per concept in the causal layer.
-        expressive_depth: number of widths of the per-concept MLPs (1 = no MLP).
-        observational_mixing: ``"dense"`` (reference) or ``"block"``: whether the observational
-            context may mix noise across concepts in the exogenous layer.
-        composition: ``"reference"`` or ``"strict"`` (also cut edges among jointly intervened
-            concepts in the causal layer).
-        pooled: ignore context labels (always observational): the "CM pooled" ablation.
-        exogenous_bias: ``"shared"`` (reference: one exogenous bias for every context) or
-            ``"interventional"`` (intervened blocks take their own bias; see
-            ``ctxadapter.layers.ExogenousLayer``).
-        heads: the posterior and latent heads (``ctxadapter.heads``): ``"linear"`` (the
-            paper's: one linear map each way), ``"mlp"`` (two hidden GELU layers of
-            ``head_width``), ``"conv"`` (spatial heads for large latents) or ``"auto"``
-            (``"mlp"`` below 4,096 latent values, ``"conv"`` from 4,096; the config records the
-            kind chosen).
-        head_width: hidden width of the MLP heads (and of the MLPs inside ``"conv"`` heads).
         base_model: where the frozen autoencoder comes from, recorded so that
             ``ContextAutoencoder.from_pretrained`` can load it: keys
             ``pretrained_model_name_or_path``, ``revision``, ``subfolder``, ``class_name``,
             ``scaling_factor``, ``shift_factor``.
         decoder_lora: the decoder LoRA's settings when the decoder was fine-tuned
             (``rank``, ``alpha``, ``target_modules``), else ``None``.
+        **settings: fields of ``ctxadapter.config.AdapterConfig`` (the architecture: widths,
+            depth, mixing, composition, pooling, bias, heads), each defaulting to its value
+            there. An unknown name or a bad value is a ``ValueError`` naming it.
+
+    ``config`` holds every argument (``heads="auto"`` resolved to the kind chosen); it is what
+    ``save_pretrained`` writes to ``config.json``, so a saved adapter records its whole
+    architecture and loads unchanged whatever the defaults become.
     """
 
     def __init__(
         self,
         concepts: list[str],
         latent_shape: list[int],
-        exogenous_width: int = 32,
-        concept_width: int = 8,
-        expressive_depth: int = 2,
-        observational_mixing: str = "dense",
-        composition: str = "reference",
-        pooled: bool = False,
-        exogenous_bias: str = "shared",
-        heads: str = "linear",
-        head_width: int = 256,
         base_model: dict | None = None,
         decoder_lora: dict | None = None,
+        **settings,
     ):
         super().__init__()
         concepts = _check_concepts(concepts)
-        latent_shape = _positive_ints("latent_shape", latent_shape, length=3)
-        _positive_ints("exogenous_width", exogenous_width)
-        _positive_ints("concept_width", concept_width)
-        _positive_ints("expressive_depth", expressive_depth)
-        _positive_ints("head_width", head_width)
-        heads = resolve_heads(heads, tuple(latent_shape))
+        latent_shape = _check_latent_shape(latent_shape)
+        s = AdapterConfig().updated(settings, "CtxAdapter")
+        s = s.updated({"heads": resolve_heads(s.heads, tuple(latent_shape))})
         self.config: dict[str, Any] = dict(
             concepts=concepts,
             latent_shape=latent_shape,
-            exogenous_width=exogenous_width,
-            concept_width=concept_width,
-            expressive_depth=expressive_depth,
-            observational_mixing=observational_mixing,
-            composition=composition,
-            pooled=bool(pooled),
-            exogenous_bias=exogenous_bias,
-            heads=heads,
-            head_width=head_width,
+            **s.to_dict(),
             base_model=dict(base_model) if base_model else None,
             decoder_lora=dict(decoder_lora) if decoder_lora else None,
         )
         self.concepts = concepts
         self.latent_shape = tuple(latent_shape)
-        self.pooled = bool(pooled)
+        self.pooled = s.pooled
         k = len(concepts)
-        self.noise_size = k * exogenous_width
+        self.noise_size = k * s.exogenous_width
         shape = self.latent_shape
-        self.posterior_head = posterior_head(heads, shape, head_width, 2 * self.noise_size)
-        self.exogenous = ExogenousLayer(k, exogenous_width, observational_mixing, exogenous_bias)
-        self.expressive = ExpressiveLayers(k, exogenous_width, concept_width, expressive_depth)
-        self.causal = CausalLayer(k, concept_width, composition)
-        self.latent_head = latent_head(heads, k * concept_width, head_width, shape, k)
+        self.posterior_head = posterior_head(s.heads, shape, s.head_width, 2 * self.noise_size)
+        self.exogenous = ExogenousLayer(
+            k, s.exogenous_width, s.observational_mixing, s.exogenous_bias
+        )
+        self.expressive = ExpressiveLayers(
+            k, s.exogenous_width, s.concept_width, s.expressive_depth
+        )
+        self.causal = CausalLayer(k, s.concept_width, s.composition)
+        self.latent_head = latent_head(s.heads, k * s.concept_width, s.head_width, shape, k)
         # log standard deviation of the Gaussian likelihood of the latent loss (learned)
         self.latent_log_scale = nn.Parameter(torch.zeros(()))
 
@@ -294,7 +273,7 @@ class CtxAdapter(
                 f"autoencoder is ({', '.join(LOCATION_KEYS)} of base_model): it would not "
                 "describe these weights."
             )
-        config["ctxadapter_version"] = __version__
+        config[VERSION_KEY] = __version__
         card = {**(model_card_kwargs or {}), "config": config}
         return super().save_pretrained(
             save_directory, config=config, model_card_kwargs=card, **kwargs
@@ -348,8 +327,9 @@ class CtxAdapter(
                 weights_file(model_id)  # a folder of pickles only: say so, never load them
             raise FileNotFoundError(f"No {CONFIG_NAME} found for adapter {model_id!r}.")
         where = describe(model_id, CONFIG_NAME)
-        check_config(config, where, CONFIG_PARAMETERS)
-        init = {**{k: v for k, v in config.items() if k != "ctxadapter_version"}, **model_kwargs}
+        check_config(config, where)
+        # huggingface_hub passes the config's keys as model_kwargs too
+        init = {k: v for k, v in {**config, **model_kwargs}.items() if k != VERSION_KEY}
         path = weights_file(
             model_id,
             revision=revision,
@@ -381,12 +361,3 @@ class CtxAdapter(
         ``config`` (default: ``self.config``), ``model_card_kwargs`` of ``save_pretrained``
         its keyword arguments."""
         return model_card(self.config if config is None else config, **kwargs)
-
-
-CONFIG_PARAMETERS: dict[str, inspect.Parameter] = {
-    name: parameter
-    for name, parameter in inspect.signature(CtxAdapter.__init__).parameters.items()
-    if name != "self"
-}
-"""The keys of an adapter's config: the parameters of ``CtxAdapter.__init__`` (name ->
-``inspect.Parameter``), read once when this module loads."""

@@ -1,7 +1,8 @@
 """An adapter folder's files, read and checked before any weight is allocated.
 
 - ``read_config``: ``config.json`` must be a JSON object; ``check_config``: its keys are the
-  adapter's arguments, of the right types, with sizes within ``LIMITS``;
+  adapter's arguments, of the right types (``ctxadapter.config.AdapterConfig`` checks the
+  architecture's), with sizes within ``LIMITS``;
 - ``weights_file``: the folder's (or Hub repository's) ``model.safetensors``; pickles never;
 - ``check_weights``: the safetensors header (names, shapes, dtypes, read without reading the
   tensors) against the shapes the config describes, and the config against the hash of the
@@ -24,9 +25,19 @@ from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 from safetensors import SafetensorError, safe_open
 
+from .config import AdapterConfig
+
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+VERSION_KEY = "ctxadapter_version"
+"""The key of a saved config that records the ctxadapter version that saved it."""
+
+REQUIRED_KEYS = ("concepts", "latent_shape")
+RECORD_KEYS = ("base_model", "decoder_lora")
+"""The keys of a config besides the architecture (``AdapterConfig``'s fields): the required
+ones, and the records of the base autoencoder and of the decoder LoRA (objects or null)."""
 
 CONFIG_DIGEST_KEY = "config_sha256"
 """The key of the weights' metadata that holds ``config_digest`` of the config saved with them."""
@@ -43,8 +54,6 @@ LIMITS = {
 ``latent_shape``: each of its three values), far above any trained adapter: a small config
 cannot ask for an unbounded model."""
 
-STRING_KEYS = ("observational_mixing", "composition", "exogenous_bias", "heads")
-DICT_KEYS = ("base_model", "decoder_lora")
 LOCATION_KEYS = ("pretrained_model_name_or_path", "revision", "subfolder")
 """Keys of ``base_model`` that say where the base is, not what it is: left out of
 ``config_digest``, so that a moved base can be pointed to again by editing them."""
@@ -115,15 +124,16 @@ def _refuse(where: str, key: str, value, expected: str) -> ValueError:
     return ValueError(f"{where}: key {key!r} holds {value!r}, expected {expected}.")
 
 
-def check_config(config: Mapping, where: str, parameters: Mapping) -> None:
-    """Refuse a config whose keys are not the adapter's arguments (``parameters``: name ->
-    ``inspect.Parameter``), or whose values have the wrong type or exceed ``LIMITS``, naming
-    ``where`` (the file) and the key."""
-    known = set(parameters) | {"ctxadapter_version"}
+def check_config(config: Mapping, where: str) -> None:
+    """Refuse a config whose keys are not the adapter's arguments, or whose values have the
+    wrong type or exceed ``LIMITS``, naming ``where`` (the file) and the key. A missing
+    architecture key takes ``AdapterConfig``'s default."""
+    architecture = AdapterConfig.field_types()
+    known = {*REQUIRED_KEYS, *architecture, *RECORD_KEYS, VERSION_KEY}
     unknown = sorted(set(config) - known)
     if unknown:
         raise ValueError(f"Unknown keys {unknown} in {where}; known keys are {sorted(known)}.")
-    missing = [n for n, p in parameters.items() if p.default is p.empty and n not in config]
+    missing = [key for key in REQUIRED_KEYS if key not in config]
     if missing:
         raise ValueError(f"Missing keys {missing} in {where}.")
     concepts = config["concepts"]
@@ -141,20 +151,16 @@ def check_config(config: Mapping, where: str, parameters: Mapping) -> None:
         and all(_is_int(v) and 0 < v <= limit for v in shape)
     ):
         raise _refuse(where, "latent_shape", shape, f"3 integers from 1 to {limit}")
-    for key in ("exogenous_width", "concept_width", "expressive_depth", "head_width"):
+    for key in [key for key in architecture if key in LIMITS]:
         value = config.get(key, 1)
         if not (_is_int(value) and 0 < value <= LIMITS[key]):
             raise _refuse(where, key, value, f"an integer from 1 to {LIMITS[key]}")
-    for key in STRING_KEYS:
-        if not isinstance(config.get(key, ""), str):
-            raise _refuse(where, key, config[key], "a string")
-    if not isinstance(config.get("pooled", False), bool):
-        raise _refuse(where, "pooled", config["pooled"], "true or false")
-    for key in DICT_KEYS:
+    AdapterConfig().updated({k: config[k] for k in architecture if k in config}, where)
+    for key in RECORD_KEYS:
         if not isinstance(config.get(key), (dict, type(None))):
             raise _refuse(where, key, config[key], "an object or null")
-    if not isinstance(config.get("ctxadapter_version", ""), str):
-        raise _refuse(where, "ctxadapter_version", config["ctxadapter_version"], "a string")
+    if not isinstance(config.get(VERSION_KEY, ""), str):
+        raise _refuse(where, VERSION_KEY, config[VERSION_KEY], "a string")
     _check_base_model(config.get("base_model") or {}, where)
 
 
@@ -190,7 +196,7 @@ def _check_base_model(base: Mapping, where: str) -> None:
 def config_digest(config: Mapping) -> str:
     """SHA-256 of what a config says about the weights saved with it: every key but
     ``ctxadapter_version`` and the base's location (``LOCATION_KEYS``)."""
-    bound = {k: v for k, v in config.items() if k != "ctxadapter_version"}
+    bound = {k: v for k, v in config.items() if k != VERSION_KEY}
     if bound.get("base_model"):
         base = bound["base_model"]
         bound["base_model"] = {k: v for k, v in base.items() if k not in LOCATION_KEYS}

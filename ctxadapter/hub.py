@@ -39,7 +39,7 @@ def reach_repo(repo_id: str, token: str | None = None, private: bool | None = No
     except Exception as error:  # any failure (HTTP, transport, no token) is the same answer
         raise PermissionError(
             f"Cannot push to the Hub repository {repo_id!r}: the Hub login could not be checked "
-            f"({error}). Log in with `hf auth login` or pass a token (--hub_token / token=), "
+            f"({error}). Log in with `hf auth login`, set HF_TOKEN or pass token=, "
             f"and check the connection to the Hub."
         ) from error
     try:

@@ -62,6 +62,8 @@ def _uniform_(tensor: torch.Tensor, bound: float) -> torch.Tensor:
 
 
 EXOGENOUS_BIASES = ("shared", "interventional")
+OBSERVATIONAL_MIXINGS = ("dense", "block")
+COMPOSITIONS = ("reference", "strict")
 
 
 class ExogenousLayer(nn.Module):
@@ -86,9 +88,10 @@ class ExogenousLayer(nn.Module):
         exogenous_bias: str = "shared",
     ):
         super().__init__()
-        if observational_mixing not in ("dense", "block"):
+        if observational_mixing not in OBSERVATIONAL_MIXINGS:
             raise ValueError(
-                f"observational_mixing must be 'dense' or 'block', got {observational_mixing!r}"
+                f"observational_mixing must be one of {OBSERVATIONAL_MIXINGS}, got "
+                f"{observational_mixing!r}"
             )
         self.num_concepts, self.width = num_concepts, width
         self.observational_mixing = observational_mixing
@@ -221,8 +224,8 @@ class CausalLayer(nn.Module):
 
     def __init__(self, num_concepts: int, width: int, composition: str = "reference"):
         super().__init__()
-        if composition not in ("reference", "strict"):
-            raise ValueError(f"composition must be 'reference' or 'strict', got {composition!r}")
+        if composition not in COMPOSITIONS:
+            raise ValueError(f"composition must be one of {COMPOSITIONS}, got {composition!r}")
         self.num_concepts, self.width, self.composition = num_concepts, width, composition
         size = num_concepts * width
         bound = 1.0 if num_concepts == 1 else 1 / math.sqrt((num_concepts - 1) * width)

@@ -125,8 +125,9 @@ class ContextAutoencoder(nn.Module):
         objective: Objective | None = None,
         generator: torch.Generator | None = None,
     ) -> dict[str, torch.Tensor]:
-        """The training loss of a batch under ``objective`` (default: ``Objective()``, the
-        paper's); see ``ctxadapter.objective.Objective`` for the arguments and the result."""
+        """The training loss of a batch under ``objective`` (default: ``Objective()``, the loss
+        ``examples/finetune.py`` trains with); see ``ctxadapter.objective.Objective`` for the
+        arguments and the result."""
         return (objective or Objective())(self, contexts, latents, pixel_values, generator)
 
     def loss(self, contexts, **kwargs) -> dict[str, torch.Tensor]:

@@ -40,10 +40,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
+from .config import Settings
 from .contexts import distinct_contexts
 from .evaluation.wasserstein import grouped_sliced_wasserstein
 from .images import signed_to_unit
@@ -60,8 +62,13 @@ def gaussian_kl(mean: Tensor, logvar: Tensor) -> Tensor:
 
 
 @dataclass(frozen=True)
-class Objective:
+class Objective(Settings):
     """The loss of a ``ContextAutoencoder``: what training minimises and validation reports.
+
+    ``Objective()`` is the loss ``examples/finetune.py`` trains with by default;
+    ``Objective.paper()`` the paper's (the Bernoulli pixel loss and the KL term, nothing
+    else). Its fields are checked on construction and can be set from a JSON file with
+    ``--objective_config`` (``ctxadapter.config``).
 
     Args:
         reconstruction: ``"latent"`` (cached latents, fast) or ``"pixel"`` (through the frozen
@@ -73,30 +80,23 @@ class Objective:
         prior_matching: weight of the per-context sliced-Wasserstein term between the
             posterior samples and the prior (0: the paper's objective).
         group_sparsity: weight of ``sum_{i != j} ||W[i, j]||_F`` of each row's effective causal
-            weight.
+            weight (0: the paper's objective).
         l2: weight of ``||W||_F``.
     """
 
-    reconstruction: str = "latent"
+    reconstruction: Literal[RECONSTRUCTIONS] = "latent"
     beta: float = 1.0
-    sample_matching: float = 0.0
+    sample_matching: float = 4.0
     num_projections: int = 64
-    prior_matching: float = 0.0
-    group_sparsity: float = 0.0
+    prior_matching: float = 4.0
+    group_sparsity: float = 3.0
     l2: float = 0.0
 
-    def __post_init__(self):
-        if self.reconstruction not in RECONSTRUCTIONS:
-            raise ValueError(
-                f"reconstruction must be one of {RECONSTRUCTIONS}, got {self.reconstruction!r}"
-            )
-        for name in ("beta", "sample_matching", "prior_matching", "group_sparsity", "l2"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        value = self.num_projections
-        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-            raise ValueError(f"num_projections must be a positive integer, got {value!r}")
+    PRESETS: ClassVar[dict[str, dict]] = {
+        "paper": dict(
+            reconstruction="pixel", sample_matching=0.0, prior_matching=0.0, group_sparsity=0.0
+        ),
+    }
 
     def __call__(
         self,

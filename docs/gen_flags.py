@@ -25,7 +25,8 @@ OUTPUT = Path(__file__).resolve().parent / "flags.md"
 
 SEE_ALSO = {
     "ImageDataArguments": "See [Preparing your data](data.md).",
-    "AdapterArguments": "See [Concepts](concepts.md) and [Paper variants](variants.md).",
+    "SetupArguments": "See [Training](training.md#the-adapters-and-the-losss-settings) and "
+    "[Paper variants](variants.md).",
     "HubArguments": "See [Sharing on the Hub](hub.md).",
 }
 """Links to the guides, added after a group's description."""
@@ -38,7 +39,9 @@ def type_name(annotation) -> tuple[str, bool]:
         annotation = eval(annotation, {**vars(typing), **vars(types)})  # noqa: S307
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        return type_name(args[0]) if len(args) == 1 else (" or ".join(map(str, args)), False)
+        if len(args) == 1:
+            return type_name(args[0])
+        return " or ".join("JSON object" if a is dict else type_name(a)[0] for a in args), False
     if typing.get_origin(annotation) is typing.Literal:
         return "one of " + ", ".join(f"`{a}`" for a in args), False
     if typing.get_origin(annotation) is list:
@@ -54,7 +57,7 @@ def default_text(field: dataclasses.Field) -> str:
     else:
         return "required"
     if isinstance(value, list):
-        return " ".join(map(str, value))
+        return " ".join(map(str, value)) or "none"
     return str(value)
 
 

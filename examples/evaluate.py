@@ -12,7 +12,8 @@ held-out compositions, ``--images_per_context`` each) are used. With ``--dataset
 ones, in dataset order); contexts joining several concepts with ``+`` count as compositions.
 
 SW2 values mean little alone, so they are reported against a reference: the CM pooled
-ablation (an adapter trained with ``--pooled`` on the same data) evaluated on the same images
+ablation (an adapter trained with ``pooled`` set, ``--adapter_config '{"pooled": true}'``,
+on the same data) evaluated on the same images
 when ``--reference`` names it, else the real images' own split-half SW2 (the first half of each
 context's images against the second), a floor that no adapter goes below at that sample size.
 
@@ -52,7 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--reference",
         default=None,
-        help="The CM pooled ablation (an adapter trained with --pooled on the same data), "
+        help="The CM pooled ablation (an adapter trained with --adapter_config "
+        "'{\"pooled\": true}' on the same data), "
         "evaluated on the same images as the reference. Default: the real images' split-half "
         "SW2.",
     )

@@ -91,7 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--heads",
         default="auto",
         choices=list(HEADS),
-        help="The adapter's heads, as finetune.py's --heads.",
+        help="The adapter's heads (the AdapterConfig field of finetune.py's --adapter_config).",
     )
     parser.add_argument("--train_batch_size", type=int, default=256, help="Batch size.")
     parser.add_argument(
@@ -160,13 +160,11 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
             dataset_name=data_dir,
             resolution=args.resolution,
             concepts=list(photos.CONCEPTS),
-            heads=args.heads,
+            adapter_config={"heads": args.heads},
             output_dir=args.output_dir,
             train_batch_size=args.train_batch_size,
             max_train_steps=args.max_train_steps,
             num_train_epochs=args.num_train_epochs,
-            validation_compositions=list(photos.TEST_COMPOSITIONS),
-            num_validation_images=args.num_samples,
             seed=args.seed,
             report_to=args.report_to,
         )

@@ -8,9 +8,11 @@ markdown table (mean +- standard error over seeds) and a JSON file with every ru
 Methods (``--variants``):
 
 - ``cm``: the default adapter (latent-space Gaussian loss) - the paper's "CM (frozen)";
-- ``pooled``: the same with ``--pooled`` (context labels ignored) - "CM pooled";
-- ``pixel``: ``--loss pixel`` (the paper's Bernoulli pixel loss through the frozen decoder);
-- ``finetune``: ``--loss pixel --decoder_lora_rank 4`` - "CM (fine-tune)" as a decoder LoRA.
+- ``pooled``: the same with ``pooled`` set (context labels ignored) - "CM pooled";
+- ``pixel``: ``reconstruction`` ``pixel`` (the paper's Bernoulli pixel loss through the frozen
+  decoder);
+- ``finetune``: the pixel loss and ``--decoder_lora_rank 4`` - "CM (fine-tune)" as a decoder
+  LoRA.
 
 The portable figure is the ratio cm / pooled for Concept and Compo (the paper: about 0.5;
 ``docs/results.md``). Every run uses the same held-out images (``--heldout_seed``), the same
@@ -22,7 +24,9 @@ projections and the same generation noise (``--eval_seed``).
 
 The budget of every run is a ``FinetuneArguments``: every ``examples/finetune.py`` flag works
 here, with the same default, e.g. ``--max_train_steps 600 --learning_rate 3e-3`` (or ``--set
-learning_rate=3e-3``). The comparison sets ``--seed``, ``--quad_variant``, ``--output_dir`` and
+learning_rate=3e-3``); ``--set`` also sets the fields of the adapter and of the loss
+(``AdapterConfig``, ``Objective``), e.g. ``--set heads=additive sample_matching=2``. The
+comparison sets ``--seed``, ``--quad_variant``, ``--output_dir`` and
 ``--pretrained_model_name_or_path`` for each run itself (from ``--seeds``, ``--data_variants``,
 ``--work_dir``, ``--base_autoencoder``) and, unless told otherwise, writes no checkpoints,
 sample grids or tracker logs. The scores and the table are in ``compare_scores.py``.
@@ -56,7 +60,9 @@ from diffusers import AutoencoderKL  # noqa: E402
 from transformers import HfArgumentParser  # noqa: E402
 
 from ctxadapter import ContextAutoencoder  # noqa: E402
+from ctxadapter.config import AdapterConfig  # noqa: E402
 from ctxadapter.evaluation import evaluate, format_table, heldout_quad_images  # noqa: E402
+from ctxadapter.objective import Objective  # noqa: E402
 from ctxadapter.training import (  # noqa: E402
     PRESETS,
     QUAD_AUTOENCODER,
@@ -66,18 +72,14 @@ from ctxadapter.training import (  # noqa: E402
 
 VARIANTS: dict[str, dict] = {
     "cm": {},
-    "pooled": {"pooled": True},
-    "pixel": {"loss": "pixel"},
-    "finetune": {"loss": "pixel", "decoder_lora_rank": 4},
+    "pooled": {"adapter_config": {"pooled": True}},
+    "pixel": {"objective_config": {"reconstruction": "pixel"}},
+    "finetune": {"objective_config": {"reconstruction": "pixel"}, "decoder_lora_rank": 4},
 }
-"""Method name -> the FinetuneArguments fields it sets (on top of the shared budget)."""
+"""Method name -> the FinetuneArguments fields it sets on top of the shared budget (the
+changes to the adapter and the loss are added to those of ``--set``)."""
 DATA_VARIANTS = ("dependent", "independent")
-RUN_DEFAULTS = dict(
-    report_to="none",
-    checkpointing_steps=10**9,
-    validation_steps=10**9,
-    overwrite_output_dir=True,
-)
+RUN_DEFAULTS = dict(report_to="none", checkpointing_steps=10**9, overwrite_output_dir=True)
 """FinetuneArguments defaults of the comparison: no tracker, no checkpoints, no sample grids;
 a run's folder is retrained unless ``--reuse``."""
 PER_RUN = {
@@ -89,6 +91,7 @@ PER_RUN = {
 """FinetuneArguments fields the comparison sets for each run -> its option that sets them."""
 SMOKE_BUDGET = dict(quad_images_per_context=16, max_train_steps=3, train_batch_size=16)
 SMOKE_SET = ["exogenous_width=4", "concept_width=2"]
+"""AdapterConfig fields of ``--smoke`` (before the ``--set`` pairs, which win)."""
 BUDGET = ("quad_images_per_context", "max_train_steps", "train_batch_size", "resolution")
 """The FinetuneArguments fields recorded in the results' settings and table."""
 
@@ -123,7 +126,8 @@ class CompareArguments:
     set: list[str] = option(
         "Other FinetuneArguments fields for every run, e.g. learning_rate=3e-3 "
         "early_stopping_patience=0 (the same as --learning_rate 3e-3 ...; lists comma-separated; "
-        "'none' for None).",
+        "'none' for None), or AdapterConfig and Objective fields, e.g. heads=additive "
+        "sample_matching=2 (values in JSON: numbers, true/false, or a bare string).",
         default_factory=list,
         metavar="FIELD=VALUE",
     )
@@ -156,24 +160,43 @@ class CompareArguments:
 
 
 def set_flags(pairs: list[str]) -> tuple[list[str], dict]:
-    """``--set`` pairs -> the FinetuneArguments flags they stand for, and the fields set to
-    None (``FIELD=none``)."""
+    """``--set`` pairs -> the FinetuneArguments flags they stand for (the AdapterConfig and
+    Objective fields as ``--adapter_config`` / ``--objective_config`` JSON objects), and the
+    fields set to None (``FIELD=none``)."""
     fields = {f.name: f for f in dataclasses.fields(FinetuneArguments)}
+    settings = {"adapter_config": AdapterConfig, "objective_config": Objective}
+    changes: dict[str, dict] = {flag: {} for flag in settings}
     flags, nones = [], {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
-        if not sep or name not in fields:
+        owner = next((f for f, kind in settings.items() if name in kind.field_types()), None)
+        if not sep or (name not in fields and owner is None):
             raise SystemExit(
-                f"--set {pair!r}: expected FIELD=VALUE with a FinetuneArguments field name"
+                f"--set {pair!r}: expected FIELD=VALUE with a FinetuneArguments, AdapterConfig "
+                f"or Objective field name"
             )
-        if value.lower() == "none":
+        if owner is not None:
+            changes[owner][name] = json_value(value)
+        elif value.lower() == "none":
             nones[name] = None
         else:
             flags += [
                 f"--{name}",
                 *(value.split(",") if "list" in str(fields[name].type) else [value]),
             ]
+    for flag, values in changes.items():
+        if values:
+            flags += [f"--{flag}", json.dumps(values)]
     return flags, nones
+
+
+def json_value(text: str):
+    """A ``--set`` value of an AdapterConfig or Objective field: its JSON value (a number,
+    true, false), else the text itself (a choice such as ``additive``)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[CompareArguments, FinetuneArguments]:
@@ -284,9 +307,7 @@ def run(
         "steps": train_metrics.get("steps"),
         "stopped_early": train_metrics.get("stopped_early"),
         "best_validation_loss": train_metrics.get("best_validation_loss"),
-        "finetune_arguments": {
-            k: v for k, v in dataclasses.asdict(train_args).items() if k not in ("hub_token",)
-        },
+        "finetune_arguments": dataclasses.asdict(train_args),
         "results": results,
     }
 
@@ -307,6 +328,9 @@ def main(argv: list[str] | None = None) -> dict:
         )
         for variant in compare.variants:
             for seed in compare.seeds:
+                method = dict(VARIANTS[variant])
+                for name in ("adapter_config", "objective_config"):
+                    method[name] = {**getattr(train, name), **method.get(name, {})}
                 train_args = dataclasses.replace(
                     train,
                     pretrained_model_name_or_path=base,
@@ -314,7 +338,7 @@ def main(argv: list[str] | None = None) -> dict:
                     seed=seed,
                     output_dir=str(work / data_variant / variant / f"seed{seed}"),
                     cache_dir=train.cache_dir or str(work / "cache"),
-                    **VARIANTS[variant],
+                    **method,
                 )
                 runs.append(run(compare, train_args, heldout, variant))
     summary = summarize(runs)

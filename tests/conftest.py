@@ -350,13 +350,9 @@ def tiny(tiny_kl_path, cache_dir, tmp_path):
             resolution=32,
             train_batch_size=16,
             max_train_steps=4,
-            exogenous_width=4,
-            concept_width=2,
-            head_width=8,
+            adapter_config=dict(exogenous_width=4, concept_width=2, head_width=8),
             lr_warmup_steps=1,
-            validation_steps=100,
             checkpointing_steps=2,
-            num_validation_images=1,
             report_to="none",
         )
         return FinetuneArguments(**(base | flags))

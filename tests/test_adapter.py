@@ -19,6 +19,7 @@ import torch
 from torch.testing import assert_close
 
 from ctxadapter import CtxAdapter
+from ctxadapter.config import AdapterConfig
 from ctxadapter.contexts import context_mask
 
 CONCEPTS = ["a", "b", "c"]
@@ -29,8 +30,10 @@ ADAPTER_FILES = {"config.json", "model.safetensors", "README.md"}
 
 
 def make_adapter(seed: int = 0, **kwargs) -> CtxAdapter:
+    """The paper's adapter (linear heads, dense observational mixing, a shared exogenous bias:
+    what these tests were written for) unless ``kwargs`` say otherwise."""
     torch.manual_seed(seed)
-    options = dict(
+    options = AdapterConfig.paper().to_dict() | dict(
         concepts=CONCEPTS,
         latent_shape=LATENT_SHAPE,
         exogenous_width=W_IN,
@@ -700,6 +703,9 @@ def test_pickle_weights_are_never_loaded(tmp_path, with_config, no_unpickling):
         (dict(expressive_depth=1), "exogenous_width"),  # depth 1 needs w_in == w_out
         (dict(observational_mixing="full"), "observational_mixing"),
         (dict(composition="loose"), "composition"),
+        (dict(heads="big"), "'heads' holds 'big', expected one of ('linear'"),
+        (dict(pooled=1), "'pooled' holds 1, expected true or false"),
+        (dict(head=16), "CtxAdapter: unknown keys ['head']; the AdapterConfig keys are ["),
     ],
 )
 def test_invalid_constructor_arguments(kwargs, named):

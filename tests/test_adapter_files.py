@@ -13,12 +13,14 @@ from diffusers import AutoencoderKL
 
 from ctxadapter import ContextAutoencoder, CtxAdapter
 from ctxadapter.adapter_files import CONFIG_DIGEST_KEY, LIMITS
+from ctxadapter.config import AdapterConfig
 from ctxadapter.pinning import base_model_record
 
 
 def save(tmp_path: Path, name: str = "adapter", **kwargs) -> Path:
     torch.manual_seed(0)
-    settings = dict(exogenous_width=2, concept_width=2, head_width=4) | kwargs
+    paper = AdapterConfig.paper().to_dict()  # linear heads: the shapes the messages quote
+    settings = paper | dict(exogenous_width=2, concept_width=2, head_width=4) | kwargs
     folder = tmp_path / name
     CtxAdapter(["a", "b"], [4, 4, 4], **settings).save_pretrained(folder)
     return folder
@@ -53,7 +55,8 @@ def test_a_config_that_is_not_a_json_object_is_named(tmp_path, text, named):
         ("exogenous_width", "2", "an integer from 1 to 4096"),
         ("concept_width", 10**6, "an integer from 1 to 4096"),
         ("pooled", "yes", "true or false"),
-        ("heads", 3, "a string"),
+        ("heads", 3, "one of \\('linear'"),
+        ("observational_mixing", "sparse", "one of \\('dense', 'block'\\)"),
         ("base_model", [], "an object or null"),
         ("base_model.scaling_factor", "0.18", "int or float or null"),
         ("base_model.latents_mean", [0.1, "x"], "list or null"),

@@ -66,9 +66,11 @@ def test_smoke(name, bench_path, tmp_path, capsys):
 
 def test_step_flops_counts_the_paper_adapter(bench_path):
     from ctxadapter import CtxAdapter
+    from ctxadapter.config import AdapterConfig
 
     common = importlib.import_module("common")
-    adapter = CtxAdapter([f"c{k}" for k in range(6)], [4, 8, 8])  # linear heads, dense mixing
+    paper = AdapterConfig.paper().to_dict()  # linear heads, dense mixing
+    adapter = CtxAdapter([f"c{k}" for k in range(6)], [4, 8, 8], **paper)
     # posterior 256->384 (no input gradient), exogenous 192->192, expressive 192->48,
     # causal 48->48, latent head 48->256; forward 2*in*out, backward twice that.
     products = [(256, 384, 2), (192, 192, 3), (192, 48, 3), (48, 48, 3), (48, 256, 3)]

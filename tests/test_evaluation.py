@@ -15,7 +15,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKL
 
-from ctxadapter import ContextAutoencoder, CtxAdapter
+from ctxadapter import AdapterConfig, ContextAutoencoder, CtxAdapter
 from ctxadapter.data import quad
 from ctxadapter.evaluation import (
     edit_scores,
@@ -42,15 +42,18 @@ def load_script(name: str, path: Path):
 
 
 def make_model(path: str, pooled: bool = False, seed: int = 0) -> ContextAutoencoder:
+    """A random model with the paper's adapter (linear heads, which tests here and in
+    ``test_research`` set by hand), widths 4 and 2."""
     vae = AutoencoderKL.from_pretrained(path)
     torch.manual_seed(seed)
+    settings = AdapterConfig.paper().updated(
+        dict(exogenous_width=4, concept_width=2, pooled=pooled)
+    )
     adapter = CtxAdapter(
         CONCEPTS,
         latent_shape=[4, 4, 4],
-        exogenous_width=4,
-        concept_width=2,
-        pooled=pooled,
         base_model=base_model_record(vae, path),
+        **settings.to_dict(),
     )
     return ContextAutoencoder(vae, adapter).eval()
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from diffusers import AutoencoderKL
@@ -53,6 +55,23 @@ def test_objective_rejects_bad_values(kwargs, bad):
         Objective(**kwargs)
 
 
+ELBO = Objective(sample_matching=0.0, prior_matching=0.0, group_sparsity=0.0)
+"""The reconstruction and KL terms only: each term under test is added to it alone."""
+
+
+def test_defaults_are_the_cli_loss_and_paper_the_papers():
+    assert Objective() == Objective(
+        reconstruction="latent",
+        beta=1.0,
+        sample_matching=4.0,
+        num_projections=64,
+        prior_matching=4.0,
+        group_sparsity=3.0,
+        l2=0.0,
+    )
+    assert Objective.paper() == dataclasses.replace(ELBO, reconstruction="pixel")
+
+
 @pytest.fixture
 def tiny_batch(tiny_kl_path):
     """A two-concept model on the tiny autoencoder and 5 latents with their contexts."""
@@ -68,9 +87,11 @@ def tiny_batch(tiny_kl_path):
 
 def test_sample_matching_by_hand(tiny_batch):
     model, adapter, latents, contexts = tiny_batch
-    objective = Objective(sample_matching=2.0, num_projections=3)
+    objective = dataclasses.replace(ELBO, sample_matching=2.0, num_projections=3)
     with torch.no_grad():
-        plain = model(contexts, latents=latents, generator=torch.Generator().manual_seed(1))
+        plain = model(
+            contexts, latents=latents, objective=ELBO, generator=torch.Generator().manual_seed(1)
+        )
         out = model(
             contexts,
             latents=latents,
@@ -124,9 +145,11 @@ def test_counterfactuals_decode_other_rows_noise(tiny_batch):
 
 def test_prior_matching_by_hand(tiny_batch):
     model, adapter, latents, contexts = tiny_batch
-    objective = Objective(prior_matching=3.0, num_projections=4)
+    objective = dataclasses.replace(ELBO, prior_matching=3.0, num_projections=4)
     with torch.no_grad():
-        plain = model(contexts, latents=latents, generator=torch.Generator().manual_seed(1))
+        plain = model(
+            contexts, latents=latents, objective=ELBO, generator=torch.Generator().manual_seed(1)
+        )
         out = model(
             contexts,
             latents=latents,

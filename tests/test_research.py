@@ -47,7 +47,12 @@ def test_compare_quad_smoke(tiny_kl_path, tmp_path):
     assert all(r["steps"] == 3 for r in runs)
     assert runs[1]["results"]["pooled"] and not runs[0]["results"]["pooled"]
     assert runs[2]["finetune_arguments"]["decoder_lora_rank"] == 4
-    assert runs[2]["finetune_arguments"]["loss"] == "pixel"
+    assert runs[2]["finetune_arguments"]["objective_config"] == {"reconstruction": "pixel"}
+    assert runs[1]["finetune_arguments"]["adapter_config"] == {
+        "exogenous_width": 4,
+        "concept_width": 2,
+        "pooled": True,
+    }  # the smoke widths and the method's change together
     ratios = report["summary"]["dependent"]["ratio_cm_pooled"]
     cm, pooled = runs[0]["results"], runs[1]["results"]
     assert ratios["concept"]["ratio_of_means"] == pytest.approx(cm["concept"] / pooled["concept"])

@@ -49,15 +49,9 @@ def flags(output_dir, autoencoder, cache_dir, *extra) -> list[str]:
         "16",
         "--max_train_steps",
         "8",
-        "--exogenous_width",
-        "4",
-        "--concept_width",
-        "2",
+        "--adapter_config",
+        '{"exogenous_width": 4, "concept_width": 2}',
         "--lr_warmup_steps",
-        "2",
-        "--validation_steps",
-        "4",
-        "--num_validation_images",
         "2",
         "--report_to",
         "none",
@@ -103,15 +97,13 @@ def run(tmp_path_factory, tiny_kl_path):
         root / "cache",
         "--checkpointing_steps",
         "3",
-        "--checkpoints_total_limit",
-        "1",
     )
     return output, tiny_kl_path, root / "cache"
 
 
 def test_output_folder_holds_exactly_the_expected_files(run):
     output, _, _ = run
-    during = ["checkpoint-6", "samples-4.png", "samples-8.png"]  # never pushed
+    during = ["checkpoint-3", "checkpoint-6", "samples-3.png", "samples-6.png"]  # never pushed
     assert sorted(p.name for p in output.iterdir()) == sorted(SHARED + during)
     metrics = json.loads((output / "metrics.json").read_text())
     assert metrics["steps"] == 8
@@ -131,7 +123,7 @@ def test_output_loads_with_context_autoencoder(run):
     assert model.adapter.config["base_model"]["class_name"] == "AutoencoderKL"
 
 
-def test_checkpoints_are_pruned_and_hold_only_trainable_weights(run):
+def test_checkpoints_hold_only_trainable_weights(run):
     output, _, _ = run
     checkpoint = output / "checkpoint-6"
     files = sorted(p.name for p in checkpoint.iterdir())
@@ -152,8 +144,6 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(run, tmp_path, capsys)
         cache,
         "--checkpointing_steps",
         "3",
-        "--checkpoints_total_limit",
-        "1",
         "--resume_from_checkpoint",
         "latest",
     )
@@ -204,12 +194,10 @@ def test_pixel_loss_with_decoder_lora(tiny_kl_path, tmp_path):
         output,
         tiny_kl_path,
         tmp_path / "cache",
-        "--loss",
-        "pixel",
+        "--objective_config",
+        '{"reconstruction": "pixel"}',
         "--decoder_lora_rank",
         "2",
-        "--unfreeze_decoder_after",
-        "0.5",
         "--checkpointing_steps",
         "4",
         "--sampler",
@@ -226,13 +214,29 @@ def test_pixel_loss_with_decoder_lora(tiny_kl_path, tmp_path):
     "field, value, message",
     [
         ("learning_rate", -1e-3, "--learning_rate must be > 0, got -0.001"),
-        ("sample_matching", -1.0, "--sample_matching must be >= 0, got -1.0"),
-        ("prior_matching", -2.0, "--prior_matching must be >= 0, got -2.0"),
-        ("heads", "transformer", "--heads must be one of"),
-        ("exogenous_bias", "free", "--exogenous_bias must be one of"),
+        (
+            "objective_config",
+            {"sample_matching": -1.0},
+            "--objective_config: key 'sample_matching' holds -1.0, expected a finite number >= 0",
+        ),
+        (
+            "adapter_config",
+            {"heads": "transformer"},
+            "--adapter_config: key 'heads' holds 'transformer', expected one of \\('linear'",
+        ),
+        (
+            "adapter_config",
+            {"exogenous_bias": "free"},
+            "key 'exogenous_bias' holds 'free', expected one of \\('shared', 'interventional'\\)",
+        ),
+        (
+            "adapter_config",
+            {"head": 8},
+            "--adapter_config: unknown keys \\['head'\\]; the AdapterConfig keys are",
+        ),
+        ("objective_config", ["beta"], "--objective_config: expected a JSON file, a JSON object"),
         ("preset", "best", "--preset must be one of"),
-        ("beta", -0.5, "--beta must be >= 0, got -0.5"),
-        ("loss", "pixels", "'pixels'"),
+        ("objective_config", {"reconstruction": "pixels"}, "'pixels'"),
         ("train_batch_size", 0, "--train_batch_size must be >= 1, got 0"),
     ],
 )
@@ -283,25 +287,37 @@ def test_make_optimizer_is_fused_adam_over_trainable_parameters():
     assert make_optimizer(model, 0.01, fused=False).param_groups[0]["fused"] is False
 
 
-def test_paper_preset_sets_defaults_and_explicit_flags_win():
+def test_paper_preset_sets_defaults_and_explicit_flags_win(tmp_path):
+    from ctxadapter.config import AdapterConfig
+    from ctxadapter.objective import Objective
     from ctxadapter.training import PRESETS, FinetuneArguments, parse_finetune_arguments
 
     default = parse_finetune_arguments([])
     assert default == FinetuneArguments()
+    assert default.adapter_settings() == AdapterConfig() and default.objective() == Objective()
     paper = parse_finetune_arguments(["--preset", "paper"])
     assert paper == FinetuneArguments(**PRESETS["paper"])
-    assert (paper.heads, paper.observational_mixing, paper.loss, paper.sampler) == (
+    adapter, objective = paper.adapter_settings(), paper.objective()
+    assert (adapter.heads, adapter.observational_mixing, objective.reconstruction) == (
         "linear",
         "dense",
         "pixel",
-        "context_pure",
     )
-    assert paper.sample_matching == 0 and paper.prior_matching == 0 and paper.beta == 1
-    assert paper.group_sparsity == 0
-    assert paper.exogenous_bias == "shared"
+    assert paper.sampler == "context_pure"
+    assert objective.sample_matching == 0 and objective.prior_matching == 0 and objective.beta == 1
+    assert objective.group_sparsity == 0
+    assert adapter.exogenous_bias == "shared"
     assert (default.learning_rate, paper.learning_rate) == (4e-3, 1e-3)
-    mixed = parse_finetune_arguments(["--beta", "2", "--preset", "paper", "--heads", "mlp"])
-    assert (mixed.beta, mixed.heads, mixed.loss) == (2.0, "mlp", "pixel")
+    changes = tmp_path / "loss.json"
+    changes.write_text('{"beta": 2}')
+    mixed = parse_finetune_arguments(
+        ["--objective_config", str(changes), "--preset", "paper"]
+        + ["--adapter_config", '{"heads": "mlp"}']
+    )
+    assert (mixed.objective().beta, mixed.adapter_settings().heads) == (2.0, "mlp")
+    assert mixed.objective().reconstruction == "pixel"
+    assert mixed.adapter_settings().observational_mixing == "dense"
+    assert mixed.objective_config == {"beta": 2}  # the file's changes, read once
     with pytest.raises(SystemExit):  # argparse: invalid choice
         parse_finetune_arguments(["--preset", "best"])
 
@@ -314,13 +330,16 @@ def test_bad_input_of_a_launched_run_is_one_line(tmp_path, tiny_kl_path):
         tmp_path / "out",
         tiny_kl_path,
         tmp_path / "cache",
-        "--validation_fraction",
-        "2",
+        "--adapter_config",
+        '{"heads": "transformer"}',
         quiet=True,
         check=False,
     )
     assert result.returncode == 1
-    message = "finetune.py: error: --validation_fraction must be in (0, 1), got 2.0"
+    message = (
+        "finetune.py: error: --adapter_config: key 'heads' holds 'transformer', expected one of "
+        "('linear', 'mlp', 'conv', 'additive', 'auto')."
+    )
     assert result.stderr.count(message) == 1, result.stderr
     assert "Traceback" not in result.stderr and "CalledProcessError" not in result.stderr
     assert not (tmp_path / "out").exists()

@@ -2,18 +2,18 @@
 subprocesses: flag checks, presets, early stopping, checkpoint folders and data splits."""
 
 import math
+import shlex
 
 import pytest
 import torch
 
 from ctxadapter.training import PRESETS, FinetuneArguments, PretrainArguments
 from ctxadapter.training.finetune_args import parse_finetune_arguments
-from ctxadapter.training.inputs import default_compositions, load_splits
+from ctxadapter.training.inputs import grid_compositions, load_splits
 from ctxadapter.training.state import (
     EarlyStopping,
     checkpoint_step,
     list_checkpoints,
-    prune_checkpoints,
     resolve_checkpoint,
 )
 
@@ -40,14 +40,22 @@ def test_default_flags_construct_and_name_the_shipped_autoencoder():
             {"mixed_precision": "fp8"},
             "--mixed_precision must be one of \\('no', 'fp16', 'bf16', None\\)",
         ),
-        ({"lr_scheduler": "cosine_forever"}, "--lr_scheduler must be one of \\[.*'cosine'"),
-        ({"validation_fraction": 1.0}, "--validation_fraction must be in \\(0, 1\\), got 1.0"),
         ({"max_train_steps": 0}, "--max_train_steps must be >= 1, got 0"),
-        ({"checkpoints_total_limit": 0}, "--checkpoints_total_limit must be >= 1, got 0"),
+        ({"checkpointing_steps": 0}, "--checkpointing_steps must be >= 1, got 0"),
         ({"early_stopping_patience": -1}, "--early_stopping_patience must be >= 0, got -1"),
-        ({"unfreeze_decoder_after": 1.0}, "--unfreeze_decoder_after must be in \\[0, 1\\)"),
-        ({"decoder_lora_rank": 4}, "--decoder_lora_rank needs --loss pixel"),
-        ({"head_width": 0}, "--head_width must be >= 1, got 0"),
+        ({"decoder_lora_rank": 4}, "--decoder_lora_rank needs the pixel loss"),
+        (
+            {"encode_options": ["tiling", "tiles"]},
+            "--encode_options must be among \\('channels_last', 'slicing', 'tiling'\\), got tiles",
+        ),
+        (
+            {"adapter_config": {"head_width": 0}},
+            "--adapter_config: key 'head_width' holds 0, expected an integer >= 1",
+        ),
+        (
+            {"objective_config": {"beta": -1}},
+            "--objective_config: key 'beta' holds -1, expected a finite number >= 0",
+        ),
     ],
 )
 def test_bad_finetune_flags_are_rejected_on_construction(flags, message):
@@ -58,7 +66,8 @@ def test_bad_finetune_flags_are_rejected_on_construction(flags, message):
 def test_optional_choice_accepts_none_and_valid_values():
     assert FinetuneArguments(mixed_precision=None).mixed_precision is None
     assert FinetuneArguments(mixed_precision="bf16").mixed_precision == "bf16"
-    assert FinetuneArguments(loss="pixel", decoder_lora_rank=4).decoder_lora_rank == 4
+    pixel = {"reconstruction": "pixel"}
+    assert FinetuneArguments(objective_config=pixel, decoder_lora_rank=4).decoder_lora_rank == 4
 
 
 def test_pretrain_flags_check_the_resolution_against_the_levels():
@@ -70,19 +79,18 @@ def test_pretrain_flags_check_the_resolution_against_the_levels():
 
 
 def test_preset_is_applied_before_the_checks():
-    # --decoder_lora_rank alone needs --loss pixel, which the paper preset provides
+    # --decoder_lora_rank alone needs the pixel loss, which the paper preset provides
     args = parse_finetune_arguments(["--preset", "paper", "--decoder_lora_rank", "4"])
-    assert (args.loss, args.decoder_lora_rank) == ("pixel", 4)
+    assert (args.objective().reconstruction, args.decoder_lora_rank) == ("pixel", 4)
     assert set(PRESETS["paper"]) <= {f for f in FinetuneArguments.__dataclass_fields__}
 
 
 def test_objective_carries_the_weights():
-    objective = FinetuneArguments(
-        beta=0.5, sample_matching=2.0, prior_matching=3.0, group_sparsity=1.0
-    ).objective()
+    weights = dict(beta=0.5, sample_matching=2.0, prior_matching=3.0, group_sparsity=1.0)
+    objective = FinetuneArguments(objective_config=weights).objective()
     assert (objective.reconstruction, objective.beta) == ("latent", 0.5)
     assert (objective.sample_matching, objective.prior_matching) == (2.0, 3.0)
-    assert objective.group_sparsity == 1.0
+    assert (objective.group_sparsity, objective.num_projections, objective.l2) == (1.0, 64, 0.0)
 
 
 def test_early_stopping_counts_rounds_without_improvement_and_keeps_the_best():
@@ -108,7 +116,7 @@ def test_early_stopping_with_patience_zero_never_stops():
     assert stopper.best_loss == 1.0 and stopper.bad_rounds == 3
 
 
-def test_checkpoint_folders_are_listed_by_step_pruned_and_resolved(tmp_path):
+def test_checkpoint_folders_are_listed_by_step_and_resolved(tmp_path):
     for step in [10, 2, 100]:
         (tmp_path / f"checkpoint-{step}").mkdir()
     (tmp_path / "checkpoint-x").mkdir()  # not a checkpoint: ignored
@@ -128,12 +136,6 @@ def test_checkpoint_folders_are_listed_by_step_pruned_and_resolved(tmp_path):
         ValueError, match="logs' is not a checkpoint folder: expected 'checkpoint-<step>'"
     ):
         resolve_checkpoint(tmp_path, "logs")
-    prune_checkpoints(tmp_path, keep=None)
-    assert len(list_checkpoints(tmp_path)) == 3
-    prune_checkpoints(tmp_path, keep=2)  # the newest two remain
-    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-10", "checkpoint-100"]
-    prune_checkpoints(tmp_path, keep=1)
-    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-100"]
     assert checkpoint_step(tmp_path / "checkpoint-100") == 100
     assert resolve_checkpoint(tmp_path / "missing", "latest") is None
 
@@ -153,13 +155,13 @@ def _save_dataset(folder, contexts, splits=("train",)):
 
 
 def test_splits_hold_out_a_seeded_fraction_and_read_the_contexts(tmp_path):
-    contexts = ["obs", "a", "b", "a+b"] * 10
+    contexts = ["obs", "a", "b", "a+b"] * 40
     folder = _save_dataset(tmp_path / "data", contexts)
-    args = FinetuneArguments(dataset_name=folder, validation_fraction=0.25)
+    args = FinetuneArguments(dataset_name=folder)
     train, validation, concepts, train_contexts, validation_contexts = load_splits(
         args, seed=0, context_column="context"
     )
-    assert (len(train), len(validation)) == (32, 8)  # round(0.25 * 10) = 2 of each context
+    assert (len(train), len(validation)) == (152, 8)  # round(0.05 * 40) = 2 of each context
     assert sorted(validation_contexts) == ["a"] * 2 + ["a+b"] * 2 + ["b"] * 2 + ["obs"] * 2
     assert concepts == ["a", "b"]
     assert sorted(train_contexts + validation_contexts) == sorted(contexts)
@@ -167,7 +169,7 @@ def test_splits_hold_out_a_seeded_fraction_and_read_the_contexts(tmp_path):
     again = load_splits(args, seed=0, context_column="context")
     assert again[4] == validation_contexts  # same seed, same split
     pooled = load_splits(args, seed=0)
-    assert pooled[2:] == (None, None, None) and len(pooled[0]) == 30  # 25% of all 40 rows
+    assert pooled[2:] == (None, None, None) and len(pooled[0]) == 152  # 5% of all 160 rows
 
 
 def test_a_validation_split_of_the_dataset_is_used_as_it_is(tmp_path):
@@ -176,11 +178,12 @@ def test_a_validation_split_of_the_dataset_is_used_as_it_is(tmp_path):
     assert (len(train), len(validation)) == (6, 6)
 
 
-def test_default_compositions():
-    assert default_compositions(["a", "b", "c"], uses_quad=False) == ["a+b", "a+c", "b+c"]
+def test_grid_compositions():
+    assert grid_compositions(["a", "b", "c"], uses_quad=False) == ["a+b", "a+c", "b+c"]
+    assert len(grid_compositions([f"c{k}" for k in range(6)], uses_quad=False)) == 12  # of 15
     from ctxadapter.data.quad import HELDOUT_COMPOSITIONS
 
-    assert default_compositions(["a"], uses_quad=True) == list(HELDOUT_COMPOSITIONS)
+    assert grid_compositions(["a"], uses_quad=True) == list(HELDOUT_COMPOSITIONS)
 
 
 def test_stratified_split_by_hand():
@@ -202,22 +205,18 @@ def test_training_command_names_the_preset_and_the_changed_flags():
     assert (
         training_command(parse_finetune_arguments([])) == "accelerate launch examples/finetune.py"
     )
-    args = parse_finetune_arguments(
-        ["--preset", "paper", "--seed", "2", "--concepts", "a", "b", "--pooled", "--hub_token", "s"]
-    )
-    lines = training_command(args).split(" \\\n    ")
+    given = ["--preset", "paper", "--seed", "2", "--concepts", "a", "b"]
+    given += ["--adapter_config", '{"pooled": true}', "--resume_from_checkpoint", "latest"]
+    lines = training_command(parse_finetune_arguments(given)).split(" \\\n    ")
     assert lines == [
         "accelerate launch examples/finetune.py",
         "--preset paper",
         "--concepts a b",
-        "--pooled",
+        "--adapter_config '{\"pooled\": true}'",
         "--seed 2",
-    ]  # never the token
-    assert parse_finetune_arguments(
-        lines[1].split() + lines[2].split() + ["--pooled", "--seed", "2"]
-    ) == parse_finetune_arguments(
-        ["--preset", "paper", "--seed", "2", "--concepts", "a", "b", "--pooled"]
-    )
+    ]  # never the flags about this folder
+    again = [word for line in lines[1:] for word in shlex.split(line)]
+    assert parse_finetune_arguments(again) == parse_finetune_arguments(given[:-2])
 
 
 def test_push_to_hub_with_a_local_autoencoder_needs_its_hub_id(tmp_path):
@@ -232,15 +231,6 @@ def test_push_to_hub_with_a_local_autoencoder_needs_its_hub_id(tmp_path):
     assert with_id.push_to_hub
     assert FinetuneArguments(push_to_hub=True, pretrained_model_name_or_path="org/vae").push_to_hub
     assert FinetuneArguments(push_to_hub=True).push_to_hub  # the shipped autoencoder
-
-
-def test_the_hub_token_is_never_written():
-    from ctxadapter.training.flags import public_flags
-    from ctxadapter.training.tracking import tracker_config
-
-    args = FinetuneArguments(hub_token="hf_secret", seed=3)
-    assert "hub_token" not in public_flags(args) and public_flags(args)["seed"] == 3
-    assert "hf_secret" not in str(tracker_config(args))
 
 
 # ------------------------------------------------------------------------------ CPU threads

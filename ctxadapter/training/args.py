@@ -15,8 +15,6 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from transformers import SchedulerType
-
 from ..pinning import SHIPPED_AUTOENCODERS
 from .flags import FlagGroup, check_at_least, flag
 
@@ -47,11 +45,6 @@ class ImageDataArguments(FlagGroup):
         "downsampling factor). Default: the autoencoder's sample_size.",
         default=None,
     )
-    validation_fraction: float = flag(
-        "Fraction of the training rows held out for validation when the dataset has no "
-        "'validation' split.",
-        default=0.05,
-    )
     quad_images_per_context: int = flag(
         "Training images per context of the built-in quad data.", default=2000
     )
@@ -71,17 +64,13 @@ class ImageDataArguments(FlagGroup):
 
     def validate(self) -> None:
         super().validate()
-        if not 0 < self.validation_fraction < 1:
-            raise ValueError(
-                f"--validation_fraction must be in (0, 1), got {self.validation_fraction}"
-            )
         check_at_least(self, 1, "quad_images_per_context")
 
 
 @dataclass
 class OptimizationArguments(FlagGroup):
-    """Optimisation: a linear warm-up then a cosine decay (the paper's schedule), run by
-    Accelerate."""
+    """Optimisation: a linear warm-up then a cosine decay to ``MIN_LEARNING_RATE`` (the
+    paper's schedule, ``ctxadapter.training.optimization``), run by Accelerate."""
 
     seed: int = flag("Seed for data order, initialisation and noise.", default=0)
     train_batch_size: int = flag("Batch size per device.", default=512)
@@ -93,13 +82,7 @@ class OptimizationArguments(FlagGroup):
     learning_rate: float = flag(
         "Peak learning rate (Adam); the paper's is 1e-3 (--preset paper).", default=4e-3
     )
-    lr_scheduler: str = flag(
-        "A transformers schedule name; the default warms up linearly, then follows a cosine to "
-        "--min_learning_rate.",
-        default="cosine_with_min_lr",
-    )
     lr_warmup_steps: int = flag("Linear warm-up steps.", default=200)
-    min_learning_rate: float = flag("Final learning rate of cosine_with_min_lr.", default=1e-5)
     mixed_precision: Literal["no", "fp16", "bf16"] | None = flag(
         "'no', 'fp16' or 'bf16' (default: accelerate config).", default=None
     )
@@ -114,20 +97,13 @@ class OptimizationArguments(FlagGroup):
         super().validate()
         check_at_least(self, 1, "train_batch_size", "gradient_accumulation_steps")
         check_at_least(self, 1, "num_train_epochs")
-        check_at_least(self, 0, "lr_warmup_steps", "min_learning_rate")
+        check_at_least(self, 0, "lr_warmup_steps")
         if self.cpu_threads is not None:
             check_at_least(self, 1, "cpu_threads")
         if self.max_train_steps is not None:
             check_at_least(self, 1, "max_train_steps")
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise ValueError(f"--learning_rate must be > 0, got {self.learning_rate}")
-        try:
-            SchedulerType(self.lr_scheduler)
-        except ValueError:
-            names = [s.value for s in SchedulerType]
-            raise ValueError(
-                f"--lr_scheduler must be one of {names}, got {self.lr_scheduler!r}"
-            ) from None
 
 
 @dataclass

@@ -29,7 +29,7 @@ from ..objective import Objective
 from ..pinning import base_model_record
 from ..processes import process_state
 from ..viz import context_grid
-from .finetune_args import FinetuneArguments
+from .finetune_args import GRID_IMAGES, FinetuneArguments
 from .inputs import FinetuneInputs, fit_batch_size, resolve_inputs
 from .optimization import make_optimizer, make_scheduler
 from .output_dir import check_not_base, output_lock
@@ -45,6 +45,9 @@ from .state import (
     trainable_state,
 )
 from .tracking import log_image, make_accelerator, tracker_config
+
+UNFREEZE_DECODER_AFTER = 0.2
+"""The fraction of the training steps after which a decoder LoRA starts learning."""
 
 
 def finetune(args: FinetuneArguments) -> Path:
@@ -65,7 +68,7 @@ def finetune(args: FinetuneArguments) -> Path:
     started = time.perf_counter()
     args.validate()
     check_not_base(args.output_dir, args.autoencoder)
-    repo_id = reach_repo(hub_repo_name(args), args.hub_token) if args.push_to_hub else None
+    repo_id = reach_repo(hub_repo_name(args)) if args.push_to_hub else None
     with output_lock(args.output_dir, enabled=process_state().is_main_process):
         return finetune_locked(args, repo_id, started)
 
@@ -149,13 +152,13 @@ def finetune_locked(args: FinetuneArguments, repo_id: str | None, started: float
     first_epoch = global_step // epoch_steps
     skip_batches = (global_step % epoch_steps) * args.gradient_accumulation_steps
 
-    # 7. Train. The decoder LoRA, if any, stays frozen for the first --unfreeze_decoder_after of
+    # 7. Train. The decoder LoRA, if any, stays frozen for the first UNFREEZE_DECODER_AFTER of
     #    the steps; after every optimizer step the causal effects are projected into their box.
     objective = args.objective()
     if accelerator.is_main_process:
         accelerator.init_trackers("ctxadapter", config=tracker_config(args))
     grid_contexts = ["obs", *inputs.concepts, *inputs.compositions]
-    unfreeze_step = int(args.unfreeze_decoder_after * total_steps)
+    unfreeze_step = int(UNFREEZE_DECODER_AFTER * total_steps)
     lora_params = [p for n, p in unwrapped.named_parameters() if "lora_" in n]
     progress = tqdm(
         range(total_steps),
@@ -195,8 +198,8 @@ def finetune_locked(args: FinetuneArguments, repo_id: str | None, started: float
                 global_step += 1
 
                 # 7a. Log the losses (a non-finite loss stops the run: nothing diverged is saved);
-                #     checkpoint every --checkpointing_steps, or at once on SIGTERM / Ctrl-C, then
-                #     exit; draw a sample grid every --validation_steps.
+                #     checkpoint and draw a sample grid every --checkpointing_steps, or
+                #     checkpoint at once on SIGTERM / Ctrl-C, then exit.
                 progress.update(1)
                 logs = {k: v.item() for k, v in out.items()} | {"lr": scheduler.get_last_lr()[0]}
                 if not math.isfinite(logs["loss"]):
@@ -214,26 +217,25 @@ def finetune_locked(args: FinetuneArguments, repo_id: str | None, started: float
                     raise SystemExit(128 + (interruption.signal_number or signal.SIGTERM))
                 if global_step % args.checkpointing_steps == 0:
                     save_checkpoint(accelerator, args, global_step, inputs.fingerprints)
-                if global_step % args.validation_steps == 0 and accelerator.is_main_process:
-                    grid = context_grid(
-                        unwrapped,
-                        grid_contexts,
-                        args.num_validation_images,
-                        seed=args.seed,
-                        title=f"Samples at step {global_step:,}",
-                    )
-                    grid.save(Path(args.output_dir) / f"samples-{global_step}.png")
-                    log_image(accelerator, "samples", grid, global_step)
+                    if accelerator.is_main_process:
+                        grid = context_grid(
+                            unwrapped,
+                            grid_contexts,
+                            GRID_IMAGES,
+                            seed=args.seed,
+                            title=f"Samples at step {global_step:,}",
+                        )
+                        grid.save(Path(args.output_dir) / f"samples-{global_step}.png")
+                        log_image(accelerator, "samples", grid, global_step)
                 if global_step >= total_steps:
                     break
 
-            # 7b. Every --validation_epochs epochs and at the end: the validation loss (the same
-            #     objective) for early stopping, which keeps the best weights.
-            if (epoch + 1) % args.validation_epochs == 0 or global_step >= total_steps:
-                loss = validation_loss(unwrapped, validation_loader, objective)
-                history.append({"step": global_step, "validation_loss": loss})
-                accelerator.log({"validation_loss": loss}, step=global_step)
-                stop = stopper.update(loss, trainable_state(unwrapped))
+            # 7b. After every epoch: the validation loss (the same objective) for early stopping,
+            #     which keeps the best weights.
+            loss = validation_loss(unwrapped, validation_loader, objective)
+            history.append({"step": global_step, "validation_loss": loss})
+            accelerator.log({"validation_loss": loss}, step=global_step)
+            stop = stopper.update(loss, trainable_state(unwrapped))
             if stop or global_step >= total_steps:
                 break
     finish_progress(progress, global_step, stop)
@@ -290,21 +292,15 @@ def finish_progress(progress: tqdm, step: int, stopped_early: bool) -> None:
 
 def build_adapter(args: FinetuneArguments, inputs: FinetuneInputs) -> CtxAdapter:
     """A freshly initialised adapter (drawn from the global torch generator) for the data's
-    concepts and the autoencoder's latent shape, recording the base autoencoder."""
+    concepts and the autoencoder's latent shape, of the architecture of ``--preset`` and
+    ``--adapter_config``, recording the base autoencoder."""
     return CtxAdapter(
         concepts=inputs.concepts,
         latent_shape=list(inputs.latent_shape),
-        exogenous_width=args.exogenous_width,
-        concept_width=args.concept_width,
-        expressive_depth=args.expressive_depth,
-        observational_mixing=args.observational_mixing,
-        exogenous_bias=args.exogenous_bias,
-        pooled=args.pooled,
-        heads=args.heads,
-        head_width=args.head_width,
         base_model=base_model_record(
             inputs.codec.autoencoder, args.autoencoder, args.revision, args.subfolder
         ),
+        **args.adapter_settings().to_dict(),
     )
 
 
@@ -315,7 +311,7 @@ def cached_latents(
     contexts: list[str],
     images_fingerprint: str,
 ) -> CachedLatents:
-    """``rows`` as a ``CachedLatents`` dataset. Their latents (and, for ``--loss pixel``, their
+    """``rows`` as a ``CachedLatents`` dataset. Their latents (and, for the pixel loss, their
     pixels) are encoded once into the latent cache under ``--cache_dir``."""
     cache_root = os.path.join(
         args.cache_dir or datasets.config.HF_DATASETS_CACHE, "ctxadapter-latents"
@@ -328,7 +324,7 @@ def cached_latents(
         inputs.resolution,
         cache_root,
         batch_size=args.encode_batch_size,
-        keep_pixels=args.loss == "pixel",
+        keep_pixels=args.objective().reconstruction == "pixel",
         images_fingerprint=images_fingerprint,
     )
     return CachedLatents(cache, inputs.concepts)

@@ -50,12 +50,3 @@ def check_at_least(args, minimum: float, *names: str) -> None:
         value = getattr(args, name)
         if not math.isfinite(value) or value < minimum:
             raise ValueError(f"--{name} must be >= {minimum:g}, got {value}")
-
-
-SECRET_FLAGS = ("hub_token",)
-"""Flags never written anywhere: not in checkpoints, trackers or model cards."""
-
-
-def public_flags(args) -> dict:
-    """A flags dataclass as a dict, without ``SECRET_FLAGS``."""
-    return {k: v for k, v in dataclasses.asdict(args).items() if k not in SECRET_FLAGS}

@@ -26,6 +26,10 @@ from .finetune_args import FinetuneArguments
 from .output_dir import check_output_dir
 from .state import check_resumable, check_same_inputs, resolve_checkpoint
 
+VALIDATION_FRACTION = 0.05
+"""The fraction of the training rows held out for validation when the data has no
+``validation`` split."""
+
 
 def load_splits(
     args: ImageDataArguments,
@@ -37,7 +41,7 @@ def load_splits(
     """Load and validate the training data, before anything is written.
 
     The validation rows are the dataset's ``validation`` split if it has one, else a seeded
-    (``seed``) ``--validation_fraction`` of the training rows, drawn from every context alike
+    (``seed``) ``VALIDATION_FRACTION`` of the training rows, drawn from every context alike
     (``stratified_split``; contexts pooled: from all rows). With ``streaming`` (contexts
     given), the splits are ``datasets.IterableDataset`` s, read as they stream: the checks
     keep the contexts in memory, never the images.
@@ -66,12 +70,12 @@ def load_splits(
     if context_column is None:
         validate_dataset(train, args.image_column, None)
         if given is None:
-            parts = train.train_test_split(test_size=args.validation_fraction, seed=seed)
+            parts = train.train_test_split(test_size=VALIDATION_FRACTION, seed=seed)
             return parts["train"], parts["test"], None, None, None
         return train, given, None, None, None
     concepts, contexts = validate_dataset(train, args.image_column, context_column, concepts)
     if given is None:
-        train_rows, validation_rows = stratified_split(contexts, args.validation_fraction, seed)
+        train_rows, validation_rows = stratified_split(contexts, VALIDATION_FRACTION, seed)
         return (
             select_rows(train, train_rows, len(contexts)),
             select_rows(train, validation_rows, len(contexts)),
@@ -193,20 +197,22 @@ def fit_batch_size(args: FinetuneArguments, contexts: list[str]) -> tuple[int, s
 
 
 def configure_encoding(autoencoder, args: FinetuneArguments) -> None:
-    """Apply ``--channels_last``, ``--vae_slicing`` and ``--vae_tiling`` to ``autoencoder``;
-    an autoencoder without slicing or tiling is an error naming its class."""
-    if args.channels_last:
+    """Apply ``--encode_options`` to ``autoencoder``; an autoencoder without slicing or
+    tiling is an error naming its class."""
+    if "channels_last" in args.encode_options:
         autoencoder.to(memory_format=torch.channels_last)
-    for flag_name, method in (("vae_slicing", "enable_slicing"), ("vae_tiling", "enable_tiling")):
-        if getattr(args, flag_name):
+    for option, method in (("slicing", "enable_slicing"), ("tiling", "enable_tiling")):
+        if option in args.encode_options:
             if not hasattr(autoencoder, method):
-                raise ValueError(f"--{flag_name}: {type(autoencoder).__name__} has no {method}().")
+                raise ValueError(
+                    f"--encode_options {option}: {type(autoencoder).__name__} has no {method}()."
+                )
             getattr(autoencoder, method)()
 
 
-def default_compositions(concepts: list[str], uses_quad: bool) -> list[str]:
-    """The compositions shown in sample grids by default: quad's held-out ones, or the first
-    12 pairs of concepts."""
+def grid_compositions(concepts: list[str], uses_quad: bool) -> list[str]:
+    """The compositions shown in the sample grids: quad's held-out ones, or the first 12 pairs
+    of concepts."""
     if uses_quad:
         from ..data.quad import HELDOUT_COMPOSITIONS
 
@@ -242,9 +248,7 @@ def resolve_inputs(args: FinetuneArguments) -> FinetuneInputs:
     resolution = args.resolution or getattr(autoencoder.config, "sample_size", None)
     if resolution is None:
         raise ValueError(f"{type(autoencoder).__name__} records no sample_size: pass --resolution.")
-    compositions = args.validation_compositions or default_compositions(concepts, args.uses_quad)
-    for context in compositions:
-        parse_context(context, concepts)  # raises on an unknown concept
+    compositions = grid_compositions(concepts, args.uses_quad)
     contexts = None if train_contexts is None else train_contexts + validation_contexts
     fingerprints = input_fingerprints(train, validation, contexts, args.image_column, codec)
     if checkpoint is not None:

@@ -7,6 +7,9 @@ from transformers import get_scheduler
 
 from .args import OptimizationArguments
 
+MIN_LEARNING_RATE = 1e-5
+"""The learning rate the cosine decay ends at."""
+
 
 def make_optimizer(model: torch.nn.Module, learning_rate: float, **kwargs) -> torch.optim.Adam:
     """Adam over ``model``'s trainable parameters, fused on CPU and CUDA: one kernel for all
@@ -21,13 +24,13 @@ def make_optimizer(model: torch.nn.Module, learning_rate: float, **kwargs) -> to
 def make_scheduler(
     args: OptimizationArguments, optimizer: torch.optim.Optimizer, total_steps: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """transformers' ``get_scheduler(args.lr_scheduler)`` over ``total_steps`` optimizer steps;
-    the default is the paper's linear warm-up then a cosine decay to ``min_learning_rate``."""
-    extra = {"min_lr": args.min_learning_rate} if args.lr_scheduler == "cosine_with_min_lr" else {}
+    """The paper's schedule over ``total_steps`` optimizer steps: a linear warm-up of
+    ``args.lr_warmup_steps`` steps, then a cosine decay to ``MIN_LEARNING_RATE``
+    (transformers' ``cosine_with_min_lr``)."""
     return get_scheduler(
-        args.lr_scheduler,
+        "cosine_with_min_lr",
         optimizer=optimizer,
         num_warmup_steps=args.lr_warmup_steps,
         num_training_steps=total_steps,
-        scheduler_specific_kwargs=extra,
+        scheduler_specific_kwargs={"min_lr": MIN_LEARNING_RATE},
     )

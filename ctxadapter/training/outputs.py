@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 from pathlib import Path
 
 import torch
@@ -14,8 +15,7 @@ from ..domain import DOMAIN_IMAGES, reconstruction_mse
 from ..images import model_input, preprocess_images
 from ..model import ContextAutoencoder
 from ..viz import concept_graph_image, write_report
-from .finetune_args import PRESETS, FinetuneArguments
-from .flags import SECRET_FLAGS
+from .finetune_args import GRID_IMAGES, PRESETS, FinetuneArguments
 from .inputs import FinetuneInputs, select_rows
 from .output_dir import staged_folder
 from .state import trainable_state
@@ -74,11 +74,11 @@ def write_outputs(
             f"lower --learning_rate."
         )
     output = Path(args.output_dir)
-    real = validation_images(inputs, args.image_column, args.num_validation_images)
+    real = validation_images(inputs, args.image_column, GRID_IMAGES)
     files = write_report(
         model,
         output,
-        num_samples=args.num_validation_images,
+        num_samples=GRID_IMAGES,
         seed=args.seed,
         compositions=inputs.compositions,
         real=real,
@@ -104,7 +104,7 @@ def write_outputs(
         (partial / "metrics.json").write_text(text + "\n")
     if repo_id:
         model.name_or_path = str(output)  # push this folder, as a Python push of it would
-        model.push_to_hub(repo_id, token=args.hub_token, base_model_id=args.hub_base_model_id)
+        model.push_to_hub(repo_id, base_model_id=args.hub_base_model_id)
 
 
 def validation_images(
@@ -165,8 +165,8 @@ def run_summary(output: Path, outcome: dict, repo_id: str | None = None) -> str:
     return "\n".join(lines)
 
 
-NOT_IN_COMMAND = (*SECRET_FLAGS, "overwrite_output_dir", "resume_from_checkpoint")
-"""Flags left out of the training command of the model card (secret, or about this folder)."""
+NOT_IN_COMMAND = ("overwrite_output_dir", "resume_from_checkpoint")
+"""Flags left out of the training command of the model card (about this folder)."""
 
 
 def training_command(args: FinetuneArguments) -> str:
@@ -185,6 +185,8 @@ def training_command(args: FinetuneArguments) -> str:
             parts.append(f"--{f.name}" if value else "")
         elif isinstance(value, list):
             parts.append(f"--{f.name} " + " ".join(map(str, value)))
+        elif isinstance(value, dict):  # --adapter_config, --objective_config: a JSON object
+            parts.append(f"--{f.name} {shlex.quote(json.dumps(value))}")
         else:
             parts.append(f"--{f.name} {value}")
     return " \\\n    ".join(p for p in parts if p)

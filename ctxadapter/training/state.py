@@ -6,7 +6,7 @@ themselves, and the output folder's safety rules.
   exactly as an uninterrupted one would;
 - ``register_checkpoint_hooks``: ``save_state`` / ``load_state`` keep only the trainable
   weights (``trainable.safetensors``), never the frozen autoencoder;
-- ``save_checkpoint``, ``list_checkpoints``, ``prune_checkpoints``, ``resolve_checkpoint``: the
+- ``save_checkpoint``, ``list_checkpoints``, ``resolve_checkpoint``: the
   ``checkpoint-<step>`` folders of an output folder, written atomically, with the run's flags
   (``training_args.json``) checked on resume by ``check_resumable``, and the fingerprints of
   its data and base autoencoder (``fingerprints.json``) checked by ``check_same_inputs``;
@@ -15,6 +15,7 @@ themselves, and the output folder's safety rules.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -28,8 +29,6 @@ import safetensors.torch
 import torch
 from accelerate import Accelerator
 from safetensors import SafetensorError
-
-from .flags import public_flags
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 """Name of a checkpoint folder; group 1 is the optimizer step it was saved after."""
@@ -147,15 +146,6 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     return sorted(found, key=checkpoint_step)
 
 
-def prune_checkpoints(output_dir: str | os.PathLike, keep: int | None) -> None:
-    """Delete the oldest checkpoints so that the newest ``keep`` remain (``None``: keep all)."""
-    if keep is None:
-        return
-    existing = list_checkpoints(output_dir)
-    for old in existing[: max(0, len(existing) - keep)]:
-        shutil.rmtree(old)
-
-
 TRAINING_ARGS_NAME = "training_args.json"
 """The file of a checkpoint folder that holds the flags of the run that saved it."""
 
@@ -173,12 +163,8 @@ RESUME_MAY_CHANGE = frozenset(
         "streaming",
         "cpu_threads",
         "checkpointing_steps",
-        "checkpoints_total_limit",
-        "validation_steps",
-        "num_validation_images",
         "push_to_hub",
         "hub_model_id",
-        "hub_token",
     }
 )
 """Flags that may differ between a run and its resumption: they change where results go, how
@@ -203,12 +189,13 @@ def save_checkpoint(
     accelerator.save_state(str(partial))
     accelerator.wait_for_everyone()  # every process's files (its random state) are in
     if accelerator.is_main_process:
-        (partial / TRAINING_ARGS_NAME).write_text(json.dumps(public_flags(args), indent=2) + "\n")
+        (partial / TRAINING_ARGS_NAME).write_text(
+            json.dumps(dataclasses.asdict(args), indent=2) + "\n"
+        )
         (partial / FINGERPRINTS_NAME).write_text(json.dumps(fingerprints, indent=2) + "\n")
         if final.exists():
             shutil.rmtree(final)
         os.replace(partial, final)
-        prune_checkpoints(output, args.checkpoints_total_limit)
     accelerator.wait_for_everyone()
     return final
 
@@ -223,7 +210,7 @@ def check_resumable(checkpoint: Path, args) -> None:
             f"ctxadapter's finetune, so it cannot be resumed safely."
         )
     saved = json.loads(path.read_text())
-    current = json.loads(json.dumps(public_flags(args)))  # the JSON types of the saved flags
+    current = json.loads(json.dumps(dataclasses.asdict(args)))  # the JSON types of the saved flags
     changed = [
         f"--{name} {saved.get(name)!r} -> {current.get(name)!r}"
         for name in sorted(set(saved) | set(current))

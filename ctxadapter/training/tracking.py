@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -11,7 +12,6 @@ from accelerate.utils import ProjectConfiguration
 from PIL import Image
 
 from .args import OptimizationArguments, RunArguments
-from .flags import public_flags
 
 
 def available_cores() -> int:
@@ -48,10 +48,10 @@ def make_accelerator(args: RunArguments | OptimizationArguments, **kwargs) -> Ac
 
 def tracker_config(args) -> dict:
     """A flags dataclass as a flat dict of scalars for the trackers (tensorboard takes no
-    lists), without its secrets (the Hub token)."""
+    lists or dicts)."""
     return {
         k: v if isinstance(v, (int, float, str, bool)) else str(v)
-        for k, v in public_flags(args).items()
+        for k, v in dataclasses.asdict(args).items()
     }
 
 
