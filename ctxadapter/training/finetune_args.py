@@ -11,7 +11,7 @@ from transformers import HfArgumentParser
 from ..heads import HEADS
 from ..layers import EXOGENOUS_BIASES
 from ..objective import Objective
-from ..pinning import loads_anywhere, portable_name
+from ..pinning import loads_anywhere, local_path, portable_name
 from .args import QUAD_AUTOENCODER, ImageDataArguments, OptimizationArguments, RunArguments
 from .flags import FlagGroup, check_at_least, flag
 
@@ -26,8 +26,9 @@ class AutoencoderArguments(FlagGroup):
 
     pretrained_model_name_or_path: str | None = flag(
         "The frozen autoencoder (any diffusers image autoencoder, see docs/variants.md): a Hub "
-        "id or a folder. Default: the small autoencoder pretrained on quad that ships with "
-        "ctxadapter.",
+        "id, a folder, or one that ships with ctxadapter: 'ctxadapter:quad-autoencoder' (quad "
+        "images) or 'ctxadapter:photo-autoencoder' (photographs, offline). Default: the quad "
+        "one.",
         default=None,
     )
     revision: str | None = flag("Revision of the autoencoder on the Hub.", default=None)
@@ -35,8 +36,9 @@ class AutoencoderArguments(FlagGroup):
 
     @property
     def autoencoder(self) -> str:
-        """``pretrained_model_name_or_path``, or the shipped quad autoencoder's folder."""
-        return self.pretrained_model_name_or_path or str(QUAD_AUTOENCODER)
+        """``pretrained_model_name_or_path`` (the folder of a shipped autoencoder given by its
+        name), or the shipped quad autoencoder's folder."""
+        return local_path(self.pretrained_model_name_or_path or str(QUAD_AUTOENCODER))
 
 
 @dataclass
