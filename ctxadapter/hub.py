@@ -67,8 +67,8 @@ def hub_config(config: Mapping, base_model_id: str | None = None) -> dict:
     Raises:
         ValueError: for a ``base_model_id`` that is not a Hub id, or, without one, for a base
             recorded as a local folder (the pushed adapter would load nowhere else); an
-            autoencoder shipped with ctxadapter (``ctxadapter:quad-autoencoder``) loads wherever
-            ctxadapter is installed.
+            autoencoder shipped with ctxadapter (``ctxadapter:quad-autoencoder``,
+            ``ctxadapter:photo-autoencoder``) loads wherever ctxadapter is installed.
     """
     config = copy.deepcopy(dict(config))
     base = config["base_model"]
@@ -129,8 +129,9 @@ def push_adapter(
         base_model_id: the Hub id of the base autoencoder. Required when the adapter
             records a local folder as its base (an adapter that names a folder of this
             machine would load nowhere else); the pushed config records it. An
-            autoencoder that ships with ctxadapter (``ctxadapter:quad-autoencoder``) loads
-            wherever ctxadapter is installed and needs none.
+            autoencoder that ships with ctxadapter (``ctxadapter:quad-autoencoder``,
+            ``ctxadapter:photo-autoencoder``) loads wherever ctxadapter is installed and needs
+            none.
         extra_files: more files uploaded beside the adapter.
         model_card_kwargs: arguments of ``ctxadapter.card.model_card``, over those read
             from the run's ``metrics.json``.

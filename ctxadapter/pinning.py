@@ -23,16 +23,22 @@ from safetensors import safe_open
 from .card import is_hub_id
 from .codec import LatentCodec, load_autoencoder
 
+_ASSETS = Path(__file__).resolve().parent / "assets"
 SHIPPED_AUTOENCODERS = {
-    "ctxadapter:quad-autoencoder": Path(__file__).resolve().parent / "assets" / "quad-autoencoder"
+    "ctxadapter:quad-autoencoder": _ASSETS / "quad-autoencoder",
+    "ctxadapter:photo-autoencoder": _ASSETS / "photo-autoencoder",
 }
 """Autoencoders that ship inside the package, by the name an adapter records for them (so an
-adapter trained on one loads wherever ctxadapter is installed)."""
+adapter trained on one loads wherever ctxadapter is installed): the quad autoencoder (64 x 64
+quad images, the default base) and a general photograph autoencoder (trained on augmented crops
+of scikit-image's sample photographs; any size that is a multiple of 4). The name is accepted
+wherever a base autoencoder is given (``--pretrained_model_name_or_path``)."""
 
 
 def loads_anywhere(name: str | None) -> bool:
     """Whether a recorded base autoencoder loads on any machine with ctxadapter installed: a
-    Hub id or the name of a shipped autoencoder (``"ctxadapter:quad-autoencoder"``)."""
+    Hub id or the name of a shipped autoencoder (``"ctxadapter:quad-autoencoder"``,
+    ``"ctxadapter:photo-autoencoder"``)."""
     return name in SHIPPED_AUTOENCODERS or is_hub_id(name)
 
 

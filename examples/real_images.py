@@ -5,6 +5,8 @@ scikit-image, with four image transformations (hue, blur, rotation, scale) as co
     python examples/real_images.py          # data -> adapter -> pictures in docs/images/
     python examples/real_images.py --pretrain_steps 600
                                             # a photo autoencoder first (as the docs' pictures)
+    python examples/real_images.py --pretrained_model_name_or_path ctxadapter:photo-autoencoder
+                                            # the general photo autoencoder that ships, offline
     python examples/real_images.py --pretrained_model_name_or_path stabilityai/sd-vae-ft-mse \
         --images_per_context 2000 --output_dir ctxadapter-real --pictures_dir real-pictures
 
@@ -59,7 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--pretrained_model_name_or_path",
         default=str(QUAD_AUTOENCODER),
-        help="The frozen autoencoder; None: the project's 64 x 64 quad autoencoder.",
+        help="The frozen autoencoder: a Hub id, a folder, or 'ctxadapter:photo-autoencoder' "
+        "(the general photo autoencoder that ships with ctxadapter). Default: the project's "
+        "64 x 64 quad autoencoder.",
     )
     parser.add_argument("--resolution", type=int, default=64, help="Image size.")
     parser.add_argument(

@@ -182,21 +182,19 @@ def test_other_latent_statistics_are_refused(tiny_kl_path):
 # ---------------------------------------------------------------------------------- sharing
 
 
-def test_push_on_the_shipped_autoencoder_records_its_name(fake_hub):
-    from ctxadapter.training import QUAD_AUTOENCODER
+@pytest.mark.parametrize("name", ["ctxadapter:quad-autoencoder", "ctxadapter:photo-autoencoder"])
+def test_push_on_the_shipped_autoencoder_records_its_name(fake_hub, name):
+    from ctxadapter.pinning import SHIPPED_AUTOENCODERS
 
-    vae = AutoencoderKL.from_pretrained(QUAD_AUTOENCODER)
-    model = ContextAutoencoder(vae, adapter_for(vae, str(QUAD_AUTOENCODER)))
+    vae = AutoencoderKL.from_pretrained(SHIPPED_AUTOENCODERS[name])
+    model = ContextAutoencoder(vae, adapter_for(vae, str(SHIPPED_AUTOENCODERS[name])))
     model.push_to_hub("user/adapter")  # no base_model_id: it ships with ctxadapter
     [(repo_id, folder)] = fake_hub
     assert repo_id == "user/adapter"
     pushed = ContextAutoencoder.from_pretrained(folder)  # loads the packaged base by name
     record = pushed.adapter.config["base_model"]
-    assert record["pretrained_model_name_or_path"] == "ctxadapter:quad-autoencoder"
-    assert (
-        "`ctxadapter:quad-autoencoder` (ships with ctxadapter)"
-        in (folder / "README.md").read_text()
-    )
+    assert record["pretrained_model_name_or_path"] == name
+    assert f"`{name}` (ships with ctxadapter)" in (folder / "README.md").read_text()
 
 
 def test_push_without_a_hub_login_fails_before_anything_is_sent(

@@ -16,6 +16,8 @@ One job per module:
 - ``ctxadapter.data.sampler``: ``ContextBatchSampler``, ``steps_per_epoch``;
 - ``ctxadapter.data.quad`` (with ``quad_render``): the synthetic quad dataset of the paper;
 - ``ctxadapter.data.photos``: interventional data from photographs bundled with scikit-image;
+- ``ctxadapter.data.photo_crops``: augmented crops of those photographs, the training data of
+  the shipped photo autoencoder;
 - ``ctxadapter.data.splits``: ``generate_splits``, shared by the two built-in datasets.
 
 The names of the first three are re-exported here (``from ctxadapter.data import

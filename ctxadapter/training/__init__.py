@@ -14,13 +14,14 @@
 - ``errors``: bad input ends a script with one line.
 """
 
-from .args import QUAD_AUTOENCODER
+from .args import PHOTO_AUTOENCODER, QUAD_AUTOENCODER
 from .finetune_args import PRESETS, FinetuneArguments, parse_finetune_arguments
 from .finetuning import finetune
 from .optimization import make_optimizer
 from .pretraining import PretrainArguments, pretrain_autoencoder
 
 __all__ = [
+    "PHOTO_AUTOENCODER",
     "PRESETS",
     "QUAD_AUTOENCODER",
     "FinetuneArguments",

@@ -22,6 +22,11 @@ QUAD_AUTOENCODER = SHIPPED_AUTOENCODERS["ctxadapter:quad-autoencoder"]
 """The small ``AutoencoderKL`` pretrained on quad that ships with the package (see its
 ``README.md``): the default ``--pretrained_model_name_or_path``."""
 
+PHOTO_AUTOENCODER = SHIPPED_AUTOENCODERS["ctxadapter:photo-autoencoder"]
+"""The small general ``AutoencoderKL`` pretrained on crops of photographs that ships with the
+package (see its ``README.md``): ``--pretrained_model_name_or_path ctxadapter:photo-autoencoder``
+for a user's own photographs, offline."""
+
 
 # ------------------------------------------------------------------------------ shared groups
 

@@ -10,7 +10,7 @@ from transformers import HfArgumentParser
 
 from ..config import PRESET_NAMES, AdapterConfig, read_settings
 from ..objective import Objective
-from ..pinning import loads_anywhere, portable_name
+from ..pinning import loads_anywhere, local_path, portable_name
 from .args import QUAD_AUTOENCODER, ImageDataArguments, OptimizationArguments, RunArguments
 from .flags import FlagGroup, check_at_least, flag
 
@@ -28,8 +28,9 @@ class AutoencoderArguments(FlagGroup):
 
     pretrained_model_name_or_path: str | None = flag(
         "The frozen autoencoder (any diffusers image autoencoder, see docs/variants.md): a Hub "
-        "id or a folder. Default: the small autoencoder pretrained on quad that ships with "
-        "ctxadapter.",
+        "id, a folder, or one that ships with ctxadapter: 'ctxadapter:quad-autoencoder' (quad "
+        "images) or 'ctxadapter:photo-autoencoder' (photographs, offline). Default: the quad "
+        "one.",
         default=None,
     )
     revision: str | None = flag("Revision of the autoencoder on the Hub.", default=None)
@@ -37,8 +38,9 @@ class AutoencoderArguments(FlagGroup):
 
     @property
     def autoencoder(self) -> str:
-        """``pretrained_model_name_or_path``, or the shipped quad autoencoder's folder."""
-        return self.pretrained_model_name_or_path or str(QUAD_AUTOENCODER)
+        """``pretrained_model_name_or_path`` (the folder of a shipped autoencoder given by its
+        name), or the shipped quad autoencoder's folder."""
+        return local_path(self.pretrained_model_name_or_path or str(QUAD_AUTOENCODER))
 
 
 @dataclass
