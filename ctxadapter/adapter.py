@@ -152,10 +152,14 @@ class CtxAdapter(
         self.concepts = concepts
         self.latent_shape = tuple(latent_shape)
         self.pooled = s.pooled
+        self.posterior_context = s.posterior_context
         k = len(concepts)
         self.noise_size = k * s.exogenous_width
         shape = self.latent_shape
-        self.posterior_head = posterior_head(s.heads, shape, s.head_width, 2 * self.noise_size)
+        extra = k if s.posterior_context else 0
+        self.posterior_head = posterior_head(
+            s.heads, shape, s.head_width, 2 * self.noise_size, extra
+        )
         self.exogenous = ExogenousLayer(
             k, s.exogenous_width, s.observational_mixing, s.exogenous_bias
         )
@@ -176,14 +180,22 @@ class CtxAdapter(
         return torch.zeros_like(mask) if self.pooled else mask
 
     # ------------------------------------------------------------------ data path
-    def posterior(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Model-space latents ``(N, C, h, w)`` -> ``(mean, logvar)``, each ``(N, K*w_in)``."""
+    def posterior(
+        self, latents: torch.Tensor, contexts=OBSERVATIONAL
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model-space latents ``(N, C, h, w)`` of images of ``contexts`` -> ``(mean,
+        logvar)``, each ``(N, K*w_in)``. With ``posterior_context`` the head also reads the
+        context (abduction under the image's own causal model), else ``contexts`` is unused."""
         if tuple(latents.shape[1:]) != self.latent_shape:
             raise ValueError(
                 f"Expected latents of shape (N, {', '.join(map(str, self.latent_shape))}), got "
                 f"{tuple(latents.shape)}."
             )
-        mean, logvar = self.posterior_head(latents.flatten(1)).chunk(2, dim=1)
+        features = latents.flatten(1)
+        if self.posterior_context:
+            mask = self.context_mask(contexts, len(latents)).to(features.dtype)
+            features = torch.cat([features, mask], dim=1)
+        mean, logvar = self.posterior_head(features).chunk(2, dim=1)
         return mean, logvar
 
     def concepts_from_noise(self, z: torch.Tensor, contexts) -> torch.Tensor:
@@ -231,7 +243,7 @@ class CtxAdapter(
         before the prior draws. All three go through the layers in one pass of ``3N`` rows
         (cheaper on the CPU than three of ``N``); in training mode the BatchNorm statistics of
         the expressive layers are then those of every kind of row."""
-        mean, logvar = self.posterior(latents)
+        mean, logvar = self.posterior(latents, contexts)
         noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         z = mean + torch.exp(0.5 * logvar) * noise
         if not sample_matching:
@@ -329,7 +341,8 @@ class CtxAdapter(
         where = describe(model_id, CONFIG_NAME)
         check_config(config, where)
         # huggingface_hub passes the config's keys as model_kwargs too
-        init = {k: v for k, v in {**config, **model_kwargs}.items() if k != VERSION_KEY}
+        saved = {**AdapterConfig.SAVED_WITHOUT, **config, **model_kwargs}
+        init = {k: v for k, v in saved.items() if k != VERSION_KEY}
         path = weights_file(
             model_id,
             revision=revision,

@@ -167,6 +167,13 @@ class AdapterConfig(Settings):
             summed) or ``"linear"`` (the paper's: one linear map each way).
         head_width: hidden width of the MLP heads (and of the MLPs inside ``"conv"`` and
             ``"additive"`` heads).
+        posterior_context: the posterior head reads the image's context beside its latent
+            (``True``), so that an image's noise is inferred under its own context's causal
+            model, as a counterfactual's abduction step is; ``False`` (the paper's) reads the
+            latent only. A context-free posterior gives an image the same noise whatever
+            context it came from, so wherever an interventional context and ``obs`` can show
+            the same image, both must decode that noise to it and an edit leaves such images
+            unchanged (``docs/results.md``).
     """
 
     exogenous_width: int = 32
@@ -178,7 +185,18 @@ class AdapterConfig(Settings):
     exogenous_bias: Literal[EXOGENOUS_BIASES] = "interventional"
     heads: Literal[HEADS] = "auto"
     head_width: int = 256
+    posterior_context: bool = True
 
     PRESETS: ClassVar[dict[str, dict]] = {
-        "paper": dict(heads="linear", observational_mixing="dense", exogenous_bias="shared"),
+        "paper": dict(
+            heads="linear",
+            observational_mixing="dense",
+            exogenous_bias="shared",
+            posterior_context=False,
+        ),
     }
+
+    SAVED_WITHOUT: ClassVar[dict[str, object]] = {"posterior_context": False}
+    """What a field missing from a saved ``config.json`` stands for, for the fields added after
+    the first release (their value before they existed); any other missing field takes its
+    default."""

@@ -78,9 +78,12 @@ class ConvPosteriorHead(nn.Module):
     """Flat latents ``(N, C*h*w)`` -> ``(N, size_out)``: patches, a 3 x 3 convolution over
     them, an MLP (see the module docstring)."""
 
-    def __init__(self, latent_shape: tuple[int, int, int], width: int, size_out: int):
+    def __init__(
+        self, latent_shape: tuple[int, int, int], width: int, size_out: int, extra: int = 0
+    ):
         super().__init__()
         self.latent_shape = tuple(latent_shape)
+        self.size = math.prod(latent_shape)
         channels, height, width_px = latent_shape
         p = patch_size(self.latent_shape)
         self.convs = nn.Sequential(
@@ -89,11 +92,13 @@ class ConvPosteriorHead(nn.Module):
             nn.Conv2d(CONV_CHANNELS, CONV_CHANNELS, 3, padding=1),
             nn.GELU(),
         )
-        self.mlp = _mlp(CONV_CHANNELS * (height // p) * (width_px // p), width, size_out)
+        grid = CONV_CHANNELS * (height // p) * (width_px // p)
+        self.mlp = _mlp(grid + extra, width, size_out)
 
-    def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        spatial = latents.view(-1, *self.latent_shape)
-        return self.mlp(self.convs(spatial).flatten(1))
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        spatial = features[:, : self.size].reshape(-1, *self.latent_shape)
+        convolved = self.convs(spatial).flatten(1)
+        return self.mlp(torch.cat([convolved, features[:, self.size :]], dim=1))
 
 
 class ConvLatentHead(nn.Module):
@@ -152,11 +157,12 @@ def _head(kind: str, size_in: int, width: int, size_out: int, conv) -> nn.Module
 
 
 def posterior_head(
-    kind: str, latent_shape: tuple[int, int, int], width: int, size_out: int
+    kind: str, latent_shape: tuple[int, int, int], width: int, size_out: int, extra: int = 0
 ) -> nn.Module:
-    """The posterior head of ``kind`` (resolved): flat latents -> ``(N, size_out)``."""
-    spatial = lambda: ConvPosteriorHead(latent_shape, width, size_out)  # noqa: E731
-    return _head(kind, math.prod(latent_shape), width, size_out, spatial)
+    """The posterior head of ``kind`` (resolved): flat latents, followed by ``extra`` more
+    features (the context), ``(N, C*h*w + extra)`` -> ``(N, size_out)``."""
+    spatial = lambda: ConvPosteriorHead(latent_shape, width, size_out, extra)  # noqa: E731
+    return _head(kind, math.prod(latent_shape) + extra, width, size_out, spatial)
 
 
 def latent_head(

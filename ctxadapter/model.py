@@ -234,7 +234,8 @@ class ContextAutoencoder(nn.Module):
     ) -> Any:
         """Encode ``images``, take the posterior mean of the noise and decode it under
         ``contexts`` (one for all, or a list with one per image)."""
-        _, mean = self._encode(images)
+        latents = self._encode(images)[0]
+        mean = self.adapter.posterior(latents, contexts)[0]
         return self._decode(
             self.adapter.latents_from_noise(mean, contexts), output_type, decode_batch_size
         )
@@ -288,7 +289,7 @@ class ContextAutoencoder(nn.Module):
         """``counterfactual`` on model-space latents ``(B, C, h, w)`` (``codec.encode``'s),
         returning the edited latents: encode once, edit under many contexts."""
         _check_edit(mode, strength)
-        mean = self.adapter.posterior(latents)[0]
+        mean = self.adapter.posterior(latents, source_context)[0]
         target = self.adapter.latents_from_noise(mean, context)
         if strength == 1 and mode == "decode":  # the paper's edit, exactly
             return target

@@ -123,7 +123,7 @@ def sources(
     means, logvars, autoencoded = [], [], []
     for chunk in other.split(batch_size):
         latents = model.codec.encode(unit_to_signed(chunk.to(model.codec.device)))
-        mean, logvar = adapter.posterior(latents)
+        mean, logvar = adapter.posterior(latents, context)
         means.append(mean)
         logvars.append(logvar)
         autoencoded.append(_to_images(model, latents).cpu())

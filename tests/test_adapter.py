@@ -121,6 +121,41 @@ def test_public_shapes_and_submodules():
     )
 
 
+def test_the_posterior_reads_the_context_when_asked():
+    """Linear heads on a 1-value latent, one noise value per concept: the posterior mean is
+    ``W [latent, mask_a, mask_b] + bias``; with the latent's weight 0 and the mask's the
+    identity, it is the context mask itself."""
+    adapter = CtxAdapter(["a", "b"], [1, 1, 1], heads="linear", exogenous_width=1)
+    head = adapter.posterior_head
+    assert head.weight.shape == (4, 3)  # (mean, logvar) of 2 noise values <- latent + 2 bits
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        head.weight[0, 1] = head.weight[1, 2] = 1.0
+    values = torch.randn(4, 1, 1, 1)
+    mean, logvar = adapter.posterior(values, ["obs", "a", "b", "a+b"])
+    assert_close(mean, torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
+    assert_close(logvar, torch.zeros(4, 2))
+    assert_close(adapter.posterior(values)[0], torch.zeros(4, 2))  # default: obs
+    # The paper's posterior reads the latent only: the context changes nothing.
+    paper = CtxAdapter(["a", "b"], [1, 1, 1], heads="linear", posterior_context=False)
+    assert paper.posterior_head.weight.shape[1] == 1
+    assert_close(paper.posterior(values, "a+b")[0], paper.posterior(values, "obs")[0])
+    # A pooled adapter sees every image as observational.
+    pooled = CtxAdapter(["a", "b"], [1, 1, 1], heads="linear", exogenous_width=1, pooled=True)
+    pooled.posterior_head.load_state_dict(head.state_dict())
+    assert_close(pooled.posterior(values, "a+b")[0], torch.zeros(4, 2))
+
+
+@pytest.mark.parametrize("heads", ["mlp", "conv", "additive"])
+def test_every_head_kind_reads_the_context(heads):
+    adapter = CtxAdapter(["a", "b"], [4, 16, 16], heads=heads, head_width=8).eval()
+    values = torch.randn(3, 4, 16, 16)
+    obs, a = adapter.posterior(values, "obs")[0], adapter.posterior(values, "a")[0]
+    assert obs.shape == a.shape == (3, adapter.noise_size)
+    assert not torch.allclose(obs, a)
+
+
 def test_wrong_latent_or_noise_shape_is_rejected():
     adapter = make_adapter()
     with pytest.raises(ValueError, match=r"\(N, 4, 4, 4\)"):

@@ -90,7 +90,8 @@ def test_step_flops_counts_the_default_adapter(bench_path):
     common = importlib.import_module("common")
     adapter = common.context_model(6, (4, 8, 8)).adapter  # MLP heads of width 256, block mixing
     observational = torch.zeros(7, 6, dtype=torch.bool)
-    posterior = 2 * 256 * 256 * 2 + 2 * 256 * 256 * 3 + 2 * 256 * 384 * 3
+    # the posterior head's first layer reads the 256 latent values and the 6-bit context mask
+    posterior = 2 * (256 + 6) * 256 * 2 + 2 * 256 * 256 * 3 + 2 * 256 * 384 * 3
     # block mixing: the batched product over the diagonal blocks even for observational rows
     generator = 2 * 192 * 64 * 3 + 2 * 48 * 48 * 3 + 2 * 192 * 48 * 3
     generator += 2 * 48 * 256 * 3 + 2 * 256 * 256 * 3 + 2 * 256 * 256 * 3

@@ -34,6 +34,7 @@ def test_the_python_defaults_are_what_finetune_trains():
         exogenous_bias="interventional",
         heads="mlp",  # "auto" for 16 latent values
         head_width=256,
+        posterior_context=True,
     )
 
 
@@ -43,7 +44,12 @@ def test_the_paper_preset_is_the_papers_setup():
     assert (
         args.adapter_settings()
         == AdapterConfig.paper()
-        == AdapterConfig(heads="linear", observational_mixing="dense", exogenous_bias="shared")
+        == AdapterConfig(
+            heads="linear",
+            observational_mixing="dense",
+            exogenous_bias="shared",
+            posterior_context=False,
+        )
     )
     assert (
         args.objective()
@@ -106,7 +112,11 @@ def test_adapters_saved_by_the_first_release_load_unchanged(name):
     folder = FIXTURES / name
     saved = json.loads((folder / "config.json").read_text())
     adapter = CtxAdapter.from_pretrained(folder)
-    assert adapter.config == {k: v for k, v in saved.items() if k != "ctxadapter_version"}
+    assert adapter.config == {
+        **AdapterConfig.SAVED_WITHOUT,
+        **{k: v for k, v in saved.items() if k != "ctxadapter_version"},
+    }
+    assert adapter.posterior_context is False  # saved before the field: the posterior it had
     expected = safetensors.torch.load_file(str(folder / "expected.safetensors"))
     with torch.no_grad():
         mean, logvar = adapter.posterior(expected["latents"])

@@ -159,7 +159,7 @@ def test_prior_matching_by_hand(tiny_batch):
         # The same draws by hand: the posterior sample z, the prior draws, the directions.
         g = torch.Generator().manual_seed(1)
         z = adapter(latents, contexts, generator=g).noise
-        mean, logvar = adapter.posterior(latents)
+        mean, logvar = adapter.posterior(latents, contexts)
         prior = adapter.sample_noise(5, generator=g)
         directions = torch.randn(z.shape[1], 4, generator=g)
         directions = directions / directions.norm(dim=0)

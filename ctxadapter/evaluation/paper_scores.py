@@ -76,7 +76,7 @@ def _reconstruct(model, images: Tensor, context: str, batch_size: int) -> dict[s
     for start in range(0, images.shape[0], batch_size):
         target = to_float(images[start : start + batch_size]).to(device)
         latents = model.codec.encode(unit_to_signed(target))
-        mean, logvar = model.adapter.posterior(latents)
+        mean, logvar = model.adapter.posterior(latents, context)
         kl = gaussian_kl(mean, logvar)
         decoded = model.codec.decode(model.adapter.latents_from_noise(mean, context))
         probs = signed_to_unit(decoded)
