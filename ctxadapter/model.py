@@ -140,9 +140,9 @@ class ContextAutoencoder(nn.Module):
         resolution."""
         return self.codec.preprocess(model_input(images, self.resolution), *self.resolution)
 
-    def _encode(self, images) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images (``model_input``) -> their latents and posterior mean noise, in the adapter's
-        dtype; warns when the images are far outside the training domain
+    def _encode(self, images, contexts="obs") -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (``model_input``) of ``contexts`` -> their latents and posterior mean noise,
+        in the adapter's dtype; warns when the images are far outside the training domain
         (``ctxadapter.domain``)."""
         pixels = self._pixels(images)
         latents = self.codec.encode(pixels)
@@ -151,14 +151,14 @@ class ContextAutoencoder(nn.Module):
             sample = slice(0, DOMAIN_SAMPLE)
             check_domain(recorded, reconstruction_mse(self.codec, pixels[sample], latents[sample]))
         latents = latents.to(self.device, self.dtype)
-        return latents, self.adapter.posterior(latents)[0]
+        return latents, self.adapter.posterior(latents, contexts)[0]
 
     @torch.no_grad()
-    def encode_noise(self, images) -> torch.Tensor:
+    def encode_noise(self, images, contexts="obs") -> torch.Tensor:
         """The posterior mean of the noise of ``images`` (the class docstring says which forms
-        they may take): ``(N, K*w_in)``, what ``reconstruct`` and ``counterfactual`` feed the
-        context layers."""
-        return self._encode(images)[1]
+        they may take) of ``contexts`` (one for all, or a list with one per image):
+        ``(N, K*w_in)``, what ``reconstruct`` and ``counterfactual`` feed the context layers."""
+        return self._encode(images, contexts)[1]
 
     def _decode(self, latents: torch.Tensor, output_type: str, decode_batch_size: int) -> Any:
         """Model-space latents -> images in ``output_type``, ``decode_batch_size`` at a time;
@@ -232,10 +232,10 @@ class ContextAutoencoder(nn.Module):
         output_type: Literal["pt", "pil", "np", "latent"] = "pt",
         decode_batch_size: int = DECODE_BATCH_SIZE,
     ) -> Any:
-        """Encode ``images``, take the posterior mean of the noise and decode it under
-        ``contexts`` (one for all, or a list with one per image)."""
-        latents = self._encode(images)[0]
-        mean = self.adapter.posterior(latents, contexts)[0]
+        """Encode ``images`` of ``contexts`` (one for all, or a list with one per image), take
+        the posterior mean of the noise (inferred under each image's context when the adapter
+        has ``posterior_context``) and decode it under the same contexts."""
+        _, mean = self._encode(images, contexts)
         return self._decode(
             self.adapter.latents_from_noise(mean, contexts), output_type, decode_batch_size
         )
@@ -251,15 +251,16 @@ class ContextAutoencoder(nn.Module):
         output_type: Literal["pt", "pil", "np", "latent"] = "pt",
         decode_batch_size: int = DECODE_BATCH_SIZE,
     ) -> Any:
-        """Counterfactual edit: the same noise (the posterior mean of each image), another
-        context.
+        """Counterfactual edit: the same noise (the posterior mean of each image, inferred under
+        ``source_context``), another context.
 
         Args:
             images: the images to edit (see the class docstring).
             context: the new context: one for all images (a composition is ``"a+b"`` or a
                 tuple of names), or a list with one per image.
             source_context: the context the images come from (``"obs"`` for ordinary images);
-                one for all, or a list with one per image.
+                one for all, or a list with one per image. An adapter with
+                ``posterior_context`` infers the noise under it.
             mode: ``"residual"`` (default) adds to each image's own latent ``e`` only the change
                 that the new context makes, ``e + head(c_new) - head(c_source)``, so that the
                 edit keeps what the adapter does not model and an edit under ``source_context``

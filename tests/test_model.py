@@ -248,6 +248,9 @@ def test_reconstruct_and_counterfactual(case, images):
     # A reconstruction infers each image's noise under its own context, an edit under the
     # source context (obs): the two differ for an image of "a" (posterior_context).
     assert not torch.allclose(per_image[1], edited[1])
+    with torch.no_grad():
+        by_context = model.adapter.posterior(model.codec.encode(images), ["obs", "a"])[0]
+    assert_close(model.encode_noise(photos, ["obs", "a"]), by_context, rtol=1e-5, atol=1e-5)
     pil = model.counterfactual(photos, "b+c", output_type="pil")
     assert len(pil) == 2 and pil[0].size == (RESOLUTION, RESOLUTION)
 
