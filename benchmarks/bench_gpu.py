@@ -27,6 +27,7 @@ from harness import measure, parser, per_second, report, setup
 
 from ctxadapter.codec import LatentCodec
 from ctxadapter.data.quad import TRAIN_CONTEXTS
+from ctxadapter.images import unit_to_signed
 
 
 def synchronize() -> None:
@@ -48,7 +49,7 @@ def encode_row(
     device: torch.device, dtype: str, resolution: int, batch: int, smoke: bool, repeats: int
 ) -> dict:
     codec = LatentCodec(autoencoder("sd", smoke).to(device, getattr(torch, dtype)))
-    images = torch.rand(batch, 3, resolution, resolution, device=device) * 2 - 1
+    images = unit_to_signed(torch.rand(batch, 3, resolution, resolution, device=device))
     with torch.no_grad():
         timing = measure(timed(lambda: codec.encode_distribution(images)), repeats, warmup=2)
     return dict(
@@ -78,7 +79,7 @@ def step_row(
     latents = torch.randn(batch, *latent_shape, device=device)
     pixels = None
     if loss == "pixel":
-        pixels = torch.rand(batch, 3, resolution, resolution, device=device) * 2 - 1
+        pixels = unit_to_signed(torch.rand(batch, 3, resolution, resolution, device=device))
     step = train_step(model, adam(model), mask, latents, pixels, loss)
     timing = measure(timed(step), repeats, warmup=3)
     setting = "x".join(map(str, latent_shape)) + " latents, 7 contexts mixed"

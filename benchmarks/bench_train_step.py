@@ -19,6 +19,7 @@ from common import WIDTHS, adam, autoencoder, context_model, mixed_mask, train_s
 from harness import measure, parser, per_second, report, setup
 
 from ctxadapter.data.quad import TRAIN_CONTEXTS
+from ctxadapter.images import unit_to_signed
 
 
 def run_row(
@@ -34,7 +35,9 @@ def run_row(
     if contexts.endswith("strings"):
         given = [spread[i % len(spread)] for i in range(batch)]
     latents = torch.randn(batch, *latent_shape)
-    pixels = torch.rand(batch, 3, resolution, resolution) * 2 - 1 if loss == "pixel" else None
+    pixels = None
+    if loss == "pixel":
+        pixels = unit_to_signed(torch.rand(batch, 3, resolution, resolution))
     step = train_step(model, adam(model), given, latents, pixels, loss)
     min_time = 0.0 if smoke or loss == "pixel" else 0.5
     timing = measure(step, repeats, warmup=2 if loss == "latent" else 1, min_time=min_time)
