@@ -93,9 +93,7 @@ class Objective(Settings):
     l2: float = 0.0
 
     PRESETS: ClassVar[dict[str, dict]] = {
-        "paper": dict(
-            reconstruction="pixel", sample_matching=0.0, prior_matching=0.0
-        ),
+        "paper": dict(reconstruction="pixel", sample_matching=0.0, prior_matching=0.0),
     }
 
     def __call__(
