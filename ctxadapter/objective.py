@@ -89,13 +89,11 @@ class Objective(Settings):
     sample_matching: float = 4.0
     num_projections: int = 64
     prior_matching: float = 4.0
-    group_sparsity: float = 3.0
+    group_sparsity: float = 0.0
     l2: float = 0.0
 
     PRESETS: ClassVar[dict[str, dict]] = {
-        "paper": dict(
-            reconstruction="pixel", sample_matching=0.0, prior_matching=0.0, group_sparsity=0.0
-        ),
+        "paper": dict(reconstruction="pixel", sample_matching=0.0, prior_matching=0.0),
     }
 
     def __call__(

@@ -66,7 +66,7 @@ def test_defaults_are_the_cli_loss_and_paper_the_papers():
         sample_matching=4.0,
         num_projections=64,
         prior_matching=4.0,
-        group_sparsity=3.0,
+        group_sparsity=0.0,
         l2=0.0,
     )
     assert Objective.paper() == dataclasses.replace(ELBO, reconstruction="pixel")
