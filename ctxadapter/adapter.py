@@ -243,16 +243,16 @@ class CtxAdapter(
         before the prior draws. All three go through the layers in one pass of ``3N`` rows
         (cheaper on the CPU than three of ``N``); in training mode the BatchNorm statistics of
         the expressive layers are then those of every kind of row."""
-        mean, logvar = self.posterior(latents, contexts)
+        mask = self.context_mask(contexts, len(latents))  # parsed once, for both directions
+        mean, logvar = self.posterior(latents, mask)
         noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         z = mean + torch.exp(0.5 * logvar) * noise
         if not sample_matching:
-            return AdapterOutput(self.latents_from_noise(z, contexts), mean, logvar, z)
+            return AdapterOutput(self.latents_from_noise(z, mask), mean, logvar, z)
         others = torch.randperm(len(z), generator=generator, device=z.device)
         drawn = self.sample_noise(len(z), generator=generator)
-        mask = self.context_mask(contexts, len(z)).repeat(3, 1)
         decoded, counterfactuals, generated = self.latents_from_noise(
-            torch.cat([z, z[others], drawn]), mask
+            torch.cat([z, z[others], drawn]), mask.repeat(3, 1)
         ).chunk(3)
         return AdapterOutput(decoded, mean, logvar, z, generated, counterfactuals)
 
