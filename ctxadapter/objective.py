@@ -78,8 +78,9 @@ def grouped_covariance_distance(real: Tensor, fake: Tensor, groups: Tensor) -> T
     Row ``n`` of ``fake`` belongs to the same group as row ``n`` of ``real``. Each side is
     centred on its group's mean, and the squared norms leave out the terms of a row with
     itself, so two sets of independent draws from one distribution score 0 on average
-    (the estimate can be slightly negative). Computed from ``n x n`` Gram matrices, never a
-    ``D x D`` covariance.
+    (the estimate can be slightly negative). Computed from the groups' ``n x n`` Gram
+    matrices in one batched product (the groups padded to the largest), never a ``D x D``
+    covariance.
 
     Args:
         real, fake: ``(N, D)``.
@@ -88,19 +89,22 @@ def grouped_covariance_distance(real: Tensor, fake: Tensor, groups: Tensor) -> T
     Returns:
         A scalar; groups of one row add nothing.
     """
-    total = real.new_zeros(())
-    for group in groups.unique():
-        rows = groups == group
-        n = int(rows.sum())
-        if n < 2:
-            continue
-        a, b = real[rows], fake[rows]
-        a, b = a - a.mean(dim=0), b - b.mean(dim=0)
-        gram_a, gram_b, cross = a @ a.T, b @ b.T, a @ b.T
-        own = gram_a.pow(2).sum() - gram_a.diagonal().pow(2).sum()
-        own = own + gram_b.pow(2).sum() - gram_b.diagonal().pow(2).sum()
-        total = total + n * (own / (n * (n - 1)) - 2 * cross.pow(2).sum() / n**2)
-    return total / (len(groups) * real.shape[1])
+    _, inverse, counts = torch.unique(groups, return_inverse=True, return_counts=True)
+    order = inverse.argsort(stable=True)
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(len(groups), device=groups.device) - starts[inverse[order]]
+    where = (inverse[order], slot)
+    shape = (len(counts), int(counts.max()), real.shape[1])
+    padded = torch.stack([x.new_zeros(shape).index_put(where, x[order]) for x in (real, fake)])
+    n = counts.to(real.dtype)
+    filled = (torch.arange(padded.shape[2], device=groups.device) < counts[:, None]).to(real.dtype)
+    centred = (padded - padded.sum(dim=2, keepdim=True) / n[:, None, None]) * filled[..., None]
+    a, b = centred
+    gram_a, gram_b, cross = a @ a.mT, b @ b.mT, a @ b.mT
+    own = gram_a.pow(2).sum(dim=(1, 2)) - gram_a.diagonal(dim1=1, dim2=2).pow(2).sum(dim=1)
+    own = own + gram_b.pow(2).sum(dim=(1, 2)) - gram_b.diagonal(dim1=1, dim2=2).pow(2).sum(dim=1)
+    per_group = n * (own / (n * (n - 1)).clamp(min=1) - 2 * cross.pow(2).sum(dim=(1, 2)) / n**2)
+    return torch.where(counts > 1, per_group, 0).sum() / (len(groups) * real.shape[1])
 
 
 @dataclass(frozen=True)
