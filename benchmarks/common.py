@@ -9,6 +9,7 @@ import torch
 from harness import measure
 
 from ctxadapter.config import AdapterConfig
+from ctxadapter.contexts import distinct_contexts
 from ctxadapter.training import QUAD_AUTOENCODER
 
 # The project's quad autoencoder (training.PretrainArguments defaults) and the Stable Diffusion
@@ -153,7 +154,9 @@ def _linear_shapes(module) -> list[tuple[int, int]]:
     return [(m.in_features, m.out_features) for m in module.modules() if hasattr(m, "in_features")]
 
 
-def step_flops(adapter, contexts: torch.Tensor, matching: bool | None = None) -> float:
+def step_flops(
+    adapter, contexts: torch.Tensor, matching: bool | None = None, batch_size: int = 512
+) -> float:
     """Matrix-product FLOPs per sample of one training step (forward + backward) of ``adapter``
     with the ``latent`` loss on a batch with the ``(N, K)`` context masks ``contexts``, counted
     from the layer shapes as the library computes them. The heads: each of their linear maps.
@@ -164,7 +167,10 @@ def step_flops(adapter, contexts: torch.Tensor, matching: bool | None = None) ->
     terms ``examples/finetune.py`` trains with), sample matching runs the generator (context
     layers and latent head) twice more per row (a prior draw and a counterfactual) and
     projects both sides of each of its two distances on their own directions; prior matching
-    projects the posterior noise and as many prior draws on directions of the noise space.
+    projects the posterior noise and as many prior draws on directions of the noise space;
+    covariance matching multiplies, for each of its two distances, the real rows of a context
+    with themselves (no gradient), and the decoded rows with themselves and with the real ones,
+    ``n`` rows each for a context of ``n`` rows of a batch of ``batch_size``.
     Backward costs 2x forward, except where the input needs no gradient (the latents).
     Elementwise work (GELU, BatchNorm, masks, sorting, Adam) is not counted."""
     from ctxadapter.training import FinetuneArguments
@@ -172,6 +178,7 @@ def step_flops(adapter, contexts: torch.Tensor, matching: bool | None = None) ->
     objective = FinetuneArguments().objective()
     sample_matching = objective.sample_matching > 0 if matching is None else matching
     prior_matching = objective.prior_matching > 0 if matching is None else matching
+    covariance_matching = objective.covariance_matching > 0 if matching is None else matching
     k = len(adapter.concepts)
     noise, concept = adapter.noise_size, adapter.causal.weight_obs.shape[0]
     latent = adapter.latent_shape[0] * adapter.latent_shape[1] * adapter.latent_shape[2]
@@ -191,14 +198,23 @@ def step_flops(adapter, contexts: torch.Tensor, matching: bool | None = None) ->
     generator += [(k * a, k * b, True, 1.0) for a, b in zip(widths[:-1], widths[1:], strict=True)]
     generator += [(i, o, True, 1.0) for i, o in _linear_shapes(adapter.latent_head)]
     products = posterior + generator
+    if sample_matching or covariance_matching:
+        products += 2 * generator  # prior draws and counterfactuals
+    if covariance_matching:
+        shares = distinct_contexts(contexts)[2] / len(contexts)
+        rows = batch_size * shares.pow(2).sum().item()  # the rows of a row's context, on average
+        real_gram = 2 * latent * rows
+        products += 2 * [(latent, rows, True, 1.0), (latent, rows, True, 1.0)]
+    else:
+        real_gram = 0.0
     if sample_matching:
         for _ in ("generated", "counterfactuals"):
-            products += generator + [(latent, objective.num_projections, False, 1.0)]
+            products += [(latent, objective.num_projections, False, 1.0)]
             products += [(latent, objective.num_projections, True, 1.0)]
     if prior_matching:
         products += [(noise, objective.num_projections, False, 1.0)]
         products += [(noise, objective.num_projections, True, 1.0)]
-    return sum(2 * i * o * (2 + grad) * rows for i, o, grad, rows in products)
+    return 2 * real_gram + sum(2 * i * o * (2 + grad) * rows for i, o, grad, rows in products)
 
 
 def matmul_flops_per_s(size: int = 2048, repeats: int = 5, min_time: float = 0.2) -> float:

@@ -166,7 +166,7 @@ class CtxAdapter(
         self.expressive = ExpressiveLayers(
             k, s.exogenous_width, s.concept_width, s.expressive_depth
         )
-        self.causal = CausalLayer(k, s.concept_width, s.composition)
+        self.causal = CausalLayer(k, s.concept_width, s.composition, s.causal_effects)
         self.latent_head = latent_head(s.heads, k * s.concept_width, s.head_width, shape, k)
         # log standard deviation of the Gaussian likelihood of the latent loss (learned)
         self.latent_log_scale = nn.Parameter(torch.zeros(()))

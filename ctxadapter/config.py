@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from .heads import HEADS
-from .layers import COMPOSITIONS, EXOGENOUS_BIASES, OBSERVATIONAL_MIXINGS
+from .layers import CAUSAL_EFFECTS, COMPOSITIONS, EXOGENOUS_BIASES, OBSERVATIONAL_MIXINGS
 
 PRESET_NAMES = ("ctxadapter", "paper")
 """The presets: ``"ctxadapter"`` (the defaults) and ``"paper"`` (the paper's exact setup)."""
@@ -156,6 +156,10 @@ class AdapterConfig(Settings):
             across concepts in the exogenous layer).
         composition: ``"reference"`` or ``"strict"`` (also cut edges among jointly intervened
             concepts in the causal layer).
+        causal_effects: ``"shared"`` (an intervention keeps the intervened concepts' effects on
+            the others: one effect matrix for every context, as in an SCM) or ``"separate"``
+            (the paper's: the effects of intervened concepts have their own weights;
+            ``ctxadapter.layers.CausalLayer``).
         pooled: ignore context labels (always observational): the "CM pooled" ablation.
         exogenous_bias: ``"interventional"`` (intervened blocks take their own bias, so edits
             can shift them; see ``ctxadapter.layers.ExogenousLayer``) or ``"shared"`` (the
@@ -181,6 +185,7 @@ class AdapterConfig(Settings):
     expressive_depth: int = 2
     observational_mixing: Literal[OBSERVATIONAL_MIXINGS] = "block"
     composition: Literal[COMPOSITIONS] = "reference"
+    causal_effects: Literal[CAUSAL_EFFECTS] = "shared"
     pooled: bool = False
     exogenous_bias: Literal[EXOGENOUS_BIASES] = "interventional"
     heads: Literal[HEADS] = "auto"
@@ -193,10 +198,14 @@ class AdapterConfig(Settings):
             observational_mixing="dense",
             exogenous_bias="shared",
             posterior_context=False,
+            causal_effects="separate",
         ),
     }
 
-    SAVED_WITHOUT: ClassVar[dict[str, object]] = {"posterior_context": False}
+    SAVED_WITHOUT: ClassVar[dict[str, object]] = {
+        "posterior_context": False,
+        "causal_effects": "separate",
+    }
     """What a field missing from a saved ``config.json`` stands for, for the fields added after
     the first release (their value before they existed); any other missing field takes its
     default."""

@@ -64,6 +64,7 @@ def _uniform_(tensor: torch.Tensor, bound: float) -> torch.Tensor:
 EXOGENOUS_BIASES = ("shared", "interventional")
 OBSERVATIONAL_MIXINGS = ("dense", "block")
 COMPOSITIONS = ("reference", "strict")
+CAUSAL_EFFECTS = ("separate", "shared")
 
 
 class ExogenousLayer(nn.Module):
@@ -220,30 +221,54 @@ class CausalLayer(nn.Module):
     if ``j`` is in ``S``; ``Bo[i, j]`` if neither ``i`` nor ``j`` is in ``S``; else ``0``.
     With ``composition="strict"`` (an option, off by default) edges among jointly intervened
     concepts are cut too: block ``(i, j)`` with both in ``S`` and ``i != j`` is ``0``.
+
+    ``effects="separate"`` is the reference: the effects of an intervened concept on the others
+    have their own weight ``weight_ivn``. With ``effects="shared"`` (a ctxadapter variant) there
+    is no ``weight_ivn`` and ``Bi = Bo``: an intervention on ``S`` cuts the effects *on* the
+    concepts of ``S`` and keeps their effects on the others, as an intervention in an SCM
+    changes the intervened concept's own mechanism and not its children's. The effect of
+    concept ``j`` on concept ``i`` is then one weight, learned from every context, and a
+    counterfactual under ``do(j)`` moves concept ``i`` by ``Bo[i, j]`` times the move of
+    ``eps_j``.
     """
 
-    def __init__(self, num_concepts: int, width: int, composition: str = "reference"):
+    def __init__(
+        self,
+        num_concepts: int,
+        width: int,
+        composition: str = "reference",
+        effects: str = "separate",
+    ):
         super().__init__()
         if composition not in COMPOSITIONS:
             raise ValueError(f"composition must be one of {COMPOSITIONS}, got {composition!r}")
-        self.num_concepts, self.width, self.composition = num_concepts, width, composition
+        if effects not in CAUSAL_EFFECTS:
+            raise ValueError(f"effects must be one of {CAUSAL_EFFECTS}, got {effects!r}")
+        self.num_concepts, self.width = num_concepts, width
+        self.composition, self.effects = composition, effects
         size = num_concepts * width
         bound = 1.0 if num_concepts == 1 else 1 / math.sqrt((num_concepts - 1) * width)
         self.weight_obs = nn.Parameter(_uniform_(torch.empty(size, size), bound))
-        self.weight_ivn = nn.Parameter(_uniform_(torch.empty(size, size), bound))
+        if effects == "separate":
+            self.weight_ivn = nn.Parameter(_uniform_(torch.empty(size, size), bound))
         self.bias = nn.Parameter(_uniform_(torch.empty(size), bound))
         self.register_buffer(
             "off_diagonal", 1 - block_mask(num_concepts, width, width), persistent=False
         )
         self.register_buffer("identity", torch.eye(size), persistent=False)
 
+    def _ivn_weight(self) -> torch.Tensor:
+        """The learnable effects of intervened sources: ``weight_ivn``, or ``weight_obs`` when
+        shared."""
+        return self.weight_obs if self.effects == "shared" else self.weight_ivn
+
     def observational_matrix(self) -> torch.Tensor:
         """``Bo`` ``(K*w, K*w)``."""
         return self.identity + self.weight_obs * self.off_diagonal
 
     def interventional_matrix(self) -> torch.Tensor:
-        """``Bi`` ``(K*w, K*w)``."""
-        return self.identity + self.weight_ivn * self.off_diagonal
+        """``Bi`` ``(K*w, K*w)`` (``Bo`` with ``effects="shared"``)."""
+        return self.identity + self._ivn_weight() * self.off_diagonal
 
     def effective_weight(self, contexts: torch.Tensor) -> torch.Tensor:
         """``(U, K)`` context masks -> ``(U, K*w, K*w)`` effective weights, block by block."""
@@ -251,7 +276,7 @@ class CausalLayer(nn.Module):
         source_in, target_in = s[:, None, :], s[:, :, None]
         ivn = self.interventional_matrix() * source_in
         if self.composition == "strict":
-            ivn = ivn - self.weight_ivn * self.off_diagonal * source_in * target_in
+            ivn = ivn - self._ivn_weight() * self.off_diagonal * source_in * target_in
         obs = self.observational_matrix() * (1 - source_in) * (1 - target_in)
         return ivn + obs
 
@@ -267,7 +292,7 @@ class CausalLayer(nn.Module):
         kept = 1 - s
         intervened = F.linear(s * eps, self.interventional_matrix())
         if self.composition == "strict":
-            intervened = intervened - s * F.linear(s * eps, self.weight_ivn * self.off_diagonal)
+            intervened = intervened - s * F.linear(s * eps, self._ivn_weight() * self.off_diagonal)
         return intervened + kept * F.linear(kept * eps, self.observational_matrix()) + self.bias
 
     @torch.no_grad()
@@ -278,4 +303,5 @@ class CausalLayer(nn.Module):
         diagonal blocks are the identity), so this is the same as clamping the off-diagonal ones.
         """
         self.weight_obs.clamp_(0.0, 1.0)
-        self.weight_ivn.clamp_(0.0, 1.0)
+        if self.effects == "separate":
+            self.weight_ivn.clamp_(0.0, 1.0)

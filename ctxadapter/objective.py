@@ -6,6 +6,7 @@ Per sample, for a batch of latents ``e`` with their contexts::
          + sample_matching * [SW2(counterfactuals under each context, its latents)
                               + SW2(prior samples of each context, its latents)]
          + prior_matching * SW2(that context's posterior samples, N(0, I) samples)
+         + covariance_matching * [the same pairs as sample_matching, compared by covariance]
          + causal penalty
 
 - ``reconstruction="latent"``: the Gaussian NLL of the frozen encoder's model-space latent
@@ -34,6 +35,15 @@ Per sample, for a batch of latents ``e`` with their contexts::
   context's *pooled* posterior there, so that the noise of the images of one context is
   distributed as the noise generation draws for that context, and what tells the contexts
   apart has to be carried by the context layers.
+- ``covariance_matching`` (ctxadapter's, not in the paper): the same two kinds of rows as
+  ``sample_matching``, compared within each context with the batch's real latents by the
+  squared Frobenius distance of their covariance matrices (``grouped_covariance_distance``).
+  The sliced distance compares the distributions along a few random directions of the whole
+  latent, which says little about how one part of an image varies with another; the
+  covariance holds every such pair. Under an intervention on a concept, its region of the
+  image no longer varies with its causes: with the covariance matched, the latent head cannot
+  paint that region from the causes' blocks, and the effects between concepts have to pass
+  through the causal layer (``docs/results.md``).
 """
 
 from __future__ import annotations
@@ -61,6 +71,42 @@ def gaussian_kl(mean: Tensor, logvar: Tensor) -> Tensor:
     return 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).sum(dim=1)
 
 
+def grouped_covariance_distance(real: Tensor, fake: Tensor, groups: Tensor) -> Tensor:
+    """``||Cov(real) - Cov(fake)||_F^2 / D`` within each group of rows, averaged over the
+    groups weighted by their sizes.
+
+    Row ``n`` of ``fake`` belongs to the same group as row ``n`` of ``real``. Each side is
+    centred on its group's mean, and the squared norms leave out the terms of a row with
+    itself, so two sets of independent draws from one distribution score 0 on average
+    (the estimate can be slightly negative). Computed from the groups' ``n x n`` Gram
+    matrices in one batched product (the groups padded to the largest), never a ``D x D``
+    covariance.
+
+    Args:
+        real, fake: ``(N, D)``.
+        groups: ``(N,)`` integer group of each row (e.g. the index of its context).
+
+    Returns:
+        A scalar; groups of one row add nothing.
+    """
+    _, inverse, counts = torch.unique(groups, return_inverse=True, return_counts=True)
+    order = inverse.argsort(stable=True)
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(len(groups), device=groups.device) - starts[inverse[order]]
+    where = (inverse[order], slot)
+    shape = (len(counts), int(counts.max()), real.shape[1])
+    padded = torch.stack([x.new_zeros(shape).index_put(where, x[order]) for x in (real, fake)])
+    n = counts.to(real.dtype)
+    filled = (torch.arange(padded.shape[2], device=groups.device) < counts[:, None]).to(real.dtype)
+    centred = (padded - padded.sum(dim=2, keepdim=True) / n[:, None, None]) * filled[..., None]
+    a, b = centred
+    gram_a, gram_b, cross = a @ a.mT, b @ b.mT, a @ b.mT
+    own = gram_a.pow(2).sum(dim=(1, 2)) - gram_a.diagonal(dim1=1, dim2=2).pow(2).sum(dim=1)
+    own = own + gram_b.pow(2).sum(dim=(1, 2)) - gram_b.diagonal(dim1=1, dim2=2).pow(2).sum(dim=1)
+    per_group = n * (own / (n * (n - 1)).clamp(min=1) - 2 * cross.pow(2).sum(dim=(1, 2)) / n**2)
+    return torch.where(counts > 1, per_group, 0).sum() / (len(groups) * real.shape[1])
+
+
 @dataclass(frozen=True)
 class Objective(Settings):
     """The loss of a ``ContextAutoencoder``: what training minimises and validation reports.
@@ -79,6 +125,8 @@ class Objective(Settings):
         num_projections: random directions of that term (and of ``prior_matching``) per batch.
         prior_matching: weight of the per-context sliced-Wasserstein term between the
             posterior samples and the prior (0: the paper's objective).
+        covariance_matching: weight of the per-context covariance term between the rows of
+            ``sample_matching`` and the real latents (0: the paper's objective).
         group_sparsity: weight of ``sum_{i != j} ||W[i, j]||_F`` of each row's effective causal
             weight (0: the paper's objective).
         l2: weight of ``||W||_F``.
@@ -89,11 +137,17 @@ class Objective(Settings):
     sample_matching: float = 4.0
     num_projections: int = 64
     prior_matching: float = 4.0
+    covariance_matching: float = 8.0
     group_sparsity: float = 0.0
     l2: float = 0.0
 
     PRESETS: ClassVar[dict[str, dict]] = {
-        "paper": dict(reconstruction="pixel", sample_matching=0.0, prior_matching=0.0),
+        "paper": dict(
+            reconstruction="pixel",
+            sample_matching=0.0,
+            prior_matching=0.0,
+            covariance_matching=0.0,
+        ),
     }
 
     def __call__(
@@ -119,9 +173,9 @@ class Objective(Settings):
 
         Returns:
             ``loss`` (the scalar to minimise) and its unweighted parts, each a batch mean:
-            ``reconstruction`` and ``kl`` (nats per sample), ``sample_matching`` and
-            ``prior_matching`` (each 0 when its weight is 0) and ``causal_penalty`` (already
-            weighted).
+            ``reconstruction`` and ``kl`` (nats per sample), ``sample_matching``,
+            ``prior_matching`` and ``covariance_matching`` (each 0 when its weight is 0) and
+            ``causal_penalty`` (already weighted).
         """
         if latents is None:
             if pixel_values is None:
@@ -133,9 +187,8 @@ class Objective(Settings):
         mask = adapter.context_mask(contexts, latents.shape[0])
         # Sample matching: every row is also decoded under its own context from a prior draw
         # and from another row's posterior sample, in the same pass as its own.
-        out = adapter(
-            latents, mask, generator=generator, sample_matching=bool(self.sample_matching)
-        )
+        decodes_others = bool(self.sample_matching or self.covariance_matching)
+        out = adapter(latents, mask, generator=generator, sample_matching=decodes_others)
         target = latents.to(out.latents.dtype)
         if self.reconstruction == "latent":
             log_scale = adapter.latent_log_scale
@@ -149,24 +202,30 @@ class Objective(Settings):
             nll = nll.flatten(1).sum(dim=1)
         recon, kl = nll.mean(), gaussian_kl(out.mean, out.logvar).mean()
         groups = distinct_contexts(mask)[1]
-        matching = prior = recon.new_zeros(())
+        matching = prior = covariance = recon.new_zeros(())
+        real = target.flatten(1)
         if self.sample_matching:
-            real = target.flatten(1)
             matching = self._matched_distance(
                 real, out.counterfactuals.flatten(1), groups, generator
             ) + self._matched_distance(real, out.generated.flatten(1), groups, generator)
+        if self.covariance_matching:
+            covariance = grouped_covariance_distance(
+                real, out.counterfactuals.flatten(1), groups
+            ) + grouped_covariance_distance(real, out.generated.flatten(1), groups)
         if self.prior_matching:
             noise = adapter.sample_noise(latents.shape[0], generator=generator)
             prior = self._matched_distance(out.noise, noise, groups, generator)
         penalty = adapter.causal_penalty(mask, group_sparsity=self.group_sparsity, l2=self.l2)
         loss = recon + self.beta * kl + penalty
         loss = loss + self.sample_matching * matching + self.prior_matching * prior
+        loss = loss + self.covariance_matching * covariance
         return dict(
             loss=loss,
             reconstruction=recon,
             kl=kl,
             sample_matching=matching,
             prior_matching=prior,
+            covariance_matching=covariance,
             causal_penalty=penalty,
         )
 

@@ -61,7 +61,8 @@ class CausalReadouts:
                 context, ``Bo``: the reduced-form effects among concepts); or ``"total"``,
                 the interventional weights as an intervention on ``j`` uses them for ``j``'s
                 effects on every other concept (block ``(i, j)`` of ``Bi``, for every ``j``),
-                read in the observational context only.
+                read in the observational context only. With ``causal_effects="shared"``
+                (the default) ``Bi`` is ``Bo`` and both readouts are the same matrix.
         """
         if readout not in GRAPH_READOUTS:
             raise ValueError(f"readout must be one of {GRAPH_READOUTS}, got {readout!r}")

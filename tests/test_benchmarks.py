@@ -99,10 +99,19 @@ def test_step_flops_counts_the_default_adapter(bench_path):
     assert plain == posterior + generator
     # sample matching: the generator twice more (prior draws, counterfactuals), and for each of
     # its two distances 64 projections of both sides of 256 values; prior matching: 64
-    # projections of the 192 posterior noise values and of as many draws
+    # projections of the 192 posterior noise values and of as many draws; covariance matching,
+    # for each of its two distances in a batch of 512 observational rows: the real rows' Gram
+    # matrix (forward only), the decoded rows' and the cross one (forward and backward)
     matched = common.step_flops(adapter, observational)
     sample = 2 * (generator + 2 * 256 * 64 * 2 + 2 * 256 * 64 * 3)
-    assert matched == plain + sample + 2 * 192 * 64 * 2 + 2 * 192 * 64 * 3
+    covariance = 2 * (2 * 256 * 512 + 2 * (2 * 256 * 512 * 3))
+    expected = plain + sample + 2 * 192 * 64 * 2 + 2 * 192 * 64 * 3 + covariance
+    assert matched == pytest.approx(expected)
+    # seven contexts in equal shares: each row meets a context of 512 / 7 rows, and only the
+    # covariance term grows with the batch
+    mixed = torch.cat([observational[:1], torch.eye(6, dtype=torch.bool)])
+    doubled = common.step_flops(adapter, mixed, batch_size=1024)
+    assert doubled - common.step_flops(adapter, mixed) == pytest.approx(covariance / 7)
 
 
 def test_table_and_measure(bench_path):

@@ -30,6 +30,7 @@ def test_the_python_defaults_are_what_finetune_trains():
         expressive_depth=2,
         observational_mixing="block",
         composition="reference",
+        causal_effects="shared",
         pooled=False,
         exogenous_bias="interventional",
         heads="mlp",  # "auto" for 16 latent values
@@ -49,6 +50,7 @@ def test_the_paper_preset_is_the_papers_setup():
             observational_mixing="dense",
             exogenous_bias="shared",
             posterior_context=False,
+            causal_effects="separate",
         )
     )
     assert (
@@ -59,6 +61,7 @@ def test_the_paper_preset_is_the_papers_setup():
             beta=1.0,
             sample_matching=0.0,
             prior_matching=0.0,
+            covariance_matching=0.0,
             group_sparsity=0.0,
         )
     )
@@ -117,6 +120,7 @@ def test_adapters_saved_by_the_first_release_load_unchanged(name):
         **{k: v for k, v in saved.items() if k != "ctxadapter_version"},
     }
     assert adapter.posterior_context is False  # saved before the field: the posterior it had
+    assert adapter.causal.effects == "separate"  # and the interventional effects it had
     expected = safetensors.torch.load_file(str(folder / "expected.safetensors"))
     with torch.no_grad():
         mean, logvar = adapter.posterior(expected["latents"])

@@ -106,6 +106,50 @@ def test_composition_keeps_effects_among_intervened_concepts():
     torch.testing.assert_close(out[:, :W], expected)
 
 
+@pytest.mark.parametrize("context", CONTEXTS, ids=str)
+def test_shared_effects_block_table(context):
+    """effects="shared": the reference table with Bi = Bo, and no interventional weight."""
+    torch.manual_seed(4)
+    layer = CausalLayer(K, W, effects="shared")
+    assert not hasattr(layer, "weight_ivn")
+    assert [name for name, _ in layer.named_parameters()] == ["weight_obs", "bias"]
+    weight = layer.effective_weight(masks(context))[0]
+
+    def expected(i, j):
+        if i in context and j not in context:
+            return torch.zeros(W, W)
+        return torch.eye(W) if i == j else block(layer.weight_obs, i, j)
+
+    assert_every_block(weight, expected)
+    eps = torch.randn(5, K * W)
+    torch.testing.assert_close(layer(eps, masks(context).expand(5, K)), eps @ weight.T + layer.bias)
+
+
+def test_shared_effects_counterfactual_moves_children_by_the_effect():
+    """An edit under do(2) with shared effects: concept 0 moves by Bo[0, 2] times the move of
+    eps_2, concept 2 loses its causes, and a concept that 2 does not affect stays put."""
+    layer = CausalLayer(K, W, effects="shared")
+    with torch.no_grad():
+        layer.weight_obs.zero_()
+        block(layer.weight_obs, 0, 2).copy_(0.5 * torch.eye(W))  # 2 -> 0
+        block(layer.weight_obs, 2, 3).copy_(0.25 * torch.eye(W))  # 3 -> 2
+        layer.bias.zero_()
+    eps, eps_do = torch.ones(1, K * W), torch.ones(1, K * W)
+    eps_do[:, 2 * W : 3 * W] = 3.0  # the intervened concept's new exogenous value
+    before = layer(eps, masks(set()))
+    after = layer(eps_do, masks({2}))
+    torch.testing.assert_close(after[:, :W] - before[:, :W], torch.full((1, W), 0.5 * 2.0))
+    torch.testing.assert_close(before[:, 2 * W : 3 * W], torch.full((1, W), 1.25))
+    torch.testing.assert_close(after[:, 2 * W : 3 * W], torch.full((1, W), 3.0))
+    torch.testing.assert_close(after[:, W : 2 * W], before[:, W : 2 * W])
+    torch.testing.assert_close(after[:, 3 * W :], before[:, 3 * W :])
+
+
+def test_unknown_causal_effects_is_refused():
+    with pytest.raises(ValueError, match="effects must be one of .*'tied'"):
+        CausalLayer(K, W, effects="tied")
+
+
 def test_strict_composition_cuts_edges_among_intervened_concepts():
     torch.manual_seed(3)
     strict = CausalLayer(K, W, composition="strict")

@@ -13,7 +13,7 @@ from torch.testing import assert_close
 from ctxadapter import ContextAutoencoder, CtxAdapter
 from ctxadapter.codec import LatentCodec
 from ctxadapter.evaluation.wasserstein import grouped_sliced_wasserstein
-from ctxadapter.objective import Objective
+from ctxadapter.objective import Objective, grouped_covariance_distance
 
 
 def test_grouped_sliced_wasserstein_matches_within_groups_only():
@@ -55,7 +55,9 @@ def test_objective_rejects_bad_values(kwargs, bad):
         Objective(**kwargs)
 
 
-ELBO = Objective(sample_matching=0.0, prior_matching=0.0, group_sparsity=0.0)
+ELBO = Objective(
+    sample_matching=0.0, prior_matching=0.0, covariance_matching=0.0, group_sparsity=0.0
+)
 """The reconstruction and KL terms only: each term under test is added to it alone."""
 
 
@@ -66,6 +68,7 @@ def test_defaults_are_the_cli_loss_and_paper_the_papers():
         sample_matching=4.0,
         num_projections=64,
         prior_matching=4.0,
+        covariance_matching=8.0,
         group_sparsity=0.0,
         l2=0.0,
     )
@@ -83,6 +86,73 @@ def tiny_batch(tiny_kl_path):
     latents = torch.randn(5, *shape)
     contexts = ["a", "obs", "a", "b", "obs"]
     return model, adapter, latents, contexts
+
+
+def test_grouped_covariance_distance_by_hand():
+    # One group of three scalars: real centred (-1, 0, 1), fake centred (-2, 0, 2). Without the
+    # terms of a row with itself: sum_{i != j} (a_i a_j)^2 = 2^2 - 2 = 2, the same for b
+    # 8^2 - 32 = 32, and the cross sum (a_i b_j)^2 = 2 * 8 = 16: 3 * (34 / 6 - 2 * 16 / 9) over
+    # 3 rows of one value each, 19 / 9.
+    real = torch.tensor([[0.0], [1.0], [2.0]])
+    fake = torch.tensor([[0.0], [2.0], [4.0]])
+    one_group = torch.zeros(3, dtype=torch.long)
+    assert grouped_covariance_distance(real, fake, one_group).item() == pytest.approx(19 / 9)
+    # a shift changes no covariance; the order of the rows within a group does not matter
+    assert grouped_covariance_distance(real, real + 5, one_group).item() == pytest.approx(
+        grouped_covariance_distance(real, real, one_group).item()
+    )
+    assert grouped_covariance_distance(real, fake.flip(0), one_group).item() == pytest.approx(
+        19 / 9
+    )
+    # a second group of one row adds nothing, and counts in the average over rows
+    real2, fake2 = torch.cat([real, torch.ones(1, 1)]), torch.cat([fake, torch.zeros(1, 1)])
+    groups = torch.tensor([0, 0, 0, 1])
+    assert grouped_covariance_distance(real2, fake2, groups).item() == pytest.approx(19 / 12)
+
+
+def test_grouped_covariance_distance_compares_within_groups():
+    # Pooled, the two sets have one covariance; within each group, fake varies and real not.
+    real = torch.tensor([[0.0], [0.0], [2.0], [2.0]])
+    fake = torch.tensor([[0.0], [2.0], [0.0], [2.0]])
+    assert grouped_covariance_distance(real, fake, torch.zeros(4)).item() == pytest.approx(0)
+    per_group = grouped_covariance_distance(real, fake, torch.tensor([0, 0, 1, 1]))
+    # each group: real centred (0, 0), fake centred (-1, 1): (2 * 1 - 0) / 2 rows, 2 rows each
+    assert per_group.item() == pytest.approx(1.0)
+
+
+def test_covariance_matching_by_hand(tiny_batch):
+    model, adapter, latents, contexts = tiny_batch
+    objective = dataclasses.replace(ELBO, covariance_matching=3.0)
+    with torch.no_grad():
+        plain = model(
+            contexts, latents=latents, objective=ELBO, generator=torch.Generator().manual_seed(1)
+        )
+        out = model(
+            contexts,
+            latents=latents,
+            objective=objective,
+            generator=torch.Generator().manual_seed(1),
+        )
+        # the rows of sample matching (the same draws), compared by covariance per context
+        g = torch.Generator().manual_seed(1)
+        z = adapter(latents, contexts, generator=g).noise
+        others = torch.randperm(5, generator=g)
+        noise = adapter.sample_noise(5, generator=g)
+        real = latents.flatten(1)
+        expected = 0.0
+        for fake in (
+            adapter.latents_from_noise(z[others], contexts).flatten(1),
+            adapter.latents_from_noise(noise, contexts).flatten(1),
+        ):
+            for rows in ([0, 2], [1, 4]):  # the contexts a and obs; b has one row
+                a = real[rows] - real[rows].mean(0)
+                b = fake[rows] - fake[rows].mean(0)
+                own = 2 * ((a[0] @ a[1]) ** 2 + (b[0] @ b[1]) ** 2) / 2
+                cross = sum((a[i] @ b[j]) ** 2 for i in range(2) for j in range(2))
+                expected += 2 * (own - 2 * cross / 4) / (5 * real.shape[1])
+    assert_close(out["covariance_matching"], expected, rtol=1e-4, atol=1e-5)
+    assert out["covariance_matching"].item() != 0
+    assert_close(out["loss"], plain["loss"] + 3.0 * expected, rtol=1e-4, atol=1e-4)
 
 
 def test_sample_matching_by_hand(tiny_batch):
