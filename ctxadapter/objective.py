@@ -41,9 +41,9 @@ Per sample, for a batch of latents ``e`` with their contexts::
   The sliced distance compares the distributions along a few random directions of the whole
   latent, which says little about how one part of an image varies with another; the
   covariance holds every such pair. Under an intervention on a concept, its region of the
-  image no longer varies with its causes: with the covariance matched, the latent head cannot
-  paint that region from the causes' blocks, and the effects between concepts have to pass
-  through the causal layer (``docs/results.md``).
+  image no longer varies with its causes: the covariance term penalises a latent head that
+  paints that region from the causes' blocks, which pushes the effects between concepts into
+  the causal layer (``docs/results.md``).
 """
 
 from __future__ import annotations
