@@ -72,6 +72,7 @@ class AdapterOutput:
     noise: torch.Tensor
     generated: torch.Tensor | None = None
     counterfactuals: torch.Tensor | None = None
+    sources: torch.Tensor | None = None
 
 
 def _check_concepts(concepts) -> list[str]:
@@ -254,7 +255,7 @@ class CtxAdapter(
         decoded, counterfactuals, generated = self.latents_from_noise(
             torch.cat([z, z[others], drawn]), mask.repeat(3, 1)
         ).chunk(3)
-        return AdapterOutput(decoded, mean, logvar, z, generated, counterfactuals)
+        return AdapterOutput(decoded, mean, logvar, z, generated, counterfactuals, others)
 
     # ------------------------------------------------------------------ causal layer
     @torch.no_grad()

@@ -138,6 +138,7 @@ class Objective(Settings):
     num_projections: int = 64
     prior_matching: float = 4.0
     covariance_matching: float = 8.0
+    order: float = 0.0
     group_sparsity: float = 0.0
     l2: float = 0.0
 
@@ -215,10 +216,13 @@ class Objective(Settings):
         if self.prior_matching:
             noise = adapter.sample_noise(latents.shape[0], generator=generator)
             prior = self._matched_distance(out.noise, noise, groups, generator)
+        kept_order = recon.new_zeros(())
+        if self.order:
+            kept_order = self._order(out, groups)
         penalty = adapter.causal_penalty(mask, group_sparsity=self.group_sparsity, l2=self.l2)
         loss = recon + self.beta * kl + penalty
         loss = loss + self.sample_matching * matching + self.prior_matching * prior
-        loss = loss + self.covariance_matching * covariance
+        loss = loss + self.covariance_matching * covariance + self.order * kept_order
         return dict(
             loss=loss,
             reconstruction=recon,
@@ -226,8 +230,29 @@ class Objective(Settings):
             sample_matching=matching,
             prior_matching=prior,
             covariance_matching=covariance,
+            order=kept_order,
             causal_penalty=penalty,
         )
+
+    def _order(self, out, groups: Tensor) -> Tensor:
+        """1 - Pearson correlation, per (source context, target context) pair of the batch's
+        counterfactual rows, between the projections of the source decodings and of the
+        counterfactuals on the pair's mean move; averaged over pairs with a move."""
+        sources = out.sources
+        before, after = out.latents[sources].flatten(1), out.counterfactuals.flatten(1)
+        key = groups[sources] * (int(groups.max()) + 1) + groups
+        total, count = before.new_zeros(()), 0
+        for k in key.unique():
+            rows = key == k
+            if int(rows.sum()) < 4 or bool((groups[sources][rows] == groups[rows]).all()):
+                continue
+            move = (after[rows] - before[rows]).mean(dim=0)
+            move = move / move.norm().clamp(min=1e-6)
+            p, q = before[rows] @ move, after[rows] @ move
+            p, q = p - p.mean(), q - q.mean()
+            corr = (p * q).sum() / (p.norm() * q.norm()).clamp(min=1e-6)
+            total, count = total + 1 - corr, count + 1
+        return total / max(count, 1)
 
     def _matched_distance(
         self, real: Tensor, fake: Tensor, groups: Tensor, generator: torch.Generator | None
