@@ -237,22 +237,32 @@ class Objective(Settings):
     def _order(self, out, groups: Tensor) -> Tensor:
         """1 - Pearson correlation, per (source context, target context) pair of the batch's
         counterfactual rows, between the projections of the source decodings and of the
-        counterfactuals on the pair's mean move; averaged over pairs with a move."""
+        counterfactuals on the pair's mean move; averaged over the pairs of two different
+        contexts with at least 4 rows. All pairs at once (scatter sums, no loop)."""
         sources = out.sources
         before, after = out.latents[sources].flatten(1), out.counterfactuals.flatten(1)
-        key = groups[sources] * (int(groups.max()) + 1) + groups
-        total, count = before.new_zeros(()), 0
-        for k in key.unique():
-            rows = key == k
-            if int(rows.sum()) < 4 or bool((groups[sources][rows] == groups[rows]).all()):
-                continue
-            move = (after[rows] - before[rows]).mean(dim=0)
-            move = move / move.norm().clamp(min=1e-6)
-            p, q = before[rows] @ move, after[rows] @ move
-            p, q = p - p.mean(), q - q.mean()
-            corr = (p * q).sum() / (p.norm() * q.norm()).clamp(min=1e-6)
-            total, count = total + 1 - corr, count + 1
-        return total / max(count, 1)
+        _, key, counts = torch.unique(
+            groups[sources] * (int(groups.max()) + 1) + groups,
+            return_inverse=True,
+            return_counts=True,
+        )
+        pairs, n = len(counts), counts.to(before.dtype)
+
+        def per_pair_sum(values: Tensor) -> Tensor:
+            return values.new_zeros(pairs, *values.shape[1:]).index_add(0, key, values)
+
+        move = per_pair_sum(after - before)
+        move = move / move.norm(dim=1, keepdim=True).clamp(min=1e-6)
+        p = (before * move[key]).sum(dim=1)
+        q = (after * move[key]).sum(dim=1)
+        p = p - (per_pair_sum(p) / n)[key]
+        q = q - (per_pair_sum(q) / n)[key]
+        corr = per_pair_sum(p * q) / (per_pair_sum(p * p) * per_pair_sum(q * q)).sqrt().clamp(
+            min=1e-6
+        )
+        moved = per_pair_sum((groups[sources] != groups).to(before.dtype)) > 0
+        valid = moved & (counts >= 4)
+        return torch.where(valid, 1 - corr, 0).sum() / valid.sum().clamp(min=1)
 
     def _matched_distance(
         self, real: Tensor, fake: Tensor, groups: Tensor, generator: torch.Generator | None
