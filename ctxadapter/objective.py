@@ -107,6 +107,49 @@ def grouped_covariance_distance(real: Tensor, fake: Tensor, groups: Tensor) -> T
     return torch.where(counts > 1, per_group, 0).sum() / (len(groups) * real.shape[1])
 
 
+def grouped_edit_order(before: Tensor, after: Tensor, sources: Tensor, targets: Tensor) -> Tensor:
+    """How far edits fold the order of the rows they move: ``1 - corr(p, q)`` per pair of
+    groups, averaged over the pairs.
+
+    Rows with the same (source group, target group) form a pair of groups, for example the
+    images of one context edited into another. Within a pair, ``u`` is the unit vector of the
+    mean move ``mean(after - before)``; ``p = before @ u`` and ``q = after @ u`` are where each
+    row sits along that move before and after the edit, and ``corr`` is their Pearson
+    correlation. A shift or a stretch of the rows along ``u`` keeps their order (score 0);
+    an edit that sends the low rows high and the high rows low reverses it (up to 2). Pairs
+    with fewer than 4 rows or with ``source == target`` (nothing was edited) add nothing.
+    Every pair in one set of scatter sums, no loop.
+
+    Args:
+        before, after: ``(N, D)`` rows before and after the edit.
+        sources, targets: ``(N,)`` integer groups of each row before and after.
+
+    Returns:
+        A scalar (0 when no pair counts).
+    """
+    _, key, counts = torch.unique(
+        sources * (int(torch.maximum(sources, targets).max()) + 1) + targets,
+        return_inverse=True,
+        return_counts=True,
+    )
+    n = counts.to(before.dtype)
+
+    def per_pair_sum(values: Tensor) -> Tensor:
+        return values.new_zeros(len(counts), *values.shape[1:]).index_add(0, key, values)
+
+    move = per_pair_sum(after - before)
+    move = move / move.norm(dim=1, keepdim=True).clamp(min=1e-6)
+    p = (before * move[key]).sum(dim=1)
+    q = (after * move[key]).sum(dim=1)
+    p = p - (per_pair_sum(p) / n)[key]
+    q = q - (per_pair_sum(q) / n)[key]
+    spread = (per_pair_sum(p * p) * per_pair_sum(q * q)).sqrt().clamp(min=1e-6)
+    corr = per_pair_sum(p * q) / spread
+    edited = per_pair_sum((sources != targets).to(before.dtype)) > 0
+    counted = edited & (counts >= 4)
+    return torch.where(counted, 1 - corr, 0).sum() / counted.sum().clamp(min=1)
+
+
 @dataclass(frozen=True)
 class Objective(Settings):
     """The loss of a ``ContextAutoencoder``: what training minimises and validation reports.
@@ -138,7 +181,7 @@ class Objective(Settings):
     num_projections: int = 64
     prior_matching: float = 4.0
     covariance_matching: float = 8.0
-    order: float = 0.0
+    edit_order: float = 100.0
     group_sparsity: float = 0.0
     l2: float = 0.0
 
@@ -148,6 +191,7 @@ class Objective(Settings):
             sample_matching=0.0,
             prior_matching=0.0,
             covariance_matching=0.0,
+            edit_order=0.0,
         ),
     }
 
@@ -188,7 +232,7 @@ class Objective(Settings):
         mask = adapter.context_mask(contexts, latents.shape[0])
         # Sample matching: every row is also decoded under its own context from a prior draw
         # and from another row's posterior sample, in the same pass as its own.
-        decodes_others = bool(self.sample_matching or self.covariance_matching)
+        decodes_others = bool(self.sample_matching or self.covariance_matching or self.edit_order)
         out = adapter(latents, mask, generator=generator, sample_matching=decodes_others)
         target = latents.to(out.latents.dtype)
         if self.reconstruction == "latent":
@@ -203,7 +247,7 @@ class Objective(Settings):
             nll = nll.flatten(1).sum(dim=1)
         recon, kl = nll.mean(), gaussian_kl(out.mean, out.logvar).mean()
         groups = distinct_contexts(mask)[1]
-        matching = prior = covariance = recon.new_zeros(())
+        matching = prior = covariance = edit_order = recon.new_zeros(())
         real = target.flatten(1)
         if self.sample_matching:
             matching = self._matched_distance(
@@ -216,13 +260,18 @@ class Objective(Settings):
         if self.prior_matching:
             noise = adapter.sample_noise(latents.shape[0], generator=generator)
             prior = self._matched_distance(out.noise, noise, groups, generator)
-        kept_order = recon.new_zeros(())
-        if self.order:
-            kept_order = self._order(out, groups)
+        if self.edit_order:
+            sources = out.sources
+            edit_order = grouped_edit_order(
+                out.latents[sources].flatten(1),
+                out.counterfactuals.flatten(1),
+                groups[sources],
+                groups,
+            )
         penalty = adapter.causal_penalty(mask, group_sparsity=self.group_sparsity, l2=self.l2)
         loss = recon + self.beta * kl + penalty
         loss = loss + self.sample_matching * matching + self.prior_matching * prior
-        loss = loss + self.covariance_matching * covariance + self.order * kept_order
+        loss = loss + self.covariance_matching * covariance + self.edit_order * edit_order
         return dict(
             loss=loss,
             reconstruction=recon,
@@ -230,39 +279,9 @@ class Objective(Settings):
             sample_matching=matching,
             prior_matching=prior,
             covariance_matching=covariance,
-            order=kept_order,
+            edit_order=edit_order,
             causal_penalty=penalty,
         )
-
-    def _order(self, out, groups: Tensor) -> Tensor:
-        """1 - Pearson correlation, per (source context, target context) pair of the batch's
-        counterfactual rows, between the projections of the source decodings and of the
-        counterfactuals on the pair's mean move; averaged over the pairs of two different
-        contexts with at least 4 rows. All pairs at once (scatter sums, no loop)."""
-        sources = out.sources
-        before, after = out.latents[sources].flatten(1), out.counterfactuals.flatten(1)
-        _, key, counts = torch.unique(
-            groups[sources] * (int(groups.max()) + 1) + groups,
-            return_inverse=True,
-            return_counts=True,
-        )
-        pairs, n = len(counts), counts.to(before.dtype)
-
-        def per_pair_sum(values: Tensor) -> Tensor:
-            return values.new_zeros(pairs, *values.shape[1:]).index_add(0, key, values)
-
-        move = per_pair_sum(after - before)
-        move = move / move.norm(dim=1, keepdim=True).clamp(min=1e-6)
-        p = (before * move[key]).sum(dim=1)
-        q = (after * move[key]).sum(dim=1)
-        p = p - (per_pair_sum(p) / n)[key]
-        q = q - (per_pair_sum(q) / n)[key]
-        corr = per_pair_sum(p * q) / (per_pair_sum(p * p) * per_pair_sum(q * q)).sqrt().clamp(
-            min=1e-6
-        )
-        moved = per_pair_sum((groups[sources] != groups).to(before.dtype)) > 0
-        valid = moved & (counts >= 4)
-        return torch.where(valid, 1 - corr, 0).sum() / valid.sum().clamp(min=1)
 
     def _matched_distance(
         self, real: Tensor, fake: Tensor, groups: Tensor, generator: torch.Generator | None

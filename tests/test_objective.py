@@ -56,7 +56,11 @@ def test_objective_rejects_bad_values(kwargs, bad):
 
 
 ELBO = Objective(
-    sample_matching=0.0, prior_matching=0.0, covariance_matching=0.0, group_sparsity=0.0
+    sample_matching=0.0,
+    prior_matching=0.0,
+    covariance_matching=0.0,
+    edit_order=0.0,
+    group_sparsity=0.0,
 )
 """The reconstruction and KL terms only: each term under test is added to it alone."""
 
@@ -69,6 +73,7 @@ def test_defaults_are_the_cli_loss_and_paper_the_papers():
         num_projections=64,
         prior_matching=4.0,
         covariance_matching=8.0,
+        edit_order=100.0,
         group_sparsity=0.0,
         l2=0.0,
     )
