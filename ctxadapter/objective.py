@@ -138,12 +138,12 @@ def grouped_edit_order(before: Tensor, after: Tensor, sources: Tensor, targets: 
         return values.new_zeros(len(counts), *values.shape[1:]).index_add(0, key, values)
 
     move = per_pair_sum(after - before)
-    move = move / move.norm(dim=1, keepdim=True).clamp(min=1e-6)
+    move = move * move.pow(2).sum(dim=1, keepdim=True).clamp(min=1e-12).rsqrt()
     p = (before * move[key]).sum(dim=1)
     q = (after * move[key]).sum(dim=1)
     p = p - (per_pair_sum(p) / n)[key]
     q = q - (per_pair_sum(q) / n)[key]
-    spread = (per_pair_sum(p * p) * per_pair_sum(q * q)).sqrt().clamp(min=1e-6)
+    spread = (per_pair_sum(p * p) * per_pair_sum(q * q)).clamp(min=1e-12).sqrt()
     corr = per_pair_sum(p * q) / spread
     edited = per_pair_sum((sources != targets).to(before.dtype)) > 0
     counted = edited & (counts >= 4)
