@@ -64,6 +64,10 @@ class AdapterOutput:
         counterfactuals: latents ``(N, C, h, w)`` decoded, under each row's context, from the
             posterior sample of another row of the batch (``forward(..., sample_matching=True)``),
             else ``None``.
+        sources: ``(N,)`` which row's posterior sample each counterfactual decodes: row ``n``
+            of ``counterfactuals`` is ``noise[sources[n]]`` decoded under row ``n``'s context,
+            an edit of ``latents[sources[n]]`` (``forward(..., sample_matching=True)``), else
+            ``None``.
     """
 
     latents: torch.Tensor

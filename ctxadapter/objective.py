@@ -7,6 +7,7 @@ Per sample, for a batch of latents ``e`` with their contexts::
                               + SW2(prior samples of each context, its latents)]
          + prior_matching * SW2(that context's posterior samples, N(0, I) samples)
          + covariance_matching * [the same pairs as sample_matching, compared by covariance]
+         + edit_order * [1 - corr(before, after) along each edit's mean move]
          + causal penalty
 
 - ``reconstruction="latent"``: the Gaussian NLL of the frozen encoder's model-space latent
@@ -44,6 +45,16 @@ Per sample, for a batch of latents ``e`` with their contexts::
   image no longer varies with its causes: the covariance term penalises a latent head that
   paints that region from the causes' blocks, which pushes the effects between concepts into
   the causal layer (``docs/results.md``).
+- ``edit_order`` (ctxadapter's, not in the paper): the counterfactual rows of
+  ``sample_matching`` are edits of real images: row ``n`` decodes the posterior sample of row
+  ``m`` under row ``n``'s context. For each pair (context of ``m``, context of ``n``), the
+  term reads where each image sits along the pair's mean move before the edit (row ``m``'s
+  own reconstruction) and after it, and penalises ``1 - `` their correlation
+  (``grouped_edit_order``). The distribution terms accept any map from one context's images
+  to another's, a fold included: one that sends the lowest images of a concept to the top
+  and the top ones to the bottom matches the distribution as well as a shift does. A true
+  counterfactual keeps each image's rank along the concept it changes; this term asks for
+  that, and needs no labels (``docs/results.md``).
 """
 
 from __future__ import annotations
@@ -170,6 +181,8 @@ class Objective(Settings):
             posterior samples and the prior (0: the paper's objective).
         covariance_matching: weight of the per-context covariance term between the rows of
             ``sample_matching`` and the real latents (0: the paper's objective).
+        edit_order: weight of the term that keeps each edited image's rank along the edit's
+            move (0: the paper's objective).
         group_sparsity: weight of ``sum_{i != j} ||W[i, j]||_F`` of each row's effective causal
             weight (0: the paper's objective).
         l2: weight of ``||W||_F``.
@@ -219,7 +232,8 @@ class Objective(Settings):
         Returns:
             ``loss`` (the scalar to minimise) and its unweighted parts, each a batch mean:
             ``reconstruction`` and ``kl`` (nats per sample), ``sample_matching``,
-            ``prior_matching`` and ``covariance_matching`` (each 0 when its weight is 0) and
+            ``prior_matching``, ``covariance_matching`` and ``edit_order`` (each 0 when its
+            weight is 0) and
             ``causal_penalty`` (already weighted).
         """
         if latents is None:
