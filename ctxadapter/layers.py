@@ -57,6 +57,12 @@ def block_readout(weight: torch.Tensor, num_blocks: int, reduce: str) -> torch.T
     raise ValueError(f"reduce must be 'norm' or 'mean', got {reduce!r}")
 
 
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    """Raise ``ValueError`` naming ``name`` and ``choices`` unless ``value`` is one of them."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
 def _uniform_(tensor: torch.Tensor, bound: float) -> torch.Tensor:
     return nn.init.uniform_(tensor, -bound, bound)
 
@@ -89,11 +95,8 @@ class ExogenousLayer(nn.Module):
         exogenous_bias: str = "shared",
     ):
         super().__init__()
-        if observational_mixing not in OBSERVATIONAL_MIXINGS:
-            raise ValueError(
-                f"observational_mixing must be one of {OBSERVATIONAL_MIXINGS}, got "
-                f"{observational_mixing!r}"
-            )
+        _check_choice("observational_mixing", observational_mixing, OBSERVATIONAL_MIXINGS)
+        _check_choice("exogenous_bias", exogenous_bias, EXOGENOUS_BIASES)
         self.num_concepts, self.width = num_concepts, width
         self.observational_mixing = observational_mixing
         size = num_concepts * width
@@ -101,10 +104,6 @@ class ExogenousLayer(nn.Module):
         self.weight_obs = nn.Parameter(_uniform_(torch.empty(size, size), bound))
         self.weight_ivn = nn.Parameter(_uniform_(torch.empty(size, size), bound))
         self.bias = nn.Parameter(_uniform_(torch.empty(size), bound))
-        if exogenous_bias not in EXOGENOUS_BIASES:
-            raise ValueError(
-                f"exogenous_bias must be one of {EXOGENOUS_BIASES}, got {exogenous_bias!r}"
-            )
         self.bias_ivn = (
             nn.Parameter(self.bias.detach().clone()) if exogenous_bias == "interventional" else None
         )
@@ -240,10 +239,8 @@ class CausalLayer(nn.Module):
         effects: str = "separate",
     ):
         super().__init__()
-        if composition not in COMPOSITIONS:
-            raise ValueError(f"composition must be one of {COMPOSITIONS}, got {composition!r}")
-        if effects not in CAUSAL_EFFECTS:
-            raise ValueError(f"effects must be one of {CAUSAL_EFFECTS}, got {effects!r}")
+        _check_choice("composition", composition, COMPOSITIONS)
+        _check_choice("effects", effects, CAUSAL_EFFECTS)
         self.num_concepts, self.width = num_concepts, width
         self.composition, self.effects = composition, effects
         size = num_concepts * width

@@ -166,30 +166,48 @@ def test_grouped_edit_order_reads_along_the_move_only():
     assert grouped_edit_order(before, after, source, target).item() == pytest.approx(0, abs=1e-6)
 
 
+def losses_and_draws(model, adapter, latents, contexts, objective):
+    """The loss of ``ELBO`` and of ``objective`` with the same generator, and by hand the draws
+    of the matching terms in their order: the posterior noise, the permutation of the rows and
+    the prior noise; then each row decoded under its own context from another row's noise (a
+    counterfactual) and from a prior draw. Returns ``(plain, out, counterfactuals, generated,
+    g)``, ``g`` the generator after those draws."""
+    plain = model(
+        contexts, latents=latents, objective=ELBO, generator=torch.Generator().manual_seed(1)
+    )
+    out = model(
+        contexts, latents=latents, objective=objective, generator=torch.Generator().manual_seed(1)
+    )
+    g = torch.Generator().manual_seed(1)
+    z = adapter(latents, contexts, generator=g).noise
+    others = torch.randperm(len(latents), generator=g)
+    noise = adapter.sample_noise(len(latents), generator=g)
+    counterfactuals = adapter.latents_from_noise(z[others], contexts).flatten(1)
+    generated = adapter.latents_from_noise(noise, contexts).flatten(1)
+    return plain, out, counterfactuals, generated, g
+
+
 def test_edit_order_by_hand(tiny_batch):
     model, adapter, _, _ = tiny_batch
     latents = torch.randn(60, *adapter.latent_shape, generator=torch.Generator().manual_seed(2))
     contexts = ["a", "obs", "b"] * 20  # about 7 rows per (source, target) pair
     objective = dataclasses.replace(ELBO, edit_order=3.0)
     with torch.no_grad():
-        plain = model(
-            contexts, latents=latents, objective=ELBO, generator=torch.Generator().manual_seed(1)
+        plain, out, counterfactuals, _, _ = losses_and_draws(
+            model, adapter, latents, contexts, objective
         )
-        out = model(
-            contexts,
-            latents=latents,
-            objective=objective,
-            generator=torch.Generator().manual_seed(1),
+        # row n of the counterfactuals edits row sources[n]: compare with its own decoding
+        decoded = adapter(
+            latents, contexts, generator=torch.Generator().manual_seed(1), sample_matching=True
         )
-        # the counterfactual rows of sample matching against their sources' own decodings
+        assert_close(decoded.counterfactuals.flatten(1), counterfactuals)
         g = torch.Generator().manual_seed(1)
-        decoded = adapter(latents, contexts, generator=g, sample_matching=True)
+        adapter(latents, contexts, generator=g)  # the posterior noise, then the permutation
         sources = decoded.sources
-        edits = adapter.latents_from_noise(decoded.noise[sources], contexts)
-        assert_close(decoded.counterfactuals, edits)  # row n edits row sources[n]
+        assert torch.equal(sources, torch.randperm(60, generator=g))
         groups = torch.tensor([1, 0, 2] * 20)  # a, obs, b as distinct_contexts numbers them
         expected = grouped_edit_order(
-            decoded.latents[sources].flatten(1), edits.flatten(1), groups[sources], groups
+            decoded.latents[sources].flatten(1), counterfactuals, groups[sources], groups
         )
     assert expected.item() > 0.01
     assert_close(out["edit_order"], expected, rtol=1e-4, atol=1e-5)
@@ -200,26 +218,13 @@ def test_covariance_matching_by_hand(tiny_batch):
     model, adapter, latents, contexts = tiny_batch
     objective = dataclasses.replace(ELBO, covariance_matching=3.0)
     with torch.no_grad():
-        plain = model(
-            contexts, latents=latents, objective=ELBO, generator=torch.Generator().manual_seed(1)
-        )
-        out = model(
-            contexts,
-            latents=latents,
-            objective=objective,
-            generator=torch.Generator().manual_seed(1),
-        )
         # the rows of sample matching (the same draws), compared by covariance per context
-        g = torch.Generator().manual_seed(1)
-        z = adapter(latents, contexts, generator=g).noise
-        others = torch.randperm(5, generator=g)
-        noise = adapter.sample_noise(5, generator=g)
+        plain, out, counterfactuals, generated, _ = losses_and_draws(
+            model, adapter, latents, contexts, objective
+        )
         real = latents.flatten(1)
         expected = 0.0
-        for fake in (
-            adapter.latents_from_noise(z[others], contexts).flatten(1),
-            adapter.latents_from_noise(noise, contexts).flatten(1),
-        ):
+        for fake in (counterfactuals, generated):
             for rows in ([0, 2], [1, 4]):  # the contexts a and obs; b has one row
                 a = real[rows] - real[rows].mean(0)
                 b = fake[rows] - fake[rows].mean(0)
@@ -235,24 +240,10 @@ def test_sample_matching_by_hand(tiny_batch):
     model, adapter, latents, contexts = tiny_batch
     objective = dataclasses.replace(ELBO, sample_matching=2.0, num_projections=3)
     with torch.no_grad():
-        plain = model(
-            contexts, latents=latents, objective=ELBO, generator=torch.Generator().manual_seed(1)
+        # The same draws by hand, then the directions of each of the two distances.
+        plain, out, counterfactuals, generated, g = losses_and_draws(
+            model, adapter, latents, contexts, objective
         )
-        out = model(
-            contexts,
-            latents=latents,
-            objective=objective,
-            generator=torch.Generator().manual_seed(1),
-        )
-        # The same draws by hand: posterior noise, the permutation of the rows, prior noise,
-        # then the directions of each of the two distances.
-        g = torch.Generator().manual_seed(1)
-        z = adapter(latents, contexts, generator=g).noise
-        others = torch.randperm(5, generator=g)
-        noise = adapter.sample_noise(5, generator=g)
-        # each row decoded under its own context from another row's noise, and from a prior draw
-        counterfactuals = adapter.latents_from_noise(z[others], contexts).flatten(1)
-        generated = adapter.latents_from_noise(noise, contexts).flatten(1)
         real = latents.flatten(1)
         expected = 0.0
         for fake in (counterfactuals, generated):
