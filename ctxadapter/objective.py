@@ -194,7 +194,7 @@ class Objective(Settings):
     num_projections: int = 64
     prior_matching: float = 4.0
     covariance_matching: float = 8.0
-    edit_order: float = 100.0
+    edit_order: float = 30.0
     group_sparsity: float = 0.0
     l2: float = 0.0
 

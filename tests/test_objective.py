@@ -73,7 +73,7 @@ def test_defaults_are_the_cli_loss_and_paper_the_papers():
         num_projections=64,
         prior_matching=4.0,
         covariance_matching=8.0,
-        edit_order=100.0,
+        edit_order=30.0,
         group_sparsity=0.0,
         l2=0.0,
     )
