@@ -170,7 +170,8 @@ def step_flops(
     projects the posterior noise and as many prior draws on directions of the noise space;
     covariance matching multiplies, for each of its two distances, the real rows of a context
     with themselves (no gradient), and the decoded rows with themselves and with the real ones,
-    ``n`` rows each for a context of ``n`` rows of a batch of ``batch_size``.
+    ``n`` rows each for a context of ``n`` rows of a batch of ``batch_size``. The edit-order
+    term needs the counterfactuals too (its own work is elementwise).
     Backward costs 2x forward, except where the input needs no gradient (the latents).
     Elementwise work (GELU, BatchNorm, masks, sorting, Adam) is not counted."""
     from ctxadapter.training import FinetuneArguments
@@ -179,6 +180,7 @@ def step_flops(
     sample_matching = objective.sample_matching > 0 if matching is None else matching
     prior_matching = objective.prior_matching > 0 if matching is None else matching
     covariance_matching = objective.covariance_matching > 0 if matching is None else matching
+    edit_order = objective.edit_order > 0 if matching is None else matching
     k = len(adapter.concepts)
     noise, concept = adapter.noise_size, adapter.causal.weight_obs.shape[0]
     latent = adapter.latent_shape[0] * adapter.latent_shape[1] * adapter.latent_shape[2]
@@ -198,7 +200,7 @@ def step_flops(
     generator += [(k * a, k * b, True, 1.0) for a, b in zip(widths[:-1], widths[1:], strict=True)]
     generator += [(i, o, True, 1.0) for i, o in _linear_shapes(adapter.latent_head)]
     products = posterior + generator
-    if sample_matching or covariance_matching:
+    if sample_matching or covariance_matching or edit_order:
         products += 2 * generator  # prior draws and counterfactuals
     if covariance_matching:
         shares = distinct_contexts(contexts)[2] / len(contexts)

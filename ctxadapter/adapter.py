@@ -64,6 +64,10 @@ class AdapterOutput:
         counterfactuals: latents ``(N, C, h, w)`` decoded, under each row's context, from the
             posterior sample of another row of the batch (``forward(..., sample_matching=True)``),
             else ``None``.
+        sources: ``(N,)`` which row's posterior sample each counterfactual decodes: row ``n``
+            of ``counterfactuals`` is ``noise[sources[n]]`` decoded under row ``n``'s context,
+            an edit of ``latents[sources[n]]`` (``forward(..., sample_matching=True)``), else
+            ``None``.
     """
 
     latents: torch.Tensor
@@ -72,6 +76,7 @@ class AdapterOutput:
     noise: torch.Tensor
     generated: torch.Tensor | None = None
     counterfactuals: torch.Tensor | None = None
+    sources: torch.Tensor | None = None
 
 
 def _check_concepts(concepts) -> list[str]:
@@ -254,7 +259,7 @@ class CtxAdapter(
         decoded, counterfactuals, generated = self.latents_from_noise(
             torch.cat([z, z[others], drawn]), mask.repeat(3, 1)
         ).chunk(3)
-        return AdapterOutput(decoded, mean, logvar, z, generated, counterfactuals)
+        return AdapterOutput(decoded, mean, logvar, z, generated, counterfactuals, others)
 
     # ------------------------------------------------------------------ causal layer
     @torch.no_grad()

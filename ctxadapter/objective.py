@@ -7,6 +7,7 @@ Per sample, for a batch of latents ``e`` with their contexts::
                               + SW2(prior samples of each context, its latents)]
          + prior_matching * SW2(that context's posterior samples, N(0, I) samples)
          + covariance_matching * [the same pairs as sample_matching, compared by covariance]
+         + edit_order * [1 - corr(before, after) along each edit's mean move]
          + causal penalty
 
 - ``reconstruction="latent"``: the Gaussian NLL of the frozen encoder's model-space latent
@@ -44,6 +45,16 @@ Per sample, for a batch of latents ``e`` with their contexts::
   image no longer varies with its causes: the covariance term penalises a latent head that
   paints that region from the causes' blocks, which pushes the effects between concepts into
   the causal layer (``docs/results.md``).
+- ``edit_order`` (ctxadapter's, not in the paper): the counterfactual rows of
+  ``sample_matching`` are edits of real images: row ``n`` decodes the posterior sample of row
+  ``m`` under row ``n``'s context. For each pair (context of ``m``, context of ``n``), the
+  term reads where each image sits along the pair's mean move before the edit (row ``m``'s
+  own reconstruction) and after it, and penalises ``1 - `` their correlation
+  (``grouped_edit_order``). The distribution terms accept any map from one context's images
+  to another's, a fold included: one that sends the lowest images of a concept to the top
+  and the top ones to the bottom matches the distribution as well as a shift does. A true
+  counterfactual keeps each image's rank along the concept it changes; this term asks for
+  that, and needs no labels (``docs/results.md``).
 """
 
 from __future__ import annotations
@@ -107,6 +118,49 @@ def grouped_covariance_distance(real: Tensor, fake: Tensor, groups: Tensor) -> T
     return torch.where(counts > 1, per_group, 0).sum() / (len(groups) * real.shape[1])
 
 
+def grouped_edit_order(before: Tensor, after: Tensor, sources: Tensor, targets: Tensor) -> Tensor:
+    """How far edits fold the order of the rows they move: ``1 - corr(p, q)`` per pair of
+    groups, averaged over the pairs.
+
+    Rows with the same (source group, target group) form a pair of groups, for example the
+    images of one context edited into another. Within a pair, ``u`` is the unit vector of the
+    mean move ``mean(after - before)``; ``p = before @ u`` and ``q = after @ u`` are where each
+    row sits along that move before and after the edit, and ``corr`` is their Pearson
+    correlation. A shift or a stretch of the rows along ``u`` keeps their order (score 0);
+    an edit that sends the low rows high and the high rows low reverses it (up to 2). Pairs
+    with fewer than 4 rows or with ``source == target`` (nothing was edited) add nothing.
+    Every pair in one set of scatter sums, no loop.
+
+    Args:
+        before, after: ``(N, D)`` rows before and after the edit.
+        sources, targets: ``(N,)`` integer groups of each row before and after.
+
+    Returns:
+        A scalar (0 when no pair counts).
+    """
+    _, key, counts = torch.unique(
+        sources * (int(torch.maximum(sources, targets).max()) + 1) + targets,
+        return_inverse=True,
+        return_counts=True,
+    )
+    n = counts.to(before.dtype)
+
+    def per_pair_sum(values: Tensor) -> Tensor:
+        return values.new_zeros(len(counts), *values.shape[1:]).index_add(0, key, values)
+
+    move = per_pair_sum(after - before)
+    move = move * move.pow(2).sum(dim=1, keepdim=True).clamp(min=1e-12).rsqrt()
+    p = (before * move[key]).sum(dim=1)
+    q = (after * move[key]).sum(dim=1)
+    p = p - (per_pair_sum(p) / n)[key]
+    q = q - (per_pair_sum(q) / n)[key]
+    spread = (per_pair_sum(p * p) * per_pair_sum(q * q)).clamp(min=1e-12).sqrt()
+    corr = per_pair_sum(p * q) / spread
+    edited = per_pair_sum((sources != targets).to(before.dtype)) > 0
+    counted = edited & (counts >= 4)
+    return torch.where(counted, 1 - corr, 0).sum() / counted.sum().clamp(min=1)
+
+
 @dataclass(frozen=True)
 class Objective(Settings):
     """The loss of a ``ContextAutoencoder``: what training minimises and validation reports.
@@ -127,6 +181,8 @@ class Objective(Settings):
             posterior samples and the prior (0: the paper's objective).
         covariance_matching: weight of the per-context covariance term between the rows of
             ``sample_matching`` and the real latents (0: the paper's objective).
+        edit_order: weight of the term that keeps each edited image's rank along the edit's
+            move (0: the paper's objective).
         group_sparsity: weight of ``sum_{i != j} ||W[i, j]||_F`` of each row's effective causal
             weight (0: the paper's objective).
         l2: weight of ``||W||_F``.
@@ -138,6 +194,7 @@ class Objective(Settings):
     num_projections: int = 64
     prior_matching: float = 4.0
     covariance_matching: float = 8.0
+    edit_order: float = 30.0
     group_sparsity: float = 0.0
     l2: float = 0.0
 
@@ -147,6 +204,7 @@ class Objective(Settings):
             sample_matching=0.0,
             prior_matching=0.0,
             covariance_matching=0.0,
+            edit_order=0.0,
         ),
     }
 
@@ -174,7 +232,8 @@ class Objective(Settings):
         Returns:
             ``loss`` (the scalar to minimise) and its unweighted parts, each a batch mean:
             ``reconstruction`` and ``kl`` (nats per sample), ``sample_matching``,
-            ``prior_matching`` and ``covariance_matching`` (each 0 when its weight is 0) and
+            ``prior_matching``, ``covariance_matching`` and ``edit_order`` (each 0 when its
+            weight is 0) and
             ``causal_penalty`` (already weighted).
         """
         if latents is None:
@@ -187,7 +246,7 @@ class Objective(Settings):
         mask = adapter.context_mask(contexts, latents.shape[0])
         # Sample matching: every row is also decoded under its own context from a prior draw
         # and from another row's posterior sample, in the same pass as its own.
-        decodes_others = bool(self.sample_matching or self.covariance_matching)
+        decodes_others = bool(self.sample_matching or self.covariance_matching or self.edit_order)
         out = adapter(latents, mask, generator=generator, sample_matching=decodes_others)
         target = latents.to(out.latents.dtype)
         if self.reconstruction == "latent":
@@ -202,7 +261,7 @@ class Objective(Settings):
             nll = nll.flatten(1).sum(dim=1)
         recon, kl = nll.mean(), gaussian_kl(out.mean, out.logvar).mean()
         groups = distinct_contexts(mask)[1]
-        matching = prior = covariance = recon.new_zeros(())
+        matching = prior = covariance = edit_order = recon.new_zeros(())
         real = target.flatten(1)
         if self.sample_matching:
             matching = self._matched_distance(
@@ -215,10 +274,18 @@ class Objective(Settings):
         if self.prior_matching:
             noise = adapter.sample_noise(latents.shape[0], generator=generator)
             prior = self._matched_distance(out.noise, noise, groups, generator)
+        if self.edit_order:
+            sources = out.sources
+            edit_order = grouped_edit_order(
+                out.latents[sources].flatten(1),
+                out.counterfactuals.flatten(1),
+                groups[sources],
+                groups,
+            )
         penalty = adapter.causal_penalty(mask, group_sparsity=self.group_sparsity, l2=self.l2)
         loss = recon + self.beta * kl + penalty
         loss = loss + self.sample_matching * matching + self.prior_matching * prior
-        loss = loss + self.covariance_matching * covariance
+        loss = loss + self.covariance_matching * covariance + self.edit_order * edit_order
         return dict(
             loss=loss,
             reconstruction=recon,
@@ -226,6 +293,7 @@ class Objective(Settings):
             sample_matching=matching,
             prior_matching=prior,
             covariance_matching=covariance,
+            edit_order=edit_order,
             causal_penalty=penalty,
         )
 

@@ -62,6 +62,7 @@ def test_the_paper_preset_is_the_papers_setup():
             sample_matching=0.0,
             prior_matching=0.0,
             covariance_matching=0.0,
+            edit_order=0.0,
             group_sparsity=0.0,
         )
     )

@@ -13,7 +13,7 @@ from torch.testing import assert_close
 from ctxadapter import ContextAutoencoder, CtxAdapter
 from ctxadapter.codec import LatentCodec
 from ctxadapter.evaluation.wasserstein import grouped_sliced_wasserstein
-from ctxadapter.objective import Objective, grouped_covariance_distance
+from ctxadapter.objective import Objective, grouped_covariance_distance, grouped_edit_order
 
 
 def test_grouped_sliced_wasserstein_matches_within_groups_only():
@@ -56,7 +56,11 @@ def test_objective_rejects_bad_values(kwargs, bad):
 
 
 ELBO = Objective(
-    sample_matching=0.0, prior_matching=0.0, covariance_matching=0.0, group_sparsity=0.0
+    sample_matching=0.0,
+    prior_matching=0.0,
+    covariance_matching=0.0,
+    edit_order=0.0,
+    group_sparsity=0.0,
 )
 """The reconstruction and KL terms only: each term under test is added to it alone."""
 
@@ -69,6 +73,7 @@ def test_defaults_are_the_cli_loss_and_paper_the_papers():
         num_projections=64,
         prior_matching=4.0,
         covariance_matching=8.0,
+        edit_order=30.0,
         group_sparsity=0.0,
         l2=0.0,
     )
@@ -120,6 +125,47 @@ def test_grouped_covariance_distance_compares_within_groups():
     assert per_group.item() == pytest.approx(1.0)
 
 
+def test_grouped_edit_order_by_hand():
+    # Four scalars of group 0 edited into group 1; the mean move is +5, so u = +1.
+    before = torch.tensor([[0.0], [1.0], [2.0], [3.0]])
+    source, target = torch.zeros(4, dtype=torch.long), torch.ones(4, dtype=torch.long)
+    # a shift and a stretch keep the order: corr 1
+    assert grouped_edit_order(before, 2 * before + 5, source, target).item() == pytest.approx(0)
+    # a fold reverses it: corr -1
+    folded = torch.tensor([[8.0], [7.0], [6.0], [5.0]])
+    assert grouped_edit_order(before, folded, source, target).item() == pytest.approx(2)
+    # two middle rows swapped: centred p = q' = (-1.5, -0.5, 0.5, 1.5), q = (-1.5, 0.5, -0.5,
+    # 1.5): sum pq = 4, sum p^2 = sum q^2 = 5, corr 0.8
+    swapped = torch.tensor([[5.0], [7.0], [6.0], [8.0]])
+    assert grouped_edit_order(before, swapped, source, target).item() == pytest.approx(0.2)
+
+
+def test_grouped_edit_order_counts_moved_pairs_of_four_rows():
+    before = torch.tensor([[0.0], [1.0], [2.0], [3.0]])
+    folded = 5 - before
+    zeros, ones = torch.zeros(4, dtype=torch.long), torch.ones(4, dtype=torch.long)
+    # a pair decoded under its own group was not edited; fewer than 4 rows say nothing
+    assert grouped_edit_order(before, folded, zeros, zeros).item() == 0
+    assert grouped_edit_order(before[:3], folded[:3], zeros[:3], ones[:3]).item() == 0
+    # the mean over pairs: a fold (2) and a shift (0), in either order of the rows
+    rows = torch.cat([before, before])
+    edits = torch.cat([folded, before + 1])
+    sources, targets = torch.cat([zeros, ones]), torch.cat([ones, zeros])
+    assert grouped_edit_order(rows, edits, sources, targets).item() == pytest.approx(1)
+    mixed = torch.tensor([0, 4, 1, 5, 2, 6, 3, 7])
+    assert grouped_edit_order(
+        rows[mixed], edits[mixed], sources[mixed], targets[mixed]
+    ).item() == pytest.approx(1)
+
+
+def test_grouped_edit_order_reads_along_the_move_only():
+    # The move is along the first axis and keeps its order; the second axis is reversed.
+    before = torch.tensor([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0], [3.0, 3.0]])
+    after = torch.stack([before[:, 0] + 10, 3 - before[:, 1]], dim=1)
+    source, target = torch.zeros(4, dtype=torch.long), torch.ones(4, dtype=torch.long)
+    assert grouped_edit_order(before, after, source, target).item() == pytest.approx(0, abs=1e-6)
+
+
 def losses_and_draws(model, adapter, latents, contexts, objective):
     """The loss of ``ELBO`` and of ``objective`` with the same generator, and by hand the draws
     of the matching terms in their order: the posterior noise, the permutation of the rows and
@@ -139,6 +185,33 @@ def losses_and_draws(model, adapter, latents, contexts, objective):
     counterfactuals = adapter.latents_from_noise(z[others], contexts).flatten(1)
     generated = adapter.latents_from_noise(noise, contexts).flatten(1)
     return plain, out, counterfactuals, generated, g
+
+
+def test_edit_order_by_hand(tiny_batch):
+    model, adapter, _, _ = tiny_batch
+    latents = torch.randn(60, *adapter.latent_shape, generator=torch.Generator().manual_seed(2))
+    contexts = ["a", "obs", "b"] * 20  # about 7 rows per (source, target) pair
+    objective = dataclasses.replace(ELBO, edit_order=3.0)
+    with torch.no_grad():
+        plain, out, counterfactuals, _, _ = losses_and_draws(
+            model, adapter, latents, contexts, objective
+        )
+        # row n of the counterfactuals edits row sources[n]: compare with its own decoding
+        decoded = adapter(
+            latents, contexts, generator=torch.Generator().manual_seed(1), sample_matching=True
+        )
+        assert_close(decoded.counterfactuals.flatten(1), counterfactuals)
+        g = torch.Generator().manual_seed(1)
+        adapter(latents, contexts, generator=g)  # the posterior noise, then the permutation
+        sources = decoded.sources
+        assert torch.equal(sources, torch.randperm(60, generator=g))
+        groups = torch.tensor([1, 0, 2] * 20)  # a, obs, b as distinct_contexts numbers them
+        expected = grouped_edit_order(
+            decoded.latents[sources].flatten(1), counterfactuals, groups[sources], groups
+        )
+    assert expected.item() > 0.01
+    assert_close(out["edit_order"], expected, rtol=1e-4, atol=1e-5)
+    assert_close(out["loss"], plain["loss"] + 3.0 * expected, rtol=1e-4, atol=1e-4)
 
 
 def test_covariance_matching_by_hand(tiny_batch):
