@@ -233,8 +233,7 @@ class Objective(Settings):
             ``loss`` (the scalar to minimise) and its unweighted parts, each a batch mean:
             ``reconstruction`` and ``kl`` (nats per sample), ``sample_matching``,
             ``prior_matching``, ``covariance_matching`` and ``edit_order`` (each 0 when its
-            weight is 0) and
-            ``causal_penalty`` (already weighted).
+            weight is 0) and ``causal_penalty`` (already weighted).
         """
         if latents is None:
             if pixel_values is None:

@@ -48,10 +48,13 @@ class CausalReadouts:
 
         With ``W`` the matrix read, ``graph[i, j] = ||W[i, j]||_F^2 / sum_l ||W[i, l]||_F^2``:
         the fraction of the variance of the causal layer's output block ``i`` contributed by
-        input block ``j`` when the inputs are independent with unit variance (the expressive
-        layers end in a BatchNorm). Entries are in ``[0, 1]``, each row sums to 1, and the
-        diagonal is the concept's own share; an entry above :data:`EDGE_THRESHOLD` is read
-        as an edge ``j -> i``. Comparable across pairs, runs and widths.
+        input block ``j`` if the inputs were independent with unit variance. The expressive
+        layers end in a BatchNorm, which gives each input dimension unit variance, but the
+        dimensions of a block are correlated, so on trained adapters the entries understate
+        the effects (``docs/concepts.md``). Entries are in ``[0, 1]``, each row sums to 1,
+        and the diagonal is the concept's own share; an entry above :data:`EDGE_THRESHOLD`
+        is read as an edge ``j -> i``. Comparable across pairs, runs and widths as a
+        ranking.
 
         Args:
             context: the context whose effective weight ``readout="direct"`` reads
