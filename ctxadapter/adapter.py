@@ -77,6 +77,7 @@ class AdapterOutput:
     generated: torch.Tensor | None = None
     counterfactuals: torch.Tensor | None = None
     sources: torch.Tensor | None = None
+    mean_latents: torch.Tensor | None = None
 
 
 def _check_concepts(concepts) -> list[str]:
@@ -256,10 +257,12 @@ class CtxAdapter(
             return AdapterOutput(self.latents_from_noise(z, mask), mean, logvar, z)
         others = torch.randperm(len(z), generator=generator, device=z.device)
         drawn = self.sample_noise(len(z), generator=generator)
-        decoded, counterfactuals, generated = self.latents_from_noise(
-            torch.cat([z, z[others], drawn]), mask.repeat(3, 1)
-        ).chunk(3)
-        return AdapterOutput(decoded, mean, logvar, z, generated, counterfactuals, others)
+        decoded, from_mean, counterfactuals, generated = self.latents_from_noise(
+            torch.cat([z, mean, mean[others], drawn]), mask.repeat(4, 1)
+        ).chunk(4)
+        return AdapterOutput(
+            decoded, mean, logvar, z, generated, counterfactuals, others, from_mean
+        )
 
     # ------------------------------------------------------------------ causal layer
     @torch.no_grad()

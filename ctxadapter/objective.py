@@ -250,7 +250,11 @@ class Objective(Settings):
         target = latents.to(out.latents.dtype)
         if self.reconstruction == "latent":
             log_scale = adapter.latent_log_scale
-            error = ((target - out.latents) * torch.exp(-log_scale)).pow(2)
+            decoded = out.latents if out.mean_latents is None else torch.cat(
+                [out.latents, out.mean_latents]
+            )
+            error = ((target.repeat(len(decoded) // len(target), 1, 1, 1) - decoded)
+                     * torch.exp(-log_scale)).pow(2)
             nll = 0.5 * error.flatten(1).sum(dim=1)
             nll = nll + error[0].numel() * (log_scale + 0.5 * math.log(2 * math.pi))
         else:
@@ -276,7 +280,7 @@ class Objective(Settings):
         if self.edit_order:
             sources = out.sources
             edit_order = grouped_edit_order(
-                out.latents[sources].flatten(1),
+                out.mean_latents[sources].flatten(1),
                 out.counterfactuals.flatten(1),
                 groups[sources],
                 groups,
