@@ -167,6 +167,14 @@ def test_grouped_edit_order_reads_along_the_move_only():
     assert grouped_edit_order(before, after, source, target).item() == pytest.approx(0, abs=1e-6)
 
 
+def plain_and_objective(model, latents, contexts, objective):
+    """The losses of ``ELBO`` and of ``objective`` on one batch, with the same generator."""
+    return [
+        model(contexts, latents=latents, objective=o, generator=torch.Generator().manual_seed(1))
+        for o in (ELBO, objective)
+    ]
+
+
 def losses_and_draws(model, adapter, latents, contexts, objective):
     """The loss of ``objective`` and, by hand, the rest of it: ``base``, the loss of ``ELBO``
     with the reconstruction of the matching terms (the average of the posterior sample's NLL
@@ -175,12 +183,7 @@ def losses_and_draws(model, adapter, latents, contexts, objective):
     each row decoded under its own context from another row's posterior mean (a
     counterfactual) and from a prior draw. Returns ``(base, out, counterfactuals, generated,
     g)``, ``g`` the generator after those draws."""
-    plain = model(
-        contexts, latents=latents, objective=ELBO, generator=torch.Generator().manual_seed(1)
-    )
-    out = model(
-        contexts, latents=latents, objective=objective, generator=torch.Generator().manual_seed(1)
-    )
+    plain, out = plain_and_objective(model, latents, contexts, objective)
     g = torch.Generator().manual_seed(1)
     mean = adapter(latents, contexts, generator=g).mean
     others = torch.randperm(len(latents), generator=g)
@@ -208,15 +211,7 @@ def test_reconstruction_of_the_mean_by_hand(tiny_batch):
     model, adapter, latents, contexts = tiny_batch
     objective = dataclasses.replace(ELBO, edit_order=1.0)
     with torch.no_grad():
-        plain = model(
-            contexts, latents=latents, objective=ELBO, generator=torch.Generator().manual_seed(1)
-        )
-        out = model(
-            contexts,
-            latents=latents,
-            objective=objective,
-            generator=torch.Generator().manual_seed(1),
-        )
+        plain, out = plain_and_objective(model, latents, contexts, objective)
         of_mean = mean_reconstruction(adapter, latents, contexts)
         sample = adapter(latents, contexts, generator=torch.Generator().manual_seed(1))
         error = (latents - sample.latents) / adapter.latent_log_scale.exp()
@@ -328,15 +323,7 @@ def test_prior_matching_by_hand(tiny_batch):
     model, adapter, latents, contexts = tiny_batch
     objective = dataclasses.replace(ELBO, prior_matching=3.0, num_projections=4)
     with torch.no_grad():
-        plain = model(
-            contexts, latents=latents, objective=ELBO, generator=torch.Generator().manual_seed(1)
-        )
-        out = model(
-            contexts,
-            latents=latents,
-            objective=objective,
-            generator=torch.Generator().manual_seed(1),
-        )
+        plain, out = plain_and_objective(model, latents, contexts, objective)
         # The same draws by hand: the posterior sample z, the prior draws, the directions.
         g = torch.Generator().manual_seed(1)
         z = adapter(latents, contexts, generator=g).noise
