@@ -165,7 +165,8 @@ def step_flops(
     plus, with dense mixing, the dense product on the observational rows. The causal layer: one
     masked dense product, two if any row is intervened. With ``matching`` (default: the matching
     terms ``examples/finetune.py`` trains with), sample matching runs the generator (context
-    layers and latent head) twice more per row (a prior draw and a counterfactual) and
+    layers and latent head) three times more per row (the posterior mean, a prior draw and a
+    counterfactual) and
     projects both sides of each of its two distances on their own directions; prior matching
     projects the posterior noise and as many prior draws on directions of the noise space;
     covariance matching multiplies, for each of its two distances, the real rows of a context
@@ -201,7 +202,7 @@ def step_flops(
     generator += [(i, o, True, 1.0) for i, o in _linear_shapes(adapter.latent_head)]
     products = posterior + generator
     if sample_matching or covariance_matching or edit_order:
-        products += 2 * generator  # prior draws and counterfactuals
+        products += 3 * generator  # posterior means, prior draws and counterfactuals
     if covariance_matching:
         shares = distinct_contexts(contexts)[2] / len(contexts)
         rows = batch_size * shares.pow(2).sum().item()  # the rows of a row's context, on average

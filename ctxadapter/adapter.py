@@ -55,18 +55,21 @@ class AdapterOutput:
     """What ``CtxAdapter.forward`` returns.
 
     Attributes:
-        latents: reconstructed model-space latents ``(N, C, h, w)``.
+        latents: reconstructed model-space latents ``(N, C, h, w)`` (decoded from ``noise``).
         mean: posterior mean of the noise ``(N, K*w_in)``.
         logvar: posterior log-variance of the noise ``(N, K*w_in)``.
         noise: the posterior sample ``z`` that was decoded ``(N, K*w_in)``.
+        mean_latents: latents ``(N, C, h, w)`` decoded from ``mean`` under each row's own
+            context, as ``ContextAutoencoder.reconstruct`` decodes an image
+            (``forward(..., sample_matching=True)``), else ``None``.
         generated: latents ``(N, C, h, w)`` decoded from one prior draw per row under the
             row's context (``forward(..., sample_matching=True)``), else ``None``.
         counterfactuals: latents ``(N, C, h, w)`` decoded, under each row's context, from the
-            posterior sample of another row of the batch (``forward(..., sample_matching=True)``),
-            else ``None``.
-        sources: ``(N,)`` which row's posterior sample each counterfactual decodes: row ``n``
-            of ``counterfactuals`` is ``noise[sources[n]]`` decoded under row ``n``'s context,
-            an edit of ``latents[sources[n]]`` (``forward(..., sample_matching=True)``), else
+            posterior mean of another row of the batch, as ``ContextAutoencoder.counterfactual``
+            edits an image (``forward(..., sample_matching=True)``), else ``None``.
+        sources: ``(N,)`` which row each counterfactual edits: row ``n`` of
+            ``counterfactuals`` is ``mean[sources[n]]`` decoded under row ``n``'s context, an
+            edit of ``mean_latents[sources[n]]`` (``forward(..., sample_matching=True)``), else
             ``None``.
     """
 
@@ -74,6 +77,7 @@ class AdapterOutput:
     mean: torch.Tensor
     logvar: torch.Tensor
     noise: torch.Tensor
+    mean_latents: torch.Tensor | None = None
     generated: torch.Tensor | None = None
     counterfactuals: torch.Tensor | None = None
     sources: torch.Tensor | None = None
@@ -240,14 +244,15 @@ class CtxAdapter(
         """Encode to the posterior, draw ``z`` with the reparameterisation trick, decode to
         latents under ``contexts``. ``latents`` ``(N, C, h, w)`` -> ``AdapterOutput``.
 
-        With ``sample_matching`` (for the training objective's term of that name), every row is
-        also decoded under its own context from two more kinds of noise: one prior draw ``N(0, I)``
-        (``generated``) and the posterior sample ``z`` of another row of the batch, a random
-        permutation (``counterfactuals``: a counterfactual of a real image, which is what an
-        edit feeds the context layers). The permutation is drawn after the posterior noise and
-        before the prior draws. All three go through the layers in one pass of ``3N`` rows
-        (cheaper on the CPU than three of ``N``); in training mode the BatchNorm statistics of
-        the expressive layers are then those of every kind of row."""
+        With ``sample_matching`` (for the training objective's terms that compare decoded rows
+        with the data), every row is also decoded under its own context from three more
+        kinds of noise: its posterior mean (``mean_latents``: what ``reconstruct`` decodes),
+        one prior draw ``N(0, I)`` (``generated``) and the posterior mean of another row of the
+        batch, a random permutation (``counterfactuals``: an edit of a real image, decoded
+        from the same noise as ``counterfactual`` decodes it). The permutation is drawn after
+        the posterior noise and before the prior draws. All four go through the layers in one
+        pass of ``4N`` rows (cheaper on the CPU than four of ``N``); in training mode the
+        BatchNorm statistics of the expressive layers are then those of every kind of row."""
         mask = self.context_mask(contexts, len(latents))  # parsed once, for both directions
         mean, logvar = self.posterior(latents, mask)
         noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
@@ -256,10 +261,12 @@ class CtxAdapter(
             return AdapterOutput(self.latents_from_noise(z, mask), mean, logvar, z)
         others = torch.randperm(len(z), generator=generator, device=z.device)
         drawn = self.sample_noise(len(z), generator=generator)
-        decoded, counterfactuals, generated = self.latents_from_noise(
-            torch.cat([z, z[others], drawn]), mask.repeat(3, 1)
-        ).chunk(3)
-        return AdapterOutput(decoded, mean, logvar, z, generated, counterfactuals, others)
+        decoded, from_mean, counterfactuals, generated = self.latents_from_noise(
+            torch.cat([z, mean, mean[others], drawn]), mask.repeat(4, 1)
+        ).chunk(4)
+        return AdapterOutput(
+            decoded, mean, logvar, z, from_mean, generated, counterfactuals, sources=others
+        )
 
     # ------------------------------------------------------------------ causal layer
     @torch.no_grad()

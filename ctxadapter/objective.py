@@ -2,7 +2,8 @@
 
 Per sample, for a batch of latents ``e`` with their contexts::
 
-    loss = reconstruction NLL + beta * KL(q(z | e) || N(0, I))
+    loss = reconstruction NLL (of z ~ q(z | e), and of its mean when the rows below are decoded)
+         + beta * KL(q(z | e) || N(0, I))
          + sample_matching * [SW2(counterfactuals under each context, its latents)
                               + SW2(prior samples of each context, its latents)]
          + prior_matching * SW2(that context's posterior samples, N(0, I) samples)
@@ -16,12 +17,19 @@ Per sample, for a batch of latents ``e`` with their contexts::
 - ``reconstruction="pixel"``: decode ``e_hat`` with the frozen decoder and take the Bernoulli
   NLL (binary cross-entropy summed over pixels and channels, images in ``[0, 1]``), as in the
   paper.
+- Either NLL is of the decoding of a posterior sample ``z`` (the ELBO's). When the rows of
+  ``sample_matching`` are decoded (any of its three terms on), the decoding of the posterior
+  *mean* is reconstructed as well and the term is the average of the two NLLs: the mean is
+  what ``ContextAutoencoder.reconstruct`` and every edit decode, and the counterfactual rows
+  below decode means, so the context layers must render a mean as well as a sample
+  (``docs/results.md``).
 - ``sample_matching`` (ctxadapter's, not in the paper): trains the context layers for the two
   uses the ELBO leaves out. The ELBO trains them only to reconstruct each image under its own
   context; generation decodes ``z ~ N(0, I)`` under every context, and a counterfactual edit
   decodes the noise of a real image under another context. So every row of the batch is also
-  decoded under its own context from a prior draw and from the posterior sample of another
-  row (a random permutation of the batch: a counterfactual of a real image), and within each
+  decoded under its own context from a prior draw and from the posterior mean of another
+  row (a random permutation of the batch: a counterfactual of a real image, decoded from the
+  noise ``ContextAutoencoder.counterfactual`` keeps), and within each
   context each kind is compared with the batch's real latents of that context by the squared
   sliced Wasserstein-2 distance along ``num_projections`` random directions (per latent entry,
   summed over entries, so that it is on the scale of the reconstruction term); the term is the
@@ -46,10 +54,10 @@ Per sample, for a batch of latents ``e`` with their contexts::
   paints that region from the causes' blocks, which pushes the effects between concepts into
   the causal layer (``docs/results.md``).
 - ``edit_order`` (ctxadapter's, not in the paper): the counterfactual rows of
-  ``sample_matching`` are edits of real images: row ``n`` decodes the posterior sample of row
+  ``sample_matching`` are edits of real images: row ``n`` decodes the posterior mean of row
   ``m`` under row ``n``'s context. For each pair (context of ``m``, context of ``n``), the
   term reads where each image sits along the pair's mean move before the edit (row ``m``'s
-  own reconstruction) and after it, and penalises ``1 - `` their correlation
+  reconstruction from the same mean) and after it, and penalises ``1 - `` their correlation
   (``grouped_edit_order``). The distribution terms accept any map from one context's images
   to another's, a fold included: one that sends the lowest images of a concept to the top
   and the top ones to the bottom matches the distribution as well as a shift does. A true
@@ -243,19 +251,25 @@ class Objective(Settings):
             raise ValueError("reconstruction='pixel' needs pixel_values, the target images.")
         adapter = model.adapter
         mask = adapter.context_mask(contexts, latents.shape[0])
-        # Sample matching: every row is also decoded under its own context from a prior draw
-        # and from another row's posterior sample, in the same pass as its own.
+        # Sample matching: every row is also decoded under its own context from its posterior
+        # mean, a prior draw and another row's posterior mean, in the same pass as its own.
         decodes_others = bool(self.sample_matching or self.covariance_matching or self.edit_order)
         out = adapter(latents, mask, generator=generator, sample_matching=decodes_others)
         target = latents.to(out.latents.dtype)
+        # Reconstruction: of the posterior sample (the ELBO's) and, when the other rows are
+        # decoded, of the posterior mean too (what reconstructions and edits decode).
+        decoded = (
+            out.latents if out.mean_latents is None else torch.cat([out.latents, out.mean_latents])
+        )
+        copies = len(decoded) // len(target)
         if self.reconstruction == "latent":
             log_scale = adapter.latent_log_scale
-            error = ((target - out.latents) * torch.exp(-log_scale)).pow(2)
+            error = ((target.repeat(copies, 1, 1, 1) - decoded) * torch.exp(-log_scale)).pow(2)
             nll = 0.5 * error.flatten(1).sum(dim=1)
             nll = nll + error[0].numel() * (log_scale + 0.5 * math.log(2 * math.pi))
         else:
-            probs = signed_to_unit(model.codec.decode(out.latents)).clamp(PIXEL_EPS, 1 - PIXEL_EPS)
-            target_pixels = signed_to_unit(pixel_values.to(probs))
+            probs = signed_to_unit(model.codec.decode(decoded)).clamp(PIXEL_EPS, 1 - PIXEL_EPS)
+            target_pixels = signed_to_unit(pixel_values.to(probs)).repeat(copies, 1, 1, 1)
             nll = nn.functional.binary_cross_entropy(probs, target_pixels, reduction="none")
             nll = nll.flatten(1).sum(dim=1)
         recon, kl = nll.mean(), gaussian_kl(out.mean, out.logvar).mean()
@@ -276,7 +290,7 @@ class Objective(Settings):
         if self.edit_order:
             sources = out.sources
             edit_order = grouped_edit_order(
-                out.latents[sources].flatten(1),
+                out.mean_latents[sources].flatten(1),
                 out.counterfactuals.flatten(1),
                 groups[sources],
                 groups,

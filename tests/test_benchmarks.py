@@ -97,13 +97,14 @@ def test_step_flops_counts_the_default_adapter(bench_path):
     generator += 2 * 48 * 256 * 3 + 2 * 256 * 256 * 3 + 2 * 256 * 256 * 3
     plain = common.step_flops(adapter, observational, matching=False)
     assert plain == posterior + generator
-    # sample matching: the generator twice more (prior draws, counterfactuals), and for each of
+    # sample matching: the generator three times more (posterior means, prior draws,
+    # counterfactuals), and for each of
     # its two distances 64 projections of both sides of 256 values; prior matching: 64
     # projections of the 192 posterior noise values and of as many draws; covariance matching,
     # for each of its two distances in a batch of 512 observational rows: the real rows' Gram
     # matrix (forward only), the decoded rows' and the cross one (forward and backward)
     matched = common.step_flops(adapter, observational)
-    sample = 2 * (generator + 2 * 256 * 64 * 2 + 2 * 256 * 64 * 3)
+    sample = 3 * generator + 2 * (2 * 256 * 64 * 2 + 2 * 256 * 64 * 3)
     covariance = 2 * (2 * 256 * 512 + 2 * (2 * 256 * 512 * 3))
     expected = plain + sample + 2 * 192 * 64 * 2 + 2 * 192 * 64 * 3 + covariance
     assert matched == pytest.approx(expected)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -166,25 +167,60 @@ def test_grouped_edit_order_reads_along_the_move_only():
     assert grouped_edit_order(before, after, source, target).item() == pytest.approx(0, abs=1e-6)
 
 
+def plain_and_objective(model, latents, contexts, objective):
+    """The losses of ``ELBO`` and of ``objective`` on one batch, with the same generator."""
+    return [
+        model(contexts, latents=latents, objective=o, generator=torch.Generator().manual_seed(1))
+        for o in (ELBO, objective)
+    ]
+
+
 def losses_and_draws(model, adapter, latents, contexts, objective):
-    """The loss of ``ELBO`` and of ``objective`` with the same generator, and by hand the draws
-    of the matching terms in their order: the posterior noise, the permutation of the rows and
-    the prior noise; then each row decoded under its own context from another row's noise (a
-    counterfactual) and from a prior draw. Returns ``(plain, out, counterfactuals, generated,
+    """The loss of ``objective`` and, by hand, the rest of it: ``base``, the loss of ``ELBO``
+    with the reconstruction of the matching terms (the average of the posterior sample's NLL
+    and the posterior mean's, ``mean_reconstruction``), and the draws of the matching terms in
+    their order: the posterior noise, the permutation of the rows and the prior noise; then
+    each row decoded under its own context from another row's posterior mean (a
+    counterfactual) and from a prior draw. Returns ``(base, out, counterfactuals, generated,
     g)``, ``g`` the generator after those draws."""
-    plain = model(
-        contexts, latents=latents, objective=ELBO, generator=torch.Generator().manual_seed(1)
-    )
-    out = model(
-        contexts, latents=latents, objective=objective, generator=torch.Generator().manual_seed(1)
-    )
+    plain, out = plain_and_objective(model, latents, contexts, objective)
     g = torch.Generator().manual_seed(1)
-    z = adapter(latents, contexts, generator=g).noise
+    mean = adapter(latents, contexts, generator=g).mean
     others = torch.randperm(len(latents), generator=g)
     noise = adapter.sample_noise(len(latents), generator=g)
-    counterfactuals = adapter.latents_from_noise(z[others], contexts).flatten(1)
+    counterfactuals = adapter.latents_from_noise(mean[others], contexts).flatten(1)
     generated = adapter.latents_from_noise(noise, contexts).flatten(1)
-    return plain, out, counterfactuals, generated, g
+    reconstruction = (plain["reconstruction"] + mean_reconstruction(adapter, latents, contexts)) / 2
+    base = plain["loss"] - plain["reconstruction"] + reconstruction
+    return base, out, counterfactuals, generated, g
+
+
+def mean_reconstruction(adapter, latents, contexts):
+    """The latent NLL of each row's posterior mean decoded under its context, batch mean."""
+    mean = adapter.posterior(latents, contexts)[0]
+    scale = adapter.latent_log_scale.exp()
+    error = (latents - adapter.latents_from_noise(mean, contexts)) / scale
+    size = error[0].numel()
+    nll = 0.5 * error.pow(2).flatten(1).sum(1) + size * (scale.log() + 0.5 * math.log(2 * math.pi))
+    return nll.mean()
+
+
+def test_reconstruction_of_the_mean_by_hand(tiny_batch):
+    """With the matching rows decoded, the reconstruction is the average of the ELBO's (a
+    posterior sample) and the posterior mean's; without them it is the ELBO's alone."""
+    model, adapter, latents, contexts = tiny_batch
+    objective = dataclasses.replace(ELBO, edit_order=1.0)
+    with torch.no_grad():
+        plain, out = plain_and_objective(model, latents, contexts, objective)
+        of_mean = mean_reconstruction(adapter, latents, contexts)
+        sample = adapter(latents, contexts, generator=torch.Generator().manual_seed(1))
+        error = (latents - sample.latents) / adapter.latent_log_scale.exp()
+        of_sample = 0.5 * error.pow(2).flatten(1).sum(1).mean() + error[0].numel() * (
+            adapter.latent_log_scale + 0.5 * math.log(2 * math.pi)
+        )
+    assert_close(plain["reconstruction"], of_sample, rtol=1e-5, atol=1e-4)
+    assert abs(of_mean.item() - of_sample.item()) > 1e-3  # the two decodings differ
+    assert_close(out["reconstruction"], (of_sample + of_mean) / 2, rtol=1e-5, atol=1e-4)
 
 
 def test_edit_order_by_hand(tiny_batch):
@@ -193,10 +229,11 @@ def test_edit_order_by_hand(tiny_batch):
     contexts = ["a", "obs", "b"] * 20  # about 7 rows per (source, target) pair
     objective = dataclasses.replace(ELBO, edit_order=3.0)
     with torch.no_grad():
-        plain, out, counterfactuals, _, _ = losses_and_draws(
+        base, out, counterfactuals, _, _ = losses_and_draws(
             model, adapter, latents, contexts, objective
         )
-        # row n of the counterfactuals edits row sources[n]: compare with its own decoding
+        # row n of the counterfactuals edits row sources[n]: compare with its decoding from
+        # the same posterior mean
         decoded = adapter(
             latents, contexts, generator=torch.Generator().manual_seed(1), sample_matching=True
         )
@@ -207,11 +244,11 @@ def test_edit_order_by_hand(tiny_batch):
         assert torch.equal(sources, torch.randperm(60, generator=g))
         groups = torch.tensor([1, 0, 2] * 20)  # a, obs, b as distinct_contexts numbers them
         expected = grouped_edit_order(
-            decoded.latents[sources].flatten(1), counterfactuals, groups[sources], groups
+            decoded.mean_latents[sources].flatten(1), counterfactuals, groups[sources], groups
         )
     assert expected.item() > 0.01
     assert_close(out["edit_order"], expected, rtol=1e-4, atol=1e-5)
-    assert_close(out["loss"], plain["loss"] + 3.0 * expected, rtol=1e-4, atol=1e-4)
+    assert_close(out["loss"], base + 3.0 * expected, rtol=1e-4, atol=1e-4)
 
 
 def test_covariance_matching_by_hand(tiny_batch):
@@ -219,7 +256,7 @@ def test_covariance_matching_by_hand(tiny_batch):
     objective = dataclasses.replace(ELBO, covariance_matching=3.0)
     with torch.no_grad():
         # the rows of sample matching (the same draws), compared by covariance per context
-        plain, out, counterfactuals, generated, _ = losses_and_draws(
+        base, out, counterfactuals, generated, _ = losses_and_draws(
             model, adapter, latents, contexts, objective
         )
         real = latents.flatten(1)
@@ -233,7 +270,7 @@ def test_covariance_matching_by_hand(tiny_batch):
                 expected += 2 * (own - 2 * cross / 4) / (5 * real.shape[1])
     assert_close(out["covariance_matching"], expected, rtol=1e-4, atol=1e-5)
     assert out["covariance_matching"].item() != 0
-    assert_close(out["loss"], plain["loss"] + 3.0 * expected, rtol=1e-4, atol=1e-4)
+    assert_close(out["loss"], base + 3.0 * expected, rtol=1e-4, atol=1e-4)
 
 
 def test_sample_matching_by_hand(tiny_batch):
@@ -241,7 +278,7 @@ def test_sample_matching_by_hand(tiny_batch):
     objective = dataclasses.replace(ELBO, sample_matching=2.0, num_projections=3)
     with torch.no_grad():
         # The same draws by hand, then the directions of each of the two distances.
-        plain, out, counterfactuals, generated, g = losses_and_draws(
+        base, out, counterfactuals, generated, g = losses_and_draws(
             model, adapter, latents, contexts, objective
         )
         real = latents.flatten(1)
@@ -257,13 +294,12 @@ def test_sample_matching_by_hand(tiny_batch):
             expected += total / (5 * 3) * real.shape[1]
     assert_close(out["sample_matching"], expected, rtol=1e-4, atol=1e-5)
     assert out["sample_matching"].item() > 0
-    assert_close(out["reconstruction"], plain["reconstruction"])
-    assert_close(out["loss"], plain["loss"] + 2.0 * expected, rtol=1e-4, atol=1e-4)
+    assert_close(out["loss"], base + 2.0 * expected, rtol=1e-4, atol=1e-4)
 
 
 def test_counterfactuals_decode_other_rows_noise(tiny_batch):
-    """Under one context for every row, the counterfactuals are the batch's reconstructions,
-    shuffled: row i decodes row others[i]'s posterior sample."""
+    """Under one context for every row, the counterfactuals are the batch's reconstructions
+    from the posterior mean, shuffled: row i decodes row others[i]'s posterior mean."""
     _, adapter, latents, _ = tiny_batch
     with torch.no_grad():
         g = torch.Generator().manual_seed(4)
@@ -275,24 +311,19 @@ def test_counterfactuals_decode_other_rows_noise(tiny_batch):
         assert_close(out.generated, adapter.latents_from_noise(drawn, "obs"))
     # not the identity for this seed, or decoding each row's own noise would pass too
     assert others.tolist() != [0, 1, 2, 3, 4]
-    assert_close(out.counterfactuals, out.latents[others])
+    assert_close(out.mean_latents, adapter.latents_from_noise(out.mean, "obs"))
+    assert_close(out.counterfactuals, out.mean_latents[others])
+    assert not torch.allclose(out.counterfactuals, out.latents[others])  # not the samples
     plain = adapter(latents, "obs")
     assert plain.generated is None and plain.counterfactuals is None
+    assert plain.mean_latents is None
 
 
 def test_prior_matching_by_hand(tiny_batch):
     model, adapter, latents, contexts = tiny_batch
     objective = dataclasses.replace(ELBO, prior_matching=3.0, num_projections=4)
     with torch.no_grad():
-        plain = model(
-            contexts, latents=latents, objective=ELBO, generator=torch.Generator().manual_seed(1)
-        )
-        out = model(
-            contexts,
-            latents=latents,
-            objective=objective,
-            generator=torch.Generator().manual_seed(1),
-        )
+        plain, out = plain_and_objective(model, latents, contexts, objective)
         # The same draws by hand: the posterior sample z, the prior draws, the directions.
         g = torch.Generator().manual_seed(1)
         z = adapter(latents, contexts, generator=g).noise
