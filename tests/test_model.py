@@ -47,7 +47,13 @@ def make_adapter(vae, seed: int = 0, **kwargs) -> CtxAdapter:
     return CtxAdapter(CONCEPTS, latent_shape=shape, exogenous_width=8, concept_width=4, **kwargs)
 
 
-ELBO = dict(sample_matching=0.0, prior_matching=0.0, group_sparsity=0.0)
+ELBO = dict(
+    sample_matching=0.0,
+    prior_matching=0.0,
+    covariance_matching=0.0,
+    edit_order=0.0,
+    group_sparsity=0.0,
+)
 """The ``Objective`` weights that leave the reconstruction and KL terms alone."""
 
 
@@ -140,16 +146,26 @@ def test_pixel_loss_by_hand(case, images):
     with torch.no_grad():
         latents = model.codec.encode(images)
         out = model.adapter(latents, contexts, generator=seeded(5))
-        result = model.loss(
-            contexts,
-            pixel_values=images,
-            objective=Objective(reconstruction="pixel"),
-            generator=seeded(5),
+        result, matched = (
+            model.loss(
+                contexts,
+                pixel_values=images,
+                objective=Objective(reconstruction="pixel", **settings),
+                generator=seeded(5),
+            )
+            for settings in (ELBO, {})  # the ELBO; the defaults' matching terms
         )
-        probs = ((model.codec.decode(out.latents) + 1) / 2).clamp(1e-4, 1 - 1e-4)
-    target = (images + 1) / 2
-    bce = -(target * probs.log() + (1 - target) * (1 - probs).log()).flatten(1).sum(dim=1)
-    assert_close(result["reconstruction"], bce.mean(), rtol=1e-4, atol=1e-3)
+        of_mean = model.adapter.latents_from_noise(out.mean, contexts).view_as(out.latents)
+
+    def bce(decoded):
+        probs = ((model.codec.decode(decoded) + 1) / 2).clamp(1e-4, 1 - 1e-4)
+        target = (images + 1) / 2
+        return -(target * probs.log() + (1 - target) * (1 - probs).log()).flatten(1).sum(dim=1)
+
+    assert_close(result["reconstruction"], bce(out.latents).mean(), rtol=1e-4, atol=1e-3)
+    # with the matching rows decoded, the posterior mean's decoding is reconstructed too
+    both = (bce(out.latents).mean() + bce(of_mean).mean()) / 2
+    assert_close(matched["reconstruction"], both, rtol=1e-4, atol=1e-3)
 
 
 def test_gaussian_kl_by_hand():
