@@ -47,12 +47,9 @@ def make_adapter(vae, seed: int = 0, **kwargs) -> CtxAdapter:
     return CtxAdapter(CONCEPTS, latent_shape=shape, exogenous_width=8, concept_width=4, **kwargs)
 
 
-ELBO = dict(
-    sample_matching=0.0,
-    prior_matching=0.0,
-    covariance_matching=0.0,
-    edit_order=0.0,
-    group_sparsity=0.0,
+ELBO = dict.fromkeys(
+    ("sample_matching", "prior_matching", "covariance_matching", "edit_order", "group_sparsity"),
+    0.0,
 )
 """The ``Objective`` weights that leave the reconstruction and KL terms alone."""
 
