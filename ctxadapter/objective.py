@@ -258,21 +258,11 @@ class Objective(Settings):
         target = latents.to(out.latents.dtype)
         # Reconstruction: of the posterior sample (the ELBO's) and, when the other rows are
         # decoded, of the posterior mean too (what reconstructions and edits decode).
-        decoded = (
-            out.latents if out.mean_latents is None else torch.cat([out.latents, out.mean_latents])
-        )
-        copies = len(decoded) // len(target)
-        if self.reconstruction == "latent":
-            log_scale = adapter.latent_log_scale
-            error = ((target.repeat(copies, 1, 1, 1) - decoded) * torch.exp(-log_scale)).pow(2)
-            nll = 0.5 * error.flatten(1).sum(dim=1)
-            nll = nll + error[0].numel() * (log_scale + 0.5 * math.log(2 * math.pi))
-        else:
-            probs = signed_to_unit(model.codec.decode(decoded)).clamp(PIXEL_EPS, 1 - PIXEL_EPS)
-            target_pixels = signed_to_unit(pixel_values.to(probs)).repeat(copies, 1, 1, 1)
-            nll = nn.functional.binary_cross_entropy(probs, target_pixels, reduction="none")
-            nll = nll.flatten(1).sum(dim=1)
-        recon, kl = nll.mean(), gaussian_kl(out.mean, out.logvar).mean()
+        recon = self._reconstruction_nll(model, out.latents, target, pixel_values)
+        if out.mean_latents is not None:
+            of_mean = self._reconstruction_nll(model, out.mean_latents, target, pixel_values)
+            recon = (recon + of_mean) / 2
+        kl = gaussian_kl(out.mean, out.logvar).mean()
         groups = distinct_contexts(mask)[1]
         matching = prior = covariance = edit_order = recon.new_zeros(())
         real = target.flatten(1)
@@ -309,6 +299,22 @@ class Objective(Settings):
             edit_order=edit_order,
             causal_penalty=penalty,
         )
+
+    def _reconstruction_nll(
+        self, model, decoded: Tensor, target: Tensor, pixel_values: Tensor | None
+    ) -> Tensor:
+        """The batch mean of the NLL (nats per sample) of ``target`` latents ``(N, C, h, w)``
+        (or of ``pixel_values``, with ``reconstruction="pixel"``) given ``decoded`` latents."""
+        if self.reconstruction == "latent":
+            log_scale = model.adapter.latent_log_scale
+            error = ((target - decoded) * torch.exp(-log_scale)).pow(2)
+            nll = 0.5 * error.flatten(1).sum(dim=1)
+            nll = nll + error[0].numel() * (log_scale + 0.5 * math.log(2 * math.pi))
+            return nll.mean()
+        probs = signed_to_unit(model.codec.decode(decoded)).clamp(PIXEL_EPS, 1 - PIXEL_EPS)
+        target_pixels = signed_to_unit(pixel_values.to(probs))
+        nll = nn.functional.binary_cross_entropy(probs, target_pixels, reduction="none")
+        return nll.flatten(1).sum(dim=1).mean()
 
     def _matched_distance(
         self, real: Tensor, fake: Tensor, groups: Tensor, generator: torch.Generator | None
