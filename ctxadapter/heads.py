@@ -14,8 +14,8 @@ The context layers between them keep their exact semantics; the heads are ours t
   block of the concept values goes through its own small MLP, the blocks' features are
   summed and one shared linear map renders the sum, so what a block adds to the latent does
   not depend on the other blocks;
-- ``"auto"``: ``"mlp"`` for latents of fewer than ``AUTO_CONV_SIZE`` values, ``"conv"`` from
-  there.
+- ``"auto"``: ``"additive"`` for latents of fewer than ``AUTO_CONV_SIZE`` values, ``"conv"``
+  from there.
 
 Every head takes and returns flat vectors: ``(N, C*h*w)`` in, or out, so that all kinds share
 the adapter's code and the linear and MLP heads keep the state-dict keys they always had.
@@ -43,12 +43,12 @@ CONV_GRID = 8
 
 
 def resolve_heads(kind: str, latent_shape: tuple[int, int, int]) -> str:
-    """``kind``, with ``"auto"`` replaced by ``"mlp"`` or ``"conv"`` for ``latent_shape``."""
+    """``kind``, with ``"auto"`` replaced by ``"additive"`` or ``"conv"`` for ``latent_shape``."""
     if kind not in HEADS:
         raise ValueError(f"heads must be one of {HEADS}, got {kind!r}")
     if kind != "auto":
         return kind
-    return "conv" if math.prod(latent_shape) >= AUTO_CONV_SIZE else "mlp"
+    return "conv" if math.prod(latent_shape) >= AUTO_CONV_SIZE else "additive"
 
 
 def _mlp(size_in: int, width: int, size_out: int) -> nn.Sequential:
