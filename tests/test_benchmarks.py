@@ -88,7 +88,7 @@ def test_step_flops_counts_the_paper_adapter(bench_path):
 
 def test_step_flops_counts_the_default_adapter(bench_path):
     common = importlib.import_module("common")
-    adapter = common.context_model(6, (4, 8, 8)).adapter  # additive heads of width 256, block mixing
+    adapter = common.context_model(6, (4, 8, 8)).adapter  # additive heads, width 256
     observational = torch.zeros(7, 6, dtype=torch.bool)
     # the posterior head's first layer reads the 256 latent values and the 6-bit context mask
     posterior = 2 * (256 + 6) * 256 * 2 + 2 * 256 * 256 * 3 + 2 * 256 * 384 * 3
