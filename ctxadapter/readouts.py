@@ -17,9 +17,9 @@ __all__ = ["EDGE_THRESHOLD", "GRAPH_READOUTS", "GRAPH_SAMPLES", "CausalReadouts"
 GRAPH_READOUTS = ("rendered", "direct")
 """The readouts of ``CtxAdapter.concept_graph`` (the first is the default)."""
 EDGE_THRESHOLD = 0.1
-"""An entry of ``CtxAdapter.concept_graph`` above this is read as an edge: intervening on the
-source moves the target concept by more than a tenth of how much it varies (``"rendered"``),
-or the source contributes more than a tenth of the target's variance (``"direct"``)."""
+"""An entry of ``CtxAdapter.concept_graph`` above this is read as an edge: the squared
+standardised total effect of the source on the target is above a tenth (``"rendered"``), or
+the source contributes more than a tenth of the target's variance (``"direct"``)."""
 GRAPH_SAMPLES = 1024
 """Prior draws ``readout="rendered"`` averages over (each rendered ``K + K^2`` times)."""
 
@@ -57,21 +57,26 @@ class CausalReadouts:
         ``j -> i``.
 
         - ``readout="rendered"`` (the default): the *total* effect of intervening on ``j``, as
-          the latent head renders it. Draw ``num_samples`` noises ``z ~ N(0, I)`` and compute
-          their concept values ``c`` under ``context`` and ``c'`` under ``context`` plus an
-          intervention on ``j`` (the same noise: a counterfactual). Entry ``(i, j)`` is
+          the latent head renders it, per unit of ``j``'s own move. Draw ``num_samples``
+          noises ``z ~ N(0, I)`` and compute their concept values ``c`` under ``context`` and
+          ``c'`` under ``context`` plus an intervention on ``j`` (the same noise: a
+          counterfactual). How far the intervention moves concept ``i``, relative to how
+          much ``i`` varies, is
 
-              mean_n ||head(c_n with block i from c'_n) - head(c_n)||^2
-              / mean_n ||head(c_n with block i from c_m) - head(c_n)||^2
+              move[i, j] = mean_n ||head(c_n with block i from c'_n) - head(c_n)||^2
+                         / mean_n ||head(c_n with block i from c_m) - head(c_n)||^2
 
-          with ``m`` a random other draw: how far the intervention moves what concept ``i``
-          paints, over how far ``i``'s paint moves between two random samples. ``0``: ``j``
-          does not move ``i``; ``1``: as much as ``i`` varies by itself. Entries are
-          comparable across pairs, runs, heads and widths. The diagonal is the intervention's
-          effect on its own concept; columns of concepts already in ``context`` are ``0``.
-          Under an intervention the effects into the intervened concepts are cut. Costs
-          ``K + K^2`` passes of the latent head over ``num_samples`` rows; ``seed`` fixes the
-          draws, so the same adapter gives the same graph.
+          with ``m`` a random other draw; entry ``(i, j)`` is ``move[i, j] / move[j, j]``.
+          If ``i`` moves as ``beta`` times ``j``'s move, that is ``beta^2 var(j) / var(i)``,
+          the squared standardised total effect of ``j`` on ``i``: ``0`` when ``j`` does not
+          move ``i``, ``1`` when ``i`` follows ``j`` one standard deviation for one, and the
+          same whether the data's intervention on ``j`` moves it far or little. Entries are
+          comparable across pairs, runs, heads and widths; the diagonal is ``1``. A column is
+          ``0`` where the intervention moves its own concept not at all (or ``j`` is already
+          in ``context``). Under another context, column ``j`` is what adding ``j`` to it does
+          (with the causal layer's composition semantics). Costs ``K + K^2`` passes of the
+          latent head over ``num_samples`` rows; ``seed`` fixes the draws, so the same adapter
+          gives the same graph.
         - ``readout="direct"``: the share of ``i``'s variance that comes from ``j`` in the
           causal layer's effective weight ``W`` for ``context`` (``Bo`` under ``obs``),
           ``||W[i, j]||_F^2 / sum_l ||W[i, l]||_F^2``, as if the layer's inputs were independent
@@ -119,8 +124,11 @@ class CausalReadouts:
                 graph[:, j] = torch.stack([moved(i, intervened) for i in range(len(graph))])
         finally:
             self.train(training)
-        # a block the head does not render (spread 0) has no visible effect
-        return torch.where(spread[:, None] > 0, graph / spread[:, None].clamp(min=1e-30), 0.0)
+        # a block the head does not render (spread 0) has no visible effect, and an
+        # intervention that moves nothing of its own concept no effect per unit of its move
+        moves = torch.where(spread[:, None] > 0, graph / spread[:, None].clamp(min=1e-30), 0.0)
+        own = moves.diagonal()
+        return torch.where(own > 0, moves / own.clamp(min=1e-30), 0.0)
 
     def causal_penalty(
         self, contexts: torch.Tensor, group_sparsity: float = 0.0, l2: float = 0.0
