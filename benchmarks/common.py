@@ -10,6 +10,7 @@ from harness import measure
 
 from ctxadapter.config import AdapterConfig
 from ctxadapter.contexts import distinct_contexts
+from ctxadapter.heads import AdditiveLatentHead
 from ctxadapter.training import QUAD_AUTOENCODER
 
 # The project's quad autoencoder (training.PretrainArguments defaults) and the Stable Diffusion
@@ -150,8 +151,16 @@ def adam(model, **kwargs) -> torch.optim.Optimizer:
 
 
 def _linear_shapes(module) -> list[tuple[int, int]]:
-    """``(in, out)`` of every ``nn.Linear`` in ``module`` (a linear or an MLP head), in order."""
-    return [(m.in_features, m.out_features) for m in module.modules() if hasattr(m, "in_features")]
+    """``(in, out)`` of every linear map in ``module`` (a head): each ``nn.Linear``, and each
+    batched weight ``(K, a, b)`` of an additive head as one ``K*a -> b`` map (the same
+    products)."""
+    shapes = []
+    for m in module.modules():
+        if isinstance(m, AdditiveLatentHead):
+            shapes += [(w.shape[0] * w.shape[1], w.shape[2]) for w in m.weights]
+        elif hasattr(m, "in_features"):
+            shapes.append((m.in_features, m.out_features))
+    return shapes
 
 
 def step_flops(

@@ -164,11 +164,12 @@ class AdapterConfig(Settings):
         exogenous_bias: ``"interventional"`` (intervened blocks take their own bias, so edits
             can shift them; see ``ctxadapter.layers.ExogenousLayer``) or ``"shared"`` (the
             paper's: one exogenous bias for every context).
-        heads: the posterior and latent heads (``ctxadapter.heads``): ``"auto"`` (``"mlp"``
-            below 4,096 latent values, ``"conv"`` from 4,096; an adapter records the kind
-            chosen), ``"mlp"`` (two hidden GELU layers of ``head_width``), ``"conv"``
-            (spatial heads for large latents), ``"additive"`` (an MLP per concept block,
-            summed) or ``"linear"`` (the paper's: one linear map each way).
+        heads: the posterior and latent heads (``ctxadapter.heads``): ``"auto"``
+            (``"additive"`` below 4,096 latent values, ``"conv"`` from 4,096; an adapter
+            records the kind chosen), ``"additive"`` (an MLP posterior head; a latent head
+            that renders each concept block on its own and sums), ``"mlp"`` (two hidden GELU
+            layers of ``head_width`` each way), ``"conv"`` (spatial heads for large latents)
+            or ``"linear"`` (the paper's: one linear map each way).
         head_width: hidden width of the MLP heads (and of the MLPs inside ``"conv"`` and
             ``"additive"`` heads).
         posterior_context: the posterior head reads the image's context beside its latent

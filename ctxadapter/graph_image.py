@@ -17,8 +17,8 @@ DARK_BLUE = (8, 48, 107)
 DIAGONAL_GREY = (220, 220, 220)
 FAINT = (150, 150, 150)
 GRAPH_SCALE = 0.5
-"""``concept_graph_image`` draws entries from white (0) to dark blue (this and above): a
-source that gives half of a concept's variance is full colour."""
+"""``concept_graph_image`` draws entries from white (0) to dark blue (this and above): an
+intervention that moves a concept by half of its own variation is full colour."""
 
 
 def _blend(low: tuple[int, int, int], high: tuple[int, int, int], t: float) -> tuple[int, ...]:
@@ -47,7 +47,8 @@ def concept_graph_image(
 
     Args:
         graph: ``(K, K)``; entry ``(i, j)`` is the effect of concept ``j`` on concept ``i``
-            (e.g. ``model.adapter.concept_graph()``, the share of ``i``'s variance from ``j``).
+            (e.g. ``model.adapter.concept_graph()``: how far an intervention on ``j`` moves
+            ``i``, over how far ``i`` varies).
         concepts: the ``K`` concept names (row ``i`` = target, column ``j`` = source).
         title: drawn above the heatmap if given.
         cell: side of one cell in pixels.

@@ -11,10 +11,11 @@ The context layers between them keep their exact semantics; the heads are ours t
   convolution back to the patches, a 3 x 3 convolution that smooths the patch borders). Their
   weights and their work grow far slower than the latent's height and width;
 - ``"additive"``: an MLP posterior head and a block-additive latent head: each concept's
-  block of the concept values is decoded by its own small MLP into a whole latent, and the
-  latents are summed, so one concept's block cannot change how another's is rendered;
-- ``"auto"``: ``"mlp"`` for latents of fewer than ``AUTO_CONV_SIZE`` values, ``"conv"`` from
-  there.
+  block of the concept values goes through its own small MLP, the blocks' features are
+  summed and one shared linear map renders the sum, so what a block adds to the latent does
+  not depend on the other blocks;
+- ``"auto"``: ``"additive"`` for latents of fewer than ``AUTO_CONV_SIZE`` values, ``"conv"``
+  from there.
 
 Every head takes and returns flat vectors: ``(N, C*h*w)`` in, or out, so that all kinds share
 the adapter's code and the linear and MLP heads keep the state-dict keys they always had.
@@ -42,12 +43,12 @@ CONV_GRID = 8
 
 
 def resolve_heads(kind: str, latent_shape: tuple[int, int, int]) -> str:
-    """``kind``, with ``"auto"`` replaced by ``"mlp"`` or ``"conv"`` for ``latent_shape``."""
+    """``kind``, with ``"auto"`` replaced by ``"additive"`` or ``"conv"`` for ``latent_shape``."""
     if kind not in HEADS:
         raise ValueError(f"heads must be one of {HEADS}, got {kind!r}")
     if kind != "auto":
         return kind
-    return "conv" if math.prod(latent_shape) >= AUTO_CONV_SIZE else "mlp"
+    return "conv" if math.prod(latent_shape) >= AUTO_CONV_SIZE else "additive"
 
 
 def _mlp(size_in: int, width: int, size_out: int) -> nn.Sequential:
@@ -124,27 +125,37 @@ class ConvLatentHead(nn.Module):
 
 
 class AdditiveLatentHead(nn.Module):
-    """Concept values ``(N, K*w)`` -> flat latents ``(N, D)``: ``sum_k mlp_k(c_k)`` with one
-    two-hidden-layer GELU MLP of ``width`` per block, computed for every block at once."""
+    """Concept values ``(N, K*w)`` -> flat latents ``(N, D)``: ``W sum_k g_k(c_k) + bias``.
+
+    Each block ``c_k`` goes through its own two-layer GELU MLP ``g_k`` (``w -> width ->
+    width``); the blocks' features are summed and one linear map ``W`` (``width -> D``), shared
+    by every block, renders them. A linear map of a sum is the sum of the maps, so the head is
+    additive over blocks: what block ``k`` adds to the latent, ``W g_k(c_k)``, does not depend
+    on the other blocks. All blocks are computed at once (batched products).
+    """
 
     def __init__(self, num_blocks: int, block_width: int, width: int, size_out: int):
         super().__init__()
         self.num_blocks, self.block_width = num_blocks, block_width
-        shapes = [(block_width, width), (width, width), (width, size_out)]
+        shapes = [(block_width, width), (width, width)]
         self.weights = nn.ParameterList(
             nn.Parameter(torch.empty(num_blocks, a, b).uniform_(-1, 1) / math.sqrt(a))
             for a, b in shapes
         )
         self.biases = nn.ParameterList(
-            nn.Parameter(torch.zeros(num_blocks, 1, b)) for _, b in shapes[:-1]
+            nn.Parameter(torch.zeros(num_blocks, 1, b)) for _, b in shapes
         )
-        self.bias = nn.Parameter(torch.zeros(size_out))
+        self.output = nn.Linear(width, size_out)
+
+    def block_features(self, concepts: torch.Tensor) -> torch.Tensor:
+        """``(N, K*w)`` -> ``(K, N, width)``: ``g_k(c_k)`` of every block."""
+        x = concepts.view(-1, self.num_blocks, self.block_width).transpose(0, 1)  # (K, N, w)
+        for weight, bias in zip(self.weights, self.biases, strict=True):
+            x = nn.functional.gelu(torch.baddbmm(bias, x, weight))
+        return x
 
     def forward(self, concepts: torch.Tensor) -> torch.Tensor:
-        x = concepts.view(-1, self.num_blocks, self.block_width).transpose(0, 1)  # (K, N, w)
-        for weight, bias in zip(self.weights[:-1], self.biases, strict=True):
-            x = nn.functional.gelu(torch.baddbmm(bias, x, weight))
-        return torch.bmm(x, self.weights[-1]).sum(dim=0) + self.bias
+        return self.output(self.block_features(concepts).sum(dim=0))
 
 
 def _head(kind: str, size_in: int, width: int, size_out: int, conv) -> nn.Module:

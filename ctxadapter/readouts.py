@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import torch
 
-from .contexts import OBSERVATIONAL, distinct_contexts
+from .contexts import OBSERVATIONAL, context_name, distinct_contexts, parse_context
 from .layers import block_readout
 
-__all__ = ["EDGE_THRESHOLD", "GRAPH_READOUTS", "CausalReadouts"]
+__all__ = ["EDGE_THRESHOLD", "GRAPH_READOUTS", "GRAPH_SAMPLES", "CausalReadouts"]
 
-GRAPH_READOUTS = ("direct", "total")
-"""The readouts of ``CtxAdapter.concept_graph``."""
+GRAPH_READOUTS = ("rendered", "direct")
+"""The readouts of ``CtxAdapter.concept_graph`` (the first is the default)."""
 EDGE_THRESHOLD = 0.1
-"""An entry of ``CtxAdapter.concept_graph`` above this is read as an edge: the source
-contributes more than a tenth of the target concept's variance."""
+"""An entry of ``CtxAdapter.concept_graph`` above this is read as an edge: the squared
+standardised total effect of the source on the target is above a tenth (``"rendered"``), or
+the source contributes more than a tenth of the target's variance (``"direct"``)."""
+GRAPH_SAMPLES = 1024
+"""Prior draws ``readout="rendered"`` averages over (each rendered ``K + K^2`` times)."""
 
 
 class CausalReadouts:
@@ -42,44 +45,90 @@ class CausalReadouts:
         return block_readout(self.causal_weight(context), len(self.concepts), "mean")
 
     @torch.no_grad()
-    def concept_graph(self, context=OBSERVATIONAL, readout: str = "direct") -> torch.Tensor:
-        """The learned concept graph ``(K, K)``: entry ``(i, j)`` is the share of concept
-        ``i``'s variance that comes from concept ``j``.
+    def concept_graph(
+        self,
+        context=OBSERVATIONAL,
+        readout: str = "rendered",
+        num_samples: int = GRAPH_SAMPLES,
+        seed: int = 0,
+    ) -> torch.Tensor:
+        """The learned concept graph ``(K, K)``: entry ``(i, j)`` is the effect of concept ``j``
+        on concept ``i``; an off-diagonal entry above :data:`EDGE_THRESHOLD` is read as an edge
+        ``j -> i``.
 
-        With ``W`` the matrix read, ``graph[i, j] = ||W[i, j]||_F^2 / sum_l ||W[i, l]||_F^2``:
-        the fraction of the variance of the causal layer's output block ``i`` contributed by
-        input block ``j`` if the inputs were independent with unit variance. The expressive
-        layers end in a BatchNorm, which gives each input dimension unit variance, but the
-        dimensions of a block are correlated, so on trained adapters the entries understate
-        the effects (``docs/concepts.md``). Entries are in ``[0, 1]``, each row sums to 1,
-        and the diagonal is the concept's own share; an entry above :data:`EDGE_THRESHOLD`
-        is read as an edge ``j -> i``. Comparable across pairs, runs and widths as a
-        ranking.
+        - ``readout="rendered"`` (the default): the *total* effect of intervening on ``j``, as
+          the latent head renders it, per unit of ``j``'s own move. Draw ``num_samples``
+          noises ``z ~ N(0, I)`` and compute their concept values ``c`` under ``context`` and
+          ``c'`` under ``context`` plus an intervention on ``j`` (the same noise: a
+          counterfactual). How far the intervention moves concept ``i``, relative to how
+          much ``i`` varies, is
 
-        Args:
-            context: the context whose effective weight ``readout="direct"`` reads
-                (observational by default: every learned effect; an intervention cuts the
-                effects into the intervened concepts).
-            readout: ``"direct"``, the effective weight of ``context`` (in the observational
-                context, ``Bo``: the reduced-form effects among concepts); or ``"total"``,
-                the interventional weights as an intervention on ``j`` uses them for ``j``'s
-                effects on every other concept (block ``(i, j)`` of ``Bi``, for every ``j``),
-                read in the observational context only. With ``causal_effects="shared"``
-                (the default) ``Bi`` is ``Bo`` and both readouts are the same matrix.
+              move[i, j] = mean_n ||head(c_n with block i from c'_n) - head(c_n)||^2
+                         / mean_n ||head(c_n with block i from c_m) - head(c_n)||^2
+
+          with ``m`` a random other draw; entry ``(i, j)`` is ``move[i, j] / move[j, j]``.
+          If ``i`` moves as ``beta`` times ``j``'s move, that is ``beta^2 var(j) / var(i)``,
+          the squared standardised total effect of ``j`` on ``i``: ``0`` when ``j`` does not
+          move ``i``, ``1`` when ``i`` follows ``j`` one standard deviation for one, and the
+          same whether the data's intervention on ``j`` moves it far or little. Entries are
+          comparable across pairs, runs, heads and widths; the diagonal is ``1``. A column is
+          ``0`` where the intervention moves its own concept not at all (or ``j`` is already
+          in ``context``). Under another context, column ``j`` is what adding ``j`` to it does
+          (with the causal layer's composition semantics). Costs ``K + K^2`` passes of the
+          latent head over ``num_samples`` rows; ``seed`` fixes the draws, so the same adapter
+          gives the same graph.
+        - ``readout="direct"``: the share of ``i``'s variance that comes from ``j`` in the
+          causal layer's effective weight ``W`` for ``context`` (``Bo`` under ``obs``),
+          ``||W[i, j]||_F^2 / sum_l ||W[i, l]||_F^2``, as if the layer's inputs were independent
+          with unit variance. They are not (a block varies in few directions), and the layer's
+          coordinates are not those the head renders, so the entries understate and misrank the
+          effects (``docs/concepts.md``); rows sum to 1 and the diagonal is the own share. No
+          forward pass.
         """
         if readout not in GRAPH_READOUTS:
             raise ValueError(f"readout must be one of {GRAPH_READOUTS}, got {readout!r}")
-        if readout == "direct":
-            weight = self.causal_weight(context)
-        else:
-            if self.context_mask(context, 1).any():
-                raise ValueError(
-                    f"readout='total' reads every concept's interventional effects at once; "
-                    f"pass no context (got {context!r})"
-                )
-            weight = self.causal.interventional_matrix()
+        if readout == "rendered":
+            if not isinstance(num_samples, int) or num_samples < 2:
+                raise ValueError(f"num_samples must be an integer >= 2, got {num_samples!r}")
+            return self._rendered_graph(context, num_samples, seed)
+        weight = self.causal_weight(context)
         squares = block_readout(weight, len(self.concepts), "norm").pow(2)
         return squares / squares.sum(dim=1, keepdim=True)
+
+    def _rendered_graph(self, context, num_samples: int, seed: int) -> torch.Tensor:
+        """``concept_graph(readout="rendered")`` (see there), in eval mode."""
+        base = parse_context(context, self.concepts)
+        generator = torch.Generator(device=self.latent_log_scale.device).manual_seed(seed)
+        training = self.training
+        self.eval()
+        try:
+            z = self.sample_noise(num_samples, generator=generator)
+            values = self.concepts_from_noise(z, context_name(base))
+            rendered = self.latent_head(values)
+            width = values.shape[1] // len(self.concepts)
+
+            def moved(i: int, other: torch.Tensor) -> torch.Tensor:
+                """Mean squared change of the rendering when block ``i`` is taken from ``other``."""
+                block = slice(i * width, (i + 1) * width)
+                mixed = values.clone()
+                mixed[:, block] = other[:, block]
+                return (self.latent_head(mixed) - rendered).pow(2).sum(dim=1).mean()
+
+            others = values[torch.randperm(num_samples, generator=generator, device=z.device)]
+            spread = torch.stack([moved(i, others) for i in range(len(self.concepts))])
+            graph = torch.zeros(len(self.concepts), len(self.concepts), device=z.device)
+            for j, name in enumerate(self.concepts):
+                if name in base:
+                    continue
+                intervened = self.concepts_from_noise(z, context_name((*base, name)))
+                graph[:, j] = torch.stack([moved(i, intervened) for i in range(len(graph))])
+        finally:
+            self.train(training)
+        # a block the head does not render (spread 0) has no visible effect, and an
+        # intervention that moves nothing of its own concept no effect per unit of its move
+        moves = torch.where(spread[:, None] > 0, graph / spread[:, None].clamp(min=1e-30), 0.0)
+        own = moves.diagonal()
+        return torch.where(own > 0, moves / own.clamp(min=1e-30), 0.0)
 
     def causal_penalty(
         self, contexts: torch.Tensor, group_sparsity: float = 0.0, l2: float = 0.0

@@ -257,7 +257,7 @@ def write_report(
           the ``real`` images of each context (see ``context_grid``) if given;
         - ``compositions.png``: ``context_grid`` over ``compositions`` (default
           ``ctxadapter.contexts.all_pairs``; not written when there is none, e.g. with one concept);
-        - ``concept_graph.png``: ``concept_graph_image`` of the observational graph (with the
+        - ``concept_graph.png``: ``concept_graph_image`` of the concept graph (with the
           true relations ``true_graph`` framed, where the data knows them);
         - ``counterfactuals.png``: ``counterfactual_grid`` of ``images`` (with the true
           counterfactuals ``truths`` below the edits, where known), if given.
@@ -277,7 +277,7 @@ def write_report(
     pictures["concept_graph"] = concept_graph_image(
         model.adapter.concept_graph(OBSERVATIONAL),
         concepts,
-        title="Learned concept graph (observational)",
+        title="Learned concept graph (total effects)",
         truth=true_graph,
     )
     if images is not None:

@@ -16,7 +16,7 @@ from ctxadapter.evaluation import (
     quad_counterfactual_accuracy,
 )
 from ctxadapter.images import DEFAULT_BATCH_SIZE, model_input, unit_to_signed
-from ctxadapter.readouts import EDGE_THRESHOLD
+from ctxadapter.readouts import EDGE_THRESHOLD, GRAPH_READOUTS
 
 LABELS = {
     "cm": "(a) ctxadapter default (latent loss)",
@@ -35,8 +35,8 @@ METRICS = {
     "cf_success_all": 2,
     "cf_error_ratio": 2,
     "own_r2_min": 2,
+    "graph_auroc_rendered": 2,
     "graph_auroc_direct": 2,
-    "graph_auroc_total": 2,
     "graph_edges": 0,
 }
 """Metric averaged over seeds -> its digits in the table, in column order."""
@@ -50,9 +50,9 @@ HEADERS = {
     "cf_success_all": "edit success, all",
     "cf_error_ratio": "edit error / no-edit error",
     "own_r2_min": "own-block R² (min)",
+    "graph_auroc_rendered": "AUROC rendered",
     "graph_auroc_direct": "AUROC direct",
-    "graph_auroc_total": "AUROC total",
-    "graph_edges": "edges (direct)",
+    "graph_edges": "edges (rendered)",
 }
 EDIT_IMAGES = 200
 """Observational images edited per run for the per-image counterfactual scores."""
@@ -74,7 +74,7 @@ def quad_scores(model, heldout: dict, dependent: bool, seed: int = 0, split: str
       (``block_identifiability``): the smallest own-block R^2 over :data:`DETERMINED`;
     - the concept graph's AUROC against the ancestral relation for each readout (dependent
       quad; None on independent quad, which has no edges) and the number of edges of the
-      direct readout above ``EDGE_THRESHOLD``.
+      default (rendered) readout above ``EDGE_THRESHOLD``.
 
     ``seed`` and ``split`` are those of ``heldout`` (``heldout_quad_images``), whose first
     observational images these are, with their latents.
@@ -97,12 +97,12 @@ def quad_scores(model, heldout: dict, dependent: bool, seed: int = 0, split: str
     probes = block_identifiability(
         model, images[:PROBE_IMAGES], quad.concept_values(latents[:PROBE_IMAGES], dependent)
     )["per_concept"]
-    aurocs = {"direct": None, "total": None}
+    graphs = {readout: model.adapter.concept_graph(readout=readout) for readout in GRAPH_READOUTS}
+    aurocs = dict.fromkeys(GRAPH_READOUTS)
     if dependent:
         truth = quad.ancestral_relation(concepts, dependent=True)
-        for readout in aurocs:
-            aurocs[readout] = graph_auroc(model.adapter.concept_graph(readout=readout), truth)
-    graph = model.adapter.concept_graph()
+        aurocs = {readout: graph_auroc(graph, truth) for readout, graph in graphs.items()}
+    graph = graphs[GRAPH_READOUTS[0]]
     off_diagonal = ~torch.eye(len(concepts), dtype=torch.bool)
     summary = edits["summary"]
     return {
@@ -111,15 +111,12 @@ def quad_scores(model, heldout: dict, dependent: bool, seed: int = 0, split: str
         "cf_success_all": summary["success_all"],
         "cf_error_ratio": summary["mean_error"] / summary["no_edit_error"],
         "own_r2_min": min(probes[name]["own"] for name in DETERMINED if name in probes),
+        "graph_auroc_rendered": aurocs["rendered"],
         "graph_auroc_direct": aurocs["direct"],
-        "graph_auroc_total": aurocs["total"],
         "graph_edges": int((graph[off_diagonal] > EDGE_THRESHOLD).sum()),
         "counterfactuals": edits,
         "own_block_r2": probes,
-        "concept_graph": {
-            readout: model.adapter.concept_graph(readout=readout).tolist()
-            for readout in ("direct", "total")
-        },
+        "concept_graph": {readout: graph.tolist() for readout, graph in graphs.items()},
     }
 
 

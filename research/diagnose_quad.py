@@ -96,11 +96,12 @@ def head_ceiling(
     (flat latents in and out)."""
     config, defaults = model.adapter.config, FinetuneArguments()
     shape = tuple(config["latent_shape"])
-    size = len(config["concepts"]) * config["concept_width"]
+    blocks = len(config["concepts"])
+    size = blocks * config["concept_width"]
     torch.manual_seed(seed)
     autoencoder = torch.nn.Sequential(
         posterior_head(config["heads"], shape, config["head_width"], size),
-        latent_head(config["heads"], size, config["head_width"], shape),
+        latent_head(config["heads"], size, config["head_width"], shape, blocks),
     )
     optimizer = make_optimizer(autoencoder, defaults.learning_rate)
     schedule = make_scheduler(defaults, optimizer, steps)

@@ -88,13 +88,14 @@ def test_step_flops_counts_the_paper_adapter(bench_path):
 
 def test_step_flops_counts_the_default_adapter(bench_path):
     common = importlib.import_module("common")
-    adapter = common.context_model(6, (4, 8, 8)).adapter  # MLP heads of width 256, block mixing
+    adapter = common.context_model(6, (4, 8, 8)).adapter  # additive heads, width 256
     observational = torch.zeros(7, 6, dtype=torch.bool)
     # the posterior head's first layer reads the 256 latent values and the 6-bit context mask
     posterior = 2 * (256 + 6) * 256 * 2 + 2 * 256 * 256 * 3 + 2 * 256 * 384 * 3
     # block mixing: the batched product over the diagonal blocks even for observational rows
     generator = 2 * 192 * 64 * 3 + 2 * 48 * 48 * 3 + 2 * 192 * 48 * 3
-    generator += 2 * 48 * 256 * 3 + 2 * 256 * 256 * 3 + 2 * 256 * 256 * 3
+    # the additive latent head: 6 blocks of 8 -> 256 -> 256, then one shared 256 -> 256
+    generator += 2 * 6 * 8 * 256 * 3 + 2 * 6 * 256 * 256 * 3 + 2 * 256 * 256 * 3
     plain = common.step_flops(adapter, observational, matching=False)
     assert plain == posterior + generator
     # sample matching: the generator three times more (posterior means, prior draws,

@@ -33,7 +33,7 @@ def test_the_python_defaults_are_what_finetune_trains():
         causal_effects="shared",
         pooled=False,
         exogenous_bias="interventional",
-        heads="mlp",  # "auto" for 16 latent values
+        heads="additive",  # "auto" for 16 latent values
         head_width=256,
         posterior_context=True,
     )

@@ -21,9 +21,9 @@ def parameters(module: torch.nn.Module) -> int:
 
 
 def test_auto_heads_are_spatial_only_for_large_latents():
-    assert resolve_heads("auto", (4, 8, 8)) == "mlp"  # quad: 256 values
-    assert resolve_heads("auto", (4, 16, 16)) == "mlp"
-    assert resolve_heads("auto", (4, 32, 31)) == "mlp"  # one column short of AUTO_CONV_SIZE
+    assert resolve_heads("auto", (4, 8, 8)) == "additive"  # quad: 256 values
+    assert resolve_heads("auto", (4, 16, 16)) == "additive"
+    assert resolve_heads("auto", (4, 32, 31)) == "additive"  # one column short of AUTO_CONV_SIZE
     assert resolve_heads("auto", (4, 32, 32)) == "conv"  # exactly AUTO_CONV_SIZE
     assert math.prod((4, 32, 32)) == AUTO_CONV_SIZE
     assert resolve_heads("auto", (4, 64, 64)) == "conv"
@@ -32,7 +32,7 @@ def test_auto_heads_are_spatial_only_for_large_latents():
         resolve_heads("transformer", (4, 8, 8))
 
 
-@pytest.mark.parametrize("kind", ["linear", "mlp", "conv"])
+@pytest.mark.parametrize("kind", ["linear", "mlp", "conv", "additive"])
 @pytest.mark.parametrize("shape", [(4, 8, 8), (4, 32, 32), (16, 16, 12), (3, 5, 7)])
 def test_heads_map_flat_latents_both_ways(kind, shape):
     torch.manual_seed(0)
