@@ -62,7 +62,7 @@ def concept_graph_image(
     Returns:
         An RGB image: optional title; column labels (source concepts, rotated to read upwards
         when wider than a cell); row labels (target concepts) in a left margin; ``K x K`` cells
-        of ``cell`` pixels coloured by ``scale``, the diagonal (a concept's own share) in light
+        of ``cell`` pixels coloured by ``scale``, the diagonal (a concept on itself) in light
         grey, each cell showing its value to two significant digits; and a caption with the
         reading direction, the scale, the threshold and (with ``truth``) the frames.
         Width and height grow by ``cell`` per concept.
@@ -101,7 +101,7 @@ def concept_graph_image(
     ) + 2 * MARGIN
     caption = [
         "row i <- column j: effect of j on i",
-        f"white = 0, dark blue >= {scale:.2g}, grey cells = own share",
+        f"white = 0, dark blue >= {scale:.2g}, grey cells: the diagonal",
         f"grey numbers: below {threshold:.2g} (no edge)",
     ]
     if truth is not None:
