@@ -135,8 +135,8 @@ def graph_picture(
     model: ContextAutoencoder, concepts_ticked: Sequence[str] | None = ()
 ) -> Image.Image:
     """``concept_graph_image`` of ``model.adapter.concept_graph(context)`` for the ticked
-    context (``obs`` by default: every learned effect; an intervention cuts the effects into
-    the intervened concepts)."""
+    context (``obs`` by default; under an intervention, column ``j`` is what adding ``j`` to
+    it changes)."""
     context = context_of(model, concepts_ticked)
     graph = model.adapter.concept_graph(context)
     return concept_graph_image(

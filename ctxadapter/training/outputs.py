@@ -9,12 +9,13 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from PIL import Image
 
 from ..card import card_kwargs, format_duration
 from ..domain import DOMAIN_IMAGES, reconstruction_mse
 from ..images import model_input, preprocess_images
 from ..model import ContextAutoencoder
-from ..viz import concept_graph_image, write_report
+from ..viz import write_report
 from .finetune_args import GRID_IMAGES, PRESETS, FinetuneArguments
 from .inputs import FinetuneInputs, select_rows
 from .output_dir import staged_folder
@@ -84,8 +85,9 @@ def write_outputs(
         real=real,
         **quad_references(args, model, inputs.concepts),
     )
-    graph = concept_graph_image(model.adapter.concept_graph(), inputs.concepts)
-    log_image(accelerator, "concept_graph", graph, outcome["steps"])
+    # the graph costs forward passes: log the picture just written rather than compute it twice
+    with Image.open(files["concept_graph"]) as graph:
+        log_image(accelerator, "concept_graph", graph.convert("RGB"), outcome["steps"])
     base_mse = base_reconstruction_mse(inputs, args.image_column)
     model.adapter.config["base_model"]["reconstruction_mse"] = base_mse
     metrics = outcome | {
