@@ -154,8 +154,10 @@ class AdapterConfig(Settings):
         observational_mixing: ``"block"`` (no mixing of concepts' noise in the observational
             context) or ``"dense"`` (the paper's: the observational context may mix noise
             across concepts in the exogenous layer).
-        composition: ``"reference"`` or ``"strict"`` (also cut edges among jointly intervened
-            concepts in the causal layer).
+        composition: ``"strict"`` (a composition cuts every effect into each of its concepts,
+            from each other too, as a joint intervention in an SCM does) or ``"reference"`` (the
+            paper's: effects among jointly intervened concepts are kept;
+            ``ctxadapter.layers.CausalLayer``).
         causal_effects: ``"shared"`` (an intervention keeps the intervened concepts' effects on
             the others: one effect matrix for every context, as in an SCM) or ``"separate"``
             (the paper's: the effects of intervened concepts have their own weights;
@@ -185,7 +187,7 @@ class AdapterConfig(Settings):
     concept_width: int = 8
     expressive_depth: int = 2
     observational_mixing: Literal[OBSERVATIONAL_MIXINGS] = "block"
-    composition: Literal[COMPOSITIONS] = "reference"
+    composition: Literal[COMPOSITIONS] = "strict"
     causal_effects: Literal[CAUSAL_EFFECTS] = "shared"
     pooled: bool = False
     exogenous_bias: Literal[EXOGENOUS_BIASES] = "interventional"
@@ -200,6 +202,7 @@ class AdapterConfig(Settings):
             exogenous_bias="shared",
             posterior_context=False,
             causal_effects="separate",
+            composition="reference",
         ),
     }
 

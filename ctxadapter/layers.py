@@ -218,8 +218,9 @@ class CausalLayer(nn.Module):
     ``Bo = I + weight_obs * (1 - M)`` and ``Bi = I + weight_ivn * (1 - M)`` with ``M`` the block
     mask, so diagonal blocks are always the identity. Block ``(i, j)`` of ``W_S`` is ``Bi[i, j]``
     if ``j`` is in ``S``; ``Bo[i, j]`` if neither ``i`` nor ``j`` is in ``S``; else ``0``.
-    With ``composition="strict"`` (an option, off by default) edges among jointly intervened
-    concepts are cut too: block ``(i, j)`` with both in ``S`` and ``i != j`` is ``0``.
+    With ``composition="strict"`` (a ctxadapter variant, ``AdapterConfig``'s default) edges
+    among jointly intervened concepts are cut too: block ``(i, j)`` with both in ``S`` and
+    ``i != j`` is ``0``, as a joint intervention in an SCM cuts every effect into its concepts.
 
     ``effects="separate"`` is the reference: the effects of an intervened concept on the others
     have their own weight ``weight_ivn``. With ``effects="shared"`` (a ctxadapter variant) there

@@ -34,7 +34,11 @@ WIDTH = 8
 
 
 def hand_set_adapter(
-    sigma: float = 1.0, sigma_b: float = 1.0, shift: float = 1.0, copy: float = 0.5
+    sigma: float = 1.0,
+    sigma_b: float = 1.0,
+    shift: float = 1.0,
+    copy: float = 0.5,
+    composition: str = "strict",
 ) -> CtxAdapter:
     adapter = CtxAdapter(
         ["a", "b", "c"],
@@ -46,6 +50,7 @@ def hand_set_adapter(
         observational_mixing="block",
         exogenous_bias="interventional",
         causal_effects="shared",
+        composition=composition,
     )
     eye = torch.eye(WIDTH)
     a, b = slice(0, WIDTH), slice(WIDTH, 2 * WIDTH)
@@ -98,14 +103,29 @@ def test_rendered_graph_is_fixed_by_its_seed_and_keeps_the_mode():
 
 def test_rendered_graph_under_an_intervention_reads_what_one_more_adds():
     adapter = hand_set_adapter()
-    # a is already intervened on: its column is 0; and in the reference composition do(a, b)
-    # keeps the effect of a on b (jointly intervened concepts still receive each other's), so
-    # adding b to do(a) moves nothing either
+    # a is already intervened on: its column is 0; do(a, b) cuts the copy of a in b (a
+    # composition cuts every effect into its concepts), so adding b to do(a) moves b, by the
+    # copy it loses, and nothing else: b's column is (0, 1, 0)
+    expected = torch.zeros(3, 3)
+    expected[1, 1] = 1.0
+    assert_close(adapter.concept_graph("a"), expected, rtol=0, atol=1e-6)
+    # under do(b) the copy is cut and b's column is 0; do(a, b) keeps it cut, so adding a
+    # moves only a
+    expected = torch.zeros(3, 3)
+    expected[0, 0] = 1.0
+    assert_close(adapter.concept_graph("b"), expected, rtol=0, atol=1e-6)
+
+
+def test_rendered_graph_under_the_reference_composition():
+    adapter = hand_set_adapter(composition="reference")
+    # the reference composition do(a, b) keeps the copy of a in b (jointly intervened
+    # concepts still receive each other's effects), and b's own exogenous map is the same in
+    # every context here, so adding b to do(a) moves nothing: every column is 0
     assert (adapter.concept_graph("a") == 0).all()
-    # under do(b) the copy is cut and b's column is 0; adding a brings the copy back (the
-    # reference composition), so b jumps by copy * (eps_a + d), about 25 per dimension, where
-    # it varied by sigma_b alone: move[b, a] = copy^2 (sigma^2 + (50 + d)^2) / (2 sigma_b^2)
-    # = 325.25 against move[a, a] = 0.5
+    # under do(b) the copy is cut and b's column is 0; adding a brings the copy back, so b
+    # jumps by copy * (eps_a + d), about 25 per dimension, where it varied by sigma_b alone:
+    # move[b, a] = copy^2 (sigma^2 + (50 + d)^2) / (2 sigma_b^2) = 325.25 against
+    # move[a, a] = 0.5
     under_b = adapter.concept_graph("b", num_samples=4096)
     assert under_b[1, 0].item() == pytest.approx(650.5, rel=0.05)
     expected = torch.zeros(3, 3)

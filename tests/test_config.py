@@ -29,7 +29,7 @@ def test_the_python_defaults_are_what_finetune_trains():
         concept_width=8,
         expressive_depth=2,
         observational_mixing="block",
-        composition="reference",
+        composition="strict",
         causal_effects="shared",
         pooled=False,
         exogenous_bias="interventional",
@@ -51,6 +51,7 @@ def test_the_paper_preset_is_the_papers_setup():
             exogenous_bias="shared",
             posterior_context=False,
             causal_effects="separate",
+            composition="reference",
         )
     )
     assert (
