@@ -38,6 +38,7 @@ import torch  # noqa: E402
 from demo_panels import (  # noqa: E402, F401 (re-exported: demo.generate_samples...)
     DISPLAY_SIZE,
     EDIT_MODES,
+    EXAMPLE_CANDIDATES,
     EXAMPLE_COUNT,
     GRID_COLUMNS,
     MAX_SAMPLES,

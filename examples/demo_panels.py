@@ -10,6 +10,7 @@ import math
 import os
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -27,6 +28,8 @@ DISPLAY_SIZE = 128
 """Tiles are enlarged (nearest neighbour, by a whole factor) to at least this many pixels."""
 EXAMPLE_COUNT = 4
 """Held-out quad images offered as examples to edit."""
+EXAMPLE_CANDIDATES = 64
+"""Held-out quad images the examples are chosen from (``example_images``)."""
 EDIT_MODES = ("residual", "decode")
 
 
@@ -152,15 +155,31 @@ def is_quad_adapter(model: ContextAutoencoder) -> bool:
 
 
 def example_images(model: ContextAutoencoder, count: int = EXAMPLE_COUNT) -> list[Image.Image]:
-    """Images to offer for editing: for a quad adapter, the first ``count`` held-out
-    observational quad images (the ``test`` split of ``ctxadapter.data.quad``, made here,
-    offline; never a training image); for any other adapter, none."""
+    """Images to offer for editing: for a quad adapter, ``count`` held-out observational quad
+    images (the ``test`` split of ``ctxadapter.data.quad``, made here, offline; never a
+    training image); for any other adapter, none.
+
+    They are the ``count`` of the first ``EXAMPLE_CANDIDATES`` images whose true
+    counterfactuals move the most: for each image, the change of the intervened quadrant's
+    corner colour in its true counterfactual (``quad.counterfactual_examples``, the SCM's own)
+    is taken under each of the four quadrant interventions, and the images are ranked by the
+    smallest of the four, largest first. An image that already sits where an intervention
+    sends its quadrant has no visible edit to show, whatever the adapter; the first example
+    has one under every quadrant. The choice depends on the data only, never on the adapter.
+    """
     if not is_quad_adapter(model):
         return []
-    from ctxadapter.evaluation import heldout_quad_images
+    from ctxadapter.data import quad
+    from ctxadapter.evaluation import QUADRANTS, corner_masks
 
-    images = heldout_quad_images(count, contexts=["obs"])["obs"]
-    return [Image.fromarray(image.numpy()) for image in images]
+    images, truths = quad.counterfactual_examples(EXAMPLE_CANDIDATES, QUADRANTS)
+    masks = corner_masks(images.shape[1:3])
+    moves = [
+        np.abs(truths[q].astype(np.float64) - images)[:, masks[q].numpy()].mean(axis=(1, 2))
+        for q in QUADRANTS
+    ]
+    order = np.argsort(-np.min(moves, axis=0), kind="stable")[:count]
+    return [Image.fromarray(images[i]) for i in order]
 
 
 def opening_image(model: ContextAutoencoder, examples: Sequence[Image.Image]) -> Image.Image:
