@@ -1,7 +1,7 @@
 """Take the screenshot of the demo page for the documentation (``docs/images/demo.png``).
 
     accelerate launch --num_processes 1 --cpu examples/finetune.py --output_dir ctxadapter-quad \
-        --max_train_steps 1200 --report_to none
+        --report_to none
     python docs/demo_screenshot.py ctxadapter-quad
 
 Serves ``examples/demo.py ADAPTER`` on 127.0.0.1, opens it in headless Chromium (Debian's
