@@ -5,7 +5,8 @@ quad autoencoder (64x64 -> 4x8x8) and on the Stable Diffusion VAE architecture (
 
 A step is what ``finetune`` does per batch: forward, backward, Adam, ``apply_constraints_``.
 Contexts are a ``(N, K)`` mask (the obs context alone, or quad's 7 training contexts mixed);
-one row passes per-sample context strings instead, to show the cost of parsing them. The pixel
+one row passes per-sample context strings instead, to show the cost of parsing them, and one
+runs the step under bfloat16 autocast, as ``--mixed_precision bf16`` does on the CPU. The pixel
 loss is far slower per sample, so it runs at a smaller batch (samples/s barely depends on it).
 
     python benchmarks/bench_train_step.py            # ~8 min on one core
@@ -23,7 +24,15 @@ from ctxadapter.images import unit_to_signed
 
 
 def run_row(
-    vae, name: str, resolution: int, loss: str, batch: int, contexts: str, repeats: int, smoke: bool
+    vae,
+    name: str,
+    resolution: int,
+    loss: str,
+    batch: int,
+    contexts: str,
+    repeats: int,
+    smoke: bool,
+    precision: str = "fp32",
 ) -> dict:
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     latent_shape = (4, resolution // factor, resolution // factor)
@@ -39,6 +48,13 @@ def run_row(
     if loss == "pixel":
         pixels = unit_to_signed(torch.rand(batch, 3, resolution, resolution))
     step = train_step(model, adam(model), given, latents, pixels, loss)
+    if precision == "bf16":  # what --mixed_precision bf16 does on the CPU: autocast the step
+        plain = step
+
+        def step() -> None:
+            with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+                plain()
+
     min_time = 0.0 if smoke or loss == "pixel" else 0.5
     timing = measure(step, repeats, warmup=2 if loss == "latent" else 1, min_time=min_time)
     return dict(
@@ -47,6 +63,7 @@ def run_row(
         latent="x".join(map(str, latent_shape)),
         loss=loss,
         contexts=contexts,
+        precision=precision,
         batch=batch,
         step_ms=timing["median"] * 1e3,
         **per_second(timing, batch),
@@ -59,9 +76,10 @@ def main(argv=None) -> dict:
     batch = args.batch
     quad, sd = autoencoder("quad", args.smoke), autoencoder("sd", args.smoke)
     sd_high = 128 if args.smoke else 256
-    plan = [  # (vae, name, resolution, loss, batch, contexts)
+    plan = [  # (vae, name, resolution, loss, batch, contexts[, precision])
         (quad, "quad", 64, "latent", batch, "obs"),
         (quad, "quad", 64, "latent", batch, "7 mixed"),
+        (quad, "quad", 64, "latent", batch, "7 mixed", "bf16"),
         (quad, "quad", 64, "latent", batch, "7 mixed, strings"),
         (quad, "quad", 64, "pixel", 4 if args.smoke else 64, "7 mixed"),
         (sd, "sd-vae", 64, "latent", batch, "7 mixed"),
@@ -70,9 +88,11 @@ def main(argv=None) -> dict:
         (sd, "sd-vae", sd_high, "pixel", 2, "7 mixed"),
     ]
     rows = []
-    for vae, name, resolution, loss, size, contexts in plan:
+    for vae, name, resolution, loss, size, contexts, *precision in plan:
         repeats = min(args.repeats, 3) if loss == "pixel" else args.repeats
-        rows.append(run_row(vae, name, resolution, loss, size, contexts, repeats, args.smoke))
+        rows.append(
+            run_row(vae, name, resolution, loss, size, contexts, repeats, args.smoke, *precision)
+        )
         print(rows[-1], flush=True)
     for row in rows:
         same = [
@@ -82,6 +102,7 @@ def main(argv=None) -> dict:
             and r["image"] == row["image"]
             and r["loss"] == "latent"
             and r["contexts"] == "7 mixed"
+            and r["precision"] == "fp32"
         ]
         if same:
             row["latent_speedup"] = same[0]["samples_per_s"] / row["samples_per_s"]
