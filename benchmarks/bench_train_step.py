@@ -32,7 +32,7 @@ def run_row(
     contexts: str,
     repeats: int,
     smoke: bool,
-    precision: str = "fp32",
+    precision: str,
 ) -> dict:
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     latent_shape = (4, resolution // factor, resolution // factor)
@@ -76,22 +76,22 @@ def main(argv=None) -> dict:
     batch = args.batch
     quad, sd = autoencoder("quad", args.smoke), autoencoder("sd", args.smoke)
     sd_high = 128 if args.smoke else 256
-    plan = [  # (vae, name, resolution, loss, batch, contexts[, precision])
-        (quad, "quad", 64, "latent", batch, "obs"),
-        (quad, "quad", 64, "latent", batch, "7 mixed"),
+    plan = [  # (vae, name, resolution, loss, batch, contexts, precision)
+        (quad, "quad", 64, "latent", batch, "obs", "fp32"),
+        (quad, "quad", 64, "latent", batch, "7 mixed", "fp32"),
         (quad, "quad", 64, "latent", batch, "7 mixed", "bf16"),
-        (quad, "quad", 64, "latent", batch, "7 mixed, strings"),
-        (quad, "quad", 64, "pixel", 4 if args.smoke else 64, "7 mixed"),
-        (sd, "sd-vae", 64, "latent", batch, "7 mixed"),
-        (sd, "sd-vae", 64, "pixel", 2 if args.smoke else 8, "7 mixed"),
-        (sd, "sd-vae", sd_high, "latent", batch, "7 mixed"),
-        (sd, "sd-vae", sd_high, "pixel", 2, "7 mixed"),
+        (quad, "quad", 64, "latent", batch, "7 mixed, strings", "fp32"),
+        (quad, "quad", 64, "pixel", 4 if args.smoke else 64, "7 mixed", "fp32"),
+        (sd, "sd-vae", 64, "latent", batch, "7 mixed", "fp32"),
+        (sd, "sd-vae", 64, "pixel", 2 if args.smoke else 8, "7 mixed", "fp32"),
+        (sd, "sd-vae", sd_high, "latent", batch, "7 mixed", "fp32"),
+        (sd, "sd-vae", sd_high, "pixel", 2, "7 mixed", "fp32"),
     ]
     rows = []
-    for vae, name, resolution, loss, size, contexts, *precision in plan:
+    for vae, name, resolution, loss, size, contexts, precision in plan:
         repeats = min(args.repeats, 3) if loss == "pixel" else args.repeats
         rows.append(
-            run_row(vae, name, resolution, loss, size, contexts, repeats, args.smoke, *precision)
+            run_row(vae, name, resolution, loss, size, contexts, repeats, args.smoke, precision)
         )
         print(rows[-1], flush=True)
     for row in rows:
